@@ -1,0 +1,45 @@
+# sweeplab: `make sweep` runs the default sweep, `make test` runs every test tier this machine can.
+# Each target creates .venv first when it is missing (plain pip + venv).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision first, pinned to the builds this project is tested with; override for other machines.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: venv sweep train test test-fast browser-deps services clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+sweep: venv
+	$(BIN)/sweeplab sweep default
+
+train: venv
+	$(BIN)/sweeplab train model=lenet
+
+# Debian's chromium for the browser tier (skipped with a reason when it cannot be installed).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/tmp/sweeplab-apt.log 2>&1 \
+	  || echo "chromium could not be installed (see /tmp/sweeplab-apt.log): browser tests will be skipped"; }
+
+# PostgreSQL for the cluster tier: started when installed but not running.
+services:
+	@if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; fi
+
+test: venv browser-deps services
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,80 @@
+"""The ``sweeplab`` command: train, sweep, status, best, report, ui, models, datasets."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from sweeplab.errors import UserError
+
+EXAMPLES = """examples:
+  sweeplab train model=lenet
+  sweeplab train model=vgg data=cifar10 optimizer.lr=0.01 model.activation=tanh
+  sweeplab sweep default
+  sweeplab sweep activations train.epochs=3
+  sweeplab best default
+  sweeplab ui
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sweeplab",
+        description="Deep-learning experiment sweeps: Hydra configs, Optuna search, Ray Tune trials, MLflow tracking.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one model from conf/ plus Hydra overrides")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=mlp optimizer.lr=0.1")
+
+    p = sub.add_parser("sweep", help="run a sweep file from sweeps/ (by name) or a path")
+    p.add_argument("sweep", help="sweep name (sweeps/<name>.yaml) or path to a sweep file")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every trial")
+    p.add_argument("--resume", metavar="SWEEP_ID", nargs="?", const="latest",
+                   help="continue an interrupted sweep (default: the latest one of this name)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines, only trial ends and the summary")
+
+    p = sub.add_parser("status", help="trials by state and the best so far")
+    p.add_argument("sweep", nargs="?", help="sweep name or id (default: all sweeps)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores (output_dir=..., cluster=...)")
+
+    p = sub.add_parser("best", help="print the best trial as a runnable 'sweeplab train' command")
+    p.add_argument("sweep", help="sweep name or id")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores")
+
+    p = sub.add_parser("report", help="rebuild a sweep's HTML report from the tracking store")
+    p.add_argument("sweep", help="sweep name or id")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores")
+    p.add_argument("--out", help="folder to write the report to (default: outputs/reports/<sweep id>)")
+
+    p = sub.add_parser("ui", help="serve the MLflow UI for the configured store on 127.0.0.1")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the store")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1")
+
+    sub.add_parser("models", help="list registered models with their keys and defaults")
+    sub.add_parser("datasets", help="list registered datasets")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        from sweeplab import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args) or 0
+    except UserError as err:
+        print(f"sweeplab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sweeplab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

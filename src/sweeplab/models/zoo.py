@@ -1,0 +1,266 @@
+"""The textbook models, each next to its config schema. Sizes are scaled for
+28-32 px inputs (MNIST, Fashion-MNIST, CIFAR-10)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+from torch import nn
+
+from sweeplab.models import layers
+from sweeplab.models.registry import ModelConfig, register_model
+from sweeplab.models.shapes import Conv, Inception, Pool, build_features, mlp_head, trace
+
+
+class FeatureClassifier(nn.Module):
+    """features (conv/pool stack) -> flatten -> classifier."""
+
+    def __init__(self, features: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _conv_model(plan, cfg, input_shape, num_classes, hidden, dropout=0.0, batch_norm=False):
+    rows = trace(plan, input_shape, cfg.name)
+    out = rows[-1].output
+    features = build_features(plan, input_shape[0], cfg.activation, cfg.pooling, batch_norm)
+    return FeatureClassifier(features, mlp_head(layers.flat_size(out), hidden, num_classes, cfg.activation, dropout))
+
+
+# --- mlp ---------------------------------------------------------------------
+@dataclass
+class MLPConfig(ModelConfig):
+    name: str = "mlp"
+    hidden_sizes: List[int] = field(default_factory=lambda: [100, 100])  # one entry per hidden layer
+
+
+@register_model("mlp", MLPConfig, "multilayer perceptron: affine -> act per hidden size")
+def build_mlp(cfg: MLPConfig, input_shape, num_classes):
+    return mlp_head(layers.flat_size(input_shape), cfg.hidden_sizes, num_classes, cfg.activation)
+
+
+# --- simple_convnet ------------------------------------------------------------
+@dataclass
+class ConvParams:
+    filter_num: int = 30
+    filter_size: int = 5
+    stride: int = 1
+    pad: int = 0
+
+
+@dataclass
+class SimpleConvNetConfig(ModelConfig):
+    name: str = "simple_convnet"
+    conv: ConvParams = field(default_factory=ConvParams)
+    pool_size: int = 2
+    hidden_size: int = 100
+
+
+def simple_convnet_plan(cfg: SimpleConvNetConfig, input_shape):
+    c = cfg.conv
+    return [Conv("conv1", c.filter_num, c.filter_size, c.stride, c.pad), Pool("pool1", cfg.pool_size, cfg.pool_size)]
+
+
+@register_model(
+    "simple_convnet", SimpleConvNetConfig, "conv -> act -> pool -> affine -> act -> affine", simple_convnet_plan
+)
+def build_simple_convnet(cfg, input_shape, num_classes):
+    return _conv_model(simple_convnet_plan(cfg, input_shape), cfg, input_shape, num_classes, [cfg.hidden_size])
+
+
+# --- lenet ---------------------------------------------------------------------
+@dataclass
+class LeNetConfig(ModelConfig):
+    name: str = "lenet"
+    conv1_filters: int = 6
+    conv2_filters: int = 16
+    kernel_size: int = 5
+    fc_sizes: List[int] = field(default_factory=lambda: [120, 84])
+
+
+def lenet_plan(cfg: LeNetConfig, input_shape):
+    k = cfg.kernel_size
+    return [
+        Conv("conv1", cfg.conv1_filters, k, 1, k // 2),  # 'same' padding, as LeNet-5 on 32x32 MNIST
+        Pool("pool1", 2, 2),
+        Conv("conv2", cfg.conv2_filters, k),
+        Pool("pool2", 2, 2),
+    ]
+
+
+@register_model("lenet", LeNetConfig, "LeNet-5: conv-pool-conv-pool-fc-fc-fc", lenet_plan)
+def build_lenet(cfg, input_shape, num_classes):
+    return _conv_model(lenet_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes)
+
+
+# --- alexnet -------------------------------------------------------------------
+@dataclass
+class AlexNetConfig(ModelConfig):
+    name: str = "alexnet"
+    filters: List[int] = field(default_factory=lambda: [32, 64, 96, 96, 64])  # the five conv layers
+    kernel_sizes: List[int] = field(default_factory=lambda: [5, 5, 3, 3, 3])
+    fc_sizes: List[int] = field(default_factory=lambda: [256, 256])
+    dropout: float = 0.5
+
+
+def alexnet_plan(cfg: AlexNetConfig, input_shape):
+    if len(cfg.filters) != 5 or len(cfg.kernel_sizes) != 5:
+        from sweeplab.errors import ConfigError
+
+        raise ConfigError("model 'alexnet': filters and kernel_sizes need 5 entries, one per conv layer")
+    f, k = cfg.filters, cfg.kernel_sizes
+    return [
+        Conv("conv1", f[0], k[0], 1, k[0] // 2),
+        Pool("pool1", 2, 2),
+        Conv("conv2", f[1], k[1], 1, k[1] // 2),
+        Pool("pool2", 2, 2),
+        Conv("conv3", f[2], k[2], 1, k[2] // 2),
+        Conv("conv4", f[3], k[3], 1, k[3] // 2),
+        Conv("conv5", f[4], k[4], 1, k[4] // 2),
+        Pool("pool3", 2, 2),
+    ]
+
+
+@register_model("alexnet", AlexNetConfig, "AlexNet: 5 conv, 3 pool, dropout fc layers", alexnet_plan)
+def build_alexnet(cfg, input_shape, num_classes):
+    return _conv_model(alexnet_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes, cfg.dropout)
+
+
+# --- vgg -----------------------------------------------------------------------
+@dataclass
+class VGGConfig(ModelConfig):
+    name: str = "vgg"
+    # one list per stage of 3x3 convs, each stage ends in a 2x2 pool (vgg11-like, scaled)
+    stages: List[List[int]] = field(default_factory=lambda: [[32], [64], [128, 128], [128, 128]])
+    fc_sizes: List[int] = field(default_factory=lambda: [256])
+    dropout: float = 0.3
+    batch_norm: bool = True
+
+
+def vgg_plan(cfg: VGGConfig, input_shape):
+    plan = []
+    for s, stage in enumerate(cfg.stages, start=1):
+        plan += [Conv(f"conv{s}_{i}", width, 3, 1, 1) for i, width in enumerate(stage, start=1)]
+        plan.append(Pool(f"pool{s}", 2, 2))
+    return plan
+
+
+@register_model("vgg", VGGConfig, "VGG: stages of 3x3 convs, each closed by a 2x2 pool", vgg_plan)
+def build_vgg(cfg, input_shape, num_classes):
+    return _conv_model(
+        vgg_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes, cfg.dropout, cfg.batch_norm
+    )
+
+
+# --- googlenet -----------------------------------------------------------------
+@dataclass
+class GoogLeNetConfig(ModelConfig):
+    name: str = "googlenet"
+    stem_filters: int = 32
+    # each block: [1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj]
+    blocks: List[List[int]] = field(
+        default_factory=lambda: [[16, 24, 32, 4, 8, 8], [32, 32, 48, 8, 24, 16], [48, 32, 64, 8, 16, 16]]
+    )
+    pool_after: List[int] = field(default_factory=lambda: [2])  # 1-based blocks followed by a 2x2 pool
+    dropout: float = 0.2
+
+
+def googlenet_plan(cfg: GoogLeNetConfig, input_shape):
+    plan = [Conv("stem", cfg.stem_filters, 3, 1, 1), Pool("stem_pool", 2, 2)]
+    for b, widths in enumerate(cfg.blocks, start=1):
+        if len(widths) != 6:
+            from sweeplab.errors import ConfigError
+
+            raise ConfigError(
+                f"model 'googlenet': blocks[{b - 1}] has {len(widths)} widths; it needs 6: "
+                "[1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj]"
+            )
+        plan.append(Inception(f"inception{b}", *widths))
+        if b in cfg.pool_after:
+            plan.append(Pool(f"pool{b}", 2, 2))
+    return plan
+
+
+class GoogLeNet(nn.Module):
+    def __init__(self, features: nn.Module, channels: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1)  # global average pooling instead of big fc layers
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+@register_model("googlenet", GoogLeNetConfig, "GoogLeNet: inception blocks, global average pool", googlenet_plan)
+def build_googlenet(cfg, input_shape, num_classes):
+    plan = googlenet_plan(cfg, input_shape)
+    channels = trace(plan, input_shape, cfg.name)[-1].output[0]
+    features = build_features(plan, input_shape[0], cfg.activation, cfg.pooling)
+    return GoogLeNet(features, channels, num_classes, cfg.dropout)
+
+
+# --- rnn -----------------------------------------------------------------------
+@dataclass
+class RNNConfig(ModelConfig):
+    name: str = "rnn"
+    activation: str = "tanh"  # h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+    cell: str = "rnn"  # rnn (the activation above) | lstm | gru
+    hidden_size: int = 128
+    num_layers: int = 1
+
+
+class ElmanRNN(nn.Module):
+    """Reads an image row by row: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, act: str) -> None:
+        super().__init__()
+        self.ih = nn.ModuleList(
+            nn.Linear(input_size if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
+        )
+        self.hh = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers))
+        self.act = layers.activation(act)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:  # (batch, time, features)
+        for ih, hh in zip(self.ih, self.hh):
+            x_proj = ih(seq)  # all time steps at once; only the recurrence is sequential
+            h = seq.new_zeros(seq.shape[0], hh.out_features)
+            outputs = []
+            for t in range(seq.shape[1]):
+                h = self.act(x_proj[:, t] + hh(h))
+                outputs.append(h)
+            seq = torch.stack(outputs, dim=1)
+        return seq[:, -1]
+
+
+class RowRNN(nn.Module):
+    def __init__(self, cfg: RNNConfig, input_shape, num_classes: int) -> None:
+        super().__init__()
+        c, _, w = input_shape
+        if cfg.cell == "rnn":
+            self.rnn = ElmanRNN(c * w, cfg.hidden_size, cfg.num_layers, cfg.activation)
+        elif cfg.cell in ("lstm", "gru"):
+            cls = nn.LSTM if cfg.cell == "lstm" else nn.GRU
+            self.rnn = cls(c * w, cfg.hidden_size, cfg.num_layers, batch_first=True)
+        else:
+            from sweeplab.errors import ConfigError
+
+            raise ConfigError(f"unknown model.cell {cfg.cell!r} for model 'rnn'. Known: rnn, lstm, gru.")
+        self.head = nn.Linear(cfg.hidden_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        rows = x.permute(0, 2, 1, 3).reshape(b, h, c * w)  # one time step per image row
+        out = self.rnn(rows)
+        last = out if isinstance(self.rnn, ElmanRNN) else out[0][:, -1]
+        return self.head(last)
+
+
+@register_model("rnn", RNNConfig, "recurrent net reading the image row by row (rnn / lstm / gru cell)")
+def build_rnn(cfg, input_shape, num_classes):
+    return RowRNN(cfg, input_shape, num_classes)
