@@ -108,3 +108,108 @@ def cmd_datasets(args) -> int:
         shape = "x".join(map(str, e.input_shape))
         print(f"{name:<14} {shape:<8} {e.num_classes} classes  {e.description}; {where}")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from sweeplab.sweep.launch import launch_sweep
+    from sweeplab.sweep.results import format_summary
+
+    outcome = launch_sweep(args.sweep, args.overrides, resume=args.resume, quiet=args.quiet)
+    print()
+    print(format_summary(outcome))
+    return 0
+
+
+def _storage(overrides) -> str:
+    from sweeplab.config.compose import compose
+    from sweeplab.sweep.launch import optuna_storage_url
+
+    return optuna_storage_url(compose(overrides))
+
+
+def cmd_status(args) -> int:
+    from sweeplab.sweep.results import find_sweep, format_table, list_sweeps, load_outcome
+
+    storage = _storage(args.overrides)
+    if not args.sweep:
+        rows = []
+        for record in list_sweeps(storage):
+            outcome = load_outcome(storage, record["sweep_id"])
+            best = outcome.best()
+            metric = outcome.objectives[0][0]
+            rows.append([record["sweep_id"], record["started"], ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts().items())),
+                         f"{best.values[0] * 100:.2f}%" if best and metric.endswith("acc") else (f"{best.values[0]:.4g}" if best else "-")])
+        if not rows:
+            print(f"no sweeps in {storage} yet: run 'sweeplab sweep default'")
+            return 0
+        print(format_table(["sweep", "started", "trials", "best"], rows))
+        return 0
+    record = find_sweep(storage, args.sweep)
+    outcome = load_outcome(storage, record["sweep_id"])
+    from sweeplab.sweep.results import format_summary
+
+    print(format_summary(outcome))
+    return 0
+
+
+def cmd_best(args) -> int:
+    from sweeplab.sweep.results import best_command, find_sweep, load_outcome
+
+    storage = _storage(args.overrides)
+    record = find_sweep(storage, args.sweep)
+    outcome = load_outcome(storage, record["sweep_id"])
+    best = outcome.best()
+    if best is None:
+        raise UserError_(f"sweep {record['sweep_id']} has no trial that ran every epoch yet")
+    metric = outcome.objectives[0][0]
+    seed = next(iter(best.seeds))
+    own = best.seeds[seed]["values"][0]
+    shown = f"{own * 100:.2f}%" if metric.endswith("acc") else f"{own:.4g}"
+    print(f"# best of {record['sweep_id']}: trial {best.number}, {metric} {shown} with seed {seed}", file=sys.stderr)
+    print(best_command(outcome, best, int(seed)))
+    return 0
+
+
+from sweeplab.errors import UserError as UserError_  # noqa: E402
+
+
+def cmd_report(args) -> int:
+    from sweeplab.config.compose import compose
+    from sweeplab.tracking.report import build_report, find_parent_run
+    from sweeplab.tracking.store import client_for, tracking_uri
+
+    cfg = compose(args.overrides)
+    client = client_for(tracking_uri(cfg))
+    parent = find_parent_run(client, args.sweep, cfg.tracking.experiment)
+    sweep_id = parent.data.tags.get("sweeplab.sweep_id", parent.info.run_name)
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / "reports" / sweep_id
+    path = build_report(client, parent.info.run_id, out)
+    print(f"report for {sweep_id}: {path.resolve()}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import os
+    import subprocess
+
+    from sweeplab.config.compose import compose
+    from sweeplab.tracking.store import client_for, tracking_uri
+
+    cfg = compose(args.overrides)
+    uri = tracking_uri(cfg)
+    if not uri.startswith("sqlite:"):
+        print(f"the tracking store is a server already: open {uri}")
+        return 0
+    client = client_for(uri)
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    url = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {uri}\n  {url}/#/experiments?workflowType=machine_learning", flush=True)
+    for e in experiments:
+        print(f"  {e.name}: {url}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning", flush=True)
+    artifacts = Path(cfg.output_dir).resolve() / "mlartifacts"
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+               "--default-artifact-root", artifacts.as_uri(), "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    try:
+        return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    except KeyboardInterrupt:
+        return 0

@@ -146,7 +146,7 @@ def train(
             torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
         history = list(resume["history"])
         start_epoch = resume["epoch"]
-        confusion = np.asarray(resume.get("confusion", confusion))
+        confusion = np.asarray(resume.get("confusion", confusion), dtype=np.int64)
 
     def state() -> dict[str, Any]:
         return {
@@ -160,8 +160,9 @@ def train(
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
             "history": list(history),
-            "confusion": confusion,
+            "confusion": torch.from_numpy(np.asarray(confusion)),  # a tensor: torch.load(weights_only=True) refuses numpy arrays
             "num_params": num_params,
+            "class_names": list(bundle.class_names),
         }
 
     for epoch in range(start_epoch + 1, train_cfg.epochs + 1):

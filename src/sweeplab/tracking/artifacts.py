@@ -1,0 +1,74 @@
+"""Per-run artifacts: learning curves, confusion matrix, weights, config, model summary."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves_png(history: Sequence[dict[str, float]], path: Path, title: str = "") -> Path:
+    """Loss and accuracy vs epoch, train vs val."""
+    plt = _pyplot()
+    epochs = [int(h["epoch"]) for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split, style in (("train", "--"), ("val", "-")):
+        ax_loss.plot(epochs, [h[f"{split}/loss"] for h in history], style, marker="o", label=split)
+        ax_acc.plot(epochs, [100 * h[f"{split}/acc"] for h in history], style, marker="o", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
+    plt = _pyplot()
+    confusion = np.asarray(confusion)
+    n = len(confusion)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * n, 0.8 + 0.5 * n))
+    ax.imshow(confusion, cmap="Blues")
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if confusion[i, j] > threshold else "black")
+    ax.set_xticks(range(n), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0)
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "validation confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_run_artifacts(folder: Path, state: dict[str, Any], config_yaml: str, summary: str,
+                        class_names: Sequence[str], title: str = "") -> Path:
+    """Everything a trial's run keeps, written into ``folder`` (then logged as one batch)."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(config_yaml)
+    (folder / "model_summary.txt").write_text(summary)
+    torch.save(state["model"], folder / "weights.pt")  # a plain state_dict: torch.load(weights_only=True)
+    if state.get("history"):
+        learning_curves_png(state["history"], folder / "learning_curves.png", title)
+    confusion = np.asarray(state.get("confusion"))
+    if confusion.ndim == 2 and confusion.sum() > 0:
+        confusion_matrix_png(confusion, class_names, folder / "confusion_matrix.png")
+    return folder

@@ -1,0 +1,274 @@
+"""A sweep's comparison report, built from the MLflow store alone.
+
+Curves of the objective vs epoch grouped by activation and by architecture
+(mean ± std over runs), best-value bars with error bars, parameter count vs
+accuracy, Optuna parameter importance and parallel coordinates, a CSV of all
+trials, and one self-contained HTML page tying them together.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from sweeplab.errors import UserError
+from sweeplab.tracking.artifacts import _pyplot
+
+GROUPINGS = (("model.activation", "activation function"), ("model.name", "architecture"))
+
+
+def find_parent_run(client, sweep: str, experiment: Optional[str] = None):
+    """The parent run of a sweep id, or of the latest launch of a sweep name."""
+    experiments = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    ids = [e.experiment_id for e in experiments if e is not None]
+    if not ids:
+        raise UserError(f"no MLflow experiment {'named ' + repr(experiment) if experiment else ''} in {client.tracking_uri}")
+    runs = client.search_runs(ids, f"tags.`sweeplab.kind` = 'sweep' and tags.`sweeplab.sweep_id` = '{sweep}'", max_results=1)
+    if not runs:
+        runs = client.search_runs(ids, f"tags.`sweeplab.kind` = 'sweep' and params.sweep_name = '{sweep}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        known = sorted({r.data.params.get("sweep_name") for r in client.search_runs(ids, "tags.`sweeplab.kind` = 'sweep'")} - {None})
+        raise UserError(f"no sweep {sweep!r} in the MLflow store {client.tracking_uri}. "
+                        f"Sweeps there: {', '.join(known) or 'none yet'}")
+    return runs[0]
+
+
+def collect_trials(client, parent) -> tuple[pd.DataFrame, dict[str, dict[str, list[tuple[int, float]]]]]:
+    """One row per child run (params, final metrics, status) and each run's per-epoch history."""
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  max_results=5000)
+    rows, histories = [], {}
+    for run in children:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        row = {"run_id": run.info.run_id, "trial": tags.get("sweeplab.trial_name", run.info.run_name),
+               "status": tags.get("sweeplab.status", run.info.status.lower()),
+               "failure_reason": tags.get("sweeplab.failure_reason", ""),
+               "restarts": int(tags.get("sweeplab.restarts", "0"))}
+        row.update({k: _parse(v) for k, v in params.items()})
+        row.update({f"final {k}": v for k, v in metrics.items()})
+        rows.append(row)
+        histories[run.info.run_id] = {
+            key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in ("val/acc", "train/acc", "val/loss", "train/loss")
+        }
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values("trial").reset_index(drop=True)
+    return frame, histories
+
+
+def _parse(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (ValueError, TypeError):
+        return value
+
+
+def _png(fig, folder: Path, name: str) -> Path:
+    path = folder / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path) -> Optional[Path]:
+    """Mean ± std of ``metric`` vs epoch for every value of ``key``, one panel per model."""
+    if key not in frame or frame.empty:
+        return None
+    plt = _pyplot()
+    panels = sorted(frame["model.name"].unique()) if key != "model.name" and "model.name" in frame else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, model in zip(axes[0], panels):
+        subset = frame if model is None else frame[frame["model.name"] == model]
+        for value, group in subset.groupby(key, sort=True):
+            series = [histories[r][metric] for r in group["run_id"] if histories[r][metric]]
+            if not series:
+                continue
+            length = max(len(s) for s in series)
+            grid = np.full((len(series), length), np.nan)
+            for i, s in enumerate(series):
+                grid[i, : len(s)] = [v for _, v in s]
+            scale = 100 if metric.endswith("acc") else 1
+            mean, std = np.nanmean(grid, 0) * scale, np.nanstd(grid, 0) * scale
+            epochs = np.arange(1, length + 1)
+            ax.plot(epochs, mean, marker="o", label=f"{value} (n={len(series)})")
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        ax.set(xlabel="epoch", ylabel=metric + (" (%)" if metric.endswith("acc") else ""),
+               title=f"{metric} by {label}" + (f" — {model}" if model else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _png(fig, folder, f"curves_by_{label.split()[0]}.png")
+
+
+def summary_by(frame, key: str, metric: str, mode: str) -> pd.DataFrame:
+    """Final ``metric`` per value of ``key`` (per model): mean, std and count over runs."""
+    col = f"final {metric}"
+    done = frame[frame["status"] == "completed"] if "status" in frame else frame
+    if key not in done or col not in done or done.empty:
+        return pd.DataFrame()
+    by = ["model.name", key] if key != "model.name" and "model.name" in done else [key]
+    table = done.groupby(by)[col].agg(["mean", "std", "count"]).reset_index()
+    table["std"] = table["std"].fillna(0.0)
+    return table.sort_values(by[:-1] + ["mean"], ascending=[True] * (len(by) - 1) + [mode == "min"])
+
+
+def bars_by(table: pd.DataFrame, key: str, label: str, metric: str, folder: Path) -> Optional[Path]:
+    if table.empty:
+        return None
+    plt = _pyplot()
+    scale = 100 if metric.endswith("acc") else 1
+    panels = sorted(table["model.name"].unique()) if key != "model.name" and "model.name" in table else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, model in zip(axes[0], panels):
+        sub = table if model is None else table[table["model.name"] == model]
+        ax.bar(sub[key].astype(str), sub["mean"] * scale, yerr=sub["std"] * scale, capsize=4, color="#4c72b0")
+        low = max(0.0, float((sub["mean"] - sub["std"]).min() * scale) - 5) if metric.endswith("acc") else 0
+        ax.set_ylim(bottom=low)
+        ax.set(ylabel=f"final {metric} mean ± std", title=f"{label}" + (f" — {model}" if model else ""))
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(axis="y", alpha=0.3)
+    return _png(fig, folder, f"best_by_{label.split()[0]}.png")
+
+
+def params_vs_metric(frame, metric: str, folder: Path) -> Optional[Path]:
+    col = f"final {metric}"
+    if "final params" not in frame or col not in frame:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    scale = 100 if metric.endswith("acc") else 1
+    for model, group in frame.groupby("model.name") if "model.name" in frame else [("runs", frame)]:
+        ax.scatter(group["final params"], group[col] * scale, label=model, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="trainable parameters", ylabel=f"final {metric}", title=f"parameter count vs {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig, folder, "params_vs_metric.png")
+
+
+def optuna_plots(frame, space: dict, metric: str, mode: str, folder: Path) -> list[Path]:
+    """Parameter importance and parallel coordinates from an in-memory study rebuilt from the runs."""
+    import warnings
+
+    import optuna
+
+    from sweeplab.sweep.space import encode_choice, parse_space  # noqa: F401
+
+    col = f"final {metric}"
+    done = frame[frame["status"] == "completed"] if "status" in frame else frame
+    keys = [k if k != "model" else "model.name" for k in space]
+    if col not in done or len(done) < 2 or not all(k in done for k in keys):
+        return []
+    dists = {}
+    for key, spec in space.items():
+        column = key if key != "model" else "model.name"
+        if spec["type"] == "categorical":
+            dists[column] = optuna.distributions.CategoricalDistribution(sorted({str(v) for v in done[column]}))
+        elif spec["type"] == "int":
+            dists[column] = optuna.distributions.IntDistribution(int(spec["low"]), int(spec["high"]), log=spec.get("log", False))
+        else:
+            dists[column] = optuna.distributions.FloatDistribution(spec["low"], spec["high"], log=spec.get("log", False))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for _, row in done.iterrows():
+        params = {k: (str(row[k]) if isinstance(d, optuna.distributions.CategoricalDistribution) else row[k]) for k, d in dists.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[col])))
+    out = []
+    plt = _pyplot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from optuna.visualization import matplotlib as ovm
+
+        if len(dists) > 1 and len({tuple(sorted(t.params.items())) for t in study.trials}) > 2:
+            try:
+                ax = ovm.plot_param_importances(study, target_name=metric)
+                out.append(_png(ax.figure, folder, "param_importance.png"))
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                plt.close("all")
+        ax = ovm.plot_parallel_coordinate(study, target_name=metric)
+        ax.figure.set_size_inches(9, 4.5)
+        out.append(_png(ax.figure, folder, "parallel_coordinate.png"))
+    return out
+
+
+def build_report(client, parent_run_id: str, out_dir: Optional[Path] = None, log_to_parent: bool = False) -> Path:
+    """Write report.html (+ PNGs and trials.csv) to out_dir and/or the parent run's artifacts."""
+    parent = client.get_run(parent_run_id)
+    p = parent.data.params
+    objectives = json.loads(p.get("objectives", '[["val/acc", "max"]]'))
+    metric, mode = objectives[0]
+    space = json.loads(p.get("space", "{}"))
+    frame, histories = collect_trials(client, parent)
+    folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="sweeplab-report-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / "trials.csv", index=False)
+
+    figures: list[tuple[str, Path]] = []
+    tables: list[tuple[str, pd.DataFrame]] = []
+    if not frame.empty:
+        for key, label in GROUPINGS:
+            path = curves_by(frame, histories, key, label, metric, folder)
+            if path:
+                figures.append((f"{metric} vs epoch by {label} (mean ± std over runs)", path))
+            table = summary_by(frame, key, metric, mode)
+            if not table.empty and table[key].nunique() > 1:
+                tables.append((f"final {metric} by {label}", table))
+                bars = bars_by(table, key, label, metric, folder)
+                if bars:
+                    figures.append((f"final {metric} by {label}, error bars = std over runs", bars))
+        for title, path in [(f"parameter count vs {metric}", params_vs_metric(frame, metric, folder))]:
+            if path:
+                figures.append((title, path))
+        for path in optuna_plots(frame, space, metric, mode, folder):
+            figures.append((path.stem.replace("_", " "), path))
+
+    page = _html(parent, frame, tables, figures, metric, mode)
+    (folder / "report.html").write_text(page)
+    if log_to_parent:
+        client.log_artifacts(parent_run_id, str(folder), "report")
+    return folder / "report.html"
+
+
+def _img(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _html(parent, frame, tables, figures, metric: str, mode: str) -> str:
+    p = parent.data.params
+    esc = html.escape
+    scale = (lambda v: f"{v * 100:.2f}%") if metric.endswith("acc") else (lambda v: f"{v:.4g}")
+    parts = [f"<h1>sweep {esc(p.get('sweep_id', parent.info.run_name))}</h1>",
+             "<p>" + " · ".join(f"<b>{esc(k)}</b> {esc(str(p.get(k, '')))}" for k in
+                                ("sampler", "scheduler", "seeds", "num_configs", "max_epochs")) + "</p>",
+             f"<p><b>search space</b> <code>{esc(p.get('space', ''))}</code></p>"]
+    if not frame.empty and "status" in frame:
+        counts = frame["status"].value_counts().to_dict()
+        parts.append("<p><b>trials</b> " + ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.items())) + "</p>")
+    for title, table in tables:
+        key = table.columns[-4]
+        rows = "".join(
+            "<tr>" + ("<td>" + esc(str(r["model.name"])) + "</td>" if "model.name" in table and key != "model.name" else "")
+            + f"<td>{esc(str(r[key]))}</td><td>{scale(r['mean'])} ± {scale(r['std'])}</td><td>{int(r['count'])}</td></tr>"
+            for _, r in table.iterrows())
+        head = ("<th>model</th>" if "model.name" in table and key != "model.name" else "") + f"<th>{esc(key)}</th><th>mean ± std</th><th>runs</th>"
+        parts.append(f"<h2>{esc(title)}</h2><table><tr>{head}</tr>{rows}</table>")
+    for title, path in figures:
+        parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='{_img(path)}'>")
+    col = f"final {metric}"
+    if not frame.empty and col in frame:
+        shown = [c for c in frame.columns if c in ("trial", "status", col, "final params", "model.name", "model.activation")
+                 or c in json.loads(p.get("space", "{}"))]
+        ordered = frame.sort_values(col, ascending=(mode == "min"), na_position="last")[shown]
+        parts.append("<h2>all trials</h2>" + ordered.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} img{max-width:100%} code{font-size:90%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>sweeplab report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"

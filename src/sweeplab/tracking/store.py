@@ -1,0 +1,50 @@
+"""Where MLflow runs live: a SQLite file under output_dir by default, a server on clusters."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Optional
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"  # MLflow 3's model-training view, not the GenAI one
+
+
+def tracking_uri(cfg) -> str:
+    if cfg.tracking.uri:
+        return str(cfg.tracking.uri)
+    return f"sqlite:///{Path(cfg.output_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(cfg) -> Optional[str]:
+    """Local stores keep artifacts beside the database; a server decides for itself."""
+    if cfg.tracking.uri and not str(cfg.tracking.uri).startswith(("sqlite:", "file:", "/")):
+        return None
+    return (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri()
+
+
+def client_for(uri: str):
+    """An MlflowClient; for SQLite the schema is created once here, and WAL lets readers
+    (the UI, sweeplab report) work while a sweep writes."""
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)  # creates and migrates the schema before anyone else writes
+    return client
+
+
+def get_or_create_experiment(client, name: str, artifact_location: Optional[str]) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = f"{artifact_location}/{name}" if artifact_location else None
+        experiment_id = client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return experiment_id
