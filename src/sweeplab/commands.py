@@ -130,6 +130,8 @@ def _storage(overrides) -> str:
 def cmd_status(args) -> int:
     from sweeplab.sweep.results import find_sweep, format_table, list_sweeps, load_outcome
 
+    if args.sweep and "=" in args.sweep:  # `sweeplab status output_dir=...`: an override, not a sweep
+        args.overrides, args.sweep = [args.sweep, *args.overrides], None
     storage = _storage(args.overrides)
     if not args.sweep:
         rows = []

@@ -64,6 +64,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     cfg = compose(overrides, sweep_file)
     sc = cfg.sweep
     dims = parse_space(sc.space, cfg, sweep_file, group_options())
+    _check_group_choices(dims, overrides, sweep_file)
     clash = [o.split("=")[0].lstrip("+~") for o in overrides if o.split("=")[0].lstrip("+~") in {d.key for d in dims}]
     if clash:
         raise ConfigError(f"{clash[0]} is searched by sweep.space in {sweep_file}; remove {clash[0]}=... from the command line")
@@ -92,10 +93,25 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         raise ConfigError(f"sweep.num_trials and sweep.max_concurrent in {sweep_file} must be >= 1")
     from sweeplab.sweep.searcher import make_sampler
 
-    make_sampler(sc.sampler, dims, sc.sampler_seed, len(objectives) > 1)  # grid without steps etc.
+    try:
+        make_sampler(sc.sampler, dims, sc.sampler_seed, len(objectives) > 1)  # grid without steps etc.
+    except ConfigError as err:
+        raise ConfigError(f"{err} (in {sweep_file})") from None
     num_configs = grid_size(dims) if sc.sampler == "grid" else sc.num_trials
     return SweepPlan(sweep_file, list(overrides), cfg, dims, objectives, num_configs,
                      Path(cfg.output_dir).resolve(), optuna_storage_url(cfg))
+
+
+def _check_group_choices(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:
+    """A key under a searched group (model.hidden_sizes with model: [mlp, lenet]) must exist in every choice."""
+    for group in (d for d in dims if d.is_group):
+        keys = [d.key for d in dims if d.key.startswith(f"{group.key}.")]
+        for option in group.choices if keys else ():
+            cfg = compose([*overrides, f"{group.key}={option}"], sweep_file)
+            for key in keys:
+                if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+                    raise ConfigError(f"sweep.space.{key} in {sweep_file}: {group.key}={option} has no key {key!r}; "
+                                      f"search {key} only with {group.key} choices that have it")
 
 
 def start_ray(cfg: DictConfig) -> None:

@@ -126,7 +126,9 @@ def grid_size(dims: list[Dimension]) -> int:
 
 def to_override(key: str, value: Any) -> str:
     """A Hydra override that sets ``key`` to a sampled value."""
-    if isinstance(value, float):
+    if value is None:
+        text = "null"  # Hydra's None; 'None' would be the string "None"
+    elif isinstance(value, float):
         text = repr(value)
     elif isinstance(value, bool):
         text = str(value).lower()

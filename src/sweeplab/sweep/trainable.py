@@ -71,12 +71,15 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 
 
 def _summary(cfg, snapshot: dict) -> str:
+    import torch
+
     from sweeplab.data import DATASETS
     from sweeplab.models import build_model
     from sweeplab.models.summary import summarize
 
     entry = DATASETS.get(cfg.data.name)
     shape = entry.input_shape if not cfg.data.resize else (entry.input_shape[0], cfg.data.resize, cfg.data.resize)
-    model = build_model(cfg.model, shape, entry.num_classes)
+    with torch.random.fork_rng(devices=[]):  # initialising a model draws from torch's RNG: dropout needs it untouched
+        model = build_model(cfg.model, shape, entry.num_classes)
     model.load_state_dict(snapshot["model"])
     return summarize(model, shape) + "\n"

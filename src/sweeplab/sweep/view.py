@@ -20,14 +20,17 @@ class LiveView(tune.Callback):
                  quiet: bool = False, stream: TextIO | None = None) -> None:
         self.space_keys, self.metric, self.mode = list(space_keys), metric, mode
         self.max_epochs, self.max_failures, self.quiet = max_epochs, max_failures, quiet
-        self.stream = stream or sys.stdout
+        self.stream = stream  # None: sys.stdout at print time (Tune pickles callbacks)
         self.started = time.monotonic()
         self.ended: dict[str, str] = {}  # trial id -> status
         self.best: tuple[float, str] | None = None
 
     def _print(self, text: str) -> None:
         elapsed = int(time.monotonic() - self.started)
-        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", file=self.stream, flush=True)
+        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", file=self.stream or sys.stdout, flush=True)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "stream": None}
 
     def _params(self, trial) -> str:
         shown = {k: trial.config[k] for k in self.space_keys if k in trial.config}

@@ -1,0 +1,152 @@
+"""Cluster mode on loopback: PostgreSQL for MLflow and Optuna, a real `mlflow server`,
+and a two-node Ray cluster — the services docker-compose starts, as local processes."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray node on 127.0.0.1
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+PG = os.environ.get("SWEEPLAB_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _pg_ready() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def databases():
+    if not _pg_ready():
+        pytest.skip(f"PostgreSQL is not reachable at {PG} (make services starts it)")
+    import psycopg
+
+    names = {kind: f"sweeplab_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")}
+    admin = psycopg.connect(f"{PG}/postgres", autocommit=True)
+    with admin.cursor() as cur:
+        for name in names.values():
+            cur.execute(f"CREATE DATABASE {name}")
+    yield {kind: f"{PG}/{name}" for kind, name in names.items()}
+    with admin.cursor() as cur:
+        for name in names.values():
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(databases, tmp_path_factory):
+    port = _free_port()
+    artifacts = tmp_path_factory.mktemp("mlartifacts")
+    log = open(tmp_path_factory.mktemp("logs") / "mlflow.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", databases["mlflow"],
+         "--artifacts-destination", str(artifacts), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(1)
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited: {Path(log.name).read_text()[-2000:]}")
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not become healthy in 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, mlflow_server, ray_cluster, tmp_path):
+    import optuna
+    import ray
+    from mlflow import MlflowClient
+
+    from sweeplab.sweep.launch import launch_sweep
+    from sweeplab.sweep.results import best_command, find_sweep
+
+    overrides = [
+        f"output_dir={tmp_path}",
+        f"cluster.address={ray_cluster.address}",
+        f"cluster.optuna_storage={databases['optuna']}",
+        f"cluster.storage_path={tmp_path / 'shared'}",
+        "tracking=server",
+        f"tracking.uri={mlflow_server}",
+        "data.subset=500",
+        "train.epochs=2",
+        "sweep.num_trials=4",
+        "sweep.scheduler.kind=none",
+    ]
+    outcome = launch_sweep("smoke", overrides, quiet=True)
+
+    # both nodes of the cluster offered their CPU to the sweep
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    assert outcome.counts() == {"completed": 4}
+
+    # the Optuna study lives in PostgreSQL, named after the sweep id
+    study = optuna.load_study(study_name=outcome.sweep_id, storage=databases["optuna"])
+    assert len(study.get_trials()) == 4
+    assert find_sweep(databases["optuna"], "smoke")["sweep_id"] == outcome.sweep_id
+    assert "sweeplab train" in best_command(outcome, outcome.best())
+
+    # MLflow runs went through the server into PostgreSQL, artifacts through its proxy
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("smoke")
+    parent = client.search_runs([experiment.experiment_id], "tags.`sweeplab.kind` = 'sweep'")
+    assert len(parent) == 1
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
+    assert len(children) == 4
+    artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id)}
+    assert {"weights.pt", "learning_curves.png", "confusion_matrix.png", "config.yaml"} <= artifacts
+
+    # `sweeplab report` rebuilds the report from the server alone, in another process
+    report = subprocess.run(
+        [sys.executable, "-m", "sweeplab.cli", "report", "smoke", "tracking=server", f"tracking.uri={mlflow_server}",
+         f"output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "reports" / outcome.sweep_id / "report.html").stat().st_size > 10_000
