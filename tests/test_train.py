@@ -1,0 +1,196 @@
+"""The training function every caller shares, and the ``sweeplab`` command around it."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sweeplab.config.compose import compose
+from sweeplab.data import DATASETS
+from sweeplab.data import datasets as datasets_module
+from sweeplab.models import MODELS, build_model
+from sweeplab.models.layers import ACTIVATIONS, POOLINGS
+from sweeplab.train import StopTraining, train
+
+REPORTED = ("train/loss", "train/acc", "val/loss", "val/acc", "epoch_seconds", "samples_per_second", "lr")
+TIMING = ("epoch_seconds", "samples_per_second")  # wall-clock: the only values allowed to differ
+
+MLP_MNIST5K = ["model=mlp", "data=mnist5k", "data.subset=500", "train.epochs=2"]
+# Small, but with every source of state a resume must restore: shuffling and augmentation (the
+# batch generator), dropout (torch's RNG), momentum buffers and a cosine learning-rate schedule.
+SMALL_ALEXNET_DIGITS = ["model=alexnet", "model.filters=[4,4,4,4,4]", "model.fc_sizes=[16,16]", "model.dropout=0.5",
+                        "data=digits", "data.subset=300", "data.augment=true", "train.batch_size=32",
+                        "train.lr_schedule=cosine", "optimizer=sgd", "optimizer.momentum=0.9", "train.epochs=3"]
+
+
+def config(*overrides: str):
+    return compose(["train.device=cpu", "tracking=none", *overrides])
+
+
+def without_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def fresh_train(cfg, **kwargs):
+    getattr(datasets_module, "_CACHE", {}).clear()  # load the data again, as a new process would
+    return train(cfg, **kwargs)
+
+
+def test_same_config_and_seed_give_identical_runs():
+    cfg = config(*MLP_MNIST5K)
+    first, second = fresh_train(cfg), fresh_train(cfg)
+    assert len(first.history) == 2
+    assert [without_timing(m) for m in first.history] == [without_timing(m) for m in second.history]
+    assert_same_weights(first.model, second.model)
+    other = fresh_train(config(*MLP_MNIST5K, "train.seed=1"))
+    assert [without_timing(m) for m in other.history] != [without_timing(m) for m in first.history]
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
+    cfg = config(*SMALL_ALEXNET_DIGITS)
+    uninterrupted = fresh_train(cfg)
+
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def crash_after_first_epoch(metrics, make_checkpoint):
+        torch.save(make_checkpoint(), checkpoint)  # as Ray Tune would: serialised, not kept in memory
+        raise StopTraining
+
+    interrupted = fresh_train(cfg, reporter=crash_after_first_epoch)
+    assert len(interrupted.history) == 1
+
+    state = torch.load(checkpoint)  # torch's safe default (weights_only=True) must be able to read it
+    assert state["epoch"] == 1
+    resumed_epochs = []
+    resumed = fresh_train(cfg, resume=state, reporter=lambda m, _c: resumed_epochs.append(m["epoch"]))
+    assert resumed_epochs == [2, 3]
+    assert [without_timing(m) for m in resumed.history] == [without_timing(m) for m in uninterrupted.history]
+    assert without_timing(resumed.metrics) == without_timing(uninterrupted.metrics)
+    assert_same_weights(resumed.model, uninterrupted.model)
+
+
+@pytest.fixture(scope="module")
+def mlp_run():
+    """Two epochs of the mlp on 500 mnist5k images, with what its reporter saw."""
+    seen = []
+    cfg = config(*MLP_MNIST5K, "train.lr_schedule=cosine")
+    result = fresh_train(cfg, reporter=lambda m, checkpoint: seen.append((m, checkpoint())))
+    return cfg, result, seen
+
+
+def test_reporter_gets_every_metric_each_epoch(mlp_run):
+    cfg, result, seen = mlp_run
+    assert [m["epoch"] for m, _ in seen] == [1, 2]
+    for metrics, state in seen:
+        assert set(REPORTED) <= set(metrics)
+        assert all(math.isfinite(metrics[k]) for k in REPORTED)
+        assert 0.0 <= metrics["train/acc"] <= 1.0 and 0.0 <= metrics["val/acc"] <= 1.0
+        assert metrics["train/loss"] > 0 and metrics["val/loss"] > 0
+        assert metrics["epoch_seconds"] > 0 and metrics["samples_per_second"] > 0
+        assert state["epoch"] == metrics["epoch"]  # the checkpoint is of the epoch just reported
+    lrs = [m["lr"] for m, _ in seen]
+    assert lrs[0] == pytest.approx(cfg.optimizer.lr)
+    assert lrs[1] == pytest.approx(cfg.optimizer.lr * 0.5)  # cosine over 2 epochs: halfway down after one
+    assert seen[1][0]["val/acc"] > 0.5  # it learns: chance is 0.1
+    assert result.metrics["val/acc"] == seen[-1][0]["val/acc"]
+
+
+def test_stop_training_from_the_reporter_ends_early():
+    calls = []
+
+    def stop_at_once(metrics, _checkpoint):
+        calls.append(metrics["epoch"])
+        raise StopTraining
+
+    result = fresh_train(config(*MLP_MNIST5K, "train.epochs=5"), reporter=stop_at_once)
+    assert calls == [1]
+    assert len(result.history) == 1 and result.metrics["epoch"] == 1
+
+
+def test_mse_loss_trains():
+    result = fresh_train(config("model=mlp", "data=mnist5k", "data.subset=1000", "train.epochs=3", "train.loss=mse"))
+    losses = [m["train/loss"] for m in result.history]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0]
+    # 0.5 * sum((softmax - one_hot)^2) never exceeds 1; cross-entropy starts near ln(10) = 2.3
+    assert all(0 < m["train/loss"] <= 1 and 0 < m["val/loss"] <= 1 for m in result.history)
+    assert result.metrics["val/acc"] > 0.5
+
+
+@pytest.mark.slow
+def test_lenet_on_mnist5k_reaches_90_percent_in_two_epochs():
+    result = fresh_train(config("model=lenet", "data=mnist5k", "train.epochs=2"))
+    assert result.metrics["val/acc"] > 0.90
+
+
+# --- the command line ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["model=simple_convnet", "model.conv.filter_size=40"], ["conv1", "28x28", "filter_size=40"]),
+        (["model=nosuch"], ["nosuch", *MODELS.names()]),
+        (["optimizer.lrr=0.1"], ["optimizer.lrr"]),
+    ],
+    ids=["filter-too-big", "unknown-model", "misspelled-key"],
+)
+def test_cli_train_with_bad_input_fails_with_one_clear_line(run_cli, tmp_path, args, expected):
+    proc = run_cli("train", *args)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for part in expected:
+        assert part in lines[0]
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("weights.pt"))
+
+
+def test_cli_train_writes_a_usable_run_folder(run_cli, tmp_path):
+    proc = run_cli("train", "model=mlp", "data=digits", "train.epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    folders = list((tmp_path / "outputs").glob("train/*"))
+    assert len(folders) == 1
+    folder = folders[0]
+    assert not [p for p in tmp_path.iterdir() if p.name != "outputs"]  # nothing written outside output_dir
+
+    saved = OmegaConf.load(folder / "config.yaml")
+    assert saved.model.name == "mlp" and saved.data.name == "digits" and saved.train.epochs == 2
+    with open(folder / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(REPORTED) <= set(rows[0])
+    final = json.loads((folder / "final_metrics.json").read_text())
+    assert final["val/acc"] == pytest.approx(float(rows[-1]["val/acc"]))
+    assert 0.5 < final["val/acc"] <= 1.0
+
+    model = build_model(saved.model, DATASETS.get("digits").input_shape, DATASETS.get("digits").num_classes)
+    model.load_state_dict(torch.load(folder / "weights.pt"))  # the weights fit the saved config
+
+    progress = [line for line in proc.stdout.splitlines() if "val/acc" in line]
+    assert len(progress) >= 3  # one line per epoch, then the final metrics
+    assert f"{final['val/acc'] * 100:.2f}%" in progress[-1]
+
+
+def test_cli_models_lists_every_model_activation_and_pooling(run_cli):
+    proc = run_cli("models")
+    assert proc.returncode == 0, proc.stderr
+    first_words = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    assert set(MODELS.names()) <= first_words
+    for name in [*ACTIVATIONS.names(), *POOLINGS.names()]:
+        assert name in proc.stdout
+
+
+def test_cli_datasets_lists_every_dataset(run_cli):
+    proc = run_cli("datasets")
+    assert proc.returncode == 0, proc.stderr
+    first_words = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    assert set(DATASETS.names()) <= first_words
