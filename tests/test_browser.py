@@ -1,0 +1,101 @@
+"""A real browser against the MLflow UI that `sweeplab ui` serves for a finished sweep."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("browser-sweep")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    run = subprocess.run([*SWEEPLAB, "sweep", "smoke", f"output_dir={out}", "data.subset=500", "--quiet"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ui(finished_sweep):
+    port = _free_port()
+    proc = subprocess.Popen([*SWEEPLAB, "ui", f"output_dir={finished_sweep}", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(1)
+        assert proc.poll() is None, proc.stdout.read()
+    else:
+        proc.kill()
+        pytest.fail("sweeplab ui did not serve /health within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make browser-deps installs it)")
+def test_mlflow_ui_shows_the_sweep_with_nested_trials_and_compares_two(ui, finished_sweep, tmp_path):
+    from mlflow import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(f"sqlite:///{finished_sweep / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    parent = client.search_runs([experiment.experiment_id], "tags.`sweeplab.kind` = 'sweep'")[0]
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    shots = Path(os.environ.get("SWEEPLAB_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        # the experiment list names the sweep's experiment
+        page.goto(f"{ui}/#/experiments?workflowType=machine_learning")
+        page.get_by_text("smoke", exact=True).first.wait_for(timeout=60_000)
+
+        # the runs table of the experiment: the sweep's parent run, expandable to its trials
+        page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+        page.get_by_text(parent.info.run_name).first.wait_for(timeout=60_000)
+        # the expander of a parent run sits in its Run Name cell
+        name_cell = page.locator("[role=gridcell]", has=page.get_by_text(parent.info.run_name, exact=True))
+        name_cell.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+        page.get_by_text(children[0].info.run_name).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(shots / "mlflow_sweep_runs.png"), full_page=True)
+
+        # comparing two trials shows their differing params side by side
+        a, b = children[0], children[1]
+        page.goto(f'{ui}/#/compare-runs?runs=["{a.info.run_id}","{b.info.run_id}"]'
+                  f'&experiments=["{experiment.experiment_id}"]&workflowType=machine_learning')
+        page.get_by_text("optimizer.lr").first.wait_for(timeout=60_000)
+        body = page.inner_text("body")
+        for run in (a, b):
+            assert run.info.run_name in body
+        page.screenshot(path=str(shots / "mlflow_compare_trials.png"), full_page=True)
+        browser.close()
+    assert (shots / "mlflow_sweep_runs.png").stat().st_size > 20_000
