@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv sweep train test test-fast browser-deps services clean
+.PHONY: venv sweep train test test-fast system-deps services clean
 
 venv: $(VENV)/.installed
 
@@ -24,18 +24,22 @@ sweep: venv
 train: venv
 	$(BIN)/sweeplab train model=lenet
 
-# Debian's chromium for the browser tier (skipped with a reason when it cannot be installed).
-browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/tmp/sweeplab-apt.log 2>&1 \
-	  || echo "chromium could not be installed (see /tmp/sweeplab-apt.log): browser tests will be skipped"; }
+# Debian's chromium (browser tier) and docker-compose (compose file validation); the tests that need
+# them are skipped with a reason when they cannot be installed (no root, no apt).
+system-deps:
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing from apt"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/tmp/sweeplab-apt.log 2>&1 \
+	  || echo "could not install$$missing (see /tmp/sweeplab-apt.log): their tests will be skipped"; fi
 
 # PostgreSQL for the cluster tier: started when installed but not running.
 services:
 	@if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then \
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; fi
 
-test: venv browser-deps services
+test: venv system-deps services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
