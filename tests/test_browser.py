@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def finished_sweep(tmp_path_factory):
 def ui(finished_sweep):
     port = _free_port()
     proc = subprocess.Popen([*SWEEPLAB, "ui", f"output_dir={finished_sweep}", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -52,7 +53,7 @@ def ui(finished_sweep):
         proc.kill()
         pytest.fail("sweeplab ui did not serve /health within 120 s")
     yield url
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers
     proc.wait(timeout=30)
 
 

@@ -3,6 +3,7 @@ and a two-node Ray cluster — the services docker-compose starts, as local proc
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,7 +63,8 @@ def mlflow_server(databases, tmp_path_factory):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", databases["mlflow"],
          "--artifacts-destination", str(artifacts), "--serve-artifacts",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     import urllib.request
@@ -80,7 +82,7 @@ def mlflow_server(databases, tmp_path_factory):
         proc.kill()
         pytest.fail("mlflow server did not become healthy in 120 s")
     yield url
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers
     proc.wait(timeout=30)
     log.close()
 

@@ -192,7 +192,6 @@ def cmd_report(args) -> int:
 
 def cmd_ui(args) -> int:
     import os
-    import subprocess
 
     from sweeplab.config.compose import compose
     from sweeplab.tracking.store import client_for, tracking_uri
@@ -211,7 +210,7 @@ def cmd_ui(args) -> int:
     artifacts = Path(cfg.output_dir).resolve() / "mlartifacts"
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--default-artifact-root", artifacts.as_uri(), "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    try:
-        return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
-    except KeyboardInterrupt:
-        return 0
+    # GenAI job workers (eight processes) are of no use for training runs; exec so that a signal
+    # to `sweeplab ui` reaches the server itself.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    os.execve(sys.executable, command, env)
