@@ -125,11 +125,15 @@ def start_ray(cfg: DictConfig) -> None:
 
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV} | {"SWEEPLAB_HOME": str(project_root())}}
+    env_vars = {k: os.environ[k] for k in RAY_ENV} | {"SWEEPLAB_HOME": str(project_root())}
+    if "SWEEPLAB_FAULT_AFTER_EPOCH" in os.environ:  # the retry tests' fault injection
+        env_vars["SWEEPLAB_FAULT_AFTER_EPOCH"] = os.environ["SWEEPLAB_FAULT_AFTER_EPOCH"]
+    runtime_env = {"env_vars": env_vars}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
     else:
-        ray.init(num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus, include_dashboard=cfg.cluster.dashboard,
+        # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
+        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus, include_dashboard=cfg.cluster.dashboard,
                  runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
 
 

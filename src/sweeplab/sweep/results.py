@@ -100,7 +100,7 @@ def load_outcome(storage: str, sweep_id: str) -> SweepOutcome:
         status = attrs.get("status", "running" if t.state.name == "RUNNING" else t.state.name.lower())
         rows.append(TrialRow(t.number, dict(t.params), t.state.name, status, values, attrs.get("std"),
                              attrs.get("epochs"), attrs.get("reason", ""), attrs.get("seeds", {})))
-    return SweepOutcome(dict(study.user_attrs), rows)
+    return SweepOutcome({**study.user_attrs, "storage": storage}, rows)  # storage: _pareto reopens the study
 
 
 # --- presentation -----------------------------------------------------------------

@@ -33,6 +33,7 @@ def compose_trial(spec: TrialSpec, config: dict[str, Any]):
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
+    import ray
     import torch
     from ray import tune
 
@@ -55,6 +56,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             resume = torch.load(Path(folder) / "state.pt", weights_only=False)
     config_yaml = to_yaml(cfg)
     summary: list[str] = []
+    placement = {"gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "node_ip": ray.util.get_node_ip_address()}
+    crash_after = int(os.environ.get("SWEEPLAB_FAULT_AFTER_EPOCH", "0"))
 
     def reporter(metrics: dict, state) -> None:
         snapshot = state()
@@ -65,9 +68,21 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             if not summary:
                 summary.append(_summary(cfg, snapshot))
             (folder / "model_summary.txt").write_text(summary[0])
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        if crash_after and metrics["epoch"] == crash_after:
+            _inject_fault_once(cfg.output_dir, tune.get_context().get_trial_id())
 
     train(cfg, reporter=reporter, resume=resume)
+
+
+def _inject_fault_once(output_dir: str, trial_id: str) -> None:
+    """Fault injection for the retry tests (SWEEPLAB_FAULT_AFTER_EPOCH=N): every trial crashes
+    once, right after epoch N was reported and checkpointed, then is retried by Ray."""
+    marker = Path(output_dir) / "faults" / trial_id
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError(f"injected fault after epoch (SWEEPLAB_FAULT_AFTER_EPOCH) in trial {trial_id}")
 
 
 def _summary(cfg, snapshot: dict) -> str:

@@ -50,6 +50,7 @@ class MlflowSweepTracker(tune.Callback):
         self._children: dict[str, str] = {}  # trial name -> run id
         self._last_step: dict[str, int] = {}
         self._pending: list = []  # async log_batch operations
+        self._placed: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
         state = dict(self.__dict__)
@@ -128,6 +129,10 @@ class MlflowSweepTracker(tune.Callback):
         if step <= self._last_step.get(name, 0):
             return  # a retried trial repeats no epoch it already logged
         self._last_step[name] = step
+        if step == 1 or name not in self._placed:
+            self._placed.add(name)
+            self.client.set_tag(run_id, "sweeplab.placement",
+                                f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]")
         operation = self.client.log_batch(run_id, metrics=runs.epoch_metrics(result),
                                           synchronous=False if self.async_logging else None)
         if operation is not None:
