@@ -144,6 +144,8 @@ class OptunaSearcher(Searcher):
         self._set_attrs(trial_id, attrs)
         try:
             if stopped and len(self.objectives) == 1:
+                if len(self.seeds) == 1:  # Ray hands the stopping epoch to on_trial_complete, not on_trial_result
+                    optuna.Trial(study, trial_id).report(valid[0]["values"][0], step=valid[0]["epoch"])
                 study.tell(number, state=optuna.trial.TrialState.PRUNED)
             else:
                 study.tell(number, means if len(means) > 1 else means[0])

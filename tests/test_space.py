@@ -1,0 +1,290 @@
+"""Search spaces: sweep files -> Optuna distributions, grid points and Hydra overrides; bad files rejected.
+
+Fast: no Ray is started. Every sweep file is written to tmp_path the way a user writes one.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from sweep_helpers import sweeplab, write_sweep
+from sweeplab.errors import ConfigError
+from sweeplab.sweep.launch import launch_sweep, plan_sweep
+from sweeplab.sweep.searcher import make_sampler
+from sweeplab.sweep.space import all_grid_points, overrides_for
+from sweeplab.sweep.trainable import TrialSpec, compose_trial
+
+MIXED = """
+sweep:
+  sampler: {sampler}
+  seeds: [0, 1]
+  space:
+    optimizer: {{type: categorical, choices: [sgd, adam]}}
+    optimizer.lr: {{type: float, low: 0.01, high: 0.1}}
+    optimizer.weight_decay: {{type: float, low: 1.0e-6, high: 1.0e-3, log: true}}
+    optimizer.momentum: {{type: float, low: 0.5, high: 0.9, step: 0.2}}
+    train.batch_size: {{type: int, low: 16, high: 64}}
+    train.epochs: {{type: int, low: 1, high: 7, step: 3}}
+    data.subset: {{type: int, low: 100, high: 1000, log: true}}
+    model.activation: {{type: categorical, choices: [relu, tanh]}}
+    model.hidden_sizes: {{type: categorical, choices: [[64], [128, 64]]}}
+"""
+
+
+def plan(tmp_path, body: str, name: str = "space", model: str = "mlp", overrides=()):
+    return plan_sweep(str(write_sweep(tmp_path, name, body, model)), [f"output_dir={tmp_path / 'out'}", *overrides])
+
+
+def distributions(sweep_plan) -> dict:
+    return {d.key: d.distribution() for d in sweep_plan.dims}
+
+
+def test_every_space_type_becomes_the_matching_optuna_distribution(tmp_path):
+    dists = distributions(plan(tmp_path, MIXED.format(sampler="tpe")))
+    assert dists == {
+        "optimizer": CategoricalDistribution(["sgd", "adam"]),
+        "optimizer.lr": FloatDistribution(0.01, 0.1),
+        "optimizer.weight_decay": FloatDistribution(1e-6, 1e-3, log=True),
+        "optimizer.momentum": FloatDistribution(0.5, 0.9, step=0.2),
+        "train.batch_size": IntDistribution(16, 64),
+        "train.epochs": IntDistribution(1, 7, step=3),
+        "data.subset": IntDistribution(100, 1000, log=True),
+        "model.activation": CategoricalDistribution(["relu", "tanh"]),
+        # Optuna keeps scalars only: a list choice travels as the Hydra text that sets it
+        "model.hidden_sizes": CategoricalDistribution(["[64]", "[128,64]"]),
+    }
+
+
+def test_list_choice_becomes_a_hydra_list_override_and_the_group_comes_first():
+    params = {"optimizer.lr": 0.05, "model.hidden_sizes": "[128,64]", "model": "mlp", "model.activation": "tanh"}
+    assert overrides_for(params) == [
+        "model=mlp",  # the group is picked first, so the keys after it land in the chosen model
+        "model.activation=tanh",
+        "model.hidden_sizes=[128,64]",
+        "optimizer.lr=0.05",
+    ]
+
+
+@pytest.mark.parametrize("value, text", [(1e-05, "1e-05"), (0.1, "0.1"), (True, "true"), (None, "null"), (32, "32")])
+def test_scalar_overrides_are_hydra_syntax(value, text):
+    assert overrides_for({"data.resize": value}) == [f"data.resize={text}"]
+
+
+def test_sampled_values_reach_the_trial_config_unchanged(tmp_path):
+    """What Optuna samples is exactly what a trial trains with: ask a real study, compose each trial."""
+    sweep_plan = plan(tmp_path, MIXED.format(sampler="random"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=make_sampler("random", sweep_plan.dims, 0, False))
+    spec = TrialSpec(str(sweep_plan.sweep_file), tuple(sweep_plan.overrides), tuple(d.key for d in sweep_plan.dims), "")
+    seen = set()
+    for _ in range(6):
+        params = study.ask(distributions(sweep_plan)).params
+        cfg = compose_trial(spec, {**params, "seed": 1})
+        seen.add(cfg.optimizer.name)
+        assert cfg.train.seed == 1 and cfg.optimizer.name == params["optimizer"]
+        assert cfg.optimizer.lr == params["optimizer.lr"]
+        assert cfg.optimizer.weight_decay == params["optimizer.weight_decay"]
+        assert cfg.optimizer.momentum == pytest.approx(params["optimizer.momentum"])
+        assert any(params["optimizer.momentum"] == pytest.approx(v) for v in (0.5, 0.7, 0.9))
+        assert cfg.train.batch_size == params["train.batch_size"]
+        assert cfg.train.epochs == params["train.epochs"] and params["train.epochs"] in (1, 4, 7)
+        assert cfg.data.subset == params["data.subset"] and 100 <= params["data.subset"] <= 1000
+        assert cfg.model.activation == params["model.activation"]
+        assert list(cfg.model.hidden_sizes) == {"[64]": [64], "[128,64]": [128, 64]}[params["model.hidden_sizes"]]
+    assert seen == {"sgd", "adam"}
+
+
+def test_group_choice_composes_the_chosen_model_with_its_own_defaults(tmp_path):
+    sweep_plan = plan(tmp_path, """
+sweep:
+  space:
+    model: {type: categorical, choices: [mlp, lenet]}
+    model.activation: {type: categorical, choices: [tanh]}
+""")
+    spec = TrialSpec(str(sweep_plan.sweep_file), (), ("model", "model.activation"), "")
+    cfg = compose_trial(spec, {"model": "lenet", "model.activation": "tanh", "seed": 0})
+    assert cfg.model.name == "lenet" and cfg.model.activation == "tanh" and "conv1_filters" in cfg.model
+
+
+def test_grid_points_of_a_mixed_space(tmp_path):
+    sweep_plan = plan(tmp_path, MIXED.format(sampler="grid").replace(
+        "optimizer.lr: {type: float, low: 0.01, high: 0.1}", "optimizer.lr: {type: float, low: 0.01, high: 0.03, step: 0.01}"
+    ).replace("data.subset: {type: int, low: 100, high: 1000, log: true}", "data.subset: {type: categorical, choices: [100, 1000]}")
+     .replace("optimizer.weight_decay: {type: float, low: 1.0e-6, high: 1.0e-3, log: true}",
+              "optimizer.weight_decay: {type: categorical, choices: [0.0]}")
+     .replace("train.batch_size: {type: int, low: 16, high: 64}", "train.batch_size: {type: int, low: 16, high: 64, step: 48}"))
+    axes = {
+        "optimizer": ["sgd", "adam"],
+        "optimizer.lr": [0.01, 0.02, 0.03],
+        "optimizer.weight_decay": [0.0],
+        "optimizer.momentum": [0.5, 0.7, 0.9],
+        "train.batch_size": [16, 64],
+        "train.epochs": [1, 4, 7],
+        "data.subset": [100, 1000],
+        "model.activation": ["relu", "tanh"],
+        "model.hidden_sizes": ["[64]", "[128,64]"],
+    }
+    expected = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    points = all_grid_points(sweep_plan.dims)
+    assert len(points) == len(expected) == 2 * 3 * 3 * 2 * 3 * 2 * 2 * 2
+    assert sorted(map(repr, points)) == sorted(map(repr, expected))
+    assert sweep_plan.num_configs == len(expected)
+    assert sweep_plan.num_trials == 2 * len(expected)  # every configuration once per seed
+
+
+def test_optuna_grid_sampler_asks_every_grid_point_exactly_once(tmp_path):
+    sweep_plan = plan(tmp_path, """
+sweep:
+  sampler: grid
+  space:
+    optimizer.lr: {type: float, low: 0.01, high: 0.03, step: 0.01}
+    train.epochs: {type: int, low: 1, high: 3}
+    model.hidden_sizes: {type: categorical, choices: [[64], [128, 64]]}
+""")
+    assert sweep_plan.num_configs == 3 * 3 * 2
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=make_sampler("grid", sweep_plan.dims, 0, False))
+    asked = []
+    for _ in range(sweep_plan.num_configs):
+        trial = study.ask(distributions(sweep_plan))
+        asked.append(trial.params)
+        try:
+            study.tell(trial, 0.0)
+        except RuntimeError:  # the grid sampler stops the study after its last point
+            pass
+    assert sorted(map(repr, asked)) == sorted(map(repr, all_grid_points(sweep_plan.dims)))
+
+
+# --- bad sweep files: rejected before anything starts, naming the key and the file -------------
+BAD = {
+    "typo_in_sweep_block": ("""
+sweep:
+  num_trail: 4
+  space:
+    optimizer.lr: {type: float, low: 0.01, high: 0.1}
+""", "num_trail"),
+    "typo_in_space_field": ("""
+sweep:
+  space:
+    optimizer.lr: {type: float, low: 0.01, hihg: 0.1}
+""", "hihg"),
+    "space_key_not_in_config": ("""
+sweep:
+  space:
+    optimizer.learning_rate: {type: float, low: 0.01, high: 0.1}
+""", "optimizer.learning_rate"),
+    "empty_range": ("""
+sweep:
+  space:
+    optimizer.lr: {type: float, low: 0.1, high: 0.1}
+""", "optimizer.lr"),
+    "inverted_range": ("""
+sweep:
+  space:
+    train.epochs: {type: int, low: 8, high: 2}
+""", "train.epochs"),
+    "log_range_from_zero": ("""
+sweep:
+  space:
+    optimizer.lr: {type: float, low: 0.0, high: 0.1, log: true}
+""", "optimizer.lr"),
+    "log_range_below_zero": ("""
+sweep:
+  space:
+    optimizer.lr: {type: float, low: -1.0, high: 0.1, log: true}
+""", "optimizer.lr"),
+    "unknown_sampler": ("""
+sweep:
+  sampler: bayesian
+  space:
+    optimizer.lr: {type: float, low: 0.01, high: 0.1}
+""", "sampler"),
+    "unknown_type": ("""
+sweep:
+  space:
+    optimizer.lr: {type: double, low: 0.01, high: 0.1}
+""", "optimizer.lr"),
+    "empty_choices": ("""
+sweep:
+  space:
+    model.activation: {type: categorical, choices: []}
+""", "model.activation"),
+    "grid_float_without_step": ("""
+sweep:
+  sampler: grid
+  space:
+    optimizer.lr: {type: float, low: 0.01, high: 0.1}
+""", "optimizer.lr"),
+    "unknown_group_option": ("""
+sweep:
+  space:
+    model: {type: categorical, choices: [mlp, resnet50]}
+""", "resnet50"),
+    "key_missing_in_a_group_choice": ("""
+sweep:
+  space:
+    model: {type: categorical, choices: [mlp, lenet]}
+    model.hidden_sizes: {type: categorical, choices: [[64], [128, 64]]}
+""", "model=lenet"),
+    "empty_space": ("""
+sweep:
+  space: {}
+""", "sweep.space"),
+    "unknown_scheduler": ("""
+sweep:
+  scheduler: {kind: hyperband}
+  space:
+    optimizer.lr: {type: float, low: 0.01, high: 0.1}
+""", "hyperband"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_sweep_file_is_rejected_naming_key_and_file(tmp_path, name):
+    body, key = BAD[name]
+    path = write_sweep(tmp_path, name, body)
+    with pytest.raises(ConfigError) as caught:
+        plan_sweep(str(path), [f"output_dir={tmp_path / 'out'}"])
+    message = str(caught.value)
+    assert key in message, message
+    assert str(path) in message, message
+
+
+def test_a_searched_key_cannot_also_be_set_on_the_command_line(tmp_path):
+    path = write_sweep(tmp_path, "clash", "sweep:\n  space:\n    optimizer.lr: {type: float, low: 0.01, high: 0.1}")
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        plan_sweep(str(path), ["optimizer.lr=0.5"])
+
+
+def test_launch_stops_at_a_bad_file_before_ray_or_any_output(tmp_path):
+    import ray
+
+    ray.shutdown()  # whatever an earlier test left, so what follows shows launch started nothing
+    path = write_sweep(tmp_path, "inverted", BAD["inverted_range"][0])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        launch_sweep(str(path), [f"output_dir={tmp_path / 'out'}"])
+    assert not ray.is_initialized()
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_a_bad_sweep_file_in_one_line_with_exit_2(tmp_path):
+    path = write_sweep(tmp_path, "logzero", BAD["log_range_from_zero"][0])
+    started = time.monotonic()
+    done = sweeplab("sweep", str(path), cwd=tmp_path, timeout=120)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "optimizer.lr" in lines[0] and str(path) in lines[0], done.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing started: no Ray, no stores
+    assert elapsed < 60  # a mistake is reported in seconds, not after Ray starts
+
+
+def test_cli_names_an_unknown_sweep(tmp_path):
+    done = sweeplab("sweep", "no_such_sweep", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no_such_sweep" in done.stderr and "smoke" in done.stderr  # the known sweeps are listed

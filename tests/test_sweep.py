@@ -1,0 +1,361 @@
+"""Real sweeps, end to end: a local Ray runs the trials, Optuna (SQLite file) picks them, MLflow
+(SQLite file) records them. Nothing is mocked. Every sweep is tiny (an MLP or a small convnet
+on 500-1000 MNIST digits, 1-4 epochs, two trials at a time) so the module fits 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sqlite3
+import time
+from pathlib import Path
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: loopback only
+
+import optuna  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from sweep_helpers import TINY, sweeplab, write_sweep  # noqa: E402
+
+ARTIFACTS = {"config.yaml", "learning_curves.png", "confusion_matrix.png", "weights.pt", "model_summary.txt"}
+
+
+# --- sweeps, each run once per module ------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for every sweep of this module (launch_sweep reuses it), shut down at the end."""
+    import ray
+
+    ray.shutdown()  # whatever an earlier module left
+    yield
+    ray.shutdown()
+
+
+def run_sweep(ref, out: Path, *overrides: str):
+    from sweeplab.sweep.launch import launch_sweep
+
+    started = time.monotonic()
+    outcome = launch_sweep(str(ref), [f"output_dir={out}", *overrides], quiet=True)
+    print(f"sweep {outcome.sweep_id}: {time.monotonic() - started:.0f}s")
+    return outcome
+
+
+def study_of(out: Path, outcome) -> optuna.Study:
+    """The persistent Optuna study, opened the way `optuna` or optuna-dashboard would."""
+    return optuna.load_study(study_name=outcome.sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
+
+
+def mlflow_client(out: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+
+
+def parent_and_children(out: Path, experiment: str):
+    client = mlflow_client(out)
+    exp = client.get_experiment_by_name(experiment)
+    parents = client.search_runs([exp.experiment_id], "tags.`sweeplab.kind` = 'sweep'")
+    assert len(parents) == 1
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'",
+                                  max_results=1000)
+    return client, exp, parents[0], children
+
+
+@pytest.fixture(scope="module")
+def smoke(ray_session, tmp_path_factory):
+    """The shipped smoke sweep (random sampler, ASHA, 4 trials of an MLP), with MLflow tracking."""
+    out = tmp_path_factory.mktemp("smoke")
+    return out, run_sweep("smoke", out)
+
+
+@pytest.fixture(scope="module")
+def grid_with_invalid(ray_session, tmp_path_factory):
+    """A 2 x 2 grid over a convnet, two seeds; a 40x40 filter cannot fit a 28x28 digit."""
+    out = tmp_path_factory.mktemp("grid")
+    path = write_sweep(out, "grid_invalid", model="simple_convnet", body="""
+data: {subset: 500}
+model: {conv: {filter_num: 4}, hidden_size: 16}
+train: {epochs: 1}
+sweep:
+  sampler: grid
+  seeds: [0, 1]
+  max_concurrent: 2
+  scheduler: {kind: none}
+  space:
+    model.conv.filter_size: {type: int, low: 5, high: 40, step: 35}
+    optimizer.lr: {type: categorical, choices: [0.05, 0.1]}
+""")
+    return out, run_sweep(path, out, "train.num_threads=1")
+
+
+@pytest.fixture(scope="module")
+def asha(ray_session, tmp_path_factory):
+    """Six learning rates, from good to hopeless, 4 epochs each unless ASHA stops them."""
+    out = tmp_path_factory.mktemp("asha")
+    path = write_sweep(out, "asha", body="""
+model: {hidden_sizes: [32]}
+train: {epochs: 4, lr_schedule: none}
+sweep:
+  sampler: grid
+  max_concurrent: 2
+  scheduler: {kind: asha, grace_period: 1, reduction_factor: 2}
+  space:
+    optimizer.lr: {type: categorical, choices: [0.2, 0.1, 0.05, 0.001, 0.0003, 0.0001]}
+""")
+    return out, run_sweep(path, out, *TINY, "tracking=none")
+
+
+@pytest.fixture(scope="module")
+def pareto(ray_session, tmp_path_factory):
+    """NSGA-II over accuracy (max) and parameter count (min)."""
+    out = tmp_path_factory.mktemp("pareto")
+    path = write_sweep(out, "pareto", body="""
+train: {epochs: 1}
+sweep:
+  sampler: nsga2
+  num_trials: 4
+  max_concurrent: 2
+  objectives: [{metric: val/acc, mode: max}, {metric: params, mode: min}]
+  scheduler: {kind: none}
+  space:
+    model.hidden_sizes: {type: categorical, choices: [[8], [64], [128, 64]]}
+    optimizer.lr: {type: float, low: 0.02, high: 0.2, log: true}
+""")
+    return out, run_sweep(path, out, *TINY, "tracking=none")
+
+
+# --- the smoke sweep ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_smoke_sweep_runs_every_trial_and_keeps_a_persistent_study(smoke):
+    out, outcome = smoke
+    assert len(outcome.trials) == 4
+    assert set(outcome.counts()) <= {"completed", "stopped"}, outcome.counts()
+    best = outcome.best()
+    assert best is not None and best.epochs == 2 and 0.5 < best.values[0] <= 1.0
+    study = study_of(out, outcome)
+    assert len(study.trials) == 4 and study.user_attrs["name"] == "smoke"
+    states = {t.number: t.state for t in study.trials}
+    for row in outcome.trials:  # completed trials are told their value, ASHA-stopped ones are pruned
+        assert states[row.number] == {"completed": optuna.trial.TrialState.COMPLETE,
+                                      "stopped": optuna.trial.TrialState.PRUNED}[row.status]
+    assert study.best_trial.number == best.number
+
+
+@pytest.mark.slow
+def test_best_command_reproduces_the_best_trial(smoke, tmp_path):
+    out, outcome = smoke
+    done = sweeplab("best", "smoke", f"output_dir={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    command = shlex.split(done.stdout.strip())
+    assert command[:2] == ["sweeplab", "train"]
+    best = outcome.best()
+    expected = best.seeds["0"]["values"][0]
+    rerun = sweeplab("train", *command[2:], f"output_dir={tmp_path / 'rerun'}", "tracking=none", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    got = float(re.search(r"final: val/acc\s+([\d.]+)%", rerun.stdout).group(1))
+    assert abs(got - 100 * expected) <= 0.5, (got, 100 * expected, done.stdout)
+
+
+@pytest.mark.slow
+def test_status_lists_the_sweep_and_its_trials(smoke, tmp_path):
+    out, outcome = smoke
+    listing = sweeplab("status", f"output_dir={out}", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    line = next(line for line in listing.stdout.splitlines() if outcome.sweep_id in line)
+    for status, count in outcome.counts().items():
+        assert f"{count} {status}" in line
+    assert f"{100 * outcome.best().values[0]:.2f}%" in line
+
+    detail = sweeplab("status", "smoke", f"output_dir={out}", cwd=tmp_path)
+    assert detail.returncode == 0, detail.stderr
+    assert f"best: trial {outcome.best().number}" in detail.stdout and "rerun it: sweeplab train" in detail.stdout
+
+
+# --- tracking: parent and child runs in MLflow ---------------------------------------------------
+@pytest.mark.slow
+def test_mlflow_has_one_parent_run_with_a_child_run_per_trial(smoke):
+    out, outcome = smoke
+    client, experiment, parent, children = parent_and_children(out, "smoke")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.tags["sweeplab.sweep_id"] == outcome.sweep_id and parent.info.status == "FINISHED"
+    assert parent.data.params["sampler"] == "random" and "optimizer.lr" in json.loads(parent.data.params["space"])
+    assert {"git.commit", "git.dirty", "host", "version.ray", "version.optuna"} <= set(parent.data.tags)
+    assert len(children) == len(outcome.trials) == 4
+
+    rows = {str(row.number): row for row in outcome.trials}
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        row = rows[tags["sweeplab.optuna_trial"]]
+        assert tags["sweeplab.trial_id"] and tags["sweeplab.restarts"] == "0"
+        assert tags["sweeplab.status"] == row.status and run.info.status == "FINISHED"
+        # params: the flattened resolved config, leaf by leaf, as the trial trained it
+        assert float(params["optimizer.lr"]) == pytest.approx(row.params["optimizer.lr"])
+        assert json.loads(params["model.hidden_sizes"]) == json.loads(row.params["model.hidden_sizes"])
+        assert params["model.name"] == "mlp" and params["data.subset"] == "1000" and params["train.epochs"] == "2"
+        assert not any(key.startswith("sweep.") for key in params)
+        # one metric point per epoch, step = epoch
+        for key in ("val/acc", "val/loss", "train/acc", "train/loss", "lr"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, row.epochs + 1))
+        if row.status == "stopped":
+            assert "scheduler" in tags["sweeplab.failure_reason"]
+        assert ARTIFACTS <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.slow
+def test_trial_artifacts_load_back(smoke, tmp_path):
+    from sweeplab.config.schema import DataConfig
+    from sweeplab.data.batches import BatchSource
+    from sweeplab.data.datasets import load_dataset
+    from sweeplab.models import build_model, count_parameters
+    from sweeplab.train import evaluate
+
+    out, outcome = smoke
+    client, _, _, children = parent_and_children(out, "smoke")
+    run = next(r for r in children if r.data.tags["sweeplab.optuna_trial"] == str(outcome.best().number))
+    folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
+    cfg = OmegaConf.load(folder / "config.yaml")
+    assert cfg.optimizer.lr == pytest.approx(outcome.best().params["optimizer.lr"])
+    model = build_model(cfg.model, (1, 28, 28), 10)
+    model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))  # a plain state_dict
+    assert f"total parameters {count_parameters(model):,}" in (folder / "model_summary.txt").read_text()
+    for png in ("learning_curves.png", "confusion_matrix.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the weights are the trained ones: on the validation split they score the recorded val/acc again
+    final = client.get_metric_history(run.info.run_id, "val/acc")[-1].value
+    assert final == pytest.approx(outcome.best().values[0])
+    bundle = load_dataset(DataConfig(**OmegaConf.to_container(cfg.data)))
+    _, accuracy, _ = evaluate(model, BatchSource(bundle, torch.device("cpu"), cfg.data.normalize), "val", 512,
+                              torch.nn.functional.cross_entropy, bundle.num_classes)
+    assert accuracy == pytest.approx(final, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_parent_run_carries_the_sweep_report(smoke, tmp_path):
+    out, outcome = smoke
+    client, _, parent, _ = parent_and_children(out, "smoke")
+    paths = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/trials.csv"} <= paths
+    assert any(a.path.startswith("sweep/") for a in client.list_artifacts(parent.info.run_id, "sweep"))
+    folder = Path(client.download_artifacts(parent.info.run_id, "report", str(tmp_path)))
+    assert outcome.sweep_id in (folder / "report.html").read_text()
+    assert len((folder / "trials.csv").read_text().strip().splitlines()) == 1 + 4
+
+
+@pytest.mark.slow
+def test_report_rebuilds_from_the_mlflow_store_alone(smoke, tmp_path):
+    out, outcome = smoke
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    with sqlite3.connect(out / "mlflow.db") as src, sqlite3.connect(alone / "mlflow.db") as dst:
+        src.backup(dst)  # only the tracking store travels: no Optuna study, no Ray results, no artifacts
+    done = sweeplab("report", "smoke", f"output_dir={alone}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    html = alone / "reports" / outcome.sweep_id / "report.html"
+    assert html.is_file() and str(html.resolve()) in done.stdout
+    page = html.read_text()
+    assert outcome.sweep_id in page and "<img" in page
+    csv_rows = (html.parent / "trials.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 1 + 4 and "optimizer.lr" in csv_rows[0]
+
+
+# --- the grid, with configurations that cannot be built ------------------------------------------
+@pytest.mark.slow
+def test_grid_visits_every_point_once_per_seed(grid_with_invalid):
+    out, outcome = grid_with_invalid
+    study = study_of(out, outcome)
+    combos = sorted((t.params["model.conv.filter_size"], t.params["optimizer.lr"]) for t in study.trials)
+    assert combos == [(5, 0.05), (5, 0.1), (40, 0.05), (40, 0.1)]
+    ray_trials = sorted(p.name for p in (out / "ray" / outcome.sweep_id).glob("trial_*"))
+    assert ray_trials == [f"trial_{n:03d}_seed{s}" for n in range(4) for s in (0, 1)]
+    for t in study.trials:
+        assert set(t.user_attrs["seeds"]) == {"0", "1"}
+    _, _, _, children = parent_and_children(out, "grid_invalid")
+    runs = sorted((r.data.params["model.conv.filter_size"], r.data.params["optimizer.lr"], r.data.params["train.seed"])
+                  for r in children)
+    assert runs == sorted((f, lr, s) for f in ("5", "40") for lr in ("0.05", "0.1") for s in ("0", "1"))
+
+
+@pytest.mark.slow
+def test_invalid_configurations_end_invalid_with_their_reason_and_the_sweep_completes(grid_with_invalid):
+    out, outcome = grid_with_invalid
+    assert outcome.counts() == {"completed": 2, "invalid": 2}
+    for t in study_of(out, outcome).trials:
+        if t.params["model.conv.filter_size"] == 40:
+            assert t.state == optuna.trial.TrialState.FAIL  # the searcher was told: TPE learns nothing from it
+            assert t.user_attrs["status"] == "invalid" and "conv1" in t.user_attrs["reason"]
+            assert "28x28" in t.user_attrs["reason"]
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["status"] == "completed"
+    client, _, _, children = parent_and_children(out, "grid_invalid")
+    for run in children:
+        if run.data.params["model.conv.filter_size"] == "40":
+            assert run.data.tags["sweeplab.status"] == "invalid"
+            assert "conv1" in run.data.tags["sweeplab.failure_reason"]
+            assert not client.get_metric_history(run.info.run_id, "val/acc")
+        else:
+            assert run.data.tags["sweeplab.status"] == "completed"
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1]
+    from sweeplab.sweep.results import format_summary
+
+    assert "invalid: model 'simple_convnet', layer 'conv1'" in format_summary(outcome)
+
+
+# --- early stopping -----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_asha_stops_poor_trials_early(asha):
+    out, outcome = asha
+    max_epochs, trials = 4, 6
+    assert len(outcome.trials) == trials
+    epochs = {t.number: t.epochs for t in outcome.trials}
+    assert sum(epochs.values()) < trials * max_epochs, epochs
+    stopped = [t for t in outcome.trials if t.status == "stopped"]
+    assert stopped and all(t.epochs < max_epochs for t in stopped)
+    assert any(t.status == "completed" and t.epochs == max_epochs for t in outcome.trials)
+    # Ray's own record agrees: one result line per epoch each trial really ran
+    ray_epochs = sum(len(p.read_text().splitlines()) for p in (out / "ray" / outcome.sweep_id).glob("trial_*/result.json"))
+    assert ray_epochs == sum(epochs.values())
+    pruned = [t for t in study_of(out, outcome).trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert sorted(t.number for t in pruned) == sorted(t.number for t in stopped)
+    for t in pruned:  # Optuna saw every epoch up to the stop, so TPE ranks pruned trials by where they ended
+        assert sorted(t.intermediate_values) == list(range(1, epochs[t.number] + 1))
+        assert t.value == pytest.approx(next(r.values[0] for r in stopped if r.number == t.number))
+
+
+# --- several objectives ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_nsga2_sweep_optimises_accuracy_and_size_together(pareto):
+    from sweeplab.sweep.results import format_summary
+
+    out, outcome = pareto
+    study = study_of(out, outcome)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    sizes = {"[8]": 784 * 8 + 8 + 8 * 10 + 10, "[64]": 784 * 64 + 64 + 64 * 10 + 10,
+             "[128,64]": 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10}
+    for t in study.trials:
+        accuracy, params = t.values
+        assert 0 < accuracy <= 1 and params == sizes[t.params["model.hidden_sizes"]]
+    front = sorted(t.number for t in study.best_trials)
+    summary = format_summary(outcome)
+    assert f"Pareto front over val/acc (max), params (min): trials {', '.join(map(str, front))}" in summary
+
+
+# --- fast: no Ray ---------------------------------------------------------------------------------------
+def test_the_trial_model_summary_leaves_torch_rng_alone():
+    """A trial writes its model summary after epoch 1; building that model must not shift the
+    random stream dropout draws from, or `sweeplab best` could not reproduce the trial."""
+    from sweeplab.config.compose import compose
+    from sweeplab.models import build_model
+    from sweeplab.sweep.trainable import _summary
+
+    cfg = compose(["model=mlp", "tracking=none"])
+    model = build_model(cfg.model, (1, 28, 28), 10)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert "total parameters" in _summary(cfg, {"model": model.state_dict()})
+    assert torch.equal(torch.get_rng_state(), before)
+
