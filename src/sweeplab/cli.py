@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a sweep file from sweeps/ (by name) or a path")
     p.add_argument("sweep", help="sweep name (sweeps/<name>.yaml) or path to a sweep file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every trial")
-    p.add_argument("--resume", metavar="SWEEP_ID", nargs="?", const="latest",
-                   help="continue an interrupted sweep (default: the latest one of this name)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep: the latest of this name, or the sweep id given instead of a name")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines, only trial ends and the summary")
 
     p = sub.add_parser("status", help="trials by state and the best so far")
@@ -60,10 +60,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may follow a flag: sweep x --resume a=b
     if args.command is None:
-        _parser().print_help()
+        parser.print_help()
         return 2
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like key=value)")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         from sweeplab import commands
 

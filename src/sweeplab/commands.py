@@ -117,6 +117,10 @@ def cmd_sweep(args) -> int:
     outcome = launch_sweep(args.sweep, args.overrides, resume=args.resume, quiet=args.quiet)
     print()
     print(format_summary(outcome))
+    if outcome.unfinished:
+        print(f"\nsweep {outcome.sweep_id} was interrupted; continue it with:\n"
+              f"  sweeplab sweep {outcome.sweep_id} --resume {' '.join(args.overrides)}".rstrip())
+        return 130
     return 0
 
 

@@ -157,18 +157,19 @@ def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
     }
 
 
-def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: Optional[str] = None, quiet: bool = False,
+def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False,
                  callbacks: Sequence = ()) -> "SweepOutcome":
-    from sweeplab.sweep.results import SweepOutcome, find_sweep, load_outcome
+    from sweeplab.sweep.results import find_sweep, load_outcome
 
-    plan = plan_sweep(ref, overrides)
+    if resume:  # the trials must compose exactly as before: take the recorded file and overrides
+        record = find_sweep(optuna_storage_url(compose(overrides)), ref)
+        sweep_id = record["sweep_id"]
+        plan = plan_sweep(record["sweep_file"], record["overrides"])
+    else:
+        plan = plan_sweep(ref, overrides)
+        sweep_id = f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg, sc = plan.cfg, plan.cfg.sweep
     plan.output_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        record = find_sweep(plan.optuna_storage, resume if resume != "latest" else plan.name)
-        sweep_id = record["sweep_id"]
-    else:
-        sweep_id = f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     start_ray(cfg)
 
     from ray import tune

@@ -52,6 +52,12 @@ class SweepOutcome:
         ranked = self.ranked()
         return ranked[0] if ranked else None
 
+    @property
+    def unfinished(self) -> bool:
+        """Interrupted before every configuration ended (Ctrl+C, a lost driver)."""
+        ended = [t for t in self.trials if t.status != "running"]
+        return len(ended) < int(self.record.get("num_configs", len(ended)))
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.trials:

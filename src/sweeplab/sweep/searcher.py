@@ -44,6 +44,13 @@ def open_study(storage: str, study_name: str, sampler=None, directions=None) -> 
     )
 
 
+def _existing_trials(storage: str, study_name: str) -> int:
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+    except KeyError:  # a new study
+        return 0
+
+
 class OptunaSearcher(Searcher):
     def __init__(
         self,
@@ -75,7 +82,10 @@ class OptunaSearcher(Searcher):
     def study(self) -> optuna.Study:
         if self._study is None:
             directions = ["maximize" if mode == "max" else "minimize" for _, mode in self.objectives]
-            sampler = make_sampler(self.sampler_name, self.dims, self.sampler_seed, len(directions) > 1)
+            seed = self.sampler_seed
+            if seed is not None:  # a resumed sweep must not replay the random draws it already made
+                seed += _existing_trials(self.storage, self.study_name)
+            sampler = make_sampler(self.sampler_name, self.dims, seed, len(directions) > 1)
             self._study = open_study(self.storage, self.study_name, sampler, directions)
         return self._study
 

@@ -51,6 +51,7 @@ class MlflowSweepTracker(tune.Callback):
         self._last_step: dict[str, int] = {}
         self._pending: list = []  # async log_batch operations
         self._placed: set[str] = set()
+        self._restarts: dict[str, int] = {}  # trial name -> restarts before this launch (resume)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
         state = dict(self.__dict__)
@@ -80,6 +81,8 @@ class MlflowSweepTracker(tune.Callback):
             for child in self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
                                                  max_results=5000):
                 self._children[child.data.tags.get("sweeplab.trial_name")] = child.info.run_id
+                if child.info.status == "RUNNING":  # cut off by the interruption: it restarts
+                    self._restarts[child.data.tags.get("sweeplab.trial_name")] = int(child.data.tags.get("sweeplab.restarts", "0"))
                 history = self.client.get_metric_history(child.info.run_id, "val/loss")
                 self._last_step[child.data.tags.get("sweeplab.trial_name")] = max((m.step for m in history), default=0)
             return
@@ -119,7 +122,11 @@ class MlflowSweepTracker(tune.Callback):
         return run.info.run_id
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._child(trial)
+        run_id = self._child(trial)
+        name = str(trial)
+        if name in self._restarts:  # continued by a resumed sweep
+            self._restarts[name] += 1
+            self.client.set_tag(run_id, "sweeplab.restarts", str(self._restarts[name] + trial.num_failures))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result.get("invalid") or "epoch" not in result:
@@ -139,7 +146,8 @@ class MlflowSweepTracker(tune.Callback):
             self._pending.append(operation)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self.client.set_tag(self._child(trial), "sweeplab.restarts", str(trial.num_failures))
+        self.client.set_tag(self._child(trial), "sweeplab.restarts",
+                            str(self._restarts.get(str(trial), 0) + trial.num_failures))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
@@ -159,7 +167,8 @@ class MlflowSweepTracker(tune.Callback):
         from mlflow.entities import RunTag
 
         run_id = self._child(trial)
-        tags = [RunTag("sweeplab.status", status), RunTag("sweeplab.restarts", str(trial.num_failures))]
+        restarts = self._restarts.get(str(trial), 0) + trial.num_failures
+        tags = [RunTag("sweeplab.status", status), RunTag("sweeplab.restarts", str(restarts))]
         if reason:
             tags.append(RunTag("sweeplab.failure_reason", reason[:5000]))
         self.client.log_batch(run_id, tags=tags)
