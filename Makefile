@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv sweep train test test-fast system-deps services clean
+.PHONY: venv sweep train lint test test-fast system-deps services clean
 
 venv: $(VENV)/.installed
 
@@ -39,7 +39,10 @@ services:
 	@if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then \
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; fi
 
-test: venv system-deps services
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+test: venv lint system-deps services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv

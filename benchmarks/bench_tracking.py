@@ -24,7 +24,6 @@ class ReplayedTrial(SimpleNamespace):
 
 
 def replay(out: Path, trials: int, epochs: int, async_logging: bool) -> list[float]:
-    from sweeplab.config.compose import compose
     from sweeplab.sweep.launch import plan_sweep
     from sweeplab.sweep.trainable import TrialSpec
     from sweeplab.tracking.callback import MlflowSweepTracker

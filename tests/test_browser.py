@@ -4,25 +4,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +29,11 @@ def finished_sweep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ui(finished_sweep):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([*SWEEPLAB, "ui", f"output_dir={finished_sweep}", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(1)
-        assert proc.poll() is None, proc.stdout.read()
-    else:
-        proc.kill()
-        pytest.fail("sweeplab ui did not serve /health within 120 s")
+    wait_healthy(url, proc)
     yield url
     os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers
     proc.wait(timeout=30)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from servers import free_port, wait_healthy
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray node on 127.0.0.1
 
@@ -28,12 +27,6 @@ def _pg_ready() -> bool:
         return True
     except Exception:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +49,7 @@ def databases():
 
 @pytest.fixture(scope="module")
 def mlflow_server(databases, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     artifacts = tmp_path_factory.mktemp("mlartifacts")
     log = open(tmp_path_factory.mktemp("logs") / "mlflow.log", "w")
     proc = subprocess.Popen(
@@ -67,20 +60,10 @@ def mlflow_server(databases, tmp_path_factory):
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(1)
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited: {Path(log.name).read_text()[-2000:]}")
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not become healthy in 120 s")
+    try:
+        wait_healthy(url, proc)
+    except AssertionError as err:
+        pytest.fail(f"{err}: {Path(log.name).read_text()[-2000:]}")
     yield url
     os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers
     proc.wait(timeout=30)

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from sweeplab.data import DATASETS
 from sweeplab.errors import ArchitectureError, ConfigError, UserError
 from sweeplab.models import MODELS, build_model, check_architecture
-from sweeplab.models.layers import ACTIVATIONS, POOLINGS, init_weights
+from sweeplab.models.layers import ACTIVATIONS, POOLINGS
 from sweeplab.models.shapes import Pool, conv_output
 
 # Models are scaled for 28-32 px inputs: they must fit those; smaller inputs may be refused.

@@ -10,8 +10,8 @@ import time
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
 from sweep_helpers import sweeplab, write_sweep
+
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.launch import launch_sweep, plan_sweep
 from sweeplab.sweep.searcher import make_sampler

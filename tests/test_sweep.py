@@ -18,7 +18,6 @@ import optuna  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-
 from sweep_helpers import TINY, sweeplab, write_sweep  # noqa: E402
 
 ARTIFACTS = {"config.yaml", "learning_curves.png", "confusion_matrix.png", "weights.pt", "model_summary.txt"}

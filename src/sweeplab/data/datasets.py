@@ -184,10 +184,12 @@ def _idx_files(folder: str) -> list[str]:
     return [f"{folder}/raw/{n}" for n in names]
 
 
-def _register_idx(name: str, cls_name: str, description: str):
-    @register_dataset(name, (1, 28, 28), 10, description, False)
+def _register_torchvision(name: str, cls_name: str, shape: tuple[int, int, int], files: list[str], description: str):
+    """One registry entry per torchvision class: its train split is split again into train/val."""
+
+    @register_dataset(name, shape, 10, description, False)
     def _load(cfg: DataConfig):
-        train, test = _torchvision(cls_name, cfg, _idx_files(cls_name))
+        train, test = _torchvision(cls_name, cfg, files)
         return (
             _as_nchw(train.data),
             np.asarray(train.targets, dtype=np.int64),
@@ -197,19 +199,8 @@ def _register_idx(name: str, cls_name: str, description: str):
         )
 
 
-_register_idx("mnist", "MNIST", "MNIST, 60k + 10k, torchvision files under data.root")
-_register_idx("fashion_mnist", "FashionMNIST", "Fashion-MNIST, 60k + 10k, torchvision files under data.root")
-
 _CIFAR_FILES = [f"cifar-10-batches-py/{n}" for n in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]]
-
-
-@register_dataset("cifar10", (3, 32, 32), 10, "CIFAR-10, 50k + 10k, torchvision files under data.root", False)
-def _load_cifar10(cfg: DataConfig):
-    train, test = _torchvision("CIFAR10", cfg, _CIFAR_FILES)
-    return (
-        _as_nchw(train.data),
-        np.asarray(train.targets, dtype=np.int64),
-        (_as_nchw(test.data), np.asarray(test.targets, dtype=np.int64)),
-        1 / 255,
-        list(train.classes),
-    )
+_register_torchvision("mnist", "MNIST", (1, 28, 28), _idx_files("MNIST"), "MNIST, 60k + 10k, torchvision files under data.root")
+_register_torchvision("fashion_mnist", "FashionMNIST", (1, 28, 28), _idx_files("FashionMNIST"),
+                      "Fashion-MNIST, 60k + 10k, torchvision files under data.root")
+_register_torchvision("cifar10", "CIFAR10", (3, 32, 32), _CIFAR_FILES, "CIFAR-10, 50k + 10k, torchvision files under data.root")

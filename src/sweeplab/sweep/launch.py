@@ -7,13 +7,16 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.config.compose import compose, conf_dir, project_root, resolve_sweep_file
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.space import GROUPS, Dimension, grid_size, parse_space
+
+if TYPE_CHECKING:
+    from sweeplab.sweep.results import SweepOutcome
 
 # Ray reads these at import or at worker start: set before ray is imported.
 RAY_ENV = {

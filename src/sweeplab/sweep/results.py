@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import optuna
-from omegaconf import OmegaConf
 
 from sweeplab.errors import UserError
 from sweeplab.sweep.space import GROUPS, _flow, overrides_for

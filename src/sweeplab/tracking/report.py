@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
