@@ -110,11 +110,12 @@ def trace(plan: Sequence[LayerSpec], input_shape: tuple[int, int, int], model: s
 
 
 class InceptionBlock(nn.Module):
-    def __init__(self, spec: Inception, in_channels: int, act: str, pool: str) -> None:
+    def __init__(self, spec: Inception, in_channels: int, act: str, pool: str, batch_norm: bool = False) -> None:
         super().__init__()
 
         def conv(cin: int, cout: int, k: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), layers.activation(act))
+            norm = [nn.BatchNorm2d(cout)] if batch_norm else []
+            return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), *norm, layers.activation(act))
 
         self.branch1 = conv(in_channels, spec.c1, 1)
         self.branch3 = nn.Sequential(conv(in_channels, spec.c3_reduce, 1), conv(spec.c3_reduce, spec.c3, 3))
@@ -142,7 +143,7 @@ def build_features(
         elif isinstance(spec, Pool):
             modules.append((spec.name, layers.pooling(pool, spec.size, spec.stride, spec.pad)))
         else:
-            modules.append((spec.name, InceptionBlock(spec, channels, act, pool)))
+            modules.append((spec.name, InceptionBlock(spec, channels, act, pool, batch_norm)))
             channels = spec.filters
     from collections import OrderedDict
 

@@ -168,6 +168,7 @@ class GoogLeNetConfig(ModelConfig):
     )
     pool_after: List[int] = field(default_factory=lambda: [2])  # 1-based blocks followed by a 2x2 pool
     dropout: float = 0.2
+    batch_norm: bool = True  # after every conv, as in Inception v2
 
 
 def googlenet_plan(cfg: GoogLeNetConfig, input_shape):
@@ -201,7 +202,7 @@ class GoogLeNet(nn.Module):
 def build_googlenet(cfg, input_shape, num_classes):
     plan = googlenet_plan(cfg, input_shape)
     channels = trace(plan, input_shape, cfg.name)[-1].output[0]
-    features = build_features(plan, input_shape[0], cfg.activation, cfg.pooling)
+    features = build_features(plan, input_shape[0], cfg.activation, cfg.pooling, cfg.batch_norm)
     return GoogLeNet(features, channels, num_classes, cfg.dropout)
 
 
