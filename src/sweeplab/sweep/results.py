@@ -159,32 +159,42 @@ def format_summary(outcome: SweepOutcome) -> str:
 
 
 def _rankings(outcome: SweepOutcome) -> list[str]:
-    """For every categorical key (activation, model...): mean ± std over all its runs, per model."""
+    """Every categorical key (an activation, a learning-rate choice) ranked per model by the mean
+    over all its runs; and, when the model itself is searched, the models at their best settings."""
     metric, mode = outcome.objectives[0]
     space = outcome.record.get("space", {})
-    categorical = [k for k, s in space.items() if s.get("type") == "categorical" and k != "model"]
-    done = [t for t in outcome.trials if t.status == "completed"]
-    if not categorical or not done:
-        if "model" in space and done:
-            categorical = ["model"]
-        else:
-            return []
-    by_model = "model" in space and categorical != ["model"]
+    done = [t for t in outcome.trials if t.status == "completed" and t.values]
+    if not done:
+        return []
+    by_model = "model" in space
     out = []
-    for key in categorical:
+    for key in (k for k, s in space.items() if s.get("type") == "categorical" and k != "model"):
         groups: dict[tuple, list[float]] = {}
         for t in done:
-            group = (t.params.get("model") if by_model else "", t.params.get(key))
-            groups.setdefault(group, []).extend(t.seed_values() or [t.values[0]])
-        models = sorted({g[0] for g in groups})
-        for model in models:
+            groups.setdefault((t.params.get("model", ""), t.params.get(key)), []).extend(t.seed_values() or [t.values[0]])
+        for model in sorted({g[0] for g in groups}):
             ranked = sorted(((g[1], v) for g, v in groups.items() if g[0] == model),
                             key=lambda kv: statistics.fmean(kv[1]), reverse=(mode == "max"))
-            rows = [[str(i), _short(value), f"{_pct(metric, statistics.fmean(v))} ± {_pct(metric, statistics.pstdev(v))}", str(len(v))]
-                    for i, (value, v) in enumerate(ranked, start=1)]
+            rows = [[str(i), _short(value), _mean_std(metric, v), str(len(v))] for i, (value, v) in enumerate(ranked, 1)]
             title = f"{key} ranked by {metric}" + (f" for model={model}" if by_model else "")
             out.append(title + "\n" + format_table(["rank", key, f"{metric} mean ± std", "runs"], rows))
+    if by_model:
+        best: dict[str, TrialRow] = {}
+        for t in done:
+            current = best.get(t.params["model"])
+            if current is None or (t.values[0] > current.values[0]) == (mode == "max"):
+                best[t.params["model"]] = t
+        ranked = sorted(best.values(), key=lambda t: t.values[0], reverse=(mode == "max"))
+        others = [k for k in space if k != "model"]
+        rows = [[str(i), t.params["model"], _mean_std(metric, t.seed_values() or [t.values[0]]),
+                 " ".join(f"{k}={_short(t.params.get(k))}" for k in others)] for i, t in enumerate(ranked, 1)]
+        out.append(f"model ranked by {metric}, each at its best setting\n"
+                   + format_table(["rank", "model", f"{metric} mean ± std", "setting"], rows))
     return out
+
+
+def _mean_std(metric: str, values: list[float]) -> str:
+    return f"{_pct(metric, statistics.fmean(values))} ± {_pct(metric, statistics.pstdev(values))}"
 
 
 def _pareto(outcome: SweepOutcome) -> str:
