@@ -10,6 +10,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from sweeplab.errors import UserError
+
 
 def format_metrics(m: dict, epochs: int | None = None) -> str:
     parts = [f"epoch {int(m['epoch']):>3}" + (f"/{epochs}" if epochs else "")]
@@ -50,6 +52,10 @@ def cmd_train(args) -> int:
 
     cfg = compose(args.overrides)
     validate(cfg)  # shapes and names, before any data is loaded
+    if cfg.tracking.enabled:  # an unreachable store fails now, not after training
+        from sweeplab.tracking.store import client_for, tracking_uri
+
+        client_for(tracking_uri(cfg))
     folder = run_folder(cfg.output_dir, "train", f"{cfg.model.name}-{cfg.data.name}")
     print(f"sweeplab train: {cfg.model.name} on {cfg.data.name}, {cfg.optimizer.name} lr={cfg.optimizer.lr}, "
           f"{cfg.train.epochs} epochs, seed {cfg.train.seed} -> {folder}", flush=True)
@@ -166,9 +172,9 @@ def cmd_best(args) -> int:
     outcome = load_outcome(storage, record["sweep_id"])
     best = outcome.best()
     if best is None:
-        raise UserError_(f"sweep {record['sweep_id']} has no trial that ran every epoch yet")
+        raise UserError(f"sweep {record['sweep_id']} has no trial that ran every epoch yet")
     metric = outcome.objectives[0][0]
-    seed = next(iter(best.seeds))
+    seed = next(s for s, o in best.seeds.items() if o.get("status") == "completed")
     own = best.seeds[seed]["values"][0]
     shown = f"{own * 100:.2f}%" if metric.endswith("acc") else f"{own:.4g}"
     print(f"# best of {record['sweep_id']}: trial {best.number}, {metric} {shown} with seed {seed}", file=sys.stderr)
@@ -176,16 +182,13 @@ def cmd_best(args) -> int:
     return 0
 
 
-from sweeplab.errors import UserError as UserError_  # noqa: E402
-
-
 def cmd_report(args) -> int:
     from sweeplab.config.compose import compose
     from sweeplab.tracking.report import build_report, find_parent_run
-    from sweeplab.tracking.store import client_for, tracking_uri
+    from sweeplab.tracking.store import existing_client, tracking_uri
 
     cfg = compose(args.overrides)
-    client = client_for(tracking_uri(cfg))
+    client = existing_client(tracking_uri(cfg))
     parent = find_parent_run(client, args.sweep, cfg.tracking.experiment)
     sweep_id = parent.data.tags.get("sweeplab.sweep_id", parent.info.run_name)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "reports" / sweep_id
@@ -198,14 +201,14 @@ def cmd_ui(args) -> int:
     import os
 
     from sweeplab.config.compose import compose
-    from sweeplab.tracking.store import client_for, tracking_uri
+    from sweeplab.tracking.store import existing_client, tracking_uri
 
     cfg = compose(args.overrides)
     uri = tracking_uri(cfg)
     if not uri.startswith("sqlite:"):
         print(f"the tracking store is a server already: open {uri}")
         return 0
-    client = client_for(uri)
+    client = existing_client(uri)
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
     url = f"http://{args.host}:{args.port}"
     print(f"MLflow UI for {uri}\n  {url}/#/experiments?workflowType=machine_learning", flush=True)

@@ -19,11 +19,13 @@ from torch.nn import functional as F
 from sweeplab.config.schema import DataConfig, OptimizerConfig, TrainConfig
 from sweeplab.data.batches import BatchSource
 from sweeplab.data.datasets import DatasetBundle, load_dataset
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, UserError
 from sweeplab.models import build_model, check_architecture, count_parameters
 from sweeplab.optim import build_optimizer, build_schedule
 
 METRIC_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "epoch_seconds", "samples_per_second", "lr")
+# also reported: epoch, params; after training test/loss, test/acc for datasets with a test split
+REPORTED_KEYS = (*METRIC_KEYS, "epoch", "params")
 
 # reporter(metrics, checkpoint): metrics of one finished epoch; checkpoint() builds the
 # state to save, only when the reporter wants it (Ray Tune does, the CLI at the end).
@@ -32,6 +34,10 @@ Reporter = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
 
 class StopTraining(Exception):
     """A reporter raises this to end training after the current epoch."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became inf/NaN: the configuration (usually the learning rate) cannot train."""
 
 
 @dataclass
@@ -74,22 +80,16 @@ def loss_fn(name: str, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor
     raise ConfigError(f"unknown train.loss {name!r}. Known: cross_entropy, mse.")
 
 
-def validate(cfg: DictConfig, input_shape: tuple[int, int, int] | None = None) -> None:
-    """Cheap checks before any data or model exists: names, shapes, ranges."""
+def validate(cfg: DictConfig) -> None:
+    """Everything knowable before data or model exist: names, ranges, and the shape check."""
+    from sweeplab.config.checks import check_values
     from sweeplab.data import DATASETS
 
-    entry = DATASETS.get(cfg.data.name)
-    shape = input_shape or entry.input_shape
+    check_values(cfg)
+    shape = DATASETS.get(cfg.data.name).input_shape
     if cfg.data.get("resize"):
         shape = (shape[0], cfg.data.resize, cfg.data.resize)
     check_architecture(cfg.model, shape)
-    tc = cfg.train
-    if tc.epochs < 1 or tc.batch_size < 1:
-        raise ConfigError(f"train.epochs and train.batch_size must be >= 1 (got {tc.epochs}, {tc.batch_size})")
-    loss_fn(tc.loss, entry.num_classes)
-    from sweeplab.optim import OPTIMIZERS
-
-    OPTIMIZERS.get(cfg.optimizer.name)
 
 
 @torch.no_grad()
@@ -188,8 +188,9 @@ def train(
             model, source, "val", train_cfg.eval_batch_size, criterion, bundle.num_classes
         )
         train_loss = float(loss_sum) / seen
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(f"train/loss became {train_loss} at epoch {epoch}; lower optimizer.lr")
+        if not (np.isfinite(train_loss) and np.isfinite(val_loss)):
+            raise TrainingDiverged(f"the loss became {train_loss if not np.isfinite(train_loss) else val_loss} "
+                                   f"at epoch {epoch} (optimizer.lr={opt_cfg.lr}): lower optimizer.lr")
         metrics = {
             "epoch": epoch,
             "train/loss": train_loss,

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
@@ -65,12 +66,10 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Optional[Pat
     register_configs()
     overrides = list(overrides)
     if sweep_file is not None:
-        # A sweep file is an option of a config group named after its folder, in package _global_.
-        overrides = [
-            f"hydra.searchpath=[file://{sweep_file.parent.parent}]",
-            f"+{sweep_file.parent.name}={sweep_file.stem}",
-            *overrides,
-        ]
+        # A sweep file is an option of a config group (package _global_): staged under a fixed group
+        # name, so any folder name or path works.
+        staged = _stage(sweep_file)
+        overrides = [f"hydra.searchpath=[file://{staged.parent.parent}]", f"+{SWEEP_GROUP}={staged.stem}", *overrides]
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
@@ -82,9 +81,32 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Optional[Pat
         raise ConfigError(_missing_option(err, overrides)) from None
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_explain(err, sweep_file)) from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        raise ConfigError(f"invalid YAML{f' at line {where.line + 1}' if where else ''}: "
+                          f"{getattr(err, 'problem', None) or err} (in {sweep_file or conf_dir()})") from None
     if sweep_file is not None and cfg.sweep.name == "sweep":
         cfg.sweep.name = sweep_file.stem
     return cfg, choices
+
+
+SWEEP_GROUP = "sweeplab_sweep_file"
+
+
+def _stage(sweep_file: Path) -> Path:
+    """A copy of the sweep file at <tmp>/<digest>/sweeplab_sweep_file/sweep.yaml (same content, same copy)."""
+    import hashlib
+    import tempfile
+
+    text = sweep_file.read_text()
+    digest = hashlib.sha1(f"{sweep_file}\n{text}".encode()).hexdigest()[:16]
+    staged = Path(tempfile.gettempdir()) / "sweeplab-sweeps" / digest / SWEEP_GROUP / "sweep.yaml"
+    if not staged.exists():
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staged.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(staged)
+    return staged
 
 
 def _missing_option(err: MissingConfigException, overrides: list[str]) -> str:
@@ -111,7 +133,7 @@ def _explain(err: Exception, sweep_file: Optional[Path]) -> str:
     if source:  # Hydra names the config as group/option: point at the file instead
         name = source.group(1)
         file = conf_dir() / f"{name}.yaml"
-        if sweep_file is not None and name == f"{sweep_file.parent.name}/{sweep_file.stem}":
+        if sweep_file is not None and name == f"{SWEEP_GROUP}/sweep":
             file = sweep_file
         msg = msg.replace(source.group(0) + ":", "").strip() + f" (in {file}"
         msg += f", key {key.group(1)})" if key else ")"

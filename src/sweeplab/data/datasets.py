@@ -102,6 +102,9 @@ def _load(cfg: DataConfig) -> DatasetBundle:
         raise ConfigError(f"data.val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}")
     images, labels, test, scale, class_names = entry.load(cfg)
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise ConfigError(f"data.val_fraction={cfg.val_fraction} leaves {len(train_idx)} training and {len(val_idx)} "
+                          f"validation images of {len(labels)}; pick a fraction that keeps both splits non-empty")
     if cfg.subset is not None and cfg.subset < len(train_idx):
         if cfg.subset < entry.num_classes:
             raise ConfigError(f"data.subset={cfg.subset} is smaller than the {entry.num_classes} classes")
@@ -157,21 +160,38 @@ def _torchvision(cls_name: str, cfg: DataConfig, expected: list[str]):
     from filelock import FileLock
 
     root = Path(cfg.root).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    if cfg.download:
+        root.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in expected if not (root / p).exists()]
+    if missing and not cfg.download:
+        raise DatasetNotFoundError(
+            f"dataset {cfg.name!r} is not under data.root={root}: missing {', '.join(missing)}. "
+            "Put torchvision's files there, or run with data.download=true on a machine with internet."
+        )
     cls = getattr(torchvision.datasets, cls_name)
     # Parallel trials start together: one downloads, the others wait for it.
-    with FileLock(str(root / f".{cls_name.lower()}.lock")):
+    import hashlib
+    import os
+    import tempfile
+
+    lock_dir = root if os.access(root, os.W_OK) else Path(tempfile.gettempdir())  # read-only shared datasets
+    with FileLock(str(lock_dir / f".sweeplab-{cls_name.lower()}-{hashlib.md5(str(root).encode()).hexdigest()[:12]}.lock")):
         try:
             train = cls(str(root), train=True, download=cfg.download)
             test = cls(str(root), train=False, download=cfg.download)
-        except RuntimeError as err:
-            missing = [p for p in expected if not (root / p).exists()]
+        except Exception as err:  # torchvision says RuntimeError, AssertionError or pickle errors for bad files
             raise DatasetNotFoundError(
-                f"dataset {cfg.name!r} is not under data.root={root} ({err}). "
-                f"Missing: {', '.join(missing) or 'files are corrupted'}. "
-                f"Put the files there, or run with data.download=true on a machine with internet."
+                f"dataset {cfg.name!r} under data.root={root} cannot be read ({type(err).__name__}: {err}). "
+                "Replace the files with torchvision's, or delete them and run with data.download=true."
             ) from None
     return train, test
+
+
+def missing_files(cfg: DataConfig) -> list[str]:
+    """The files a torchvision dataset needs that are not under data.root (none for offline sets)."""
+    expected = _EXPECTED.get(cfg.name, [])
+    root = Path(cfg.root).expanduser()
+    return [p for p in expected if not (root / p).exists()]
 
 
 def _as_nchw(data) -> np.ndarray:
@@ -184,8 +204,12 @@ def _idx_files(folder: str) -> list[str]:
     return [f"{folder}/raw/{n}" for n in names]
 
 
+_EXPECTED: dict[str, list[str]] = {}
+
+
 def _register_torchvision(name: str, cls_name: str, shape: tuple[int, int, int], files: list[str], description: str):
     """One registry entry per torchvision class: its train split is split again into train/val."""
+    _EXPECTED[name] = files
 
     @register_dataset(name, shape, 10, description, False)
     def _load(cfg: DataConfig):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.config.compose import compose, conf_dir, project_root, resolve_sweep_file
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, UserError
 from sweeplab.sweep.space import GROUPS, Dimension, grid_size, parse_space
 
 if TYPE_CHECKING:
@@ -100,9 +100,60 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         make_sampler(sc.sampler, dims, sc.sampler_seed, len(objectives) > 1)  # grid without steps etc.
     except ConfigError as err:
         raise ConfigError(f"{err} (in {sweep_file})") from None
+    _check_run_settings(cfg, objectives, sweep_file)
+    _probe_space(dims, overrides, sweep_file)
     num_configs = grid_size(dims) if sc.sampler == "grid" else sc.num_trials
     return SweepPlan(sweep_file, list(overrides), cfg, dims, objectives, num_configs,
                      Path(cfg.output_dir).resolve(), optuna_storage_url(cfg))
+
+
+def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], sweep_file: Path) -> None:
+    """Metrics that trials report, distinct seeds, a scheduler that fits the epochs, data that exists."""
+    from sweeplab.config.checks import check_values
+    from sweeplab.data.datasets import missing_files
+    from sweeplab.errors import DatasetNotFoundError
+    from sweeplab.train import REPORTED_KEYS
+
+    sc = cfg.sweep
+    known = (*REPORTED_KEYS, "test/loss", "test/acc")
+    for metric, _ in objectives:
+        if metric not in known:
+            raise ConfigError(f"sweep metric {metric!r} in {sweep_file} is not reported by trials; "
+                              f"use one of {', '.join(known)}")
+    if len(set(sc.seeds)) != len(sc.seeds):
+        raise ConfigError(f"sweep.seeds in {sweep_file} repeats a seed ({list(sc.seeds)}); give distinct seeds")
+    if sc.scheduler.kind in ("asha", "median") and not 1 <= sc.scheduler.grace_period <= cfg.train.epochs:
+        raise ConfigError(f"sweep.scheduler.grace_period={sc.scheduler.grace_period} in {sweep_file} must lie "
+                          f"between 1 and train.epochs={cfg.train.epochs}")
+    try:
+        check_values(cfg)
+    except UserError as err:
+        raise ConfigError(f"{err} (in {sweep_file} and the command line)") from None
+    missing = missing_files(cfg.data)
+    if missing and not cfg.data.download:
+        raise DatasetNotFoundError(f"sweep {sc.name!r} needs dataset {cfg.data.name!r} under "
+                                   f"data.root={Path(cfg.data.root).resolve()}: missing {', '.join(missing)}. "
+                                   "Put torchvision's files there, or add data.download=true on a machine with internet.")
+
+
+def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:
+    """Compose the edges of every dimension (low, high, each choice) and check their values, so a
+    mistyped choice or a range of the wrong type fails now rather than in every trial."""
+    from sweeplab.config.checks import check_values
+    from sweeplab.sweep.space import encode_choice, to_override
+
+    groups = [f"{d.key}={d.choices[0]}" for d in dims if d.is_group]
+    for dim in dims:
+        if dim.type == "categorical":
+            probes = [encode_choice(c) for c in dim.choices]
+        else:
+            probes = [int(v) if dim.type == "int" else float(v) for v in (dim.low, dim.high)]
+        for value in probes:
+            pinned = [g for g in groups if not g.startswith(f"{dim.key}=")] if not dim.is_group else []
+            try:
+                check_values(compose([*overrides, *pinned, to_override(dim.key, value)], sweep_file))
+            except UserError as err:
+                raise ConfigError(f"sweep.space.{dim.key} in {sweep_file}: the value {value!r} fails: {err}") from None
 
 
 def _check_group_choices(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:
@@ -140,6 +191,19 @@ def start_ray(cfg: DictConfig) -> None:
                  runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
 
 
+def _check_resources(resources, sweep_file: Path) -> None:
+    """A trial that asks for more than the cluster has would wait forever: say so instead."""
+    import ray
+
+    total = ray.cluster_resources()
+    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        asked, have = float(resources[key]), float(total.get(ray_key, 0))
+        if asked > have:
+            hint = "set sweep.resources.gpu=0 to run on CPUs" if key == "gpu" else f"ask for at most {have:g}"
+            raise ConfigError(f"sweep.resources.{key}={asked:g} (in {sweep_file}) but the Ray cluster has "
+                              f"{have:g} {ray_key}s in all: no trial could start; {hint}")
+
+
 def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
     """Kept in the Optuna study's attributes, so status/best/report work from the storage alone."""
     return {
@@ -174,6 +238,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     cfg, sc = plan.cfg, plan.cfg.sweep
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     start_ray(cfg)
+    _check_resources(sc.resources, plan.sweep_file)
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule

@@ -71,7 +71,9 @@ def _studies(storage: str) -> list[optuna.study.StudySummary]:
     try:
         return optuna.get_all_study_summaries(storage=storage, include_best_trial=False)
     except Exception as err:  # a missing file or an unreachable database
-        raise UserError(f"cannot read the Optuna storage {storage}: {err}") from None
+        from sweeplab.tracking.store import redact
+
+        raise UserError(f"cannot read the Optuna storage {redact(storage)}: {str(err).splitlines()[0][:300]}") from None
 
 
 def find_sweep(storage: str, name_or_id: str) -> dict[str, Any]:
@@ -83,7 +85,9 @@ def find_sweep(storage: str, name_or_id: str) -> dict[str, Any]:
     if not found:
         known = sorted({s.user_attrs.get("name") for s in summaries})
         hint = f"Sweeps in this storage: {', '.join(known)}." if known else "It holds no sweep yet: run 'sweeplab sweep <name>' first."
-        raise UserError(f"no sweep named {name_or_id!r} in {storage}. {hint}")
+        from sweeplab.tracking.store import redact
+
+        raise UserError(f"no sweep named {name_or_id!r} in {redact(storage)}. {hint}")
     return dict(found[-1].user_attrs)
 
 
@@ -212,7 +216,8 @@ def best_command(outcome: SweepOutcome, trial: TrialRow, seed: Optional[int] = N
     from sweeplab.config.compose import compose_with_choices, flatten
 
     record = outcome.record
-    seed = seed if seed is not None else int(next(iter(trial.seeds), record["seeds"][0]))
+    completed = [s for s, o in trial.seeds.items() if o.get("status") == "completed"]
+    seed = seed if seed is not None else int(completed[0] if completed else record["seeds"][0])
     overrides = [*record["overrides"], *overrides_for(trial.params), f"train.seed={seed}"]
     cfg, choices = compose_with_choices(overrides, Path(record["sweep_file"]))
     _, defaults = compose_with_choices([])

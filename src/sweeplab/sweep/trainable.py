@@ -41,13 +41,13 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     from sweeplab.errors import UserError
     from sweeplab.train import train, validate
 
-    cfg = compose_trial(spec, config)
-    torch.set_num_threads(max(1, int(cfg.sweep.resources.cpu)))  # one thread per granted CPU
     try:
+        cfg = compose_trial(spec, config)
         validate(cfg)
     except UserError as err:  # e.g. a sampled filter size that cannot fit: the sweep goes on
         tune.report({"invalid": 1, "invalid_reason": str(err), "epoch": 0})
         return
+    torch.set_num_threads(max(1, int(cfg.sweep.resources.cpu)))  # one thread per granted CPU
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -72,7 +72,10 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         if crash_after and metrics["epoch"] == crash_after:
             _inject_fault_once(cfg.output_dir, tune.get_context().get_trial_id())
 
-    train(cfg, reporter=reporter, resume=resume)
+    try:
+        train(cfg, reporter=reporter, resume=resume)
+    except UserError as err:  # diverged, unreadable data: retrying would fail the same way
+        tune.report({"invalid": 1, "invalid_reason": str(err), "epoch": 0})
 
 
 def _inject_fault_once(output_dir: str, trial_id: str) -> None:

@@ -89,7 +89,7 @@ def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path)
     for ax, model in zip(axes[0], panels):
         subset = frame if model is None else frame[frame["model.name"] == model]
         for value, group in subset.groupby(key, sort=True):
-            series = [histories[r][metric] for r in group["run_id"] if histories[r][metric]]
+            series = [histories[r][metric] for r in group["run_id"] if histories[r].get(metric)]
             if not series:
                 continue
             length = max(len(s) for s in series)
@@ -101,6 +101,8 @@ def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path)
             epochs = np.arange(1, length + 1)
             ax.plot(epochs, mean, marker="o", label=f"{value} (n={len(series)})")
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        if metric.endswith("acc"):
+            ax.set_ylim(top=100.5)  # the std band must not suggest accuracies above 100 %
         ax.set(xlabel="epoch", ylabel=metric + (" (%)" if metric.endswith("acc") else ""),
                title=f"{metric} by {label}" + (f" — {model}" if model else ""))
         ax.grid(alpha=0.3)
@@ -109,8 +111,8 @@ def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path)
 
 
 def summary_by(frame, key: str, metric: str, mode: str) -> pd.DataFrame:
-    """Final ``metric`` per value of ``key`` (per model): mean, std and count over runs."""
-    col = f"final {metric}"
+    """Best ``metric`` of each run, per value of ``key`` (per model): mean, std and count over runs."""
+    col = f"best {metric}"
     done = frame[frame["status"] == "completed"] if "status" in frame else frame
     if key not in done or col not in done or done.empty:
         return pd.DataFrame()
@@ -131,15 +133,15 @@ def bars_by(table: pd.DataFrame, key: str, label: str, metric: str, folder: Path
         sub = table if model is None else table[table["model.name"] == model]
         ax.bar(sub[key].astype(str), sub["mean"] * scale, yerr=sub["std"] * scale, capsize=4, color="#4c72b0")
         low = max(0.0, float((sub["mean"] - sub["std"]).min() * scale) - 5) if metric.endswith("acc") else 0
-        ax.set_ylim(bottom=low)
-        ax.set(ylabel=f"final {metric} mean ± std", title=f"{label}" + (f" — {model}" if model else ""))
+        ax.set_ylim(bottom=low, top=100.5 if metric.endswith("acc") else None)
+        ax.set(ylabel=f"best {metric} mean ± std", title=f"{label}" + (f" — {model}" if model else ""))
         ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
     return _png(fig, folder, f"best_by_{label.split()[0]}.png")
 
 
 def params_vs_metric(frame, metric: str, folder: Path) -> Optional[Path]:
-    col = f"final {metric}"
+    col = f"best {metric}"
     if "final params" not in frame or col not in frame:
         return None
     plt = _pyplot()
@@ -148,7 +150,7 @@ def params_vs_metric(frame, metric: str, folder: Path) -> Optional[Path]:
     for model, group in frame.groupby("model.name") if "model.name" in frame else [("runs", frame)]:
         ax.scatter(group["final params"], group[col] * scale, label=model, alpha=0.8)
     ax.set_xscale("log")
-    ax.set(xlabel="trainable parameters", ylabel=f"final {metric}", title=f"parameter count vs {metric}")
+    ax.set(xlabel="trainable parameters", ylabel=f"best {metric}", title=f"parameter count vs {metric}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig, folder, "params_vs_metric.png")
@@ -162,7 +164,7 @@ def optuna_plots(frame, space: dict, metric: str, mode: str, folder: Path) -> li
 
     from sweeplab.sweep.space import encode_choice, parse_space  # noqa: F401
 
-    col = f"final {metric}"
+    col = f"best {metric}"
     done = frame[frame["status"] == "completed"] if "status" in frame else frame
     keys = [k if k != "model" else "model.name" for k in space]
     if col not in done or len(done) < 2 or not all(k in done for k in keys):
@@ -207,6 +209,12 @@ def build_report(client, parent_run_id: str, out_dir: Optional[Path] = None, log
     metric, mode = objectives[0]
     space = json.loads(p.get("space", "{}"))
     frame, histories = collect_trials(client, parent)
+    if not frame.empty:  # best over the epochs of each run (the final value when there is no history)
+        pick = max if mode == "max" else min
+        frame[f"best {metric}"] = [
+            pick(v for _, v in histories[r][metric]) if histories[r].get(metric) else row.get(f"final {metric}")
+            for r, (_, row) in zip(frame["run_id"], frame.iterrows())
+        ]
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="sweeplab-report-"))
     folder.mkdir(parents=True, exist_ok=True)
     frame.to_csv(folder / "trials.csv", index=False)
@@ -220,10 +228,10 @@ def build_report(client, parent_run_id: str, out_dir: Optional[Path] = None, log
                 figures.append((f"{metric} vs epoch by {label} (mean ± std over runs)", path))
             table = summary_by(frame, key, metric, mode)
             if not table.empty and table[key].nunique() > 1:
-                tables.append((f"final {metric} by {label}", table))
+                tables.append((f"best {metric} by {label}", table))
                 bars = bars_by(table, key, label, metric, folder)
                 if bars:
-                    figures.append((f"final {metric} by {label}, error bars = std over runs", bars))
+                    figures.append((f"best {metric} by {label}, error bars = std over runs", bars))
         for title, path in [(f"parameter count vs {metric}", params_vs_metric(frame, metric, folder))]:
             if path:
                 figures.append((title, path))
@@ -262,12 +270,13 @@ def _html(parent, frame, tables, figures, metric: str, mode: str) -> str:
         parts.append(f"<h2>{esc(title)}</h2><table><tr>{head}</tr>{rows}</table>")
     for title, path in figures:
         parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='{_img(path)}'>")
-    col = f"final {metric}"
+    col = f"best {metric}"
     if not frame.empty and col in frame:
-        shown = [c for c in frame.columns if c in ("trial", "status", col, "final params", "model.name", "model.activation")
+        shown = [c for c in frame.columns if c in ("trial", "status", col, f"final {metric}", "final params",
+                                                   "model.name", "model.activation")
                  or c in json.loads(p.get("space", "{}"))]
         ordered = frame.sort_values(col, ascending=(mode == "min"), na_position="last")[shown]
-        parts.append("<h2>all trials</h2>" + ordered.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+        parts.append("<h2>all trials</h2>" + ordered.to_html(index=False, float_format=lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}", na_rep="-"))
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:.5em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} img{max-width:100%} code{font-size:90%}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>sweeplab report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"

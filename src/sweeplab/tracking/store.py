@@ -5,6 +5,8 @@ import sqlite3
 from pathlib import Path
 from typing import Optional
 
+from sweeplab.errors import UserError
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # MLflow 3's model-training view, not the GenAI one
 
@@ -32,9 +34,39 @@ def client_for(uri: str):
         path.parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(path) as db:
             db.execute("PRAGMA journal_mode=WAL")
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
     client = MlflowClient(tracking_uri=uri)
-    client.search_experiments(max_results=1)  # creates and migrates the schema before anyone else writes
+    try:
+        client.search_experiments(max_results=1)  # creates and migrates the schema before anyone else writes
+    except Exception as err:  # a database URL that is wrong or down
+        raise UserError(f"cannot open the MLflow store {redact(uri)}: {str(err).splitlines()[0][:300]}") from None
     return client
+
+
+def existing_client(uri: str):
+    """For read-only commands: never creates a store where a mistyped output_dir points."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep first, "
+                        "or pass the output_dir=... / tracking.uri=... it used")
+    return client_for(uri)
+
+
+def _check_server(uri: str, timeout: float = 5.0) -> None:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except OSError as err:
+        raise UserError(f"the MLflow server {uri} does not answer ({getattr(err, 'reason', err)}). Start it, fix "
+                        "tracking.uri / MLFLOW_TRACKING_URI, or run with tracking=none") from None
+
+
+def redact(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
 def get_or_create_experiment(client, name: str, artifact_location: Optional[str]) -> str:
