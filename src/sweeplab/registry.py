@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from sweeplab.errors import UserError
 
@@ -28,9 +28,6 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
-    def decorator(self, name: str) -> Callable[[T], T]:
-        return lambda entry: self.register(name, entry)
-
     def get(self, name: str) -> T:
         try:
             return self._entries[name]
@@ -47,6 +44,3 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())

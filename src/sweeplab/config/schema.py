@@ -85,7 +85,7 @@ class SweepConfig:
     name: str = "sweep"
     sampler: str = "tpe"  # tpe | random | grid | cmaes | nsga2
     sampler_seed: Optional[int] = 0
-    num_trials: int = 10  # configurations to try (grid: None of them is skipped)
+    num_trials: int = 10  # configurations to try (grid ignores it: every grid point runs)
     max_concurrent: int = 2
     seeds: List[int] = field(default_factory=lambda: [0])  # each configuration runs once per seed
     metric: str = "val/acc"

@@ -172,6 +172,12 @@ class GoogLeNetConfig(ModelConfig):
 
 
 def googlenet_plan(cfg: GoogLeNetConfig, input_shape):
+    beyond = [b for b in cfg.pool_after if not 1 <= b <= len(cfg.blocks)]
+    if beyond:
+        from sweeplab.errors import ConfigError
+
+        raise ConfigError(f"model 'googlenet': pool_after={list(cfg.pool_after)} names block {beyond[0]}, "
+                          f"but there are blocks 1..{len(cfg.blocks)}")
     plan = [Conv("stem", cfg.stem_filters, 3, 1, 1), Pool("stem_pool", 2, 2)]
     for b, widths in enumerate(cfg.blocks, start=1):
         if len(widths) != 6:

@@ -116,8 +116,7 @@ class MlflowSweepTracker(tune.Callback):
         }
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = runs.config_params(cfg) + [Param("optuna_trial", str(trial.config.get("optuna_trial")))]
-        for chunk in runs.chunks(params, 100):
-            self.client.log_batch(run.info.run_id, params=chunk)
+        self.client.log_batch(run.info.run_id, params=params)  # the client splits it into batches of 100
         self._children[name] = run.info.run_id
         return run.info.run_id
 

@@ -8,11 +8,10 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sweeplab.config.compose import flatten, project_root
-
-METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "epoch_seconds", "samples_per_second", "lr")
+from sweeplab.train import METRIC_KEYS as METRICS  # one list of per-epoch metrics
 
 
 def param_value(value: Any) -> str:
@@ -82,8 +81,3 @@ def log_single_run(cfg, result, folder: Path) -> str:
         client.log_artifacts(run_id, tmp)
     client.set_terminated(run_id, "FINISHED")
     return run_id
-
-
-def chunks(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
