@@ -237,6 +237,10 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
         sweep_id = f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg, sc = plan.cfg, plan.cfg.sweep
     plan.output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.tracking.enabled:  # an unreachable tracking server fails now, not inside Ray's event loop
+        from sweeplab.tracking.store import client_for, tracking_uri
+
+        client_for(tracking_uri(cfg))
     start_ray(cfg)
     _check_resources(sc.resources, plan.sweep_file)
 
