@@ -24,7 +24,7 @@ class ReplayedTrial(SimpleNamespace):
 
 
 def replay(out: Path, trials: int, epochs: int, async_logging: bool) -> list[float]:
-    from sweeplab.sweep.launch import plan_sweep
+    from sweeplab.sweep.plan import plan_sweep
     from sweeplab.sweep.trainable import TrialSpec
     from sweeplab.tracking.callback import MlflowSweepTracker
 

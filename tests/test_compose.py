@@ -62,15 +62,20 @@ def test_mlflow_and_optuna_live_in_postgres():
     assert SERVICES["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
-def test_the_driver_runs_the_cifar10_sweep_in_cluster_mode(monkeypatch):
-    from sweeplab.sweep.launch import plan_sweep
+def test_the_driver_runs_the_cifar10_sweep_in_cluster_mode(monkeypatch, tmp_path):
+    from sweeplab.data.datasets import _EXPECTED
+    from sweeplab.sweep.plan import plan_sweep
+
+    for name in _EXPECTED["cifar10"]:  # planning checks that the dataset's files are there
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
 
     env = SERVICES["sweeplab"]["environment"]
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "SWEEPLAB_STORAGE"):
         monkeypatch.setenv(key, env[key].replace("${POSTGRES_PASSWORD:-sweeplab}", "sweeplab"))
     command = SERVICES["sweeplab"]["command"]
     assert command[:2] == ["sweep", "cifar10"]
-    plan = plan_sweep(command[1], command[2:])
+    plan = plan_sweep(command[1], [*command[2:], f"data.root={tmp_path}"])
     assert plan.cfg.cluster.address == "ray-head:6379"
     assert plan.cfg.tracking.uri == "http://mlflow:5000"
     assert plan.optuna_storage.startswith("postgresql://sweeplab:sweeplab@postgres:5432/optuna")

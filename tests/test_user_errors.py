@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sweeplab.errors import UserError
-from sweeplab.sweep.launch import plan_sweep
+from sweeplab.sweep.plan import plan_sweep
 
 SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
 

@@ -132,7 +132,7 @@ def cmd_sweep(args) -> int:
 
 def _storage(overrides) -> str:
     from sweeplab.config.compose import compose
-    from sweeplab.sweep.launch import optuna_storage_url
+    from sweeplab.sweep.plan import optuna_storage_url
 
     return optuna_storage_url(compose(overrides))
 

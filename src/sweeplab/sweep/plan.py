@@ -1,0 +1,151 @@
+"""``plan_sweep``: compose a sweep file and check everything that can be checked before Ray starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab.config.compose import compose, conf_dir, resolve_sweep_file
+from sweeplab.errors import ConfigError, UserError
+from sweeplab.sweep.space import GROUPS, Dimension, grid_size, parse_space
+
+
+@dataclass
+class SweepPlan:
+    """Everything decided before Ray starts; building it validates the sweep file."""
+
+    sweep_file: Path
+    overrides: list[str]
+    cfg: DictConfig
+    dims: list[Dimension]
+    objectives: list[tuple[str, str]]
+    num_configs: int
+    output_dir: Path
+    optuna_storage: str
+
+    @property
+    def name(self) -> str:
+        return self.cfg.sweep.name
+
+    @property
+    def num_trials(self) -> int:
+        return self.num_configs * len(self.cfg.sweep.seeds)
+
+
+def group_options() -> dict[str, list[str]]:
+    return {g: sorted(p.stem for p in (conf_dir() / g).glob("*.yaml")) for g in GROUPS}
+
+
+def optuna_storage_url(cfg: DictConfig) -> str:
+    if cfg.cluster.optuna_storage:
+        return cfg.cluster.optuna_storage
+    return f"sqlite:///{Path(cfg.output_dir).resolve() / 'optuna.db'}"
+
+
+def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
+    """Compose and check a sweep file; every mistake is a ConfigError naming key and file."""
+    sweep_file = resolve_sweep_file(ref)
+    cfg = compose(overrides, sweep_file)
+    sc = cfg.sweep
+    dims = parse_space(sc.space, cfg, sweep_file, group_options())
+    _check_group_choices(dims, overrides, sweep_file)
+    clash = [o.split("=")[0].lstrip("+~") for o in overrides if o.split("=")[0].lstrip("+~") in {d.key for d in dims}]
+    if clash:
+        raise ConfigError(f"{clash[0]} is searched by sweep.space in {sweep_file}; remove {clash[0]}=... from the command line")
+    from sweeplab.sweep.searcher import SAMPLERS
+
+    if sc.sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sweep.sampler {sc.sampler!r} in {sweep_file}. Known samplers: {', '.join(SAMPLERS)}")
+    objectives = [(o.metric, o.mode) for o in sc.objectives] or [(sc.metric, sc.mode)]
+    for metric, mode in objectives:
+        if mode not in ("max", "min"):
+            raise ConfigError(f"sweep mode for {metric!r} in {sweep_file} must be max or min, got {mode!r}")
+    if sc.objectives and (objectives[0][0] != sc.metric or objectives[0][1] != sc.mode):
+        raise ConfigError(f"sweep.objectives in {sweep_file}: the first objective must be sweep.metric/sweep.mode "
+                          f"({sc.metric}, {sc.mode}); it drives early stopping")
+    if sc.scheduler.kind not in ("asha", "median", "none"):
+        raise ConfigError(f"unknown sweep.scheduler.kind {sc.scheduler.kind!r} in {sweep_file}. Known: asha, median, none")
+    if sc.scheduler.kind == "asha" and sc.scheduler.reduction_factor <= 1:
+        raise ConfigError(f"sweep.scheduler.reduction_factor in {sweep_file} must be > 1")
+    if sc.resources.cpu <= 0 or sc.resources.gpu < 0:
+        raise ConfigError(f"sweep.resources in {sweep_file}: cpu must be > 0 and gpu >= 0")
+    if sc.resources.gpu > 1 and sc.resources.gpu != int(sc.resources.gpu):
+        raise ConfigError(f"sweep.resources.gpu in {sweep_file}: a share above 1 must be a whole number of GPUs")
+    if not sc.seeds:
+        raise ConfigError(f"sweep.seeds in {sweep_file} is empty: give at least one seed, e.g. [0]")
+    if sc.num_trials < 1 or sc.max_concurrent < 1:
+        raise ConfigError(f"sweep.num_trials and sweep.max_concurrent in {sweep_file} must be >= 1")
+    from sweeplab.sweep.searcher import make_sampler
+
+    try:
+        make_sampler(sc.sampler, dims, sc.sampler_seed, len(objectives) > 1)  # grid without steps etc.
+    except ConfigError as err:
+        raise ConfigError(f"{err} (in {sweep_file})") from None
+    _check_run_settings(cfg, objectives, sweep_file)
+    _probe_space(dims, overrides, sweep_file)
+    num_configs = grid_size(dims) if sc.sampler == "grid" else sc.num_trials
+    return SweepPlan(sweep_file, list(overrides), cfg, dims, objectives, num_configs,
+                     Path(cfg.output_dir).resolve(), optuna_storage_url(cfg))
+
+
+def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], sweep_file: Path) -> None:
+    """Metrics that trials report, distinct seeds, a scheduler that fits the epochs, data that exists."""
+    from sweeplab.config.checks import check_values
+    from sweeplab.data.datasets import missing_files
+    from sweeplab.errors import DatasetNotFoundError
+    from sweeplab.train import REPORTED_KEYS
+
+    sc = cfg.sweep
+    known = (*REPORTED_KEYS, "test/loss", "test/acc")
+    for metric, _ in objectives:
+        if metric not in known:
+            raise ConfigError(f"sweep metric {metric!r} in {sweep_file} is not reported by trials; "
+                              f"use one of {', '.join(known)}")
+    if len(set(sc.seeds)) != len(sc.seeds):
+        raise ConfigError(f"sweep.seeds in {sweep_file} repeats a seed ({list(sc.seeds)}); give distinct seeds")
+    if sc.scheduler.kind in ("asha", "median") and not 1 <= sc.scheduler.grace_period <= cfg.train.epochs:
+        raise ConfigError(f"sweep.scheduler.grace_period={sc.scheduler.grace_period} in {sweep_file} must lie "
+                          f"between 1 and train.epochs={cfg.train.epochs}")
+    try:
+        check_values(cfg)
+    except UserError as err:
+        raise ConfigError(f"{err} (in {sweep_file} and the command line)") from None
+    missing = missing_files(cfg.data)
+    if missing and not cfg.data.download:
+        raise DatasetNotFoundError(f"sweep {sc.name!r} needs dataset {cfg.data.name!r} under "
+                                   f"data.root={Path(cfg.data.root).resolve()}: missing {', '.join(missing)}. "
+                                   "Put torchvision's files there, or add data.download=true on a machine with internet.")
+
+
+def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:
+    """Compose the edges of every dimension (low, high, each choice) and check their values, so a
+    mistyped choice or a range of the wrong type fails now rather than in every trial."""
+    from sweeplab.config.checks import check_values
+    from sweeplab.sweep.space import encode_choice, to_override
+
+    groups = [f"{d.key}={d.choices[0]}" for d in dims if d.is_group]
+    for dim in dims:
+        if dim.type == "categorical":
+            probes = [encode_choice(c) for c in dim.choices]
+        else:
+            probes = [int(v) if dim.type == "int" else float(v) for v in (dim.low, dim.high)]
+        for value in probes:
+            pinned = [g for g in groups if not g.startswith(f"{dim.key}=")] if not dim.is_group else []
+            try:
+                check_values(compose([*overrides, *pinned, to_override(dim.key, value)], sweep_file))
+            except UserError as err:
+                raise ConfigError(f"sweep.space.{dim.key} in {sweep_file}: the value {value!r} fails: {err}") from None
+
+
+def _check_group_choices(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:
+    """A key under a searched group (model.hidden_sizes with model: [mlp, lenet]) must exist in every choice."""
+    for group in (d for d in dims if d.is_group):
+        keys = [d.key for d in dims if d.key.startswith(f"{group.key}.")]
+        for option in group.choices if keys else ():
+            cfg = compose([*overrides, f"{group.key}={option}"], sweep_file)
+            for key in keys:
+                if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+                    raise ConfigError(f"sweep.space.{key} in {sweep_file}: {group.key}={option} has no key {key!r}; "
+                                      f"search {key} only with {group.key} choices that have it")
