@@ -31,7 +31,7 @@ def replay(out: Path, trials: int, epochs: int, async_logging: bool) -> list[flo
     overrides = [f"output_dir={out}", f"tracking.async_logging={str(async_logging).lower()}"]
     plan = plan_sweep("smoke", overrides)
     tracker = MlflowSweepTracker(plan.cfg, plan, f"bench-{async_logging}")
-    tracker.spec = TrialSpec(str(plan.sweep_file), tuple(overrides), tuple(d.key for d in plan.dims),
+    tracker.spec = TrialSpec(str(plan.sweep_file), plan.sweep_file.read_text(), tuple(overrides), tuple(d.key for d in plan.dims),
                              str(Path(__file__).resolve().parents[1]))
     tracker.setup()
     fake = [ReplayedTrial(trial_id=f"t{i}", config={"optimizer.lr": 0.05, "model.hidden_sizes": "[64]", "seed": 0,

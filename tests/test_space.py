@@ -80,7 +80,7 @@ def test_sampled_values_reach_the_trial_config_unchanged(tmp_path):
     sweep_plan = plan(tmp_path, MIXED.format(sampler="random"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=make_sampler("random", sweep_plan.dims, 0, False))
-    spec = TrialSpec(str(sweep_plan.sweep_file), tuple(sweep_plan.overrides), tuple(d.key for d in sweep_plan.dims), "")
+    spec = TrialSpec(str(sweep_plan.sweep_file), sweep_plan.sweep_file.read_text(), tuple(sweep_plan.overrides), tuple(d.key for d in sweep_plan.dims), "")
     seen = set()
     for _ in range(6):
         params = study.ask(distributions(sweep_plan)).params
@@ -106,7 +106,7 @@ sweep:
     model: {type: categorical, choices: [mlp, lenet]}
     model.activation: {type: categorical, choices: [tanh]}
 """)
-    spec = TrialSpec(str(sweep_plan.sweep_file), (), ("model", "model.activation"), "")
+    spec = TrialSpec(str(sweep_plan.sweep_file), sweep_plan.sweep_file.read_text(), (), ("model", "model.activation"), "")
     cfg = compose_trial(spec, {"model": "lenet", "model.activation": "tanh", "seed": 0})
     assert cfg.model.name == "lenet" and cfg.model.activation == "tanh" and "conv1_filters" in cfg.model
 
@@ -289,3 +289,14 @@ def test_cli_names_an_unknown_sweep(tmp_path):
     done = sweeplab("sweep", "no_such_sweep", cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "no_such_sweep" in done.stderr and "smoke" in done.stderr  # the known sweeps are listed
+
+
+def test_a_worker_composes_its_trial_without_the_sweep_file_on_disk(tmp_path):
+    """Cluster workers get the sweep file's text in the trial spec, not a path they may lack."""
+    from sweeplab.sweep.trainable import TrialSpec, compose_trial
+
+    text = (tmp_path / "x.yaml").write_text("# @package _global_\ndefaults:\n  - override /model: mlp\n  - _self_\n"
+                                            "train: {epochs: 7}\n") or (tmp_path / "x.yaml").read_text()
+    spec = TrialSpec(str(tmp_path / "gone" / "x.yaml"), text, (), ("optimizer.lr",), "")
+    cfg = compose_trial(spec, {"optimizer.lr": 0.25, "seed": 3})
+    assert (cfg.model.name, cfg.train.epochs, cfg.optimizer.lr, cfg.train.seed) == ("mlp", 7, 0.25, 3)

@@ -56,19 +56,22 @@ def resolve_sweep_file(ref: str) -> Path:
     return candidate
 
 
-def compose(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None) -> DictConfig:
-    """The resolved config for ``overrides`` (Hydra syntax), on top of a sweep file if given."""
-    return compose_with_choices(overrides, sweep_file)[0]
+def compose(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None,
+            sweep_text: Optional[str] = None) -> DictConfig:
+    """The resolved config for ``overrides`` (Hydra syntax), on top of a sweep file if given.
+    ``sweep_text`` stands in for the file's content where the file is not (a cluster worker)."""
+    return compose_with_choices(overrides, sweep_file, sweep_text)[0]
 
 
-def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None) -> tuple[DictConfig, dict]:
+def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None,
+                         sweep_text: Optional[str] = None) -> tuple[DictConfig, dict]:
     """The config and the option picked in every group, e.g. {'model': 'vgg16', ...}."""
     register_configs()
     overrides = list(overrides)
     if sweep_file is not None:
         # A sweep file is an option of a config group (package _global_): staged under a fixed group
         # name, so any folder name or path works.
-        staged = _stage(sweep_file)
+        staged = _stage(sweep_file, sweep_text)
         overrides = [f"hydra.searchpath=[file://{staged.parent.parent}]", f"+{SWEEP_GROUP}={staged.stem}", *overrides]
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -93,12 +96,12 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Optional[Pat
 SWEEP_GROUP = "sweeplab_sweep_file"
 
 
-def _stage(sweep_file: Path) -> Path:
+def _stage(sweep_file: Path, text: Optional[str] = None) -> Path:
     """A copy of the sweep file at <tmp>/<digest>/sweeplab_sweep_file/sweep.yaml (same content, same copy)."""
     import hashlib
     import tempfile
 
-    text = sweep_file.read_text()
+    text = sweep_file.read_text() if text is None else text
     digest = hashlib.sha1(f"{sweep_file}\n{text}".encode()).hexdigest()[:16]
     staged = Path(tempfile.gettempdir()) / "sweeplab-sweeps" / digest / SWEEP_GROUP / "sweep.yaml"
     if not staged.exists():

@@ -116,6 +116,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     epochs = int(cfg.train.epochs)
     spec = TrialSpec(
         sweep_file=str(plan.sweep_file),
+        sweep_text=plan.sweep_file.read_text(),
         # relative paths would resolve inside each worker: pin them to where the sweep was started
         overrides=(*plan.overrides, f"data.root={Path(cfg.data.root).resolve()}", f"output_dir={plan.output_dir}"),
         space_keys=tuple(d.key for d in plan.dims),

@@ -15,6 +15,7 @@ class TrialSpec:
     """What every worker needs to compose its trial's config (picklable, small)."""
 
     sweep_file: str
+    sweep_text: str  # the file's content: workers on other machines may not have the file
     overrides: tuple[str, ...]  # the command line's overrides plus absolute paths
     space_keys: tuple[str, ...]
     project_root: str
@@ -29,7 +30,7 @@ def compose_trial(spec: TrialSpec, config: dict[str, Any]):
     from sweeplab.config.compose import compose
 
     os.environ.setdefault("SWEEPLAB_HOME", spec.project_root)
-    return compose(trial_overrides(spec, config), Path(spec.sweep_file))
+    return compose(trial_overrides(spec, config), Path(spec.sweep_file), spec.sweep_text)
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
