@@ -295,8 +295,7 @@ def test_a_worker_composes_its_trial_without_the_sweep_file_on_disk(tmp_path):
     """Cluster workers get the sweep file's text in the trial spec, not a path they may lack."""
     from sweeplab.sweep.trainable import TrialSpec, compose_trial
 
-    text = (tmp_path / "x.yaml").write_text("# @package _global_\ndefaults:\n  - override /model: mlp\n  - _self_\n"
-                                            "train: {epochs: 7}\n") or (tmp_path / "x.yaml").read_text()
+    text = "# @package _global_\ndefaults:\n  - override /model: mlp\n  - _self_\ntrain: {epochs: 7}\n"
     spec = TrialSpec(str(tmp_path / "gone" / "x.yaml"), text, (), ("optimizer.lr",), "")
     cfg = compose_trial(spec, {"optimizer.lr": 0.25, "seed": 3})
     assert (cfg.model.name, cfg.train.epochs, cfg.optimizer.lr, cfg.train.seed) == ("mlp", 7, 0.25, 3)
