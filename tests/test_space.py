@@ -15,7 +15,7 @@ from sweep_helpers import sweeplab, write_sweep
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.launch import launch_sweep
 from sweeplab.sweep.plan import plan_sweep
-from sweeplab.sweep.searcher import make_sampler
+from sweeplab.sweep.samplers import make_sampler
 from sweeplab.sweep.space import all_grid_points, overrides_for
 from sweeplab.sweep.trainable import TrialSpec, compose_trial
 

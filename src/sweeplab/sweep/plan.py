@@ -54,7 +54,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     clash = [o.split("=")[0].lstrip("+~") for o in overrides if o.split("=")[0].lstrip("+~") in {d.key for d in dims}]
     if clash:
         raise ConfigError(f"{clash[0]} is searched by sweep.space in {sweep_file}; remove {clash[0]}=... from the command line")
-    from sweeplab.sweep.searcher import SAMPLERS
+    from sweeplab.sweep.samplers import SAMPLERS
 
     if sc.sampler not in SAMPLERS:
         raise ConfigError(f"unknown sweep.sampler {sc.sampler!r} in {sweep_file}. Known samplers: {', '.join(SAMPLERS)}")
@@ -77,7 +77,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         raise ConfigError(f"sweep.seeds in {sweep_file} is empty: give at least one seed, e.g. [0]")
     if sc.num_trials < 1 or sc.max_concurrent < 1:
         raise ConfigError(f"sweep.num_trials and sweep.max_concurrent in {sweep_file} must be >= 1")
-    from sweeplab.sweep.searcher import make_sampler
+    from sweeplab.sweep.samplers import make_sampler
 
     try:
         make_sampler(sc.sampler, dims, sc.sampler_seed, len(objectives) > 1)  # grid without steps etc.
@@ -120,23 +120,40 @@ def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], swee
 
 
 def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:
-    """Compose the edges of every dimension (low, high, each choice) and check their values, so a
-    mistyped choice or a range of the wrong type fails now rather than in every trial."""
-    from sweeplab.config.checks import check_values
-    from sweeplab.sweep.space import encode_choice, to_override
+    """Set the edges of every dimension (low, high, each choice) in the composed config and check
+    them, so a mistyped choice or a range of the wrong type fails now rather than in every trial.
+    Group choices are composed (a few Hydra calls); values are set on a copy (milliseconds)."""
+    import copy
 
-    groups = [f"{d.key}={d.choices[0]}" for d in dims if d.is_group]
-    for dim in dims:
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sweeplab.config.checks import check_values
+
+    def fails(dim: Dimension, value, err: Exception) -> ConfigError:
+        return ConfigError(f"sweep.space.{dim.key} in {sweep_file}: the value {value!r} fails: {err}")
+
+    groups = [d for d in dims if d.is_group]
+    for dim in groups:
+        for choice in dim.choices:
+            try:
+                check_values(compose([*overrides, f"{dim.key}={choice}"], sweep_file))
+            except UserError as err:
+                raise fails(dim, choice, err) from None
+    base = compose([*overrides, *(f"{d.key}={d.choices[0]}" for d in groups)], sweep_file)
+    for dim in (d for d in dims if not d.is_group):
         if dim.type == "categorical":
-            probes = [encode_choice(c) for c in dim.choices]
+            probes = [OmegaConf.to_container(c) if OmegaConf.is_config(c) else c for c in dim.choices]
         else:
             probes = [int(v) if dim.type == "int" else float(v) for v in (dim.low, dim.high)]
         for value in probes:
-            pinned = [g for g in groups if not g.startswith(f"{dim.key}=")] if not dim.is_group else []
+            cfg = copy.deepcopy(base)
             try:
-                check_values(compose([*overrides, *pinned, to_override(dim.key, value)], sweep_file))
+                OmegaConf.update(cfg, dim.key, value, merge=False)
+                check_values(cfg)
+            except OmegaConfBaseException as err:
+                raise fails(dim, value, str(err).splitlines()[0]) from None
             except UserError as err:
-                raise ConfigError(f"sweep.space.{dim.key} in {sweep_file}: the value {value!r} fails: {err}") from None
+                raise fails(dim, value, err) from None
 
 
 def _check_group_choices(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:

@@ -1,0 +1,34 @@
+"""Optuna samplers and studies by name (no Ray import: sweep files are checked before Ray loads)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import optuna
+
+from sweeplab.errors import ConfigError
+from sweeplab.sweep.space import Dimension, grid
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
+
+
+def make_sampler(name: str, dims: list[Dimension], seed: Optional[int], multi_objective: bool) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid(dims), seed=seed)
+    if name == "cmaes":
+        if multi_objective:
+            raise ConfigError("sweep.sampler=cmaes optimises one objective; use nsga2 or tpe for several")
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ConfigError(f"unknown sweep.sampler {name!r}. Known samplers: {', '.join(SAMPLERS)}")
+
+
+def open_study(storage: str, study_name: str, sampler=None, directions=None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        storage=storage, study_name=study_name, sampler=sampler, directions=directions, load_if_exists=True
+    )
