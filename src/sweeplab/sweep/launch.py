@@ -138,7 +138,8 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
             raise ConfigError(f"sweep {sweep_id} has no Ray experiment at {ray_path} to resume")
         print(f"sweeplab sweep: resuming {sweep_id} from {ray_path}", flush=True)
         tuner = tune.Tuner.restore(ray_path, trainable, resume_unfinished=True, resume_errored=True)
-        # callbacks are not part of the pickled state that matters: refresh them
+        # The pickled callbacks carry the interrupted launch's state; fresh ones find the sweep's
+        # MLflow runs again. Tuner.restore takes no run_config, hence the private attribute.
         tuner._local_tuner._run_config.callbacks = all_callbacks
     else:
         searcher = OptunaSearcher(plan.dims, sc.sampler, sc.sampler_seed, plan.optuna_storage, sweep_id,

@@ -103,7 +103,12 @@ class MlflowSweepTracker(tune.Callback):
 
         from sweeplab.sweep.trainable import compose_trial
 
-        cfg = compose_trial(self.spec, trial.config)
+        from sweeplab.errors import UserError
+
+        try:
+            params = runs.config_params(compose_trial(self.spec, trial.config))
+        except UserError:  # the trial itself will end invalid with the reason; log what was sampled
+            params = [Param(k, runs.param_value(v)) for k, v in trial.config.items()]
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "sweeplab.kind": "trial",
@@ -115,7 +120,7 @@ class MlflowSweepTracker(tune.Callback):
             "sweeplab.restarts": "0",
         }
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        params = runs.config_params(cfg) + [Param("optuna_trial", str(trial.config.get("optuna_trial")))]
+        params = [p for p in params if p.key != "optuna_trial"] + [Param("optuna_trial", str(trial.config.get("optuna_trial")))]
         self.client.log_batch(run.info.run_id, params=params)  # the client splits it into batches of 100
         self._children[name] = run.info.run_id
         return run.info.run_id
