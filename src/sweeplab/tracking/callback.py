@@ -101,9 +101,8 @@ class MlflowSweepTracker(tune.Callback):
             return self._children[name]
         from mlflow.entities import Param
 
-        from sweeplab.sweep.trainable import compose_trial
-
         from sweeplab.errors import UserError
+        from sweeplab.sweep.trainable import compose_trial
 
         try:
             params = runs.config_params(compose_trial(self.spec, trial.config))
