@@ -25,3 +25,17 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None
         assert proc.poll() is None, f"the server at {url} exited with {proc.returncode}"
     proc.kill()
     raise AssertionError(f"{url}/health did not answer within {timeout:.0f} s")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip a test whose system dependency is missing, except in CI, where every tier this machine
+    can run must run: there a missing dependency is a failure of the set-up (make system-deps/services)."""
+    import os
+
+    import pytest
+
+    if available:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI must run this test but {what}")
+    pytest.skip(what)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from servers import free_port, wait_healthy
+from servers import free_port, require, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -19,6 +19,7 @@ SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
+    require(CHROMIUM is not None, "Debian's chromium is not installed (make system-deps installs it)")
     out = tmp_path_factory.mktemp("browser-sweep")
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     run = subprocess.run([*SWEEPLAB, "sweep", "smoke", f"output_dir={out}", "data.subset=500", "--quiet"],
@@ -39,7 +40,6 @@ def ui(finished_sweep):
     proc.wait(timeout=30)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make browser-deps installs it)")
 def test_mlflow_ui_shows_the_sweep_with_nested_trials_and_compares_two(ui, finished_sweep, tmp_path):
     from mlflow import MlflowClient
     from playwright.sync_api import sync_playwright

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from servers import free_port, wait_healthy
+from servers import free_port, require, wait_healthy
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray node on 127.0.0.1
 
@@ -31,8 +31,7 @@ def _pg_ready() -> bool:
 
 @pytest.fixture(scope="module")
 def databases():
-    if not _pg_ready():
-        pytest.skip(f"PostgreSQL is not reachable at {PG} (make services starts it)")
+    require(_pg_ready(), f"PostgreSQL is not reachable at {PG} (make services starts it)")
     import psycopg
 
     names = {kind: f"sweeplab_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")}

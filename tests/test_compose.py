@@ -8,23 +8,23 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+from servers import require
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None and shutil.which("docker") is None,
-                    reason="neither docker-compose nor docker is installed (make system-deps installs docker-compose)")
 def test_compose_file_validates_with_docker_compose():
+    require(shutil.which("docker-compose") is not None or shutil.which("docker") is not None,
+            "neither docker-compose nor docker is installed (make system-deps installs docker-compose)")
     tool = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
     env = {**os.environ, "RAY_AUTH_TOKEN": "test-token"}
     run = subprocess.run([*tool, "-f", str(ROOT / "docker-compose.yml"), "--profile", "run", "config", "--services"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
-    if run.returncode != 0 and "unknown command" in run.stderr:
-        pytest.skip("this docker client has no compose plugin")
+    require(run.returncode == 0 or "unknown command" not in run.stderr,
+            "this docker client has no compose plugin (make system-deps installs docker-compose)")
     assert run.returncode == 0, run.stderr
     assert set(run.stdout.split()) == {"postgres", "mlflow", "ray-head", "ray-worker", "sweeplab"}
 
