@@ -202,11 +202,9 @@ def _mean_std(metric: str, values: list[float]) -> str:
 
 
 def _pareto(outcome: SweepOutcome) -> str:
-    study = optuna.load_study(study_name=outcome.sweep_id, storage=outcome.record["storage"]) if "storage" in outcome.record else None
-    front = [t for t in outcome.trials if t.state == "COMPLETE" and t.values]
-    if study is not None:
-        numbers = {t.number for t in study.best_trials}
-        front = [t for t in front if t.number in numbers]
+    study = optuna.load_study(study_name=outcome.sweep_id, storage=outcome.record["storage"])
+    numbers = {t.number for t in study.best_trials}
+    front = [t for t in outcome.trials if t.number in numbers]
     names = ", ".join(f"{m} ({mode})" for m, mode in outcome.objectives)
     return f"Pareto front over {names}: trials " + ", ".join(str(t.number) for t in front)
 
