@@ -298,7 +298,7 @@ def test_invalid_configurations_end_invalid_with_their_reason_and_the_sweep_comp
         else:
             assert run.data.tags["sweeplab.status"] == "completed"
             assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1]
-    from sweeplab.sweep.results import format_summary
+    from sweeplab.sweep.summary import format_summary
 
     assert "invalid: model 'simple_convnet', layer 'conv1'" in format_summary(outcome)
 
@@ -327,7 +327,7 @@ def test_asha_stops_poor_trials_early(asha):
 # --- several objectives ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_nsga2_sweep_optimises_accuracy_and_size_together(pareto):
-    from sweeplab.sweep.results import format_summary
+    from sweeplab.sweep.summary import format_summary
 
     out, outcome = pareto
     study = study_of(out, outcome)
