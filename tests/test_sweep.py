@@ -340,7 +340,8 @@ def test_nsga2_sweep_optimises_accuracy_and_size_together(pareto):
         assert 0 < accuracy <= 1 and params == sizes[t.params["model.hidden_sizes"]]
     front = sorted(t.number for t in study.best_trials)
     summary = format_summary(outcome)
-    assert f"Pareto front over val/acc (max), params (min): trials {', '.join(map(str, front))}" in summary
+    assert f"Pareto front over val/acc (max), params (min), completed trials only: trials {', '.join(map(str, front))}" \
+        in summary
 
 
 # --- fast: no Ray ---------------------------------------------------------------------------------------

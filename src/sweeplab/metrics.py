@@ -93,7 +93,7 @@ def axis_label(metric: str) -> str:
 
 def format_metric(metric: str, value: Optional[float]) -> str:
     """One value as every output shows it: '93.20%' for an accuracy, 4 significant digits else."""
-    if value is None:
+    if value is None or value != value:  # missing, or NaN from a table
         return "-"
     if is_fraction(metric):
         return f"{value * 100:.2f}%"

@@ -288,7 +288,9 @@ def _html(parent, frame, tables, figures, metric: str, mode: str) -> str:
         # completed runs first, best first, as the terminal summary orders them
         ordered = frame.assign(_done=frame["status"] != TrialStatus.COMPLETED.value).sort_values(
             ["_done", col], ascending=[True, mode == "min"], na_position="last")[shown]
-        parts.append("<h2>all trials</h2>" + ordered.to_html(index=False, float_format=lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}", na_rep="-"))
+        parts.append("<h2>all trials</h2>" + ordered.to_html(
+            index=False, formatters={col: lambda v: format_metric(metric, v)}, na_rep="-",
+            float_format=lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"))
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:.5em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} img{max-width:100%} code{font-size:90%}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>sweeplab report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
