@@ -89,7 +89,8 @@ def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, 
     from mlflow import MlflowClient
 
     from sweeplab.sweep.launch import launch_sweep
-    from sweeplab.sweep.results import best_command, find_sweep
+    from sweeplab.sweep.rerun import best_command
+    from sweeplab.sweep.results import find_sweep
 
     overrides = [
         f"output_dir={tmp_path}",

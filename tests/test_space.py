@@ -16,7 +16,7 @@ from sweeplab.errors import ConfigError
 from sweeplab.sweep.launch import launch_sweep
 from sweeplab.sweep.plan import plan_sweep
 from sweeplab.sweep.samplers import make_sampler
-from sweeplab.sweep.space import all_grid_points, overrides_for
+from sweeplab.sweep.space import overrides_for, to_override
 from sweeplab.sweep.trainable import TrialSpec, compose_trial
 
 MIXED = """
@@ -42,6 +42,21 @@ def plan(tmp_path, body: str, name: str = "space", model: str = "mlp", overrides
 
 def distributions(sweep_plan) -> dict:
     return {d.key: d.distribution() for d in sweep_plan.dims}
+
+
+def asked_grid_points(sweep_plan) -> list[dict]:
+    """Every configuration Optuna's grid sampler asks for, as a sweep would run them."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=make_sampler("grid", sweep_plan.dims, 0, False))
+    asked = []
+    for _ in range(sweep_plan.num_configs):
+        trial = study.ask(distributions(sweep_plan))
+        asked.append(trial.params)
+        try:
+            study.tell(trial, 0.0)
+        except RuntimeError:  # the grid sampler stops the study after its last point
+            pass
+    return asked
 
 
 def test_every_space_type_becomes_the_matching_optuna_distribution(tmp_path):
@@ -130,9 +145,9 @@ def test_grid_points_of_a_mixed_space(tmp_path):
         "model.hidden_sizes": ["[64]", "[128,64]"],
     }
     expected = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-    points = all_grid_points(sweep_plan.dims)
+    points = asked_grid_points(sweep_plan)
     assert len(points) == len(expected) == 2 * 3 * 3 * 2 * 3 * 2 * 2 * 2
-    assert sorted(map(repr, points)) == sorted(map(repr, expected))
+    assert sorted(map(repr, points)) == sorted(map(repr, expected))  # each point exactly once
     assert sweep_plan.num_configs == len(expected)
     assert sweep_plan.num_trials == 2 * len(expected)  # every configuration once per seed
 
@@ -147,17 +162,10 @@ sweep:
     model.hidden_sizes: {type: categorical, choices: [[64], [128, 64]]}
 """)
     assert sweep_plan.num_configs == 3 * 3 * 2
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=make_sampler("grid", sweep_plan.dims, 0, False))
-    asked = []
-    for _ in range(sweep_plan.num_configs):
-        trial = study.ask(distributions(sweep_plan))
-        asked.append(trial.params)
-        try:
-            study.tell(trial, 0.0)
-        except RuntimeError:  # the grid sampler stops the study after its last point
-            pass
-    assert sorted(map(repr, asked)) == sorted(map(repr, all_grid_points(sweep_plan.dims)))
+    expected = [{"optimizer.lr": lr, "train.epochs": e, "model.hidden_sizes": h}
+                for lr, e, h in itertools.product([0.01, 0.02, 0.03], [1, 2, 3], ["[64]", "[128,64]"])]
+    key = lambda p: (round(p["optimizer.lr"], 9), p["train.epochs"], p["model.hidden_sizes"])  # noqa: E731
+    assert sorted(map(key, asked_grid_points(sweep_plan))) == sorted(map(key, expected))
 
 
 # --- bad sweep files: rejected before anything starts, naming the key and the file -------------
@@ -244,6 +252,26 @@ sweep:
 }
 
 
+@pytest.mark.parametrize("objectives", [
+    "metric: test/acc",
+    "metric: test/loss\n  mode: min",
+    "objectives: [{metric: val/acc, mode: max}, {metric: test/loss, mode: min}]",
+])
+def test_a_metric_trials_never_report_per_epoch_is_refused_at_planning(tmp_path, objectives):
+    """test/* is scored once after training: a sweep steered by it would end every trial in error."""
+    path = write_sweep(tmp_path, "test_metric", f"""
+sweep:
+  {objectives}
+  space:
+    optimizer.lr: {{type: float, low: 0.01, high: 0.1}}
+""")
+    with pytest.raises(ConfigError) as caught:
+        plan_sweep(str(path), [f"output_dir={tmp_path / 'out'}"])
+    message = str(caught.value)
+    assert "test/" in message and "never reported per epoch" in message and str(path) in message
+    assert "val/acc" in message  # what to use instead
+
+
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_sweep_file_is_rejected_naming_key_and_file(tmp_path, name):
     body, key = BAD[name]
@@ -299,3 +327,35 @@ def test_a_worker_composes_its_trial_without_the_sweep_file_on_disk(tmp_path):
     spec = TrialSpec(str(tmp_path / "gone" / "x.yaml"), text, (), ("optimizer.lr",), "")
     cfg = compose_trial(spec, {"optimizer.lr": 0.25, "seed": 3})
     assert (cfg.model.name, cfg.train.epochs, cfg.optimizer.lr, cfg.train.seed) == ("mlp", 7, 0.25, 3)
+
+
+# --- values travel as Hydra overrides: data, never syntax -------------------------------------
+AWKWARD = ["/data/my datasets", "/données/été", "a,b,c", "it's", "C:\\data\\", "true", "1e-3", "null", ""]
+
+
+@pytest.mark.parametrize("value", AWKWARD)
+def test_an_override_sets_exactly_the_value_given(value):
+    from sweeplab.config.compose import compose
+
+    cfg = compose([to_override("data.root", value), to_override("tracking.experiment", value)])
+    assert cfg.data.root == value and cfg.tracking.experiment == value
+
+
+def test_the_best_command_reruns_with_a_data_root_holding_spaces_and_accents(tmp_path):
+    """`sweeplab best` prints a shell line; pasted into a shell it must set the same data.root."""
+    import shlex
+
+    from sweeplab.config.compose import compose
+    from sweeplab.sweep.outcome import SweepOutcome, TrialRow
+    from sweeplab.sweep.rerun import best_command
+
+    root = str(tmp_path / "mes données, été")
+    path = write_sweep(tmp_path, "quoted", "sweep:\n  space:\n    model.activation: {type: categorical, choices: [tanh, relu]}")
+    record = {"sweep_id": "quoted-1", "sweep_file": str(path), "overrides": [to_override("data.root", root)],
+              "seeds": [3], "objectives": [["val/acc", "max"]]}
+    trial = TrialRow(0, {"model.activation": "tanh"}, "COMPLETE", "completed", [0.9], [0.0], 2,
+                     seeds={"3": {"status": "completed", "values": [0.9]}})
+    command = shlex.split(best_command(SweepOutcome(record, [trial]), trial))
+    assert command[:2] == ["sweeplab", "train"]
+    cfg = compose(command[2:])
+    assert (cfg.data.root, cfg.model.activation, cfg.train.seed) == (root, "tanh", 3)

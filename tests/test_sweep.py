@@ -300,7 +300,7 @@ def test_invalid_configurations_end_invalid_with_their_reason_and_the_sweep_comp
         else:
             assert run.data.tags["sweeplab.status"] == "completed"
             assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1]
-    from sweeplab.sweep.results import format_summary
+    from sweeplab.sweep.summary import format_summary
 
     assert "invalid: model 'simple_convnet', layer 'conv1'" in format_summary(outcome)
 
@@ -329,7 +329,7 @@ def test_asha_stops_poor_trials_early(asha):
 # --- several objectives ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_nsga2_sweep_optimises_accuracy_and_size_together(pareto):
-    from sweeplab.sweep.results import format_summary
+    from sweeplab.sweep.summary import format_summary
 
     out, outcome = pareto
     study = study_of(out, outcome)
@@ -342,7 +342,8 @@ def test_nsga2_sweep_optimises_accuracy_and_size_together(pareto):
         assert 0 < accuracy <= 1 and params == sizes[t.params["model.hidden_sizes"]]
     front = sorted(t.number for t in study.best_trials)
     summary = format_summary(outcome)
-    assert f"Pareto front over val/acc (max), params (min): trials {', '.join(map(str, front))}" in summary
+    assert f"Pareto front over val/acc (max), params (min), completed trials only: trials {', '.join(map(str, front))}" \
+        in summary
 
 
 # --- fast: no Ray ---------------------------------------------------------------------------------------
@@ -360,3 +361,131 @@ def test_the_trial_model_summary_leaves_torch_rng_alone():
     assert "total parameters" in _summary(cfg, {"model": model.state_dict()})
     assert torch.equal(torch.get_rng_state(), before)
 
+
+
+# --- fast: the searcher against a real Optuna storage, fed the results Ray Tune would pass --------
+def epoch(n: int, acc: float, params: int = 1000) -> dict:
+    return {"epoch": n, "val/acc": acc, "params": params, "train/loss": 1.0 - acc}
+
+
+def make_searcher(tmp_path, objectives=(("val/acc", "max"),), seeds=(0,), num_configs=2, max_epochs=3):
+    from sweeplab.sweep.searcher import OptunaSearcher
+    from sweeplab.sweep.space import Dimension
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = OptunaSearcher([Dimension("optimizer.lr", "float", 0.01, 0.1)], "random", 0, storage, "s-1",
+                              list(objectives), list(seeds), num_configs, max_epochs)
+    sweep_file = write_sweep(tmp_path, "s", "sweep:\n  space:\n    optimizer.lr: {type: float, low: 0.01, high: 0.1}")
+    for key, value in {"sweep_id": "s-1", "sweep_file": str(sweep_file), "overrides": []}.items():
+        searcher.study.set_user_attr(key, value)
+    searcher.study.set_user_attr("objectives", [list(o) for o in objectives])
+    searcher.study.set_user_attr("seeds", list(seeds))
+    return searcher, storage
+
+
+def run_seed(searcher, ray_id: str, accs: list[float], params: int = 1000) -> None:
+    """A trial that reports ``accs`` epoch by epoch; Ray passes the last one to on_trial_complete only."""
+    for n, acc in enumerate(accs[:-1], 1):
+        searcher.on_trial_result(ray_id, epoch(n, acc, params))
+    searcher.on_trial_complete(ray_id, epoch(len(accs), accs[-1], params))
+
+
+def test_optuna_sees_every_epoch_of_a_trial_that_ran_to_its_end(tmp_path):
+    searcher, storage = make_searcher(tmp_path, num_configs=1)
+    searcher.suggest("ray-1")
+    run_seed(searcher, "ray-1", [0.5, 0.6, 0.7])
+    (trial,) = optuna.load_study(study_name="s-1", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == pytest.approx(0.7)
+    assert trial.intermediate_values == pytest.approx({1: 0.5, 2: 0.6, 3: 0.7})
+
+
+def test_with_several_seeds_optuna_sees_the_mean_of_each_epoch_every_seed_reached(tmp_path):
+    searcher, storage = make_searcher(tmp_path, seeds=(0, 1), num_configs=1)
+    first, second = searcher.suggest("ray-1"), searcher.suggest("ray-2")
+    assert first["optuna_trial"] == second["optuna_trial"] and {first["seed"], second["seed"]} == {0, 1}
+    run_seed(searcher, "ray-1", [0.5, 0.6, 0.7])
+    searcher.on_trial_result("ray-2", epoch(1, 0.3))
+
+    def intermediate():
+        return optuna.load_study(study_name="s-1", storage=storage).trials[0].intermediate_values
+
+    assert intermediate() == pytest.approx({1: 0.4})  # epoch 2 waits for the second seed
+    searcher.on_trial_result("ray-2", epoch(2, 0.4))
+    searcher.on_trial_complete("ray-2", epoch(3, 0.5))
+    assert intermediate() == pytest.approx({1: 0.4, 2: 0.5, 3: 0.6})
+    assert optuna.load_study(study_name="s-1", storage=storage).trials[0].value == pytest.approx(0.6)
+
+
+def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):
+    """ASHA stops a small model after one epoch: its one-epoch accuracy is not comparable and must not
+    make the front, in Optuna (what NSGA-II and optuna-dashboard see) nor in the summary."""
+    from sweeplab.sweep.results import load_outcome
+    from sweeplab.sweep.summary import format_summary
+
+    objectives = (("val/acc", "max"), ("params", "min"))
+    searcher, storage = make_searcher(tmp_path, objectives=objectives, num_configs=2)
+    searcher.suggest("ray-big")
+    searcher.suggest("ray-small")
+    run_seed(searcher, "ray-big", [0.5, 0.7, 0.9], params=5000)
+    run_seed(searcher, "ray-small", [0.5], params=100)  # stopped after epoch 1
+    study = optuna.load_study(study_name="s-1", storage=storage)
+    big, small = study.trials
+    assert big.state == optuna.trial.TrialState.COMPLETE and small.state != optuna.trial.TrialState.COMPLETE
+    assert [t.number for t in study.best_trials] == [big.number]
+    assert small.user_attrs["status"] == "stopped" and small.intermediate_values == {1: 0.5}
+    assert big.intermediate_values == pytest.approx({1: 0.5, 2: 0.7, 3: 0.9})
+    outcome = load_outcome(storage, "s-1")
+    assert {t.number: t.status for t in outcome.trials} == {big.number: "completed", small.number: "stopped"}
+    assert f"Pareto front over val/acc (max), params (min), completed trials only: trials {big.number}" \
+        in format_summary(outcome)
+
+
+def test_a_trial_that_never_reports_the_objective_ends_in_error_with_the_reason(tmp_path):
+    searcher, storage = make_searcher(tmp_path, num_configs=1)
+    searcher.suggest("ray-1")
+    searcher.on_trial_complete("ray-1", {"epoch": 3, "train/loss": 0.1})
+    (trial,) = optuna.load_study(study_name="s-1", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["status"] == "error" and trial.user_attrs["reason"] == "the trial reported no val/acc"
+
+
+# --- fast: the terminal summary and the HTML report rank a sweep the same way ---------------------
+def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path):
+    """Trial 0 peaks at epoch 1 then falls; trial 1 ends higher. Both outputs rank by the final epoch
+    (the weights a trial keeps), so trial 1 comes first in both, and both headers say so."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from sweeplab.sweep.outcome import SweepOutcome, TrialRow
+    from sweeplab.sweep.summary import format_summary
+    from sweeplab.tracking.report import build_report
+    from sweeplab.tracking.store import client_for
+
+    curves = {0: [0.9, 0.6], 1: [0.7, 0.7]}
+    space = {"optimizer.lr": {"type": "categorical", "choices": [0.1, 0.01]}}
+    rows = [TrialRow(n, {"optimizer.lr": lr}, "COMPLETE", "completed", [c[-1]], [0.0], 2,
+                     seeds={"0": {"status": "completed", "values": [c[-1]]}})
+            for (n, c), lr in zip(curves.items(), (0.1, 0.01))]
+    sweep_file = write_sweep(tmp_path, "rank", "sweep:\n  space:\n    optimizer.lr: {type: categorical, choices: [0.1, 0.01]}")
+    record = {"sweep_id": "rank-1", "objectives": [["val/acc", "max"]], "seeds": [0], "space": space,
+              "num_configs": 2, "sweep_file": str(sweep_file), "overrides": []}
+    outcome = SweepOutcome(record, rows)
+    table = format_summary(outcome).split("\n\n")[1].splitlines()
+    assert "val/acc (final epoch)" in table[0]
+    assert [line.split()[0] for line in table[2:]] == ["1", "0"]
+    assert outcome.best().number == 1
+
+    client = client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("rank", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(exp, run_name="rank-1", tags={"sweeplab.kind": "sweep", "sweeplab.sweep_id": "rank-1"})
+    client.log_batch(parent.info.run_id, params=[Param("objectives", json.dumps(record["objectives"])),
+                                                 Param("space", json.dumps(space))])
+    for (n, curve), lr in zip(curves.items(), (0.1, 0.01)):
+        child = client.create_run(exp, run_name=f"trial_{n:03d}_seed0", tags={
+            "mlflow.parentRunId": parent.info.run_id, "sweeplab.trial_name": f"trial_{n:03d}_seed0",
+            "sweeplab.status": "completed"})
+        client.log_batch(child.info.run_id, params=[Param("optimizer.lr", str(lr))], tags=[RunTag("x", "y")],
+                         metrics=[Metric("val/acc", v, 0, step) for step, v in enumerate(curve, 1)])
+    page = build_report(client, parent.info.run_id, tmp_path / "report").read_text()
+    trials_table = page.split("<h2>all trials</h2>")[1]
+    assert "val/acc (final epoch)" in trials_table
+    assert trials_table.index("trial_001_seed0") < trials_table.index("trial_000_seed0")

@@ -11,14 +11,14 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sweeplab.errors import UserError
+from sweeplab.metrics import format_metric, ranked_label
 
 
 def format_metrics(m: dict, epochs: int | None = None) -> str:
     parts = [f"epoch {int(m['epoch']):>3}" + (f"/{epochs}" if epochs else "")]
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc"):
         if key in m:
-            value = f"{m[key] * 100:6.2f}%" if key.endswith("acc") else f"{m[key]:.4f}"
-            parts.append(f"{key} {value}")
+            parts.append(f"{key} {format_metric(key, m[key])}")
     if "epoch_seconds" in m:
         parts.append(f"{m['epoch_seconds']:.1f}s ({m['samples_per_second']:.0f} samples/s)")
     return "  ".join(parts)
@@ -68,8 +68,8 @@ def cmd_train(args) -> int:
 
         log_single_run(cfg, result, folder)
     final = result.metrics
-    print(f"final: val/acc {final['val/acc'] * 100:.2f}%  val/loss {final['val/loss']:.4f}"
-          + (f"  test/acc {final['test/acc'] * 100:.2f}%" if "test/acc" in final else "")
+    shown = [k for k in ("val/acc", "val/loss", "test/acc") if k in final]
+    print("final: " + "  ".join(f"{k} {format_metric(k, final[k])}" for k in shown)
           + f"  params {result.num_params:,}  run folder {folder}")
     return 0
 
@@ -116,7 +116,7 @@ def cmd_datasets(args) -> int:
 
 def cmd_sweep(args) -> int:
     from sweeplab.sweep.launch import launch_sweep
-    from sweeplab.sweep.results import format_summary
+    from sweeplab.sweep.summary import format_summary
 
     outcome = launch_sweep(args.sweep, args.overrides, resume=args.resume, quiet=args.quiet)
     print()
@@ -136,34 +136,31 @@ def _storage(overrides) -> str:
 
 
 def cmd_status(args) -> int:
-    from sweeplab.sweep.results import find_sweep, format_table, list_sweeps, load_outcome
+    from sweeplab.sweep.results import find_sweep, list_sweeps, load_outcome
+    from sweeplab.sweep.summary import format_summary, format_table
 
     if args.sweep and "=" in args.sweep:  # `sweeplab status output_dir=...`: an override, not a sweep
         args.overrides, args.sweep = [args.sweep, *args.overrides], None
     storage = _storage(args.overrides)
-    if not args.sweep:
-        rows = []
-        for record in list_sweeps(storage):
-            outcome = load_outcome(storage, record["sweep_id"])
-            best = outcome.best()
-            metric = outcome.objectives[0][0]
-            rows.append([record["sweep_id"], record["started"], ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts().items())),
-                         f"{best.values[0] * 100:.2f}%" if best and metric.endswith("acc") else (f"{best.values[0]:.4g}" if best else "-")])
-        if not rows:
-            print(f"no sweeps in {storage} yet: run 'sweeplab sweep default'")
-            return 0
-        print(format_table(["sweep", "started", "trials", "best"], rows))
+    if args.sweep:
+        print(format_summary(load_outcome(storage, find_sweep(storage, args.sweep)["sweep_id"])))
         return 0
-    record = find_sweep(storage, args.sweep)
-    outcome = load_outcome(storage, record["sweep_id"])
-    from sweeplab.sweep.results import format_summary
-
-    print(format_summary(outcome))
+    rows = []
+    for record in list_sweeps(storage):
+        outcome = load_outcome(storage, record["sweep_id"])
+        best, metric = outcome.best(), outcome.objectives[0][0]
+        rows.append([record["sweep_id"], record["started"], outcome.counts_text(),
+                     f"{ranked_label(metric)} {format_metric(metric, best.values[0])}" if best else "-"])
+    if not rows:
+        print(f"no sweeps in {storage} yet: run 'sweeplab sweep default'")
+        return 0
+    print(format_table(["sweep", "started", "trials", "best"], rows))
     return 0
 
 
 def cmd_best(args) -> int:
-    from sweeplab.sweep.results import best_command, find_sweep, load_outcome
+    from sweeplab.sweep.rerun import best_command
+    from sweeplab.sweep.results import find_sweep, load_outcome
 
     storage = _storage(args.overrides)
     record = find_sweep(storage, args.sweep)
@@ -172,10 +169,10 @@ def cmd_best(args) -> int:
     if best is None:
         raise UserError(f"sweep {record['sweep_id']} has no trial that ran every epoch yet")
     metric = outcome.objectives[0][0]
-    seed = next(s for s, o in best.seeds.items() if o.get("status") == "completed")
-    own = best.seeds[seed]["values"][0]
-    shown = f"{own * 100:.2f}%" if metric.endswith("acc") else f"{own:.4g}"
-    print(f"# best of {record['sweep_id']}: trial {best.number}, {metric} {shown} with seed {seed}", file=sys.stderr)
+    seed = best.completed_seeds()[0]
+    shown = format_metric(metric, best.seeds[seed]["values"][0])
+    print(f"# best of {record['sweep_id']}: trial {best.number}, {ranked_label(metric)} {shown} with seed {seed}",
+          file=sys.stderr)
     print(best_command(outcome, best, int(seed)))
     return 0
 

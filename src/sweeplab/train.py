@@ -23,10 +23,6 @@ from sweeplab.errors import ConfigError, UserError
 from sweeplab.models import build_model, check_architecture, count_parameters
 from sweeplab.optim import build_optimizer, build_schedule
 
-METRIC_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "epoch_seconds", "samples_per_second", "lr")
-# also reported: epoch, params; after training test/loss, test/acc for datasets with a test split
-REPORTED_KEYS = (*METRIC_KEYS, "epoch", "params")
-
 # reporter(metrics, checkpoint): metrics of one finished epoch; checkpoint() builds the
 # state to save, only when the reporter wants it (Ray Tune does, the CLI at the end).
 Reporter = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]

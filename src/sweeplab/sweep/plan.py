@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.config.compose import compose, conf_dir, resolve_sweep_file
 from sweeplab.errors import ConfigError, UserError
+from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS
 from sweeplab.sweep.space import GROUPS, Dimension, grid_size, parse_space
 
 
@@ -95,14 +96,16 @@ def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], swee
     from sweeplab.config.checks import check_values
     from sweeplab.data.datasets import missing_files
     from sweeplab.errors import DatasetNotFoundError
-    from sweeplab.train import REPORTED_KEYS
 
     sc = cfg.sweep
-    known = (*REPORTED_KEYS, "test/loss", "test/acc")
     for metric, _ in objectives:
-        if metric not in known:
+        if metric in FINAL_ONLY_KEYS:
+            raise ConfigError(f"sweep metric {metric!r} in {sweep_file}: the test split is scored once after "
+                              "training and never reported per epoch, so it cannot steer a sweep; use val/"
+                              f"{metric.split('/')[1]} (one of {', '.join(REPORTED_KEYS)})")
+        if metric not in REPORTED_KEYS:
             raise ConfigError(f"sweep metric {metric!r} in {sweep_file} is not reported by trials; "
-                              f"use one of {', '.join(known)}")
+                              f"use one of {', '.join(REPORTED_KEYS)}")
     if len(set(sc.seeds)) != len(sc.seeds):
         raise ConfigError(f"sweep.seeds in {sweep_file} repeats a seed ({list(sc.seeds)}); give distinct seeds")
     if sc.scheduler.kind in ("asha", "median") and not 1 <= sc.scheduler.grace_period <= cfg.train.epochs:

@@ -1,4 +1,4 @@
-"""Optuna samplers and studies by name (no Ray import: sweep files are checked before Ray loads)."""
+"""Optuna samplers by name (no Ray import: sweep files are checked before Ray loads)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -26,9 +26,3 @@ def make_sampler(name: str, dims: list[Dimension], seed: Optional[int], multi_ob
         return optuna.samplers.NSGAIISampler(seed=seed)
     raise ConfigError(f"unknown sweep.sampler {name!r}. Known samplers: {', '.join(SAMPLERS)}")
 
-
-def open_study(storage: str, study_name: str, sampler=None, directions=None) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(
-        storage=storage, study_name=study_name, sampler=sampler, directions=directions, load_if_exists=True
-    )

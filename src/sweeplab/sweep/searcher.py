@@ -1,9 +1,13 @@
 """A Ray Tune searcher backed by a persistent Optuna study (ask/tell).
 
-Each configuration Optuna asks for runs once per seed; when every seed has
-ended, the study is told the mean objective(s). Invalid configurations and
-crashed trials are told as FAIL with the reason kept as a trial attribute, so
-TPE learns nothing from them and `optuna` / optuna-dashboard show why.
+Each configuration Optuna asks for runs once per seed. Every epoch of the first objective reaches
+Optuna as an intermediate value (the mean over seeds, once every seed has reached that epoch);
+when every seed has ended, the study is told the outcome:
+- completed: the mean final-epoch value(s), COMPLETE;
+- stopped by the scheduler: PRUNED with one objective (TPE still learns where it ended), FAIL
+  with several, so a one-epoch value never enters NSGA-II's population or the Pareto front;
+- invalid or crashed: FAIL.
+The status and reason are kept as trial attributes, so `optuna` / optuna-dashboard show why.
 """
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ from typing import Any, Optional
 import optuna
 from ray.tune.search import Searcher
 
-from sweeplab.sweep.samplers import make_sampler, open_study
+from sweeplab.metrics import TrialStatus, trial_end
+from sweeplab.sweep.samplers import make_sampler
 from sweeplab.sweep.space import Dimension
 
 
-def _existing_trials(storage: str, study_name: str) -> int:
+def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
     try:
-        return len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+        return len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
     except KeyError:  # a new study
         return 0
 
@@ -45,23 +50,36 @@ class OptunaSearcher(Searcher):
         self.storage, self.study_name = storage, study_name
         self.objectives, self.seeds = objectives, list(seeds)
         self.num_configs, self.max_epochs = num_configs, max_epochs
+        self._backend: Optional[optuna.storages.BaseStorage] = None
         self._study: Optional[optuna.Study] = None
         self._asked = 0
         self._pending: deque[tuple[int, dict, int]] = deque()  # (optuna number, params, seed)
         self._live: dict[str, tuple[int, int]] = {}  # ray trial id -> (number, seed)
         self._outcomes: dict[int, dict[int, dict]] = {}  # number -> seed -> outcome
+        self._curves: dict[int, dict[int, dict[int, float]]] = {}  # number -> seed -> epoch -> first objective
+        self._reported: dict[int, int] = {}  # number -> last epoch given to Optuna as intermediate value
         self._storage_ids: dict[int, int] = {}  # number -> optuna storage trial id
 
     # -- the study ---------------------------------------------------------------
+    @property
+    def backend(self) -> optuna.storages.BaseStorage:
+        """The study's storage. Writing to a trial by its number after ask() (user attributes,
+        intermediate values of several objectives) has no Study-level API; BaseStorage's has."""
+        if self._backend is None:
+            self._backend = optuna.storages.RDBStorage(self.storage)
+        return self._backend
+
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
             directions = ["maximize" if mode == "max" else "minimize" for _, mode in self.objectives]
             seed = self.sampler_seed
             if seed is not None:  # a resumed sweep must not replay the random draws it already made
-                seed += _existing_trials(self.storage, self.study_name)
+                seed += _existing_trials(self.backend, self.study_name)
             sampler = make_sampler(self.sampler_name, self.dims, seed, len(directions) > 1)
-            self._study = open_study(self.storage, self.study_name, sampler, directions)
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            self._study = optuna.create_study(storage=self.backend, study_name=self.study_name, sampler=sampler,
+                                              directions=directions, load_if_exists=True)
         return self._study
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -74,83 +92,95 @@ class OptunaSearcher(Searcher):
                 return Searcher.FINISHED
             trial = self.study.ask({d.key: d.distribution() for d in self.dims})
             self._asked += 1
-            self._storage_ids[trial.number] = trial._trial_id
-            self._outcomes[trial.number] = {}
+            study_id = self.backend.get_study_id_from_name(self.study_name)
+            self._storage_ids[trial.number] = self.backend.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            self._outcomes[trial.number], self._curves[trial.number] = {}, {}
             self._pending.extend((trial.number, dict(trial.params), seed) for seed in self.seeds)
         number, params, seed = self._pending.popleft()
         self._live[trial_id] = (number, seed)
         return {**params, "seed": seed, "optuna_trial": number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        # Intermediate values let TPE use trials a scheduler stopped early (one seed, one objective).
-        if trial_id not in self._live or len(self.seeds) > 1 or len(self.objectives) > 1:
-            return
-        metric = self.objectives[0][0]
-        if metric in result and "epoch" in result:
-            number, _ = self._live[trial_id]
-            trial = optuna.Trial(self.study, self._storage_ids[number])
-            trial.report(float(result[metric]), step=int(result["epoch"]))
+        self._record_epoch(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id not in self._live:
             return
+        self._record_epoch(trial_id, result)  # Ray hands a trial's last epoch to on_trial_complete only
         number, seed = self._live.pop(trial_id)
-        self._outcomes[number][seed] = self._outcome(trial_id, result, error)
+        end = trial_end(result, self.max_epochs, [metric for metric, _ in self.objectives],
+                        error="the trial crashed (see its error.txt)" if error else None)
+        outcome: dict[str, Any] = {"status": end.status.value, "epoch": end.epoch, "ray_trial": trial_id}
+        if end.status in (TrialStatus.COMPLETED, TrialStatus.STOPPED):
+            outcome["values"] = [float(result[metric]) for metric, _ in self.objectives]  # the final epoch's
+        elif end.reason:
+            outcome["reason"] = end.reason
+        self._outcomes[number][seed] = outcome
         if len(self._outcomes[number]) == len(self.seeds):
             self._tell(number, self._outcomes.pop(number))
 
-    def _outcome(self, trial_id: str, result: Optional[dict], error: bool) -> dict:
-        result = result or {}
-        if result.get("invalid"):
-            return {"status": "invalid", "reason": result.get("invalid_reason", ""), "ray_trial": trial_id}
-        values = [result.get(metric) for metric, _ in self.objectives]
-        if error or any(v is None for v in values):
-            return {"status": "error", "ray_trial": trial_id}
-        epoch = int(result.get("epoch", self.max_epochs))
-        status = "completed" if epoch >= self.max_epochs else "stopped"
-        return {"status": status, "values": [float(v) for v in values], "epoch": epoch, "ray_trial": trial_id}
+    # -- intermediate values ----------------------------------------------------------
+    def _record_epoch(self, trial_id: str, result: Optional[dict]) -> None:
+        metric = self.objectives[0][0]
+        if trial_id not in self._live or not result or result.get("invalid") or metric not in result or "epoch" not in result:
+            return
+        number, seed = self._live[trial_id]
+        self._curves.setdefault(number, {}).setdefault(seed, {})[int(result["epoch"])] = float(result[metric])
+        self._report_intermediate(number)
 
+    def _report_intermediate(self, number: int) -> None:
+        """Each epoch's mean over seeds, once every seed has reached it, in epoch order."""
+        curves = list(self._curves[number].values())
+        if len(curves) < len(self.seeds):
+            return
+        reached = min(max(curve) for curve in curves)
+        for step in range(self._reported.get(number, 0) + 1, reached + 1):
+            if all(step in curve for curve in curves):
+                value = statistics.fmean(curve[step] for curve in curves)
+                self.backend.set_trial_intermediate_value(self._storage_ids[number], step, value)
+        self._reported[number] = max(reached, self._reported.get(number, 0))
+
+    # -- the outcome of a configuration ---------------------------------------------------
     def _tell(self, number: int, outcomes: dict[int, dict]) -> None:
         study = self.study
-        attrs = {"seeds": {str(s): o for s, o in outcomes.items()}}
-        invalid = [o for o in outcomes.values() if o["status"] == "invalid"]
+        attrs: dict[str, Any] = {"seeds": {str(s): o for s, o in outcomes.items()}}
+        invalid = [o for o in outcomes.values() if o["status"] == TrialStatus.INVALID]
         valid = [o for o in outcomes.values() if "values" in o]
-        trial_id = self._storage_ids[number]
         if invalid or not valid:
-            reason = invalid[0]["reason"] if invalid else "every seed of this configuration failed"
-            attrs.update(status="invalid" if invalid else "error", reason=reason)
-            self._set_attrs(trial_id, attrs)
+            reasons = [o["reason"] for o in (*invalid, *outcomes.values()) if o.get("reason")]
+            status = TrialStatus.INVALID if invalid else TrialStatus.ERROR
+            attrs.update(status=status.value, reason=reasons[0] if reasons else "every seed of this configuration failed")
+            self._set_attrs(number, attrs)
             study.tell(number, state=optuna.trial.TrialState.FAIL)
             return
-        means = [statistics.fmean(o["values"][i] for o in valid) for i in range(len(self.objectives))]
-        stds = [statistics.pstdev([o["values"][i] for o in valid]) for i in range(len(self.objectives))]
-        stopped = all(o["status"] == "stopped" for o in valid)
-        attrs.update(status="stopped" if stopped else "completed", std=stds, epochs=max(o["epoch"] for o in valid))
-        self._set_attrs(trial_id, attrs)
+        columns = [[o["values"][i] for o in valid] for i in range(len(self.objectives))]
+        stopped = all(o["status"] == TrialStatus.STOPPED for o in valid)
+        attrs.update(status=(TrialStatus.STOPPED if stopped else TrialStatus.COMPLETED).value,
+                     std=[statistics.pstdev(c) for c in columns], epochs=max(o["epoch"] for o in valid))
+        self._set_attrs(number, attrs)
         try:
-            if stopped and len(self.objectives) == 1:
-                if len(self.seeds) == 1:  # Ray hands the stopping epoch to on_trial_complete, not on_trial_result
-                    optuna.Trial(study, trial_id).report(valid[0]["values"][0], step=valid[0]["epoch"])
-                study.tell(number, state=optuna.trial.TrialState.PRUNED)
+            if stopped:
+                single = len(self.objectives) == 1
+                study.tell(number, state=optuna.trial.TrialState.PRUNED if single else optuna.trial.TrialState.FAIL)
             else:
+                means = [statistics.fmean(c) for c in columns]
                 study.tell(number, means if len(means) > 1 else means[0])
         except RuntimeError as err:  # GridSampler calls study.stop() after the last grid point
             if "Study.stop" not in str(err):
                 raise
 
-    def _set_attrs(self, storage_id: int, attrs: dict) -> None:
-        trial = optuna.Trial(self.study, storage_id)
+    def _set_attrs(self, number: int, attrs: dict) -> None:
         for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+            self.backend.set_trial_user_attr(self._storage_ids[number], key, value)
 
     # -- resume ----------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_study"] = None  # lives in the storage; reopened on demand
+        state.update(_study=None, _backend=None)  # live in the storage; reopened on demand
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"_curves": {}, "_reported": {}, "_backend": None, **state})
 
     __getstate__ = get_state  # Tune pickles the searcher into tuner.pkl: never the open study
     __setstate__ = set_state

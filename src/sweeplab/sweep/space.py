@@ -2,8 +2,8 @@
 distributions, grid points and Hydra overrides."""
 from __future__ import annotations
 
-import itertools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -51,19 +51,58 @@ class Dimension:
 
 
 def encode_choice(value: Any) -> Any:
-    """Optuna keeps choices as scalars: a list choice travels as Hydra text, e.g. [100,100]."""
+    """Optuna keeps choices as scalars: a list choice travels as its Hydra text, e.g. [100,100]."""
     if isinstance(value, (ListConfig, DictConfig)):
         value = OmegaConf.to_container(value)
     if isinstance(value, dict):
         raise ConfigError(f"a categorical choice cannot be a mapping ({value!r}): search its keys one by one")
-    return _flow(value) if isinstance(value, list) else value
+    return override_value(value) if isinstance(value, list) else value
 
 
-def _flow(data: Any) -> str:
-    """[16, [32, 64]] in Hydra override syntax."""
-    if isinstance(data, list):
-        return "[" + ",".join(_flow(v) for v in data) + "]"
-    return str(data)
+def _decode_choice(value: Any) -> Any:
+    """The inverse of encode_choice for a sampled value: Hydra list text back to a list."""
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        return OverridesParser.create().parse_override(f"k={value}").value()
+    return value
+
+
+# A string Hydra reads back unchanged without quotes; anything else (spaces, commas, quotes,
+# non-ASCII letters, or text that would parse as a number, bool or null) is quoted.
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-./]*", re.ASCII)
+_WORDS = {"true", "false", "null", "inf", "nan"}
+
+
+def override_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar, so the composed config gets exactly this value."""
+    if value is None:
+        return "null"  # Hydra's None; 'None' would be the string "None"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in _WORDS:
+        return text
+    # Quoted: escape quotes, backslashes before a quote or the end, and interpolations (${...}).
+    text = re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
+    return "'" + text.replace("${", "\\${") + "'"
+
+
+def to_override(key: str, value: Any) -> str:
+    """A Hydra override that sets ``key`` to ``value`` (a sampled value or a config leaf)."""
+    return f"{key}={override_value(_decode_choice(value))}"
+
+
+def overrides_for(params: dict[str, Any]) -> list[str]:
+    """Group choices first (model=vgg), then values (model.activation=tanh)."""
+    ordered = sorted(params.items(), key=lambda kv: (kv[0] not in GROUPS, kv[0]))
+    return [to_override(k, v) for k, v in ordered]
 
 
 def parse_space(space: Any, base: DictConfig, source: Path | str, group_options: dict[str, list[str]]) -> list[Dimension]:
@@ -122,27 +161,3 @@ def grid(dims: list[Dimension]) -> dict[str, list]:
 
 def grid_size(dims: list[Dimension]) -> int:
     return math.prod(len(v) for v in grid(dims).values())
-
-
-def to_override(key: str, value: Any) -> str:
-    """A Hydra override that sets ``key`` to a sampled value."""
-    if value is None:
-        text = "null"  # Hydra's None; 'None' would be the string "None"
-    elif isinstance(value, float):
-        text = repr(value)
-    elif isinstance(value, bool):
-        text = str(value).lower()
-    else:
-        text = str(value)
-    return f"{key}={text}"
-
-
-def overrides_for(params: dict[str, Any]) -> list[str]:
-    """Group choices first (model=vgg), then values (model.activation=tanh)."""
-    ordered = sorted(params.items(), key=lambda kv: (kv[0] not in GROUPS, kv[0]))
-    return [to_override(k, v) for k, v in ordered]
-
-
-def all_grid_points(dims: list[Dimension]) -> list[dict]:
-    g = grid(dims)
-    return [dict(zip(g, combo)) for combo in itertools.product(*g.values())]

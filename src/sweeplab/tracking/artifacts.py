@@ -6,8 +6,10 @@ from typing import Sequence
 
 import numpy as np
 
+from sweeplab.metrics import axis_label, display_scale
 
-def _pyplot():
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,14 +20,14 @@ def _pyplot():
 
 def learning_curves_png(history: Sequence[dict[str, float]], path: Path, title: str = "") -> Path:
     """Loss and accuracy vs epoch, train vs val."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [int(h["epoch"]) for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for split, style in (("train", "--"), ("val", "-")):
         ax_loss.plot(epochs, [h[f"{split}/loss"] for h in history], style, marker="o", label=split)
-        ax_acc.plot(epochs, [100 * h[f"{split}/acc"] for h in history], style, marker="o", label=split)
+        ax_acc.plot(epochs, [display_scale("val/acc") * h[f"{split}/acc"] for h in history], style, marker="o", label=split)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_acc.set(xlabel="epoch", ylabel=axis_label("val/acc"), title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -38,7 +40,7 @@ def learning_curves_png(history: Sequence[dict[str, float]], path: Path, title: 
 
 
 def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     confusion = np.asarray(confusion)
     n = len(confusion)
     fig, ax = plt.subplots(figsize=(1.0 + 0.5 * n, 0.8 + 0.5 * n))

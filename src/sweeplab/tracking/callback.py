@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from ray import tune
 
+from sweeplab.metrics import TrialEnd, TrialStatus, error_line, trial_end
 from sweeplab.tracking import runs
 
 
@@ -182,34 +183,27 @@ class MlflowSweepTracker(tune.Callback):
                      str(self._restarts.get(str(trial), 0) + trial.num_failures))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = trial.last_result or {}
-        if result.get("invalid"):
-            self._finish(trial, "invalid", "FINISHED", result.get("invalid_reason", ""))
-            return
-        epoch, max_epochs = int(result.get("epoch", 0)), int(self.plan_info["max_epochs"])
-        self._finish(trial, "completed" if epoch >= max_epochs else "stopped", "FINISHED",
-                     "" if epoch >= max_epochs else f"stopped by the scheduler after epoch {epoch}")
+        objectives = [metric for metric, _ in json.loads(self.plan_info["objectives"])]
+        self._finish(trial, trial_end(trial.last_result, int(self.plan_info["max_epochs"]), objectives))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        from sweeplab.sweep.view import _last_error_line
+        self._finish(trial, trial_end(trial.last_result, int(self.plan_info["max_epochs"]), error=error_line(trial)))
 
-        self._finish(trial, "error", "FAILED", _last_error_line(trial))
-
-    def _finish(self, trial, status: str, run_status: str, reason: str) -> None:
+    def _finish(self, trial, end: TrialEnd) -> None:
         restarts = self._restarts.get(str(trial), 0) + trial.num_failures
-        self._submit(self._end_child, str(trial), status, run_status, reason, restarts, trial.checkpoint)
+        self._submit(self._end_child, str(trial), end, restarts, trial.checkpoint)
 
-    def _end_child(self, name: str, status: str, run_status: str, reason: str, restarts: int, checkpoint) -> None:
+    def _end_child(self, name: str, end: TrialEnd, restarts: int, checkpoint) -> None:
         from mlflow.entities import RunTag
 
         run_id = self._children[name]
-        tags = [RunTag("sweeplab.status", status), RunTag("sweeplab.restarts", str(restarts))]
-        if reason:
-            tags.append(RunTag("sweeplab.failure_reason", reason[:5000]))
+        tags = [RunTag("sweeplab.status", end.status.value), RunTag("sweeplab.restarts", str(restarts))]
+        if end.reason:
+            tags.append(RunTag("sweeplab.failure_reason", end.reason[:5000]))
         self.client.log_batch(run_id, tags=tags)
         if checkpoint is not None:
             self._log_checkpoint(run_id, checkpoint)
-        self.client.set_terminated(run_id, run_status)
+        self.client.set_terminated(run_id, "FAILED" if end.status == TrialStatus.ERROR else "FINISHED")
 
     def _log_checkpoint(self, run_id: str, checkpoint) -> None:
         """The trial's files, as its last checkpoint (in Ray's shared storage) holds them."""

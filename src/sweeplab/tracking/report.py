@@ -1,7 +1,7 @@
 """A sweep's comparison report, built from the MLflow store alone.
 
 Curves of the objective vs epoch grouped by activation and by architecture
-(mean ± std over runs), best-value bars with error bars, parameter count vs
+(mean ± std over runs), bars of the final-epoch value with error bars, parameter count vs
 accuracy, Optuna parameter importance and parallel coordinates, a CSV of all
 trials, and one self-contained HTML page tying them together.
 """
@@ -18,7 +18,16 @@ import numpy as np
 import pandas as pd
 
 from sweeplab.errors import UserError
-from sweeplab.tracking.artifacts import _pyplot
+from sweeplab.metrics import (
+    TrialStatus,
+    axis_label,
+    display_scale,
+    final_value,
+    format_metric,
+    is_fraction,
+    ranked_label,
+)
+from sweeplab.tracking.artifacts import pyplot
 
 GROUPINGS = (("model.activation", "activation function"), ("model.name", "architecture"))
 
@@ -64,6 +73,11 @@ def collect_trials(client, parent) -> tuple[pd.DataFrame, dict[str, dict[str, li
     return frame, histories
 
 
+def _completed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runs that ran every epoch: the only ones ranked, as in the terminal summary."""
+    return frame[frame["status"] == TrialStatus.COMPLETED.value] if "status" in frame else frame
+
+
 def _parse(value: str) -> Any:
     try:
         return json.loads(value)
@@ -75,7 +89,7 @@ def _png(fig, folder: Path, name: str) -> Path:
     path = folder / name
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -83,7 +97,7 @@ def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path)
     """Mean ± std of ``metric`` vs epoch for every value of ``key``, one panel per model."""
     if key not in frame or frame.empty:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     panels = sorted(frame["model.name"].unique()) if key != "model.name" and "model.name" in frame else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, model in zip(axes[0], panels):
@@ -96,14 +110,14 @@ def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path)
             grid = np.full((len(series), length), np.nan)
             for i, s in enumerate(series):
                 grid[i, : len(s)] = [v for _, v in s]
-            scale = 100 if metric.endswith("acc") else 1
+            scale = display_scale(metric)
             mean, std = np.nanmean(grid, 0) * scale, np.nanstd(grid, 0) * scale
             epochs = np.arange(1, length + 1)
             ax.plot(epochs, mean, marker="o", label=f"{value} (n={len(series)})")
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-        if metric.endswith("acc"):
+        if is_fraction(metric):
             ax.set_ylim(top=100.5)  # the std band must not suggest accuracies above 100 %
-        ax.set(xlabel="epoch", ylabel=metric + (" (%)" if metric.endswith("acc") else ""),
+        ax.set(xlabel="epoch", ylabel=axis_label(metric),
                title=f"{metric} by {label}" + (f" — {model}" if model else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -111,9 +125,10 @@ def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path)
 
 
 def summary_by(frame, key: str, metric: str, mode: str) -> pd.DataFrame:
-    """Best ``metric`` of each run, per value of ``key`` (per model): mean, std and count over runs."""
-    col = f"best {metric}"
-    done = frame[frame["status"] == "completed"] if "status" in frame else frame
+    """Each completed run's ranked value of ``metric``, per value of ``key`` (per model): mean, std
+    and count over runs."""
+    col = ranked_label(metric)
+    done = _completed(frame)
     if key not in done or col not in done or done.empty:
         return pd.DataFrame()
     by = ["model.name", key] if key != "model.name" and "model.name" in done else [key]
@@ -125,32 +140,32 @@ def summary_by(frame, key: str, metric: str, mode: str) -> pd.DataFrame:
 def bars_by(table: pd.DataFrame, key: str, label: str, metric: str, folder: Path) -> Optional[Path]:
     if table.empty:
         return None
-    plt = _pyplot()
-    scale = 100 if metric.endswith("acc") else 1
+    plt = pyplot()
+    scale = display_scale(metric)
     panels = sorted(table["model.name"].unique()) if key != "model.name" and "model.name" in table else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, model in zip(axes[0], panels):
         sub = table if model is None else table[table["model.name"] == model]
         ax.bar(sub[key].astype(str), sub["mean"] * scale, yerr=sub["std"] * scale, capsize=4, color="#4c72b0")
-        low = max(0.0, float((sub["mean"] - sub["std"]).min() * scale) - 5) if metric.endswith("acc") else 0
-        ax.set_ylim(bottom=low, top=100.5 if metric.endswith("acc") else None)
-        ax.set(ylabel=f"best {metric} mean ± std", title=f"{label}" + (f" — {model}" if model else ""))
+        low = max(0.0, float((sub["mean"] - sub["std"]).min() * scale) - 5) if is_fraction(metric) else 0
+        ax.set_ylim(bottom=low, top=100.5 if is_fraction(metric) else None)
+        ax.set(ylabel=f"{axis_label(ranked_label(metric))} mean ± std", title=f"{label}" + (f" — {model}" if model else ""))
         ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
     return _png(fig, folder, f"best_by_{label.split()[0]}.png")
 
 
 def params_vs_metric(frame, metric: str, folder: Path) -> Optional[Path]:
-    col = f"best {metric}"
+    col = ranked_label(metric)
     if "final params" not in frame or col not in frame:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    scale = 100 if metric.endswith("acc") else 1
+    scale = display_scale(metric)
     for model, group in frame.groupby("model.name") if "model.name" in frame else [("runs", frame)]:
         ax.scatter(group["final params"], group[col] * scale, label=model, alpha=0.8)
     ax.set_xscale("log")
-    ax.set(xlabel="trainable parameters", ylabel=f"best {metric}", title=f"parameter count vs {metric}")
+    ax.set(xlabel="trainable parameters", ylabel=axis_label(col), title=f"parameter count vs {metric}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig, folder, "params_vs_metric.png")
@@ -162,10 +177,8 @@ def optuna_plots(frame, space: dict, metric: str, mode: str, folder: Path) -> li
 
     import optuna
 
-    from sweeplab.sweep.space import encode_choice, parse_space  # noqa: F401
-
-    col = f"best {metric}"
-    done = frame[frame["status"] == "completed"] if "status" in frame else frame
+    col = ranked_label(metric)
+    done = _completed(frame)
     keys = [k if k != "model" else "model.name" for k in space]
     if col not in done or len(done) < 2 or not all(k in done for k in keys):
         return []
@@ -184,7 +197,7 @@ def optuna_plots(frame, space: dict, metric: str, mode: str, folder: Path) -> li
         params = {k: (str(row[k]) if isinstance(d, optuna.distributions.CategoricalDistribution) else row[k]) for k, d in dists.items()}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[col])))
     out = []
-    plt = _pyplot()
+    plt = pyplot()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from optuna.visualization import matplotlib as ovm
@@ -209,10 +222,9 @@ def build_report(client, parent_run_id: str, out_dir: Optional[Path] = None, log
     metric, mode = objectives[0]
     space = json.loads(p.get("space", "{}"))
     frame, histories = collect_trials(client, parent)
-    if not frame.empty:  # best over the epochs of each run (the final value when there is no history)
-        pick = max if mode == "max" else min
-        frame[f"best {metric}"] = [
-            pick(v for _, v in histories[r][metric]) if histories[r].get(metric) else row.get(f"final {metric}")
+    if not frame.empty:  # each run's value as the sweep ranks it (metrics.RANKED_BY)
+        frame[ranked_label(metric)] = [
+            final_value(dict(histories[r][metric])) if histories[r].get(metric) else row.get(f"final {metric}")
             for r, (_, row) in zip(frame["run_id"], frame.iterrows())
         ]
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="sweeplab-report-"))
@@ -228,10 +240,10 @@ def build_report(client, parent_run_id: str, out_dir: Optional[Path] = None, log
                 figures.append((f"{metric} vs epoch by {label} (mean ± std over runs)", path))
             table = summary_by(frame, key, metric, mode)
             if not table.empty and table[key].nunique() > 1:
-                tables.append((f"best {metric} by {label}", table))
+                tables.append((f"{ranked_label(metric)} by {label}", table))
                 bars = bars_by(table, key, label, metric, folder)
                 if bars:
-                    figures.append((f"best {metric} by {label}, error bars = std over runs", bars))
+                    figures.append((f"{ranked_label(metric)} by {label}, error bars = std over runs", bars))
         for title, path in [(f"parameter count vs {metric}", params_vs_metric(frame, metric, folder))]:
             if path:
                 figures.append((title, path))
@@ -252,7 +264,6 @@ def _img(path: Path) -> str:
 def _html(parent, frame, tables, figures, metric: str, mode: str) -> str:
     p = parent.data.params
     esc = html.escape
-    scale = (lambda v: f"{v * 100:.2f}%") if metric.endswith("acc") else (lambda v: f"{v:.4g}")
     parts = [f"<h1>sweep {esc(p.get('sweep_id', parent.info.run_name))}</h1>",
              "<p>" + " · ".join(f"<b>{esc(k)}</b> {esc(str(p.get(k, '')))}" for k in
                                 ("sampler", "scheduler", "seeds", "num_configs", "max_epochs")) + "</p>",
@@ -264,19 +275,22 @@ def _html(parent, frame, tables, figures, metric: str, mode: str) -> str:
         key = table.columns[-4]
         rows = "".join(
             "<tr>" + ("<td>" + esc(str(r["model.name"])) + "</td>" if "model.name" in table and key != "model.name" else "")
-            + f"<td>{esc(str(r[key]))}</td><td>{scale(r['mean'])} ± {scale(r['std'])}</td><td>{int(r['count'])}</td></tr>"
+            + f"<td>{esc(str(r[key]))}</td><td>{format_metric(metric, r['mean'])} ± {format_metric(metric, r['std'])}</td><td>{int(r['count'])}</td></tr>"
             for _, r in table.iterrows())
         head = ("<th>model</th>" if "model.name" in table and key != "model.name" else "") + f"<th>{esc(key)}</th><th>mean ± std</th><th>runs</th>"
         parts.append(f"<h2>{esc(title)}</h2><table><tr>{head}</tr>{rows}</table>")
     for title, path in figures:
         parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='{_img(path)}'>")
-    col = f"best {metric}"
+    col = ranked_label(metric)
     if not frame.empty and col in frame:
-        shown = [c for c in frame.columns if c in ("trial", "status", col, f"final {metric}", "final params",
-                                                   "model.name", "model.activation")
+        shown = [c for c in frame.columns if c in ("trial", "status", col, "final params", "model.name", "model.activation")
                  or c in json.loads(p.get("space", "{}"))]
-        ordered = frame.sort_values(col, ascending=(mode == "min"), na_position="last")[shown]
-        parts.append("<h2>all trials</h2>" + ordered.to_html(index=False, float_format=lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}", na_rep="-"))
+        # completed runs first, best first, as the terminal summary orders them
+        ordered = frame.assign(_done=frame["status"] != TrialStatus.COMPLETED.value).sort_values(
+            ["_done", col], ascending=[True, mode == "min"], na_position="last")[shown]
+        parts.append("<h2>all trials</h2>" + ordered.to_html(
+            index=False, formatters={col: lambda v: format_metric(metric, v)}, na_rep="-",
+            float_format=lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"))
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:.5em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} img{max-width:100%} code{font-size:90%}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>sweeplab report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"

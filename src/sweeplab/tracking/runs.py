@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeplab.config.compose import flatten, project_root
-from sweeplab.train import METRIC_KEYS as METRICS  # one list of per-epoch metrics
+from sweeplab.metrics import METRIC_KEYS
 
 
 def param_value(value: Any) -> str:
@@ -32,7 +32,7 @@ def epoch_metrics(result: dict[str, float]) -> list:
 
     step = int(result["epoch"])
     stamp = int(time.time() * 1000)
-    out = [Metric(k, float(result[k]), stamp, step) for k in METRICS if k in result]
+    out = [Metric(k, float(result[k]), stamp, step) for k in METRIC_KEYS if k in result]
     if "params" in result:
         out.append(Metric("params", float(result["params"]), stamp, step))
     return out

@@ -1,0 +1,78 @@
+"""A sweep's outcome as read back from its Optuna study: one row per configuration."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from sweeplab.metrics import TrialStatus
+
+
+@dataclass
+class TrialRow:
+    number: int
+    params: dict[str, Any]
+    state: str  # Optuna's: COMPLETE | PRUNED | FAIL | RUNNING
+    status: str  # a TrialStatus value
+    values: Optional[list[float]]  # mean over seeds of each objective's final-epoch value
+    std: Optional[list[float]]
+    epochs: Optional[int]
+    reason: str = ""
+    seeds: dict[str, dict] = field(default_factory=dict)  # seed -> that run's outcome
+
+    def seed_values(self, index: int = 0) -> list[float]:
+        return [o["values"][index] for o in self.seeds.values() if "values" in o]
+
+    def completed_seeds(self) -> list[str]:
+        return [s for s, o in self.seeds.items() if o.get("status") == TrialStatus.COMPLETED]
+
+
+@dataclass
+class SweepOutcome:
+    record: dict[str, Any]  # the sweep's attributes, see launch.sweep_record, plus "storage"
+    trials: list[TrialRow]
+
+    @property
+    def sweep_id(self) -> str:
+        return self.record["sweep_id"]
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        return [(metric, mode) for metric, mode in self.record["objectives"]]
+
+    def completed(self) -> list[TrialRow]:
+        """Configurations that ran every epoch: the only ones ranked or put on a Pareto front."""
+        return [t for t in self.trials if t.status == TrialStatus.COMPLETED and t.values]
+
+    def ranked(self) -> list[TrialRow]:
+        """Completed configurations, best first by the first objective's final-epoch value."""
+        _, mode = self.objectives[0]
+        return sorted(self.completed(), key=lambda t: t.values[0], reverse=(mode == "max"))
+
+    def best(self) -> Optional[TrialRow]:
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def pareto_front(self) -> list[int]:
+        """Numbers of the non-dominated completed configurations over every objective."""
+        signs = [1 if mode == "max" else -1 for _, mode in self.objectives]
+        points = {t.number: [s * v for s, v in zip(signs, t.values)] for t in self.completed()}
+
+        def dominated(a: list[float]) -> bool:
+            return any(all(x <= y for x, y in zip(a, b)) and a != b for b in points.values())
+
+        return sorted(n for n, p in points.items() if not dominated(p))
+
+    @property
+    def unfinished(self) -> bool:
+        """Interrupted before every configuration ended (Ctrl+C, a lost driver)."""
+        ended = [t for t in self.trials if t.status != TrialStatus.RUNNING]
+        return len(ended) < int(self.record.get("num_configs", len(ended)))
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials:
+            out[t.status] = out.get(t.status, 0) + 1
+        return out
+
+    def counts_text(self) -> str:
+        return ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))

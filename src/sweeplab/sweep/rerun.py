@@ -1,0 +1,26 @@
+"""Hydra recomposition: the `sweeplab train` command line that reruns one trial of a sweep."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+from sweeplab.config.compose import compose_with_choices, flatten
+from sweeplab.sweep.outcome import SweepOutcome, TrialRow
+from sweeplab.sweep.space import GROUPS, overrides_for, to_override
+
+
+def best_command(outcome: SweepOutcome, trial: TrialRow, seed: Optional[int] = None) -> str:
+    """A `sweeplab train` shell command line that reruns ``trial`` exactly (same config, same seed):
+    the config groups that differ from the defaults, then every value that differs from them."""
+    record = outcome.record
+    completed = trial.completed_seeds()
+    seed = seed if seed is not None else int(completed[0] if completed else record["seeds"][0])
+    overrides = [*record["overrides"], *overrides_for(trial.params), f"train.seed={seed}"]
+    cfg, choices = compose_with_choices(overrides, Path(record["sweep_file"]))
+    _, defaults = compose_with_choices([])
+    groups = [to_override(g, choices[g]) for g in GROUPS if choices.get(g) != defaults.get(g)]
+    base = flatten(compose_with_choices(groups)[0])
+    skip = ("sweep.", "tracking.", "cluster.", "output_dir")
+    diffs = [to_override(k, v) for k, v in flatten(cfg).items() if not k.startswith(skip) and base.get(k) != v]
+    return " ".join(["sweeplab train", *map(shlex.quote, [*groups, *diffs])])  # a shell line: quote for it too
