@@ -152,8 +152,8 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, object]:
-    """Leaf values keyed by dotted path: model.conv.filter_num -> 30 (lists stay whole)."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    """Leaf values keyed by dotted path: model.conv.filter_num -> 30 (lists stay whole; names stay plain: loss -> mse)."""
+    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, DictConfig) else cfg
     out: dict[str, object] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"

@@ -92,10 +92,9 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
 
 def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], sweep_file: Path) -> None:
     """Metrics that trials report, distinct seeds, a scheduler that fits the epochs, data that exists."""
-    from sweeplab.config.checks import check_values
     from sweeplab.data.datasets import missing_files
     from sweeplab.errors import DatasetNotFoundError
-    from sweeplab.train import REPORTED_KEYS
+    from sweeplab.train import REPORTED_KEYS, validate
 
     sc = cfg.sweep
     known = (*REPORTED_KEYS, "test/loss", "test/acc")
@@ -109,7 +108,7 @@ def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], swee
         raise ConfigError(f"sweep.scheduler.grace_period={sc.scheduler.grace_period} in {sweep_file} must lie "
                           f"between 1 and train.epochs={cfg.train.epochs}")
     try:
-        check_values(cfg)
+        validate(cfg, shapes=False)
     except UserError as err:
         raise ConfigError(f"{err} (in {sweep_file} and the command line)") from None
     missing = missing_files(cfg.data)
@@ -127,7 +126,7 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
 
     from omegaconf.errors import OmegaConfBaseException
 
-    from sweeplab.config.checks import check_values
+    from sweeplab.train import validate
 
     def fails(dim: Dimension, value, err: Exception) -> ConfigError:
         return ConfigError(f"sweep.space.{dim.key} in {sweep_file}: the value {value!r} fails: {err}")
@@ -136,7 +135,7 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
     for dim in groups:
         for choice in dim.choices:
             try:
-                check_values(compose([*overrides, f"{dim.key}={choice}"], sweep_file))
+                validate(compose([*overrides, f"{dim.key}={choice}"], sweep_file), shapes=False)
             except UserError as err:
                 raise fails(dim, choice, err) from None
     base = compose([*overrides, *(f"{d.key}={d.choices[0]}" for d in groups)], sweep_file)
@@ -149,7 +148,7 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
             cfg = copy.deepcopy(base)
             try:
                 OmegaConf.update(cfg, dim.key, value, merge=False)
-                check_values(cfg)
+                validate(cfg, shapes=False)
             except OmegaConfBaseException as err:
                 raise fails(dim, value, str(err).splitlines()[0]) from None
             except UserError as err:
