@@ -5,8 +5,10 @@ override or file it came from, and what would be right.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -98,9 +100,6 @@ SWEEP_GROUP = "sweeplab_sweep_file"
 
 def _stage(sweep_file: Path, text: Optional[str] = None) -> Path:
     """A copy of the sweep file at <tmp>/<digest>/sweeplab_sweep_file/sweep.yaml (same content, same copy)."""
-    import hashlib
-    import tempfile
-
     text = sweep_file.read_text() if text is None else text
     digest = hashlib.sha1(f"{sweep_file}\n{text}".encode()).hexdigest()[:16]
     staged = Path(tempfile.gettempdir()) / "sweeplab-sweeps" / digest / SWEEP_GROUP / "sweep.yaml"

@@ -2,12 +2,16 @@
 (N, C, H, W) with a scale to [0, 1], int64 labels, a stratified train/val split."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from sweeplab.errors import ConfigError, DatasetNotFoundError
@@ -91,10 +95,6 @@ _CACHE: dict[tuple, DatasetBundle] = {}
 
 
 def _as_dict(cfg) -> dict:
-    from dataclasses import asdict, is_dataclass
-
-    from omegaconf import OmegaConf
-
     data = asdict(cfg) if is_dataclass(cfg) else OmegaConf.to_container(cfg, resolve=True)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
 
@@ -177,10 +177,6 @@ def _torchvision(cls_name: str, cfg: DataConfig, expected: list[str]):
         )
     cls = getattr(torchvision.datasets, cls_name)
     # Parallel trials start together: one downloads, the others wait for it.
-    import hashlib
-    import os
-    import tempfile
-
     lock_dir = root if os.access(root, os.W_OK) else Path(tempfile.gettempdir())  # read-only shared datasets
     with FileLock(str(lock_dir / f".sweeplab-{cls_name.lower()}-{hashlib.md5(str(root).encode()).hexdigest()[:12]}.lock")):
         try:
