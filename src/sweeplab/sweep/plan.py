@@ -58,7 +58,8 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
 
     if sc.sampler not in SAMPLERS:
         raise ConfigError(f"unknown sweep.sampler {sc.sampler!r} in {sweep_file}. Known samplers: {', '.join(SAMPLERS)}")
-    objectives = [(o.metric, o.mode) for o in sc.objectives] or [(sc.metric, sc.mode)]
+    # plain strings: Ray asserts that metric and mode have the same type
+    objectives = [(o.metric, str(o.mode)) for o in sc.objectives] or [(sc.metric, str(sc.mode))]
     for metric, mode in objectives:
         if mode not in ("max", "min"):
             raise ConfigError(f"sweep mode for {metric!r} in {sweep_file} must be max or min, got {mode!r}")
