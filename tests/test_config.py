@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sweeplab.config.compose import compose
+from sweeplab.config.compose import compose, flatten, to_yaml
+from sweeplab.config.schema import Loss, LrSchedule, Mode, Sampler, SchedulerKind, TrainConfig
 from sweeplab.errors import ConfigError
 from sweeplab.models import MODELS
+from sweeplab.models.layers import WeightInit
+from sweeplab.models.zoo import RnnCell
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -47,10 +50,10 @@ def test_defaults_compose_from_the_group_files():
 
 
 def test_overrides_apply_as_hydra_users_expect():
-    cfg = compose(["model=vgg", "data=cifar10", "optimizer.lr=0.01", "model.activation=tanh"])
+    cfg = compose(["model=vgg16", "data=cifar10", "optimizer.lr=0.01", "model.activation=tanh"])
     assert cfg.model.name == "vgg"
     assert cfg.model.activation == "tanh"
-    assert cfg.model.stages == _file_values(CONF / "model" / "vgg.yaml")["stages"]
+    assert cfg.model.stages == _file_values(CONF / "model" / "vgg16.yaml")["stages"]
     assert cfg.data.name == "cifar10" and cfg.data.augment is True
     assert cfg.optimizer.lr == 0.01 and isinstance(cfg.optimizer.lr, float)
     assert cfg.optimizer.name == "sgd"  # untouched groups keep their defaults
@@ -94,7 +97,7 @@ def test_unknown_group_option_lists_the_available_ones():
 
 def test_typo_in_a_yaml_file_names_the_file_and_the_key(home):
     sgd = home / "conf" / "optimizer" / "sgd.yaml"
-    sgd.write_text(sgd.read_text().replace("momentum:", "momentm:"))
+    sgd.write_text(sgd.read_text() + "momentm: 0.5\n")
     with pytest.raises(ConfigError) as err:
         compose()
     assert str(sgd) in str(err.value) and "optimizer.momentm" in str(err.value)
@@ -102,7 +105,7 @@ def test_typo_in_a_yaml_file_names_the_file_and_the_key(home):
 
 def test_typo_in_a_model_file_names_the_file_and_the_key(home):
     lenet = home / "conf" / "model" / "lenet.yaml"
-    lenet.write_text(lenet.read_text().replace("conv1_filters:", "conv1_filter:"))
+    lenet.write_text(lenet.read_text() + "conv1_filter: 3\n")
     with pytest.raises(ConfigError) as err:
         compose(["model=lenet"])
     assert str(lenet) in str(err.value) and "model.conv1_filter" in str(err.value)
@@ -110,7 +113,7 @@ def test_typo_in_a_model_file_names_the_file_and_the_key(home):
 
 def test_wrong_type_in_a_yaml_file_names_the_file_and_the_key(home):
     train = home / "conf" / "train" / "default.yaml"
-    train.write_text(train.read_text().replace("epochs: 12", "epochs: twelve"))
+    train.write_text(train.read_text() + "epochs: twelve\n")
     with pytest.raises(ConfigError) as err:
         compose()
     assert str(train) in str(err.value) and "train.epochs" in str(err.value)
@@ -135,3 +138,119 @@ def test_every_yaml_in_conf_composes(path):
 
         assert cfg.model.name in MODELS
         validate(cfg)
+
+
+# --- closed sets of names: Enum-typed fields, checked by composition itself ------------------
+NAME_SETS = [
+    (["train.loss=hinge"], "train.loss", Loss),
+    (["train.lr_schedule=linear"], "train.lr_schedule", LrSchedule),
+    (["model=rnn", "model.cell=transformer"], "model.cell", RnnCell),
+    (["model=mlp", "model.weight_init=glorot"], "model.weight_init", WeightInit),
+    (["sweep.sampler=bayes"], "sweep.sampler", Sampler),
+    (["sweep.scheduler.kind=hyperband"], "sweep.scheduler.kind", SchedulerKind),
+    (["sweep.mode=maximise"], "sweep.mode", Mode),
+]
+
+
+@pytest.mark.parametrize("overrides, key, enum", NAME_SETS, ids=[key for _, key, _ in NAME_SETS])
+def test_a_name_outside_its_set_fails_composition_in_one_line_listing_the_set(overrides, key, enum):
+    with pytest.raises(ConfigError) as err:
+        compose(overrides)
+    message = str(err.value)
+    assert key in message and overrides[-1].split("=")[1] in message
+    assert f"[{', '.join(enum)}]" in message  # every valid name, in order
+    assert len(message.splitlines()) == 1
+
+
+def test_names_stay_plain_strings_in_code_yaml_and_params():
+    cfg = compose(["train.loss=mse", "model=rnn", "model.cell=gru", "sweep.sampler=random"])
+    assert cfg.train.loss == "mse" and f"{cfg.train.loss}" == "mse" and str(cfg.model.cell) == "gru"
+    text = to_yaml(cfg)
+    assert "loss: mse" in text and "cell: gru" in text and "sampler: random" in text and "Loss." not in text
+    params = flatten(cfg)
+    assert type(params["train.loss"]) is str and params["train.loss"] == "mse"  # MLflow params
+    assert type(params["sweep.scheduler.kind"]) is str and params["sweep.scheduler.kind"] == "asha"
+
+
+def test_pooling_exists_only_on_models_that_pool():
+    for name in MODELS.names():
+        pools = MODELS.get(name).plan is not None
+        assert ("pooling" in compose([f"model={_preset(name)}"]).model) == pools, name
+    with pytest.raises(ConfigError, match=r"model\.pooling"):
+        compose(["model=mlp", "model.pooling=max"])
+
+
+# --- each default said once ------------------------------------------------------------------
+def _schema_node(group: str, path: Path):
+    """The schema a group file extends (the first entry of its defaults list), with its defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    from sweeplab.config.store import register_configs
+
+    register_configs()
+    schema_name = OmegaConf.load(path).defaults[0]
+    return ConfigStore.instance().load(f"{group}/{schema_name}.yaml").node
+
+
+@pytest.mark.parametrize("path", GROUP_FILES, ids=[f"{p.parent.name}/{p.stem}" for p in GROUP_FILES])
+def test_yaml_presets_set_only_what_differs_from_the_schema(path):
+    defaults = flatten(_schema_node(path.parent.name, path))
+    for key, value in flatten(_file_values(path)).items():
+        assert key == "name" or defaults.get(key) != value, (
+            f"{path.parent.name}/{path.name} repeats the schema default {key}={value!r}: say it once, in the schema")
+
+
+def test_runs_use_the_schema_defaults_the_yaml_leaves_out():
+    cfg = compose()
+    assert cfg.train.epochs == TrainConfig.epochs and cfg.train.lr_schedule == TrainConfig.lr_schedule
+    assert cfg.optimizer.lr == _file_values(CONF / "optimizer" / "sgd.yaml")["lr"]
+    assert cfg.output_dir == "outputs"
+
+
+def _preset(model: str) -> str:
+    return next(p.stem for p in sorted((CONF / "model").glob("*.yaml")) if OmegaConf.load(p).name == model)
+
+
+MODEL_PRESETS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def models_listing() -> dict[str, dict]:
+    """`sweeplab models` as a user reads it: preset -> {key: value}."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from sweeplab.commands import cmd_models
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cmd_models(None) == 0
+    listing = {}
+    for line in out.getvalue().splitlines():
+        if line.strip().startswith("model="):
+            preset, keys = line.strip().removeprefix("model=").split(": ", 1)
+            listing[preset] = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in keys.split())}
+    return listing
+
+
+@pytest.mark.parametrize("preset", MODEL_PRESETS)
+def test_models_command_prints_what_train_uses(preset, models_listing):
+    composed = flatten(compose([f"model={preset}"]).model)
+    composed.pop("name")
+    assert models_listing[preset] == composed
+
+
+# --- layering ---------------------------------------------------------------------------------
+def test_no_import_cycles_and_config_schemas_are_a_leaf():
+    import grimp
+
+    graph = grimp.build_graph("sweeplab", exclude_type_checking_imports=True)
+    for low, high in (("sweeplab.data", "sweeplab.config"), ("sweeplab.models", "sweeplab.config"),
+                      ("sweeplab.config", "sweeplab.optim"), ("sweeplab.config", "sweeplab.data"),
+                      ("sweeplab.config", "sweeplab.train")):
+        chain = graph.find_shortest_chains(importer=low, imported=high)
+        assert not chain, f"{low} imports {high}: {chain}"
+    leaf = graph.find_upstream_modules("sweeplab.config.schema")
+    assert leaf <= {"sweeplab.errors", "sweeplab.structured"}, leaf

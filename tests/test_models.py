@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from sweeplab.data import DATASETS
 from sweeplab.errors import ArchitectureError, ConfigError, UserError
-from sweeplab.models import MODELS, build_model, check_architecture
+from sweeplab.models import MODELS, PoolingModelConfig, build_model, check_architecture
 from sweeplab.models.layers import ACTIVATIONS, POOLINGS
 from sweeplab.models.shapes import Pool, conv_output
 
@@ -34,18 +34,31 @@ SHAPES = _dataset_shapes()
 SHAPE_IDS = ["x".join(map(str, s[0])) + "-" + "+".join(names) for s, names in SHAPES.items()]
 
 
-def _config(model: str, activation: str = "relu", pooling: str = "max"):
+def _config(model: str, **keys):
     """The model's own schema with its defaults, as a user's YAML-free config would be."""
-    return MODELS.get(model).schema(name=model, activation=activation, pooling=pooling)
+    return MODELS.get(model).schema(name=model, **keys)
 
 
 ACTIVATION_TYPES = {name: type(ACTIVATIONS.get(name)()) for name in ACTIVATIONS.names()}
 POOLING_TYPES = {name: type(POOLINGS.get(name)(2, 2, 0)) for name in POOLINGS.names()}
+POOLING_MODELS = [m for m in MODELS.names() if issubclass(MODELS.get(m).schema, PoolingModelConfig)]
+ACTIVATION_MODEL = "lenet"  # convolutions and a fully connected head: every place an activation goes
 
 
-def _plan_pools(model: str, cfg, input_shape) -> bool:
-    entry = MODELS.get(model)
-    return entry.plan is not None and any(isinstance(s, Pool) for s in entry.plan(cfg, input_shape))
+def _trains(model: nn.Module, input_shape, num_classes: int) -> None:
+    """A forward pass gives finite class scores and every parameter gets a finite, non-zero gradient."""
+    torch.manual_seed(0)
+    model.train()
+    out = model(torch.randn(2, *input_shape))
+    assert out.shape == (2, num_classes)
+    assert torch.isfinite(out).all()
+    F.cross_entropy(out, torch.tensor([0, num_classes - 1])).backward()
+    params = list(model.named_parameters())
+    assert params
+    missing = [n for n, p in params if p.grad is None]
+    assert not missing, f"parameters without a gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for _, p in params)
+    assert sum(p.grad.abs().sum() for _, p in params) > 0
 
 
 def test_registries_hold_what_the_issue_promises():
@@ -55,13 +68,20 @@ def test_registries_hold_what_the_issue_promises():
     assert {(1, 28, 28), (1, 8, 8), (3, 32, 32)} <= {shape for shape, _ in SHAPES}
 
 
+
+def test_exactly_the_models_with_pooling_layers_have_a_pooling_key():
+    def pools(model: str) -> bool:
+        plan = MODELS.get(model).plan
+        return plan is not None and any(isinstance(s, Pool) for s in plan(_config(model), (1, 28, 28)))
+
+    assert POOLING_MODELS == [m for m in MODELS.names() if pools(m)]
+
+
 @pytest.mark.parametrize("shape", list(SHAPES), ids=SHAPE_IDS)
-@pytest.mark.parametrize("pooling", POOLINGS.names())
-@pytest.mark.parametrize("activation", ACTIVATIONS.names())
 @pytest.mark.parametrize("model_name", MODELS.names())
-def test_model_builds_runs_and_backpropagates(model_name, activation, pooling, shape):
+def test_model_builds_runs_and_backpropagates(model_name, shape):
     input_shape, num_classes = shape
-    cfg = _config(model_name, activation, pooling)
+    cfg = _config(model_name)
     try:
         check_architecture(cfg, input_shape)
     except ArchitectureError as err:
@@ -76,29 +96,30 @@ def test_model_builds_runs_and_backpropagates(model_name, activation, pooling, s
             build_model(cfg, input_shape, num_classes)
         input_shape = (input_shape[0], RESIZE, RESIZE)
         check_architecture(cfg, input_shape)
+    _trains(build_model(cfg, input_shape, num_classes), input_shape, num_classes)
 
-    torch.manual_seed(0)
-    model = build_model(cfg, input_shape, num_classes)
-    model.train()
-    x = torch.randn(2, *input_shape)
-    y = torch.tensor([0, num_classes - 1])
-    out = model(x)
-    assert out.shape == (2, num_classes)
-    assert torch.isfinite(out).all()
-    F.cross_entropy(out, y).backward()
 
-    params = list(model.named_parameters())
-    assert params
-    missing = [n for n, p in params if p.grad is None]
-    assert not missing, f"parameters without a gradient: {missing}"
-    assert all(torch.isfinite(p.grad).all() for _, p in params)
-    assert sum(p.grad.abs().sum() for _, p in params) > 0
-
-    # The chosen activation is the only one in the model; the chosen pooling the only pooling.
+@pytest.mark.parametrize("activation", ACTIVATIONS.names())
+def test_the_chosen_activation_is_the_only_one_in_the_model(activation):
+    model = build_model(_config(ACTIVATION_MODEL, activation=activation), (1, 28, 28), 10)
+    _trains(model, (1, 28, 28), 10)
     types = {type(m) for m in model.modules()}
     assert types & set(ACTIVATION_TYPES.values()) == {ACTIVATION_TYPES[activation]}
-    if _plan_pools(model_name, cfg, input_shape):
-        assert types & set(POOLING_TYPES.values()) == {POOLING_TYPES[pooling]}
+
+
+@pytest.mark.parametrize("pooling", POOLINGS.names())
+@pytest.mark.parametrize("model_name", POOLING_MODELS)
+def test_the_chosen_pooling_is_the_only_one_in_the_model(model_name, pooling):
+    model = build_model(_config(model_name, pooling=pooling), (1, 28, 28), 10)
+    _trains(model, (1, 28, 28), 10)
+    types = {type(m) for m in model.modules()}
+    assert types & set(POOLING_TYPES.values()) == {POOLING_TYPES[pooling]}
+
+
+def test_models_without_pooling_have_no_pooling_key():
+    for name in sorted(set(MODELS.names()) - set(POOLING_MODELS)):
+        with pytest.raises(ConfigError, match="pooling"):
+            check_architecture({"name": name, "pooling": "max"}, (1, 28, 28))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES), ids=SHAPE_IDS)

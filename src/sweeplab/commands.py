@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from sweeplab.errors import UserError
 from sweeplab.metrics import format_metric, ranked_label
@@ -74,32 +71,31 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _schema_defaults(schema) -> str:
-    parts = []
-    for f in dataclasses.fields(schema):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if dataclasses.is_dataclass(default):
-            default = {k.name: getattr(default, k.name) for k in dataclasses.fields(default)}
-        parts.append(f"{f.name}={default}")
-    return ", ".join(parts)
+def _override_text(value) -> str:
+    """A value as a user types it after key= (lists without spaces: [100,100])."""
+    if isinstance(value, (list, bool)) or value is None:
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
 
 
 def cmd_models(args) -> int:
-    from sweeplab.config.compose import conf_dir
+    """Each model with the keys its presets give it: what `sweeplab train model=X` uses."""
+    from sweeplab.config.compose import compose, conf_dir, flatten
     from sweeplab.models import MODELS
-    from sweeplab.models.layers import ACTIVATIONS, POOLINGS, WEIGHT_INITS
+    from sweeplab.models.layers import ACTIVATIONS, POOLINGS, WeightInit
 
-    presets = {}
+    presets: dict[str, list[tuple[str, dict]]] = {}
     for path in sorted((conf_dir() / "model").glob("*.yaml")):
-        presets.setdefault(OmegaConf.load(path).get("name"), []).append(path.stem)
+        model = compose([f"model={path.stem}"]).model
+        presets.setdefault(model.name, []).append((path.stem, flatten(model)))
     for name in MODELS.names():
-        entry = MODELS.get(name)
-        print(f"{name:<15} {entry.description}")
-        print(f"{'':<15} presets: model={', model='.join(presets.get(name, []))}")
-        print(f"{'':<15} keys: {_schema_defaults(entry.schema)}")
-    print(f"\nmodel.activation: {', '.join(ACTIVATIONS.names())}")
-    print(f"model.pooling:    {', '.join(POOLINGS.names())}")
-    print(f"model.weight_init: {', '.join(WEIGHT_INITS)}")
+        print(f"{name:<15} {MODELS.get(name).description}")
+        for preset, keys in presets.get(name, []):
+            values = " ".join(f"{k}={_override_text(v)}" for k, v in keys.items() if k != "name")
+            print(f"{'':<15} model={preset}: {values}")
+    print(f"\nmodel.activation:  {', '.join(ACTIVATIONS.names())}")
+    print(f"model.pooling:     {', '.join(POOLINGS.names())} (models that pool)")
+    print(f"model.weight_init: {', '.join(WeightInit)}")
     return 0
 
 

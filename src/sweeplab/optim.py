@@ -6,8 +6,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from sweeplab.config.schema import OptimizerConfig, TrainConfig
-from sweeplab.errors import ConfigError
+from sweeplab.config.schema import LrSchedule, OptimizerConfig, TrainConfig
 from sweeplab.registry import Registry
 
 OPTIMIZERS: Registry[Callable[[list, OptimizerConfig], torch.optim.Optimizer]] = Registry("optimizer", "optimizer")
@@ -22,20 +21,14 @@ OPTIMIZERS.register("adamw", lambda params, c: torch.optim.AdamW(params, lr=c.lr
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    factory = OPTIMIZERS.get(cfg.name)
-    if cfg.lr <= 0:
-        raise ConfigError(f"optimizer.lr must be > 0, got {cfg.lr}")
-    if cfg.name == "sgd" and cfg.nesterov and cfg.momentum <= 0:
-        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
-    return factory(list(model.parameters()), cfg)
+    """``cfg.name``'s optimizer over the model's parameters (ranges: OptimizerConfig.check)."""
+    return OPTIMIZERS.get(cfg.name)(list(model.parameters()), cfg)
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
     """Stepped once per epoch; None for a constant learning rate."""
-    if cfg.lr_schedule == "none":
-        return None
-    if cfg.lr_schedule == "cosine":
+    if cfg.lr_schedule == LrSchedule.cosine:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    if cfg.lr_schedule == "step":
+    if cfg.lr_schedule == LrSchedule.step:
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    raise ConfigError(f"unknown train.lr_schedule {cfg.lr_schedule!r}. Known: none, cosine, step.")
+    return None  # LrSchedule.none

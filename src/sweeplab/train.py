@@ -12,16 +12,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
-from sweeplab.config.schema import DataConfig, OptimizerConfig, TrainConfig
+from sweeplab.config.schema import DataConfig, Loss, OptimizerConfig, TrainConfig, check_ranges
 from sweeplab.data.batches import BatchSource
-from sweeplab.data.datasets import DatasetBundle, load_dataset
+from sweeplab.data.datasets import DatasetBundle, dataset_entry, load_dataset
 from sweeplab.errors import ConfigError, UserError
-from sweeplab.models import build_model, check_architecture, count_parameters
-from sweeplab.optim import build_optimizer, build_schedule
+from sweeplab.models import build_model, check_architecture, check_model, count_parameters
+from sweeplab.optim import OPTIMIZERS, build_optimizer, build_schedule
+from sweeplab.structured import typed
 
 # reporter(metrics, checkpoint): metrics of one finished epoch; checkpoint() builds the
 # state to save, only when the reporter wants it (Ray Tune does, the CLI at the end).
@@ -48,12 +49,6 @@ class TrainResult:
     state: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
-def _typed(node: Any, schema: type) -> Any:
-    if isinstance(node, schema):
-        return node
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,21 +63,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def loss_fn(name: str, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if name == "cross_entropy":
+def loss_fn(name: Loss, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name == Loss.cross_entropy:
         return F.cross_entropy
-    if name == "mse":  # the textbook squared error: 0.5 * sum((softmax - one_hot)^2), batch mean
-        return lambda logits, y: 0.5 * (logits.softmax(1) - F.one_hot(y, num_classes).float()).pow(2).sum(1).mean()
-    raise ConfigError(f"unknown train.loss {name!r}. Known: cross_entropy, mse.")
+    # Loss.mse, the textbook squared error: 0.5 * sum((softmax - one_hot)^2), batch mean
+    return lambda logits, y: 0.5 * (logits.softmax(1) - F.one_hot(y, num_classes).float()).pow(2).sum(1).mean()
 
 
-def validate(cfg: DictConfig) -> None:
-    """Everything knowable before data or model exist: names, ranges, and the shape check."""
-    from sweeplab.config.checks import check_values
-    from sweeplab.data import DATASETS
-
-    check_values(cfg)
-    shape = DATASETS.get(cfg.data.name).input_shape
+def validate(cfg: DictConfig, shapes: bool = True) -> None:
+    """Everything knowable before data or model exist: registered names, ranges and, with
+    ``shapes``, whether every layer fits the dataset's input (names outside an Enum fail earlier,
+    at composition)."""
+    check_ranges(cfg)
+    OPTIMIZERS.get(cfg.optimizer.name)
+    entry = dataset_entry(cfg.data)
+    if not shapes:
+        check_model(cfg.model)
+        return
+    shape = entry.input_shape
     if cfg.data.get("resize"):
         shape = (shape[0], cfg.data.resize, cfg.data.resize)
     check_architecture(cfg.model, shape)
@@ -134,9 +132,9 @@ class _Run:
     """One training run's pieces, built once from the config (or restored from a TrainState)."""
 
     def __init__(self, cfg: DictConfig, bundle: Optional[DatasetBundle]) -> None:
-        self.data_cfg: DataConfig = _typed(cfg.data, DataConfig)
-        self.train_cfg: TrainConfig = _typed(cfg.train, TrainConfig)
-        self.opt_cfg: OptimizerConfig = _typed(cfg.optimizer, OptimizerConfig)
+        self.data_cfg: DataConfig = typed(cfg.data, DataConfig)
+        self.train_cfg: TrainConfig = typed(cfg.train, TrainConfig)
+        self.opt_cfg: OptimizerConfig = typed(cfg.optimizer, OptimizerConfig)
         validate(cfg)
         if self.train_cfg.num_threads:
             torch.set_num_threads(self.train_cfg.num_threads)

@@ -5,8 +5,10 @@ override or file it came from, and what would be right.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -98,9 +100,6 @@ SWEEP_GROUP = "sweeplab_sweep_file"
 
 def _stage(sweep_file: Path, text: Optional[str] = None) -> Path:
     """A copy of the sweep file at <tmp>/<digest>/sweeplab_sweep_file/sweep.yaml (same content, same copy)."""
-    import hashlib
-    import tempfile
-
     text = sweep_file.read_text() if text is None else text
     digest = hashlib.sha1(f"{sweep_file}\n{text}".encode()).hexdigest()[:16]
     staged = Path(tempfile.gettempdir()) / "sweeplab-sweeps" / digest / SWEEP_GROUP / "sweep.yaml"
@@ -152,8 +151,8 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, object]:
-    """Leaf values keyed by dotted path: model.conv.filter_num -> 30 (lists stay whole)."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    """Leaf values keyed by dotted path: model.conv.filter_num -> 30 (lists stay whole; names stay plain: loss -> mse)."""
+    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, DictConfig) else cfg
     out: dict[str, object] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"

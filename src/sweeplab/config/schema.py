@@ -1,30 +1,77 @@
-"""Typed schemas behind every config group in conf/.
+"""Typed schemas behind every config group in conf/, with their closed name sets and ranges.
 
-Hydra merges each YAML file onto one of these dataclasses, so a misspelled key
-or a value of the wrong type fails at composition and names the key.
-Model schemas live beside their models (sweeplab.models.*).
+Hydra merges each YAML file onto one of these dataclasses, so a misspelled key, a value of the
+wrong type or a name outside a ``Choice`` fails at composition and names the key.
+Each dataclass holds every default; a YAML preset sets only what differs (and the ``name`` it picks).
+Each ``check()`` holds the ranges of its own fields. Model schemas live beside their models.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
+
+from sweeplab.errors import ConfigError
+from sweeplab.structured import Choice, out_of_range, typed
+
+
+class Loss(Choice):
+    cross_entropy = "cross_entropy"
+    mse = "mse"  # 0.5 * sum((softmax - one_hot)^2), the textbook squared error
+
+
+class LrSchedule(Choice):
+    none = "none"
+    cosine = "cosine"
+    step = "step"
+
+
+class Sampler(Choice):
+    tpe = "tpe"
+    random = "random"
+    grid = "grid"
+    cmaes = "cmaes"
+    nsga2 = "nsga2"
+
+
+class SchedulerKind(Choice):
+    asha = "asha"
+    median = "median"
+    none = "none"
+
+
+class Mode(Choice):
+    max = "max"
+    min = "min"
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "sgd"  # sgd | adam | adamw (sweeplab optimizers)
-    lr: float = 0.05
+    name: str = MISSING  # a registered optimizer (sweeplab.optim): sgd | adam | adamw
+    lr: float = MISSING  # each optimizer preset says its own
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
 
+    def check(self) -> None:
+        if not self.lr > 0:
+            raise out_of_range("optimizer.lr", self.lr, "> 0")
+        if not 0 <= self.momentum < 1:
+            raise out_of_range("optimizer.momentum", self.momentum, "in [0, 1)")
+        if self.weight_decay < 0:
+            raise out_of_range("optimizer.weight_decay", self.weight_decay, ">= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise out_of_range("optimizer.betas", list(self.betas), "two numbers in [0, 1), e.g. [0.9, 0.999]")
+        if self.name == "sgd" and self.nesterov and self.momentum <= 0:
+            raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
+
 
 @dataclass
 class DataConfig:
-    name: str = "mnist5k"  # sweeplab datasets lists them
+    name: str = MISSING  # a registered dataset: sweeplab datasets lists them
     root: str = "data"  # where torchvision datasets live on disk
     download: bool = False  # fetch torchvision datasets when missing (needs internet)
     val_fraction: float = 0.2  # stratified hold-out taken from the training split
@@ -34,19 +81,45 @@ class DataConfig:
     subset: Optional[int] = None  # keep only this many training images (smoke runs)
     resize: Optional[int] = None  # resize images to resize x resize (e.g. 32 to run LeNet on 8x8 digits)
 
+    def check(self) -> None:
+        """Ranges; whether subset covers every class is the dataset's to say (sweeplab.data)."""
+        if not 0 < self.val_fraction < 1:
+            raise out_of_range("data.val_fraction", self.val_fraction, "strictly between 0 and 1")
+        if self.subset is not None and self.subset < 1:
+            raise out_of_range("data.subset", self.subset, ">= 1 (or null for all images)")
+        if self.resize is not None and self.resize < 1:
+            raise out_of_range("data.resize", self.resize, ">= 1 (or null)")
+
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 64
     eval_batch_size: int = 512
     seed: int = 0
-    loss: str = "cross_entropy"  # cross_entropy | mse (on softmax vs one-hot)
-    lr_schedule: str = "none"  # none | cosine | step
+    loss: Loss = Loss.cross_entropy
+    lr_schedule: LrSchedule = LrSchedule.cosine
     step_size: int = 5  # lr_schedule=step: epochs between decays
     gamma: float = 0.1  # lr_schedule=step: decay factor
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     num_threads: Optional[int] = None  # torch CPU threads; None keeps torch's default
+
+    def check(self) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size", "step_size"):
+            if getattr(self, key) < 1:
+                raise out_of_range(f"train.{key}", getattr(self, key), ">= 1")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise out_of_range("train.num_threads", self.num_threads, ">= 1 (or null for torch's default)")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise out_of_range("train.device", self.device, "auto, cpu, cuda or cuda:N")
+        if not 0 < self.gamma <= 1:
+            raise out_of_range("train.gamma", self.gamma, "in (0, 1]")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """The ranges of the optimizer, data and train groups of a composed config."""
+    for group, schema in (("optimizer", OptimizerConfig), ("data", DataConfig), ("train", TrainConfig)):
+        typed(cfg[group], schema, group).check()
 
 
 @dataclass
@@ -64,12 +137,12 @@ class ParamSpec:
 @dataclass
 class Objective:
     metric: str = MISSING  # a reported metric, e.g. val/acc or params
-    mode: str = MISSING  # max | min
+    mode: Mode = MISSING
 
 
 @dataclass
 class SchedulerConfig:
-    kind: str = "asha"  # asha | median | none
+    kind: SchedulerKind = SchedulerKind.asha
     grace_period: int = 1  # epochs every trial runs before it can be stopped
     reduction_factor: float = 2.0  # asha: keep 1/reduction_factor at each rung
 
@@ -82,14 +155,14 @@ class ResourcesConfig:
 
 @dataclass
 class SweepConfig:
-    name: str = "sweep"
-    sampler: str = "tpe"  # tpe | random | grid | cmaes | nsga2
+    name: str = "sweep"  # a sweep file's name replaces it
+    sampler: Sampler = Sampler.tpe
     sampler_seed: Optional[int] = 0
     num_trials: int = 10  # configurations to try (grid ignores it: every grid point runs)
     max_concurrent: int = 2
     seeds: List[int] = field(default_factory=lambda: [0])  # each configuration runs once per seed
     metric: str = "val/acc"
-    mode: str = "max"
+    mode: Mode = Mode.max
     objectives: List[Objective] = field(default_factory=list)  # several: multi-objective (nsga2)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
@@ -109,7 +182,7 @@ class TrackingConfig:
 
 @dataclass
 class ClusterConfig:
-    address: Optional[str] = None  # None: start a local Ray; "auto" or host:port joins a cluster
+    address: Optional[str] = None  # None: start a local Ray on 127.0.0.1; "auto" or host:port joins a cluster
     num_cpus: Optional[int] = None  # local Ray only; None: all cores
     num_gpus: Optional[int] = None  # local Ray only; None: all GPUs found
     storage_path: Optional[str] = None  # Ray results; None: <output_dir>/ray ; shared path on clusters
@@ -126,4 +199,4 @@ class Config:
     sweep: SweepConfig = MISSING
     tracking: TrackingConfig = MISSING
     cluster: ClusterConfig = MISSING
-    output_dir: str = "outputs"
+    output_dir: str = "outputs"  # run folders, the local MLflow store and the local Optuna study live here

@@ -2,17 +2,24 @@
 (N, C, H, W) with a scale to [0, 1], int64 labels, a stratified train/val split."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from sweeplab.config.schema import DataConfig
 from sweeplab.errors import ConfigError, DatasetNotFoundError
 from sweeplab.registry import Registry
+from sweeplab.structured import out_of_range
+
+if TYPE_CHECKING:  # a type only: data never imports config at run time
+    from sweeplab.config.schema import DataConfig
 
 
 @dataclass
@@ -88,26 +95,26 @@ _CACHE: dict[tuple, DatasetBundle] = {}
 
 
 def _as_dict(cfg) -> dict:
-    from dataclasses import asdict, is_dataclass
-
-    from omegaconf import OmegaConf
-
     data = asdict(cfg) if is_dataclass(cfg) else OmegaConf.to_container(cfg, resolve=True)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
 
 
-def _load(cfg: DataConfig) -> DatasetBundle:
+def dataset_entry(cfg: DataConfig) -> DatasetEntry:
+    """The registered dataset ``cfg.name``, once data.subset keeps at least one image of every class."""
     entry = DATASETS.get(cfg.name)
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}")
+    if cfg.subset is not None and cfg.subset < entry.num_classes:
+        raise out_of_range("data.subset", cfg.subset, f">= the {entry.num_classes} classes (or null for all images)")
+    return entry
+
+
+def _load(cfg: DataConfig) -> DatasetBundle:
+    entry = dataset_entry(cfg)
     images, labels, test, scale, class_names = entry.load(cfg)
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise ConfigError(f"data.val_fraction={cfg.val_fraction} leaves {len(train_idx)} training and {len(val_idx)} "
                           f"validation images of {len(labels)}; pick a fraction that keeps both splits non-empty")
     if cfg.subset is not None and cfg.subset < len(train_idx):
-        if cfg.subset < entry.num_classes:
-            raise ConfigError(f"data.subset={cfg.subset} is smaller than the {entry.num_classes} classes")
         _, keep = stratified_split(labels[train_idx], cfg.subset / len(train_idx), cfg.split_seed)
         train_idx = train_idx[keep]
 
@@ -170,10 +177,6 @@ def _torchvision(cls_name: str, cfg: DataConfig, expected: list[str]):
         )
     cls = getattr(torchvision.datasets, cls_name)
     # Parallel trials start together: one downloads, the others wait for it.
-    import hashlib
-    import os
-    import tempfile
-
     lock_dir = root if os.access(root, os.W_OK) else Path(tempfile.gettempdir())  # read-only shared datasets
     with FileLock(str(lock_dir / f".sweeplab-{cls_name.lower()}-{hashlib.md5(str(root).encode()).hexdigest()[:12]}.lock")):
         try:

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sweeplab.registry import Registry
+from sweeplab.structured import Choice
 
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation", "model.activation")
 for _name, _factory in {
@@ -54,18 +55,15 @@ def pooling(name: str, kernel: int, stride: int, pad: int = 0) -> nn.Module:
     return POOLINGS.get(name)(kernel, stride, pad)
 
 
-WEIGHT_INITS = ("default", "normal", "xavier", "he")
+class WeightInit(Choice):
+    default = "default"  # PyTorch's own
+    normal = "normal"  # N(0, weight_init_std), the textbook weight_init_std
+    xavier = "xavier"  # scaled by fan-in and fan-out
+    he = "he"  # scaled by fan-in, for ReLU
 
 
-def init_weights(model: nn.Module, scheme: str, std: float) -> None:
-    """Re-initialise every Linear/Conv weight: 'normal' draws N(0, std) (the textbook
-    weight_init_std), 'xavier' and 'he' scale by fan-in/out; 'default' keeps PyTorch's."""
-    if scheme not in WEIGHT_INITS:
-        from sweeplab.errors import ConfigError
-
-        raise ConfigError(
-            f"unknown weight init {scheme!r} (model.weight_init). Known: {', '.join(WEIGHT_INITS)}."
-        )
+def init_weights(model: nn.Module, scheme: WeightInit, std: float) -> None:
+    """Re-initialise every Linear/Conv weight by ``scheme``; 'default' keeps PyTorch's."""
     if scheme == "default":
         return
     for module in model.modules():

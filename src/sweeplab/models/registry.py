@@ -5,27 +5,59 @@ building anything, so a sweep can reject a sampled configuration cheaply.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING
 from torch import nn
 
-from sweeplab.errors import ConfigError
 from sweeplab.models import layers
 from sweeplab.models.shapes import LayerSpec, ShapeRow, trace
 from sweeplab.registry import Registry
+from sweeplab.structured import out_of_range, typed
 
 
 @dataclass
 class ModelConfig:
     """Keys every model has."""
 
-    name: str = "mlp"
-    activation: str = "relu"  # identity | sigmoid | tanh | relu | leaky_relu | elu | gelu | silu | softplus
-    pooling: str = "max"  # max | avg | min (models that pool)
-    weight_init: str = "default"  # default (PyTorch's) | normal (N(0, weight_init_std)) | xavier | he
-    weight_init_std: float = 0.01
+    name: str = MISSING  # a registered model: sweeplab models lists them
+    activation: str = "relu"  # a registered activation: sweeplab models lists them
+    weight_init: layers.WeightInit = layers.WeightInit.default
+    weight_init_std: float = 0.01  # weight_init=normal: N(0, weight_init_std)
+
+    def check(self) -> None:
+        """Ranges: the init std, a dropout, and every layer width or count (>= 1)."""
+        if self.weight_init_std <= 0:
+            raise out_of_range("model.weight_init_std", self.weight_init_std, "> 0")
+        dropout = getattr(self, "dropout", 0.0)
+        if not 0 <= dropout < 1:
+            raise out_of_range("model.dropout", dropout, "in [0, 1)")
+        for key, value in asdict(self).items():
+            _check_widths(f"model.{key}", value)
+
+
+@dataclass
+class PoolingModelConfig(ModelConfig):
+    """Keys of a model with pooling layers."""
+
+    pooling: str = "max"  # a registered pooling: sweeplab models lists them
+
+
+def _check_widths(key: str, value: Any) -> None:
+    """Layer widths and counts: every int in hidden_sizes, stages, blocks, filters ... is >= 1."""
+    if isinstance(value, bool) or key.endswith(("weight_init_std", "dropout", "pool_after")):
+        return
+    if isinstance(value, int) and value < 1 and not key.endswith(".pad"):
+        raise out_of_range(key, value, ">= 1")
+    if isinstance(value, list):
+        if not value and key.endswith(("stages", "blocks", "filters", "kernel_sizes")):
+            raise out_of_range(key, value, "a non-empty list")
+        for item in value:
+            _check_widths(key, item)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_widths(f"{key}.{k}", v)
 
 
 Shape = tuple[int, int, int]
@@ -53,37 +85,31 @@ def register_model(name: str, schema: type, description: str, plan=None):
     return wrap
 
 
-def _typed(cfg: Any, schema: type) -> Any:
-    """A plain dataclass instance from a DictConfig / dict / dataclass config."""
-    if isinstance(cfg, schema):
-        return cfg
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    known = {f.name for f in fields(schema)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(
-            f"model {data.get('name')!r} has no key {unknown[0]!r}; its keys are: {', '.join(sorted(known))}"
-        )
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+def check_model(cfg: Any) -> ModelConfig:
+    """The model's typed config, once its names are registered and its values in range."""
+    entry = MODELS.get(cfg["name"] if not hasattr(cfg, "name") else cfg.name)
+    model = typed(cfg, entry.schema, "model")
+    layers.ACTIVATIONS.get(model.activation)
+    if isinstance(model, PoolingModelConfig):
+        layers.POOLINGS.get(model.pooling)
+    model.check()
+    return model
 
 
 def check_architecture(cfg: Any, input_shape: Shape) -> list[ShapeRow]:
     """Every layer's input and output size; ArchitectureError names an impossible layer."""
-    entry = MODELS.get(cfg["name"] if not hasattr(cfg, "name") else cfg.name)
-    typed = _typed(cfg, entry.schema)
-    layers.ACTIVATIONS.get(typed.activation)
-    layers.POOLINGS.get(typed.pooling)
-    if entry.plan is None:
+    model = check_model(cfg)
+    plan = MODELS.get(model.name).plan
+    if plan is None:
         return []
-    return trace(entry.plan(typed, input_shape), tuple(input_shape), entry.name)
+    return trace(plan(model, input_shape), tuple(input_shape), model.name)
 
 
 def build_model(cfg: Any, input_shape: Shape, num_classes: int) -> nn.Module:
-    entry = MODELS.get(cfg["name"] if not hasattr(cfg, "name") else cfg.name)
-    typed = _typed(cfg, entry.schema)
-    check_architecture(typed, input_shape)
-    model = entry.build(typed, tuple(input_shape), num_classes)
-    layers.init_weights(model, typed.weight_init, typed.weight_init_std)
+    model_cfg = check_model(cfg)
+    check_architecture(model_cfg, input_shape)
+    model = MODELS.get(model_cfg.name).build(model_cfg, tuple(input_shape), num_classes)
+    layers.init_weights(model, model_cfg.weight_init, model_cfg.weight_init_std)
     return model
 
 

@@ -6,9 +6,11 @@ turned into modules by ``build_features``, so the check and the model agree.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence, Union
 
+import torch
 from torch import nn
 
 from sweeplab.errors import ArchitectureError
@@ -122,9 +124,7 @@ class InceptionBlock(nn.Module):
         self.branch5 = nn.Sequential(conv(in_channels, spec.c5_reduce, 1), conv(spec.c5_reduce, spec.c5, 5))
         self.branch_pool = nn.Sequential(layers.pooling(pool, 3, 1, 1), conv(in_channels, spec.pool_proj, 1))
 
-    def forward(self, x):
-        import torch
-
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(x)], dim=1)
 
 
@@ -145,8 +145,6 @@ def build_features(
         else:
             modules.append((spec.name, InceptionBlock(spec, channels, act, pool, batch_norm)))
             channels = spec.filters
-    from collections import OrderedDict
-
     return nn.Sequential(OrderedDict(modules))
 
 

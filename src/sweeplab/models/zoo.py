@@ -8,9 +8,11 @@ from typing import List
 import torch
 from torch import nn
 
+from sweeplab.errors import ConfigError
 from sweeplab.models import layers
-from sweeplab.models.registry import ModelConfig, register_model
+from sweeplab.models.registry import ModelConfig, PoolingModelConfig, register_model
 from sweeplab.models.shapes import Conv, Inception, Pool, build_features, mlp_head, trace
+from sweeplab.structured import Choice
 
 
 class FeatureClassifier(nn.Module):
@@ -35,7 +37,6 @@ def _conv_model(plan, cfg, input_shape, num_classes, hidden, dropout=0.0, batch_
 # --- mlp ---------------------------------------------------------------------
 @dataclass
 class MLPConfig(ModelConfig):
-    name: str = "mlp"
     hidden_sizes: List[int] = field(default_factory=lambda: [100, 100])  # one entry per hidden layer
 
 
@@ -54,8 +55,7 @@ class ConvParams:
 
 
 @dataclass
-class SimpleConvNetConfig(ModelConfig):
-    name: str = "simple_convnet"
+class SimpleConvNetConfig(PoolingModelConfig):
     conv: ConvParams = field(default_factory=ConvParams)
     pool_size: int = 2
     hidden_size: int = 100
@@ -75,8 +75,7 @@ def build_simple_convnet(cfg, input_shape, num_classes):
 
 # --- lenet ---------------------------------------------------------------------
 @dataclass
-class LeNetConfig(ModelConfig):
-    name: str = "lenet"
+class LeNetConfig(PoolingModelConfig):
     conv1_filters: int = 6
     conv2_filters: int = 16
     kernel_size: int = 5
@@ -100,8 +99,7 @@ def build_lenet(cfg, input_shape, num_classes):
 
 # --- alexnet -------------------------------------------------------------------
 @dataclass
-class AlexNetConfig(ModelConfig):
-    name: str = "alexnet"
+class AlexNetConfig(PoolingModelConfig):
     filters: List[int] = field(default_factory=lambda: [32, 64, 96, 96, 64])  # the five conv layers
     kernel_sizes: List[int] = field(default_factory=lambda: [5, 5, 3, 3, 3])
     fc_sizes: List[int] = field(default_factory=lambda: [256, 256])
@@ -110,8 +108,6 @@ class AlexNetConfig(ModelConfig):
 
 def alexnet_plan(cfg: AlexNetConfig, input_shape):
     if len(cfg.filters) != 5 or len(cfg.kernel_sizes) != 5:
-        from sweeplab.errors import ConfigError
-
         raise ConfigError("model 'alexnet': filters and kernel_sizes need 5 entries, one per conv layer")
     f, k = cfg.filters, cfg.kernel_sizes
     return [
@@ -133,8 +129,7 @@ def build_alexnet(cfg, input_shape, num_classes):
 
 # --- vgg -----------------------------------------------------------------------
 @dataclass
-class VGGConfig(ModelConfig):
-    name: str = "vgg"
+class VGGConfig(PoolingModelConfig):
     # one list per stage of 3x3 convs, each stage ends in a 2x2 pool (vgg11-like, scaled)
     stages: List[List[int]] = field(default_factory=lambda: [[32], [64], [128, 128], [128, 128]])
     fc_sizes: List[int] = field(default_factory=lambda: [256])
@@ -159,8 +154,7 @@ def build_vgg(cfg, input_shape, num_classes):
 
 # --- googlenet -----------------------------------------------------------------
 @dataclass
-class GoogLeNetConfig(ModelConfig):
-    name: str = "googlenet"
+class GoogLeNetConfig(PoolingModelConfig):
     stem_filters: int = 32
     # each block: [1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj]
     blocks: List[List[int]] = field(
@@ -174,16 +168,12 @@ class GoogLeNetConfig(ModelConfig):
 def googlenet_plan(cfg: GoogLeNetConfig, input_shape):
     beyond = [b for b in cfg.pool_after if not 1 <= b <= len(cfg.blocks)]
     if beyond:
-        from sweeplab.errors import ConfigError
-
         raise ConfigError(f"model 'googlenet': pool_after={list(cfg.pool_after)} names block {beyond[0]}, "
                           f"but there are blocks 1..{len(cfg.blocks)}")
     plan = [Conv("stem", cfg.stem_filters, 3, 1, 1), Pool("stem_pool", 2, 2)]
     for b, widths in enumerate(cfg.blocks, start=1):
         if len(widths) != 6:
-            from sweeplab.errors import ConfigError
-
-            raise ConfigError(
+                raise ConfigError(
                 f"model 'googlenet': blocks[{b - 1}] has {len(widths)} widths; it needs 6: "
                 "[1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj]"
             )
@@ -213,11 +203,16 @@ def build_googlenet(cfg, input_shape, num_classes):
 
 
 # --- rnn -----------------------------------------------------------------------
+class RnnCell(Choice):
+    rnn = "rnn"  # Elman: the activation above
+    lstm = "lstm"
+    gru = "gru"
+
+
 @dataclass
 class RNNConfig(ModelConfig):
-    name: str = "rnn"
     activation: str = "tanh"  # h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
-    cell: str = "rnn"  # rnn (the activation above) | lstm | gru
+    cell: RnnCell = RnnCell.rnn
     hidden_size: int = 128
     num_layers: int = 1
 
@@ -251,13 +246,9 @@ class RowRNN(nn.Module):
         c, _, w = input_shape
         if cfg.cell == "rnn":
             self.rnn = ElmanRNN(c * w, cfg.hidden_size, cfg.num_layers, cfg.activation)
-        elif cfg.cell in ("lstm", "gru"):
+        else:
             cls = nn.LSTM if cfg.cell == "lstm" else nn.GRU
             self.rnn = cls(c * w, cfg.hidden_size, cfg.num_layers, batch_first=True)
-        else:
-            from sweeplab.errors import ConfigError
-
-            raise ConfigError(f"unknown model.cell {cfg.cell!r} for model 'rnn'. Known: rnn, lstm, gru.")
         self.head = nn.Linear(cfg.hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
