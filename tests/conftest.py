@@ -15,6 +15,16 @@ from sweep_helpers import CliResult, cli
 
 torch.set_num_threads(1)
 
+SLOW_TIER_TIMEOUT = 900  # seconds for a test marked slow, cluster or browser (real sweeps, servers, Chromium)
+
+
+def pytest_collection_modifyitems(items):
+    """The fast tier keeps pyproject's short timeout; the slow tiers get a longer one unless a test names its own."""
+    for item in items:
+        slow_tier = any(item.get_closest_marker(m) for m in ("slow", "cluster", "browser"))
+        if slow_tier and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIER_TIMEOUT))
+
 
 @pytest.fixture
 def run_cli(tmp_path):
