@@ -124,7 +124,7 @@ def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, 
                                   f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
     assert len(children) == 4
     artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id)}
-    assert {"weights.pt", "learning_curves.png", "confusion_matrix.png", "config.yaml"} <= artifacts
+    assert {"weights.pt", "confusion_matrix.json", "config.yaml", "model_summary.txt"} <= artifacts
 
     # `sweeplab report` rebuilds the report from the server alone, in another process
     report = subprocess.run(

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sweep_helpers import TINY, sweeplab, write_sweep  # noqa: E402
 
-ARTIFACTS = {"config.yaml", "learning_curves.png", "confusion_matrix.png", "weights.pt", "model_summary.txt"}
+ARTIFACTS = {"config.yaml", "confusion_matrix.json", "weights.pt", "model_summary.txt"}  # figures: the best trial only
 
 
 # --- sweeps, each run once per module ------------------------------------------------------
@@ -221,8 +221,10 @@ def test_trial_artifacts_load_back(smoke, tmp_path):
     model = build_model(cfg.model, (1, 28, 28), 10)
     model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))  # a plain state_dict
     assert f"total parameters {count_parameters(model):,}" in (folder / "model_summary.txt").read_text()
-    for png in ("learning_curves.png", "confusion_matrix.png"):
+    for png in ("learning_curves.png", "confusion_matrix.png"):  # drawn once, for the best trial
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    others = [r for r in children if r.info.run_id != run.info.run_id]
+    assert not any(a.path.endswith(".png") for r in others for a in client.list_artifacts(r.info.run_id))
     # the weights are the trained ones: on the validation split they score the recorded val/acc again
     final = client.get_metric_history(run.info.run_id, "val/acc")[-1].value
     assert final == pytest.approx(outcome.best().values[0])

@@ -37,7 +37,8 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint_into_the_same_child_run(
     from sweeplab.sweep.launch import launch_sweep
 
     monkeypatch.setenv("SWEEPLAB_FAULT_AFTER_EPOCH", "1")  # every trial crashes once after epoch 1
-    overrides = [f"output_dir={tmp_path}", *TINY, "sweep.num_trials=2", "train.epochs=3", "sweep.max_failures=2"]
+    overrides = [f"output_dir={tmp_path}", *TINY, "sweep.num_trials=2", "train.epochs=3", "sweep.max_failures=2",
+                 "sweep.checkpoint_interval_s=0"]  # a checkpoint every epoch: the retry continues from epoch 1
     outcome = launch_sweep("smoke", overrides, quiet=True)
 
     assert outcome.counts() == {"completed": 2}

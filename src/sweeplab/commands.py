@@ -31,18 +31,16 @@ def run_folder(output_dir: str, kind: str, label: str) -> Path:
 
 
 def save_run(folder: Path, cfg, result) -> None:
-    """config.yaml, metrics.csv, weights.pt and model_summary.txt of a finished run."""
-    import torch
-
+    """The run's files (sweeplab.run_files), metrics.csv and final_metrics.json."""
+    from sweeplab.config.compose import to_yaml
     from sweeplab.models.summary import summarize
+    from sweeplab.run_files import write_run_files
 
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_run_files(folder, to_yaml(cfg), summarize(result.model, result.input_shape), result.state)
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(result.history[0]))
         writer.writeheader()
         writer.writerows(result.history)
-    torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, folder / "weights.pt")
-    (folder / "model_summary.txt").write_text(summarize(result.model, result.input_shape) + "\n")
     (folder / "final_metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -94,85 +94,109 @@ def validate(cfg: DictConfig) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, source: BatchSource, split: str, batch_size: int, criterion, num_classes: int):
-    """(loss, accuracy, confusion matrix) over a whole split."""
+    """(loss, accuracy, confusion matrix) over a whole split; one host sync at the end."""
     model.eval()
-    total_loss, n = 0.0, 0
+    total_loss = torch.zeros((), device=source.device)
+    n = 0
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=source.device)
     for x, y in source.batches(split, batch_size):
         logits = model(x)
-        total_loss += criterion(logits, y).item() * len(y)
+        total_loss += criterion(logits, y) * len(y)
         n += len(y)
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
     confusion = confusion.view(num_classes, num_classes).cpu().numpy()
-    return total_loss / n, float(np.trace(confusion) / n), confusion
+    return float(total_loss) / n, float(np.trace(confusion) / n), confusion
 
 
-def train(
-    cfg: DictConfig,
-    reporter: Optional[Reporter] = None,
-    resume: Optional[dict[str, Any]] = None,
-    bundle: Optional[DatasetBundle] = None,
-) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data``; resume continues exactly from a saved state."""
-    data_cfg: DataConfig = _typed(cfg.data, DataConfig)
-    train_cfg: TrainConfig = _typed(cfg.train, TrainConfig)
-    opt_cfg: OptimizerConfig = _typed(cfg.optimizer, OptimizerConfig)
-    validate(cfg)
-    if train_cfg.num_threads:
-        torch.set_num_threads(train_cfg.num_threads)
-    device = resolve_device(train_cfg.device)
-    bundle = bundle or load_dataset(data_cfg)
+@dataclass
+class TrainState:
+    """What a checkpoint holds; a run restored from it continues exactly.
 
-    seed_everything(train_cfg.seed)
-    model = build_model(cfg.model, bundle.input_shape, bundle.num_classes).to(device)
-    optimizer = build_optimizer(model, opt_cfg)
-    schedule = build_schedule(optimizer, train_cfg)
-    criterion = loss_fn(train_cfg.loss, bundle.num_classes)
-    source = BatchSource(bundle, device, data_cfg.normalize)
-    generator = torch.Generator().manual_seed(train_cfg.seed)
-    num_params = count_parameters(model)
+    Saved as a plain dict of tensors, lists and numbers (``as_dict``), so
+    ``torch.load(..., weights_only=True)`` reads it back.
+    """
 
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    confusion = np.zeros((bundle.num_classes, bundle.num_classes), dtype=np.int64)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if schedule is not None and resume.get("schedule"):
-            schedule.load_state_dict(resume["schedule"])
-        generator.set_state(resume["rng"]["generator"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        if torch.cuda.is_available() and resume["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
-        history = list(resume["history"])
-        start_epoch = resume["epoch"]
-        confusion = np.asarray(resume.get("confusion", confusion), dtype=np.int64)
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    schedule: Optional[dict[str, Any]]
+    rng: dict[str, Any]
+    history: list[dict[str, float]]
+    confusion: torch.Tensor  # a tensor: weights_only loading refuses numpy arrays
+    num_params: int
+    class_names: list[str]
 
-    def state() -> dict[str, Any]:
-        return {
-            "epoch": len(history),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict() if schedule is not None else None,
-            "rng": {
-                "generator": generator.get_state(),
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "TrainState":
+        return cls(**{f.name: state[f.name] for f in fields(cls)})
+
+
+class _Run:
+    """One training run's pieces, built once from the config (or restored from a TrainState)."""
+
+    def __init__(self, cfg: DictConfig, bundle: Optional[DatasetBundle]) -> None:
+        self.data_cfg: DataConfig = _typed(cfg.data, DataConfig)
+        self.train_cfg: TrainConfig = _typed(cfg.train, TrainConfig)
+        self.opt_cfg: OptimizerConfig = _typed(cfg.optimizer, OptimizerConfig)
+        validate(cfg)
+        if self.train_cfg.num_threads:
+            torch.set_num_threads(self.train_cfg.num_threads)
+        self.device = resolve_device(self.train_cfg.device)
+        self.bundle = bundle or load_dataset(self.data_cfg)
+        seed_everything(self.train_cfg.seed)
+        self.model = build_model(cfg.model, self.bundle.input_shape, self.bundle.num_classes).to(self.device)
+        self.optimizer = build_optimizer(self.model, self.opt_cfg)
+        self.schedule = build_schedule(self.optimizer, self.train_cfg)
+        self.criterion = loss_fn(self.train_cfg.loss, self.bundle.num_classes)
+        self.source = BatchSource(self.bundle, self.device, self.data_cfg.normalize)
+        self.generator = torch.Generator().manual_seed(self.train_cfg.seed)
+        self.num_params = count_parameters(self.model)
+        self.history: list[dict[str, float]] = []
+        classes = self.bundle.num_classes
+        self.confusion = np.zeros((classes, classes), dtype=np.int64)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        state = TrainState.from_dict(saved)
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        if self.schedule is not None and state.schedule:
+            self.schedule.load_state_dict(state.schedule)
+        self.generator.set_state(state.rng["generator"])
+        torch.set_rng_state(state.rng["torch"])
+        if torch.cuda.is_available() and state.rng.get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state.rng["cuda"])
+        self.history = list(state.history)
+        self.confusion = np.asarray(state.confusion, dtype=np.int64)
+
+    def state(self) -> dict[str, Any]:
+        return TrainState(
+            epoch=len(self.history),
+            model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            optimizer=self.optimizer.state_dict(),
+            schedule=self.schedule.state_dict() if self.schedule is not None else None,
+            rng={
+                "generator": self.generator.get_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
-            "history": list(history),
-            "confusion": torch.from_numpy(np.asarray(confusion)),  # a tensor: torch.load(weights_only=True) refuses numpy arrays
-            "num_params": num_params,
-            "class_names": list(bundle.class_names),
-        }
+            history=list(self.history),
+            confusion=torch.from_numpy(np.asarray(self.confusion)),
+            num_params=self.num_params,
+            class_names=list(self.bundle.class_names),
+        ).as_dict()
 
-    for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
-        started = time.perf_counter()
+    def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One pass over the training split; sums stay on the device (no host sync per step)."""
+        model, optimizer, criterion = self.model, self.optimizer, self.criterion
         model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        for x, y in source.batches("train", train_cfg.batch_size, generator, augment=data_cfg.augment):
+        batches = self.source.batches("train", self.train_cfg.batch_size, self.generator, augment=self.data_cfg.augment)
+        for x, y in batches:
             logits = model(x)
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -181,16 +205,23 @@ def train(
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
+        return loss_sum, correct, seen
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        """Train, step the schedule, validate; the epoch's metrics."""
+        started = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_sum, correct, seen = self.train_epoch()
         train_seconds = time.perf_counter() - started
-        if schedule is not None:
-            schedule.step()
-        val_loss, val_acc, confusion = evaluate(
-            model, source, "val", train_cfg.eval_batch_size, criterion, bundle.num_classes
+        if self.schedule is not None:
+            self.schedule.step()
+        val_loss, val_acc, self.confusion = evaluate(
+            self.model, self.source, "val", self.train_cfg.eval_batch_size, self.criterion, self.bundle.num_classes
         )
         train_loss = float(loss_sum) / seen
         if not (np.isfinite(train_loss) and np.isfinite(val_loss)):
             raise TrainingDiverged(f"the loss became {train_loss if not np.isfinite(train_loss) else val_loss} "
-                                   f"at epoch {epoch} (optimizer.lr={opt_cfg.lr}): lower optimizer.lr")
+                                   f"at epoch {epoch} (optimizer.lr={self.opt_cfg.lr}): lower optimizer.lr")
         metrics = {
             "epoch": epoch,
             "train/loss": train_loss,
@@ -200,17 +231,36 @@ def train(
             "epoch_seconds": time.perf_counter() - started,
             "samples_per_second": seen / train_seconds,
             "lr": lr,
-            "params": num_params,
+            "params": self.num_params,
         }
-        history.append(metrics)
+        self.history.append(metrics)
+        return metrics
+
+    def result(self) -> TrainResult:
+        final = dict(self.history[-1]) if self.history else {}
+        if self.bundle.test is not None and self.history:
+            test_loss, test_acc, _ = evaluate(self.model, self.source, "test", self.train_cfg.eval_batch_size,
+                                              self.criterion, self.bundle.num_classes)
+            final.update({"test/loss": test_loss, "test/acc": test_acc})
+        return TrainResult(final, self.history, self.model, self.confusion, self.bundle.class_names,
+                           self.bundle.input_shape, self.num_params, self.state())
+
+
+def train(
+    cfg: DictConfig,
+    reporter: Optional[Reporter] = None,
+    resume: Optional[dict[str, Any]] = None,
+    bundle: Optional[DatasetBundle] = None,
+) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data``; ``resume`` (a saved state) continues exactly where it stopped."""
+    run = _Run(cfg, bundle)
+    if resume is not None:
+        run.restore(resume)
+    for epoch in range(len(run.history) + 1, run.train_cfg.epochs + 1):
+        metrics = run.epoch(epoch)
         if reporter is not None:
             try:
-                reporter(metrics, state)
+                reporter(metrics, run.state)
             except StopTraining:
                 break
-
-    final = dict(history[-1]) if history else {}
-    if bundle.test is not None and history:
-        test_loss, test_acc, _ = evaluate(model, source, "test", train_cfg.eval_batch_size, criterion, bundle.num_classes)
-        final.update({"test/loss": test_loss, "test/acc": test_acc})
-    return TrainResult(final, history, model, confusion, bundle.class_names, bundle.input_shape, num_params, state())
+    return run.result()

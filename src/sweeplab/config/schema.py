@@ -94,6 +94,8 @@ class SweepConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
+    checkpoint_interval_s: float = 60.0  # a trial saves its state at most this often (also at the last epoch
+    #                                      and where the scheduler may stop it); 0: every epoch
     space: Any = field(default_factory=dict)  # {config.path: ParamSpec}; checked by sweeplab.sweep.space
 
 

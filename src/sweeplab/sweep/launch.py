@@ -1,6 +1,7 @@
 """``launch_sweep``: a planned sweep -> an Optuna study whose trials Ray Tune runs."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -13,9 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from sweeplab.config.compose import compose, project_root
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
+from sweeplab.sweep.space import encode_choice
 
 if TYPE_CHECKING:
     from sweeplab.sweep.results import SweepOutcome
+    from sweeplab.sweep.trainable import TrialSpec
 
 # Ray reads these at import or at worker start: set before ray is imported.
 RAY_ENV = {
@@ -84,101 +87,166 @@ def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
     }
 
 
-def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False,
-                 callbacks: Sequence = ()) -> "SweepOutcome":
-    from sweeplab.sweep.results import find_sweep, load_outcome
+def trial_spec(plan: SweepPlan) -> "TrialSpec":
+    from sweeplab.sweep.trainable import TrialSpec
 
-    if resume:  # the trials must compose exactly as before: take the recorded file and overrides
-        record = find_sweep(optuna_storage_url(compose(overrides)), ref)
-        sweep_id = record["sweep_id"]
-        plan = plan_sweep(record["sweep_file"], record["overrides"])
-    else:
-        plan = plan_sweep(ref, overrides)
-        sweep_id = f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg, sc = plan.cfg, plan.cfg.sweep
-    plan.output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.tracking.enabled:  # an unreachable tracking server fails now, not inside Ray's event loop
-        from sweeplab.tracking.store import client_for, tracking_uri
-
-        client_for(tracking_uri(cfg))
-    start_ray(cfg)
-    _check_resources(sc.resources, plan.sweep_file)
-
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
-
-    from sweeplab.sweep.searcher import OptunaSearcher
-    from sweeplab.sweep.trainable import TrialSpec, run_trial
-    from sweeplab.sweep.view import LiveView
-
-    storage_path = cfg.cluster.storage_path or str(plan.output_dir / "ray")
-    metric, mode = plan.objectives[0]
-    epochs = int(cfg.train.epochs)
-    spec = TrialSpec(
+    cfg = plan.cfg
+    return TrialSpec(
         sweep_file=str(plan.sweep_file),
         sweep_text=plan.sweep_file.read_text(),
         # relative paths would resolve inside each worker: pin them to where the sweep was started
         overrides=(*plan.overrides, f"data.root={Path(cfg.data.root).resolve()}", f"output_dir={plan.output_dir}"),
         space_keys=tuple(d.key for d in plan.dims),
+        group_keys=tuple(d.key for d in plan.dims if d.is_group),
         project_root=str(project_root()),
+        checkpoint_epochs=stopping_epochs(cfg.sweep.scheduler, int(cfg.train.epochs)),
+        checkpoint_interval_s=float(cfg.sweep.checkpoint_interval_s),
+        decoded={d.key: {encode_choice(c): _plain(c) for c in d.choices} for d in plan.dims
+                 if d.type == "categorical" and not d.is_group and any(encode_choice(c) != c for c in d.choices)},
     )
-    trainable = tune.with_resources(partial(run_trial, spec=spec), {"cpu": sc.resources.cpu, "gpu": sc.resources.gpu})
-    view = LiveView(spec.space_keys, metric, mode, epochs, sc.max_failures, quiet)
-    all_callbacks = [view, *callbacks]
-    if cfg.tracking.enabled:
-        from sweeplab.tracking.callback import MlflowSweepTracker
 
-        tracker = MlflowSweepTracker(cfg, plan, sweep_id)
-        tracker.spec = spec
-        all_callbacks.append(tracker)
 
-    ray_path = str(Path(storage_path) / sweep_id)
+def _plain(value):
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    if scheduler.kind == "asha":
+        return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
+                             grace_period=scheduler.grace_period, reduction_factor=scheduler.reduction_factor)
+    if scheduler.kind == "median":
+        return MedianStoppingRule(time_attr="epoch", metric=metric, mode=mode,
+                                  grace_period=scheduler.grace_period, min_samples_required=3)
+    return FIFOScheduler()
+
+
+def stopping_epochs(scheduler: DictConfig, epochs: int) -> frozenset[int]:
+    """The epochs after which ``make_scheduler``'s scheduler may stop a trial: ASHA's rungs
+    (grace_period * reduction_factor**k, as Ray computes them), every epoch from the grace period
+    for the median rule, none without a scheduler."""
+    if scheduler.kind == "asha":
+        rungs = int(math.log(epochs / scheduler.grace_period) / math.log(scheduler.reduction_factor) + 1)
+        return frozenset(math.ceil(scheduler.grace_period * scheduler.reduction_factor**k) for k in range(rungs))
+    if scheduler.kind == "median":
+        return frozenset(range(scheduler.grace_period, epochs + 1))
+    return frozenset()
+
+
+def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False) -> "SweepOutcome":
+    """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna."""
+    from sweeplab.sweep.results import load_outcome
+
+    plan, sweep_id = _plan(ref, overrides, resume)
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    if plan.cfg.tracking.enabled:  # an unreachable tracking server fails now, not inside Ray's event loop
+        from sweeplab.tracking.store import client_for, tracking_uri
+
+        client_for(tracking_uri(plan.cfg))
+    start_ray(plan.cfg)
+    _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
+    spec = trial_spec(plan)
+    storage_path = plan.cfg.cluster.storage_path or str(plan.output_dir / "ray")
+    callbacks = _callbacks(plan, sweep_id, spec, quiet)
     if resume:
-        if not tune.Tuner.can_restore(ray_path):
-            raise ConfigError(f"sweep {sweep_id} has no Ray experiment at {ray_path} to resume")
-        print(f"sweeplab sweep: resuming {sweep_id} from {ray_path}", flush=True)
-        tuner = tune.Tuner.restore(ray_path, trainable, resume_unfinished=True, resume_errored=True)
-        # The pickled callbacks carry the interrupted launch's state; fresh ones find the sweep's
-        # MLflow runs again. Tuner.restore takes no run_config, hence the private attribute.
-        tuner._local_tuner._run_config.callbacks = all_callbacks
+        tuner = _restored_tuner(str(Path(storage_path) / sweep_id), spec, plan, callbacks)
     else:
-        searcher = OptunaSearcher(plan.dims, sc.sampler, sc.sampler_seed, plan.optuna_storage, sweep_id,
-                                  plan.objectives, list(sc.seeds), plan.num_configs, epochs)
-        for key, value in sweep_record(plan, sweep_id, ray_path).items():
-            searcher.study.set_user_attr(key, value)
-        if sc.scheduler.kind == "asha":
-            scheduler = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
-                                      grace_period=sc.scheduler.grace_period, reduction_factor=sc.scheduler.reduction_factor)
-        elif sc.scheduler.kind == "median":
-            scheduler = MedianStoppingRule(time_attr="epoch", metric=metric, mode=mode,
-                                           grace_period=sc.scheduler.grace_period, min_samples_required=3)
-        else:
-            scheduler = FIFOScheduler()
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=plan.num_trials,
-                max_concurrent_trials=sc.max_concurrent,
-                reuse_actors=True,  # no new Python process (torch import, data load) per trial
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=sweep_id,
-                storage_path=storage_path,
-                failure_config=tune.FailureConfig(max_failures=sc.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=all_callbacks,
-                verbose=0,
-            ),
-        )
+        tuner = _new_tuner(plan, sweep_id, spec, storage_path, callbacks)
+    sc = plan.cfg.sweep
     print(f"sweeplab sweep: {sweep_id}: {plan.num_configs} configurations x {len(sc.seeds)} seed(s), "
           f"sampler {sc.sampler}, scheduler {sc.scheduler.kind}, {sc.max_concurrent} at a time, "
           f"{sc.resources.cpu:g} CPU + {sc.resources.gpu:g} GPU each", flush=True)
     tuner.fit()
     return load_outcome(plan.optuna_storage, sweep_id)
+
+
+def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, str]:
+    """A new sweep's plan and id, or an interrupted one's (recorded file and overrides: trials compose as before)."""
+    if resume:
+        from sweeplab.sweep.results import find_sweep
+
+        record = find_sweep(optuna_storage_url(compose(overrides)), ref)
+        return plan_sweep(record["sweep_file"], record["overrides"]), record["sweep_id"]
+    plan = plan_sweep(ref, overrides)
+    return plan, f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _callbacks(plan: SweepPlan, sweep_id: str, spec: "TrialSpec", quiet: bool) -> list:
+    from sweeplab.sweep.view import LiveView
+
+    metric, mode = plan.objectives[0]
+    sc = plan.cfg.sweep
+    callbacks = [LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet)]
+    if plan.cfg.tracking.enabled:
+        from sweeplab.tracking.callback import MlflowSweepTracker
+
+        callbacks.append(MlflowSweepTracker(plan.cfg, plan, sweep_id, spec))
+    return callbacks
+
+
+def _trainable(spec: "TrialSpec", resources: DictConfig):
+    from ray import tune
+
+    from sweeplab.sweep.trainable import run_trial
+
+    return tune.with_resources(partial(run_trial, spec=spec), {"cpu": resources.cpu, "gpu": resources.gpu})
+
+
+def _new_tuner(plan: SweepPlan, sweep_id: str, spec: "TrialSpec", storage_path: str, callbacks: list):
+    from ray import tune
+
+    from sweeplab.sweep.searcher import OptunaSearcher
+
+    sc, epochs = plan.cfg.sweep, int(plan.cfg.train.epochs)
+    metric, mode = plan.objectives[0]
+    searcher = OptunaSearcher(plan.dims, sc.sampler, sc.sampler_seed, plan.optuna_storage, sweep_id,
+                              plan.objectives, list(sc.seeds), plan.num_configs, epochs)
+    for key, value in sweep_record(plan, sweep_id, str(Path(storage_path) / sweep_id)).items():
+        searcher.study.set_user_attr(key, value)
+    return tune.Tuner(
+        _trainable(spec, sc.resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(sc.scheduler, metric, mode, epochs),
+            num_samples=plan.num_trials,
+            max_concurrent_trials=sc.max_concurrent,
+            reuse_actors=True,  # no new Python process (torch import, data load) per trial
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_id,
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=sc.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+
+
+def _restored_tuner(ray_path: str, spec: "TrialSpec", plan: SweepPlan, callbacks: list):
+    from ray import tune
+
+    if not tune.Tuner.can_restore(ray_path):
+        raise ConfigError(f"sweep at {ray_path} has no Ray experiment to resume")
+    print(f"sweeplab sweep: resuming from {ray_path}", flush=True)
+    tuner = tune.Tuner.restore(ray_path, _trainable(spec, plan.cfg.sweep.resources),
+                               resume_unfinished=True, resume_errored=True)
+    _replace_callbacks(tuner, callbacks)
+    return tuner
+
+
+def _replace_callbacks(tuner, callbacks: list) -> None:
+    """The pickled callbacks carry the interrupted launch's state; fresh ones find the sweep's MLflow
+    runs again. Tuner.restore takes no run_config (Ray 2.60), hence Ray's private attribute."""
+    import ray
+
+    major, minor = (int(p) for p in ray.__version__.split(".")[:2])
+    if (major, minor) < (2, 40):
+        raise RuntimeError(f"sweeplab resumes sweeps with Ray >= 2.40, found {ray.__version__}")
+    tuner._local_tuner._run_config.callbacks = callbacks
 
 
 def _trial_name(trial) -> str:

@@ -1,12 +1,24 @@
-"""The Ray Tune trainable: compose the trial's config, check it, call ``train``."""
+"""The Ray Tune trainable: compose the trial's config, check it, call ``train``.
+
+Ray reuses a worker process for many trials, so what trials share is made once
+per process: the Hydra composition of each group choice (a trial only sets its
+sampled values on a copy) and the dataset (``load_dataset`` keeps it). A trial
+then costs its training and little else.
+"""
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab.errors import ConfigError
 from sweeplab.sweep.space import overrides_for
 
 
@@ -18,19 +30,59 @@ class TrialSpec:
     sweep_text: str  # the file's content: workers on other machines may not have the file
     overrides: tuple[str, ...]  # the command line's overrides plus absolute paths
     space_keys: tuple[str, ...]
+    group_keys: tuple[str, ...]  # the space keys that pick a config group (model=vgg): composed by Hydra
     project_root: str
+    checkpoint_epochs: frozenset[int] = frozenset()  # epochs a scheduler may stop a trial at
+    checkpoint_interval_s: float = 60.0  # otherwise a checkpoint at most this often, for retries
+    # categorical keys whose choices travel through Optuna encoded (a list as its text): encoded -> value
+    decoded: dict[str, dict[Any, Any]] = field(default_factory=dict, hash=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _composed(sweep_file: str, sweep_text: str, overrides: tuple[str, ...], project_root: str) -> DictConfig:
+    from sweeplab.config.compose import compose
+
+    os.environ.setdefault("SWEEPLAB_HOME", project_root)
+    return compose(overrides, Path(sweep_file), sweep_text)
+
+
+def compose_trial(spec: TrialSpec, config: dict[str, Any]) -> DictConfig:
+    """The trial's config: the sweep composed once per group choice, then the sampled values set on a copy
+    (typed by the schema, as a command-line override would be)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    groups = overrides_for({key: config[key] for key in spec.group_keys})
+    cfg = copy.deepcopy(_composed(spec.sweep_file, spec.sweep_text, (*spec.overrides, *groups), spec.project_root))
+    values = {key: spec.decoded.get(key, {}).get(config[key], config[key])
+              for key in spec.space_keys if key not in spec.group_keys}
+    for key, value in {**values, "train.seed": config["seed"]}.items():
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{key}={value!r} does not fit the config: {str(err).splitlines()[0]}") from None
+    return cfg
 
 
 def trial_overrides(spec: TrialSpec, config: dict[str, Any]) -> list[str]:
+    """The same trial as command-line overrides (for people: `sweeplab train ...`)."""
     params = {key: config[key] for key in spec.space_keys}
     return [*spec.overrides, *overrides_for(params), f"train.seed={config['seed']}"]
 
 
-def compose_trial(spec: TrialSpec, config: dict[str, Any]):
-    from sweeplab.config.compose import compose
+class _Checkpoints:
+    """When a trial saves its state: at the last epoch (the tracker logs its files), at every epoch a
+    scheduler may stop it (so a stopped trial's files match its last metrics), and otherwise at most
+    every ``interval`` seconds, which bounds what a retry repeats."""
 
-    os.environ.setdefault("SWEEPLAB_HOME", spec.project_root)
-    return compose(trial_overrides(spec, config), Path(spec.sweep_file), spec.sweep_text)
+    def __init__(self, spec: TrialSpec, epochs: int) -> None:
+        self.epochs, self.due_epochs, self.interval = epochs, spec.checkpoint_epochs, spec.checkpoint_interval_s
+        self.last = time.monotonic()
+
+    def due(self, epoch: int) -> bool:
+        if epoch >= self.epochs or epoch in self.due_epochs or time.monotonic() - self.last >= self.interval:
+            self.last = time.monotonic()
+            return True
+        return False
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
@@ -40,6 +92,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 
     from sweeplab.config.compose import to_yaml
     from sweeplab.errors import UserError
+    from sweeplab.run_files import write_run_files
     from sweeplab.train import train, validate
 
     try:
@@ -54,22 +107,25 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry or a resumed sweep: continue exactly where it stopped
         with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / "state.pt", weights_only=False)
+            resume = torch.load(Path(folder) / "state.pt", weights_only=True)
     config_yaml = to_yaml(cfg)
     summary: list[str] = []
     placement = {"gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "node_ip": ray.util.get_node_ip_address()}
     crash_after = int(os.environ.get("SWEEPLAB_FAULT_AFTER_EPOCH", "0"))
+    checkpoints = _Checkpoints(spec, int(cfg.train.epochs))
 
     def reporter(metrics: dict, state) -> None:
-        snapshot = state()
-        with tempfile.TemporaryDirectory() as folder:
-            folder = Path(folder)
-            torch.save(snapshot, folder / "state.pt")
-            (folder / "config.yaml").write_text(config_yaml)
+        result = {**metrics, **placement}
+        if not checkpoints.due(int(metrics["epoch"])):
+            tune.report(result)
+        else:
+            snapshot = state()
             if not summary:
                 summary.append(_summary(cfg, snapshot))
-            (folder / "model_summary.txt").write_text(summary[0])
-            tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(snapshot, Path(folder) / "state.pt")
+                write_run_files(Path(folder), config_yaml, summary[0], snapshot)
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         if crash_after and metrics["epoch"] == crash_after:
             _inject_fault_once(cfg.output_dir, tune.get_context().get_trial_id())
 
@@ -81,7 +137,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 
 def _inject_fault_once(output_dir: str, trial_id: str) -> None:
     """Fault injection for the retry tests (SWEEPLAB_FAULT_AFTER_EPOCH=N): every trial crashes
-    once, right after epoch N was reported and checkpointed, then is retried by Ray."""
+    once, right after epoch N was reported, then is retried by Ray from its last checkpoint."""
     marker = Path(output_dir) / "faults" / trial_id
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -101,4 +157,4 @@ def _summary(cfg, snapshot: dict) -> str:
     with torch.random.fork_rng(devices=[]):  # initialising a model draws from torch's RNG: dropout needs it untouched
         model = build_model(cfg.model, shape, entry.num_classes)
     model.load_state_dict(snapshot["model"])
-    return summarize(model, shape) + "\n"
+    return summarize(model, shape)

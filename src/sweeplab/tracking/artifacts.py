@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -57,18 +57,43 @@ def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path
     return path
 
 
-def write_run_artifacts(folder: Path, state: dict[str, Any], config_yaml: str, summary: str,
-                        class_names: Sequence[str], title: str = "") -> Path:
-    """Everything a trial's run keeps, written into ``folder`` (then logged as one batch)."""
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(config_yaml)
-    (folder / "model_summary.txt").write_text(summary)
-    torch.save(state["model"], folder / "weights.pt")  # a plain state_dict: torch.load(weights_only=True)
-    if state.get("history"):
-        learning_curves_png(state["history"], folder / "learning_curves.png", title)
-    confusion = np.asarray(state.get("confusion"))
+def _figures(folder: Path, history: Sequence[dict[str, float]], confusion: np.ndarray, class_names: Sequence[str],
+             title: str) -> None:
+    if history:
+        learning_curves_png(history, folder / "learning_curves.png", title)
     if confusion.ndim == 2 and confusion.sum() > 0:
         confusion_matrix_png(confusion, class_names, folder / "confusion_matrix.png")
-    return folder
+
+
+def log_best_trial_figures(client, parent_run_id: str, optuna_storage: str, sweep_id: str) -> str | None:
+    """Learning curves and confusion matrix of the sweep's best trial, drawn once at the end of the sweep
+    (not per trial: MLflow already charts every run's metrics) and logged to that trial's run.
+    Returns the run id, or None when no trial completed."""
+    import tempfile
+
+    from sweeplab.run_files import read_confusion
+    from sweeplab.sweep.results import load_outcome
+
+    best = load_outcome(optuna_storage, sweep_id).best()
+    if best is None:
+        return None
+    found = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
+                               f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                               f"and tags.`sweeplab.optuna_trial` = '{best.number}' "
+                               "and tags.`sweeplab.status` = 'completed'", max_results=1)
+    if not found:
+        return None
+    run = found[0]
+    keys = ("train/loss", "train/acc", "val/loss", "val/acc")
+    steps: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for m in client.get_metric_history(run.info.run_id, key):
+            steps.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    history = [steps[s] for s in sorted(steps) if len(steps[s]) == len(keys) + 1]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        confusion, classes = read_confusion(Path(client.download_artifacts(run.info.run_id, "confusion_matrix.json", tmp)))
+        (folder / "confusion_matrix.json").unlink()
+        _figures(folder, history, confusion, classes, f"best trial: {run.info.run_name}")
+        client.log_artifacts(run.info.run_id, tmp)
+    return run.info.run_id

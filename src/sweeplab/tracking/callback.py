@@ -2,16 +2,20 @@
 
 One parent run per sweep launch and one child run per trial. Only the driver
 writes to the store, so eight concurrent trials never contend for the SQLite
-file; metrics go out asynchronously in one batch per epoch. A retried or
-resumed trial finds its own child run again (tag sweeplab.trial_name) and
-skips epochs already logged.
+file. Every MLflow call goes through one background thread, in order, so Tune's
+event loop never waits for the store and the next trial starts at once. A trial's
+artifacts are the files its last checkpoint holds (sweeplab.run_files), logged
+as they are: nothing is rendered per trial; the best trial's figures are drawn
+once, at the end. A retried or resumed trial finds its own child run again (tag
+sweeplab.trial_name) and skips epochs already logged.
 """
 from __future__ import annotations
 
 import json
-import tempfile
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 
@@ -19,7 +23,7 @@ from sweeplab.tracking import runs
 
 
 class MlflowSweepTracker(tune.Callback):
-    def __init__(self, cfg, plan, sweep_id: str) -> None:
+    def __init__(self, cfg, plan, sweep_id: str, spec) -> None:
         from omegaconf import OmegaConf
 
         from sweeplab.tracking.store import artifact_root, tracking_uri
@@ -27,9 +31,10 @@ class MlflowSweepTracker(tune.Callback):
         self.uri = tracking_uri(cfg)
         self.artifact_root = artifact_root(cfg)
         self.experiment_name = cfg.tracking.experiment or plan.name
-        self.async_logging = bool(cfg.tracking.async_logging)
+        self.background = bool(cfg.tracking.async_logging)
         self.sweep_id = sweep_id
         self.sweep_file = str(plan.sweep_file)
+        self.optuna_storage = plan.optuna_storage
         self.plan_info = {
             "sweep_id": sweep_id,
             "sweep_name": plan.name,
@@ -43,20 +48,19 @@ class MlflowSweepTracker(tune.Callback):
             "overrides": json.dumps(plan.overrides),
             "optuna_storage": plan.optuna_storage,
         }
-        self.spec = None  # the TrialSpec, set by launch_sweep
+        self.spec = spec  # the TrialSpec: composes a trial's config for its params
         self._client = None
+        self._queue: ThreadPoolExecutor | None = None
+        self._failed: list[str] = []
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._children: dict[str, str] = {}  # trial name -> run id
         self._last_step: dict[str, int] = {}
-        self._pending: list = []  # async log_batch operations
         self._placed: set[str] = set()
         self._restarts: dict[str, int] = {}  # trial name -> restarts before this launch (resume)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
-        state = dict(self.__dict__)
-        state.update(_client=None, _pending=[])
-        return state
+        return {**self.__dict__, "_client": None, "_queue": None}
 
     @property
     def client(self):
@@ -65,6 +69,26 @@ class MlflowSweepTracker(tune.Callback):
 
             self._client = client_for(self.uri)
         return self._client
+
+    def _submit(self, call: Callable, *args) -> None:
+        """Run ``call(*args)`` on the tracking thread, after every call submitted before it."""
+        if not self.background:
+            self._run(call, *args)
+            return
+        if self._queue is None:
+            self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-mlflow")
+        self._queue.submit(self._run, call, *args)
+
+    def _run(self, call: Callable, *args) -> None:
+        try:
+            call(*args)
+        except Exception as err:  # a tracking failure must not end the sweep; it is reported at the end
+            self._failed.append(f"{getattr(call, '__name__', call)}: {str(err).splitlines()[0][:300]}")
+
+    def _drain(self) -> None:
+        if self._queue is not None:
+            self._queue.shutdown(wait=True)
+            self._queue = None
 
     # -- the sweep's parent run ----------------------------------------------------------
     def setup(self, **info) -> None:
@@ -76,15 +100,7 @@ class MlflowSweepTracker(tune.Callback):
         found = self.client.search_runs([self.experiment_id], f"tags.`sweeplab.sweep_id` = '{self.sweep_id}' "
                                         "and tags.`sweeplab.kind` = 'sweep'", max_results=1)
         if found:  # a resumed sweep keeps its parent run
-            self.parent_run_id = found[0].info.run_id
-            self.client.update_run(self.parent_run_id, status="RUNNING")
-            for child in self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
-                                                 max_results=5000):
-                self._children[child.data.tags.get("sweeplab.trial_name")] = child.info.run_id
-                if child.info.status == "RUNNING":  # cut off by the interruption: it restarts
-                    self._restarts[child.data.tags.get("sweeplab.trial_name")] = int(child.data.tags.get("sweeplab.restarts", "0"))
-                history = self.client.get_metric_history(child.info.run_id, "val/loss")
-                self._last_step[child.data.tags.get("sweeplab.trial_name")] = max((m.step for m in history), default=0)
+            self._reopen(found[0].info.run_id)
             return
         tags = {"sweeplab.kind": "sweep", "sweeplab.sweep_id": self.sweep_id, **runs.provenance_tags()}
         run = self.client.create_run(self.experiment_id, run_name=self.sweep_id, tags=tags)
@@ -94,63 +110,76 @@ class MlflowSweepTracker(tune.Callback):
                                            f"sampler {self.plan_info['sampler']}, space {self.plan_info['space']}")])
         self.client.log_artifact(self.parent_run_id, self.sweep_file, "sweep")
 
+    def _reopen(self, parent_run_id: str) -> None:
+        self.parent_run_id = parent_run_id
+        self.client.update_run(parent_run_id, status="RUNNING")
+        for child in self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                             max_results=5000):
+            name = child.data.tags.get("sweeplab.trial_name")
+            self._children[name] = child.info.run_id
+            if child.info.status == "RUNNING":  # cut off by the interruption: it restarts
+                self._restarts[name] = int(child.data.tags.get("sweeplab.restarts", "0"))
+            history = self.client.get_metric_history(child.info.run_id, "val/loss")
+            self._last_step[name] = max((m.step for m in history), default=0)
+
     # -- one child run per trial -------------------------------------------------------------
-    def _child(self, trial) -> str:
-        name = str(trial)
+    def _create_child(self, name: str, trial_id: str, config: dict) -> None:
         if name in self._children:
-            return self._children[name]
+            return
         from mlflow.entities import Param
 
         from sweeplab.errors import UserError
         from sweeplab.sweep.trainable import compose_trial
 
         try:
-            params = runs.config_params(compose_trial(self.spec, trial.config))
+            params = runs.config_params(compose_trial(self.spec, config))
         except UserError:  # the trial itself will end invalid with the reason; log what was sampled
-            params = [Param(k, runs.param_value(v)) for k, v in trial.config.items()]
+            params = [Param(k, runs.param_value(v)) for k, v in config.items()]
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "sweeplab.kind": "trial",
             "sweeplab.sweep_id": self.sweep_id,
             "sweeplab.trial_name": name,
-            "sweeplab.trial_id": trial.trial_id,
-            "sweeplab.optuna_trial": str(trial.config.get("optuna_trial")),
+            "sweeplab.trial_id": trial_id,
+            "sweeplab.optuna_trial": str(config.get("optuna_trial")),
             "sweeplab.status": "running",
             "sweeplab.restarts": "0",
         }
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        params = [p for p in params if p.key != "optuna_trial"] + [Param("optuna_trial", str(trial.config.get("optuna_trial")))]
+        params = [p for p in params if p.key != "optuna_trial"] + [Param("optuna_trial", str(config.get("optuna_trial")))]
         self.client.log_batch(run.info.run_id, params=params)  # the client splits it into batches of 100
         self._children[name] = run.info.run_id
-        return run.info.run_id
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        run_id = self._child(trial)
         name = str(trial)
+        self._submit(self._create_child, name, trial.trial_id, dict(trial.config))
         if name in self._restarts:  # continued by a resumed sweep
             self._restarts[name] += 1
-            self.client.set_tag(run_id, "sweeplab.restarts", str(self._restarts[name] + trial.num_failures))
+            self._submit(self._set_tag, name, "sweeplab.restarts", str(self._restarts[name] + trial.num_failures))
+
+    def _set_tag(self, name: str, key: str, value: str) -> None:
+        self.client.set_tag(self._children[name], key, value)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result.get("invalid") or "epoch" not in result:
             return
-        run_id, name = self._child(trial), str(trial)
+        name = str(trial)
         step = int(result["epoch"])
         if step <= self._last_step.get(name, 0):
             return  # a retried trial repeats no epoch it already logged
         self._last_step[name] = step
-        if step == 1 or name not in self._placed:
+        if name not in self._placed:
             self._placed.add(name)
-            self.client.set_tag(run_id, "sweeplab.placement",
-                                f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]")
-        operation = self.client.log_batch(run_id, metrics=runs.epoch_metrics(result),
-                                          synchronous=False if self.async_logging else None)
-        if operation is not None:
-            self._pending.append(operation)
+            self._submit(self._set_tag, name, "sweeplab.placement",
+                         f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]")
+        self._submit(self._log_epoch, name, runs.epoch_metrics(result))
+
+    def _log_epoch(self, name: str, metrics: list) -> None:
+        self.client.log_batch(self._children[name], metrics=metrics)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self.client.set_tag(self._child(trial), "sweeplab.restarts",
-                            str(self._restarts.get(str(trial), 0) + trial.num_failures))
+        self._submit(self._set_tag, str(trial), "sweeplab.restarts",
+                     str(self._restarts.get(str(trial), 0) + trial.num_failures))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
@@ -167,42 +196,43 @@ class MlflowSweepTracker(tune.Callback):
         self._finish(trial, "error", "FAILED", _last_error_line(trial))
 
     def _finish(self, trial, status: str, run_status: str, reason: str) -> None:
+        restarts = self._restarts.get(str(trial), 0) + trial.num_failures
+        self._submit(self._end_child, str(trial), status, run_status, reason, restarts, trial.checkpoint)
+
+    def _end_child(self, name: str, status: str, run_status: str, reason: str, restarts: int, checkpoint) -> None:
         from mlflow.entities import RunTag
 
-        run_id = self._child(trial)
-        restarts = self._restarts.get(str(trial), 0) + trial.num_failures
+        run_id = self._children[name]
         tags = [RunTag("sweeplab.status", status), RunTag("sweeplab.restarts", str(restarts))]
         if reason:
             tags.append(RunTag("sweeplab.failure_reason", reason[:5000]))
         self.client.log_batch(run_id, tags=tags)
-        if trial.checkpoint is not None:
-            self._log_checkpoint(run_id, trial)
+        if checkpoint is not None:
+            self._log_checkpoint(run_id, checkpoint)
         self.client.set_terminated(run_id, run_status)
 
-    def _log_checkpoint(self, run_id: str, trial) -> None:
-        """Artifacts come from the trial's last checkpoint, which Ray keeps in shared storage."""
-        import torch
+    def _log_checkpoint(self, run_id: str, checkpoint) -> None:
+        """The trial's files, as its last checkpoint (in Ray's shared storage) holds them."""
+        from sweeplab.run_files import RUN_FILES
 
-        from sweeplab.tracking.artifacts import write_run_artifacts
+        with checkpoint.as_directory() as folder:
+            for name in RUN_FILES:
+                if (Path(folder) / name).exists():
+                    self.client.log_artifact(run_id, str(Path(folder) / name))
 
-        with trial.checkpoint.as_directory() as folder:
-            folder = Path(folder)
-            state = torch.load(folder / "state.pt", weights_only=False)
-            config_yaml = (folder / "config.yaml").read_text()
-            summary = (folder / "model_summary.txt").read_text()
-        classes = state.get("class_names") or [str(i) for i in range(len(state["confusion"]))]
-        with tempfile.TemporaryDirectory() as tmp:
-            write_run_artifacts(Path(tmp), state, config_yaml, summary, classes, str(trial))
-            self.client.log_artifacts(run_id, tmp)
-
-    # -- the end: sweep artifacts on the parent -----------------------------------------------
+    # -- the end: figures of the best trial, the report on the parent -------------------------
     def on_experiment_end(self, trials, **info) -> None:
-        for operation in self._pending:
-            operation.wait()
-        self._pending.clear()
+        self._drain()
+        from sweeplab.tracking.artifacts import log_best_trial_figures
         from sweeplab.tracking.report import build_report
 
         try:
-            build_report(self.client, self.parent_run_id, log_to_parent=True)
+            for call in (lambda: log_best_trial_figures(self.client, self.parent_run_id, self.optuna_storage, self.sweep_id),
+                         lambda: build_report(self.client, self.parent_run_id, log_to_parent=True)):
+                self._run(call)
         finally:
             self.client.set_terminated(self.parent_run_id, "FINISHED")
+        if self._failed:
+            print(f"sweeplab sweep: {len(self._failed)} MLflow call(s) failed; first: {self._failed[0]}",
+                  file=sys.stderr, flush=True)
+

@@ -77,12 +77,12 @@ def _git_tags(root: Path) -> dict[str, str]:
 
 
 def log_single_run(cfg, result, folder: Path) -> str:
-    """`sweeplab train` logs one run (experiment 'train' unless tracking.experiment says otherwise)."""
+    """`sweeplab train` logs one run (experiment 'train' unless tracking.experiment says otherwise):
+    its metrics, params, the files of its run folder and its two figures."""
     from mlflow.entities import RunTag
 
-    from sweeplab.config.compose import to_yaml
-    from sweeplab.models.summary import summarize
-    from sweeplab.tracking.artifacts import write_run_artifacts
+    from sweeplab.run_files import RUN_FILES
+    from sweeplab.tracking.artifacts import _figures
     from sweeplab.tracking.store import artifact_root, client_for, get_or_create_experiment, tracking_uri
 
     client = client_for(tracking_uri(cfg))
@@ -92,9 +92,10 @@ def log_single_run(cfg, result, folder: Path) -> str:
     metrics = [m for h in result.history for m in epoch_metrics(h)]
     client.log_batch(run_id, metrics=metrics, params=config_params(cfg),
                      tags=[RunTag("sweeplab.status", "completed"), RunTag("sweeplab.run_folder", str(folder))])
+    for name in RUN_FILES:
+        client.log_artifact(run_id, str(folder / name))
     with tempfile.TemporaryDirectory() as tmp:
-        write_run_artifacts(Path(tmp), result.state, to_yaml(cfg), summarize(result.model, result.input_shape),
-                            result.class_names, folder.name)
+        _figures(Path(tmp), result.history, result.confusion, result.class_names, folder.name)
         client.log_artifacts(run_id, tmp)
     client.set_terminated(run_id, "FINISHED")
     return run_id
