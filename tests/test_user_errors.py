@@ -92,3 +92,12 @@ def test_the_installed_command_reports_a_mistake_in_one_line_without_a_traceback
     assert done.stderr.startswith("sweeplab train: error:") and "nosuch" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("args, named", [(["sweep"], "sweep"), (["train", "--epochs", "3"], "--epochs"),
+                                         (["nosuch"], "nosuch")])
+def test_a_malformed_command_line_gets_usage_and_exit_2(args, named, tmp_path):
+    done = cli(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "usage: sweeplab" in done.stderr and named in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
