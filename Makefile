@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONSTRAINTS ?= -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: venv sweep train lint test test-fast system-deps services clean
+.PHONY: venv sweep train lint typecheck test test-fast system-deps services clean
 
 venv: $(VENV)/.installed
 
@@ -41,8 +41,12 @@ services:
 	@if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then \
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; fi
 
+# ruff's rules and the import-layering contracts, both configured in pyproject.toml; both run, either fails it
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
+	@status=0; $(BIN)/ruff check src tests benchmarks || status=1; $(BIN)/lint-imports || status=1; exit $$status
+
+typecheck: venv
+	$(BIN)/mypy
 
 test: venv lint system-deps services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

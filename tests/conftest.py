@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 # Before torch or Ray is imported anywhere: no GUI backend, no oversubscribed cores
 # (this machine has 2, shared with other jobs; 2 torch threads slow down 15x there).
@@ -12,24 +9,31 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
+from sweep_helpers import CliResult, cli
 
 torch.set_num_threads(1)
 
-SWEEPLAB = Path(sys.executable).with_name("sweeplab")  # the console script a user runs
+SLOW_TIER_TIMEOUT = 900  # seconds for a test marked slow, cluster or browser (real sweeps, servers, Chromium)
+
+
+def pytest_collection_modifyitems(items):
+    """The fast tier keeps pyproject's short timeout; the slow tiers get a longer one unless a test names its own."""
+    for item in items:
+        slow_tier = any(item.get_closest_marker(m) for m in ("slow", "cluster", "browser"))
+        if slow_tier and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIER_TIMEOUT))
 
 
 @pytest.fixture
 def run_cli(tmp_path):
-    """Run ``sweeplab ARGS`` in a tmp folder; train runs write outputs there, not to MLflow."""
+    """Run ``sweeplab ARGS`` in-process in a tmp folder; train runs write outputs there, not to MLflow."""
 
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(*args: str) -> CliResult:
         args = list(args)
         if args and args[0] == "train":
             args += ["tracking=none", f"output_dir={tmp_path / 'outputs'}", "train.num_threads=1"]
-        return subprocess.run(
-            [str(SWEEPLAB), *args], cwd=tmp_path, capture_output=True, text=True, timeout=timeout
-        )
+        return cli(*args, cwd=tmp_path)
 
     return run

@@ -1,10 +1,16 @@
-"""Helpers shared by the sweep and tracking tests: sweep files in tmp, the CLI as a user runs it."""
+"""Helpers shared by the CLI, sweep and tracking tests: sweep files in tmp, the ``sweeplab`` command run
+in-process (the default) or as the installed console script (where the process boundary is the point)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from sweeplab.cli import main
 
 SWEEPLAB = Path(sys.executable).with_name("sweeplab")  # the console script a user runs
 
@@ -22,7 +28,34 @@ def write_sweep(folder: Path, name: str, body: str, model: str = "mlp") -> Path:
     return path
 
 
+@dataclass
+class CliResult:
+    """What a user sees of one command: its exit status and its two output streams."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str, cwd: Path) -> CliResult:
+    """``sweeplab ARGS`` run in this process from ``cwd``: ``main``'s exit status (or SystemExit's, for
+    argparse errors), and what it printed. An exception that escapes ``main`` fails the calling test,
+    as a traceback would fail the user. The environment is restored afterwards."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
 def sweeplab(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the ``sweeplab`` command in ``cwd`` with one torch thread."""
+    """Run the installed ``sweeplab`` command in ``cwd`` with one torch thread, in a process of its own."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     return subprocess.run([str(SWEEPLAB), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

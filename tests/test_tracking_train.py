@@ -1,19 +1,42 @@
-"""`sweeplab train` with the default local tracking: one MLflow run with everything a trial run has."""
+"""`sweeplab train` with the default local tracking: one MLflow run with everything a trial run has,
+and provenance that holds where the project is no git checkout (a Docker image has no .git)."""
 from __future__ import annotations
 
+import getpass
+import shutil
 import subprocess
-import sys
+from importlib import metadata
+from pathlib import Path
 
 import torch
+from sweep_helpers import sweeplab
+
+from sweeplab.tracking.runs import provenance_tags
+
+ROOT = Path(__file__).resolve().parents[1]
+GIT_TAGS = ("mlflow.source.git.commit", "git.dirty")
 
 
-def test_a_train_run_is_logged_to_the_local_mlflow_store(tmp_path):
+def installed_project(folder: Path) -> Path:
+    """conf/ and sweeps/ as the Docker image holds them: copied, with no .git anywhere above."""
+    for part in ("conf", "sweeps"):
+        shutil.copytree(ROOT / part, folder / part)
+    return folder
+
+
+def git(*args: str, cwd: Path) -> str:
+    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                          cwd=cwd, capture_output=True, text=True, check=True, timeout=30)
+    return done.stdout.strip()
+
+
+def test_a_train_run_is_logged_to_the_local_mlflow_store(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
+    monkeypatch.setenv("SWEEPLAB_HOME", str(installed_project(tmp_path / "app")))
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "sweeplab.cli", "train", "model=mlp", "data.subset=300",
-                             "train.epochs=2", "train.num_threads=1", f"output_dir={out}"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = sweeplab("train", "model=mlp", "data.subset=300", "train.epochs=2", "train.num_threads=1",
+                      f"output_dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "INFO mlflow" not in result.stderr  # no store chatter in the user's terminal
 
@@ -24,6 +47,44 @@ def test_a_train_run_is_logged_to_the_local_mlflow_store(tmp_path):
     assert run.data.params["model.name"] == "mlp" and run.data.params["train.epochs"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "learning_curves.png", "confusion_matrix.png", "weights.pt", "model_summary.txt"} <= artifacts
+    assert {"config.yaml", "learning_curves.png", "confusion_matrix.png", "weights.pt", "model_summary.txt"} \
+        <= artifacts
     weights = torch.load(client.download_artifacts(run.info.run_id, "weights.pt", str(tmp_path)), weights_only=True)
     assert "0.weight" in weights or any(k.endswith("weight") for k in weights)
+
+    # provenance without .git: the installed version says what ran, and no commit is made up
+    tags = run.data.tags
+    assert tags["version.sweeplab"] == metadata.version("sweeplab")
+    assert tags["mlflow.source.name"] == "sweeplab" and tags["mlflow.user"] == getpass.getuser()
+    assert not set(GIT_TAGS) & set(tags)
+
+
+def test_provenance_without_git_has_versions_and_no_commit(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEPLAB_HOME", str(installed_project(tmp_path)))
+    tags = provenance_tags()
+    assert not set(GIT_TAGS) & set(tags)
+    for package in ("sweeplab", "torch", "ray", "optuna", "mlflow"):
+        assert tags[f"version.{package}"] == metadata.version(package)
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["host"]
+
+
+def test_provenance_in_a_git_checkout_records_its_commit_and_whether_it_was_edited(tmp_path, monkeypatch):
+    project = installed_project(tmp_path / "checkout")
+    git("init", "-q", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-q", "-m", "start", cwd=project)
+    monkeypatch.setenv("SWEEPLAB_HOME", str(project))
+
+    tags = provenance_tags()
+    assert tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD", cwd=project)
+    assert tags["git.dirty"] == "false"
+
+    (project / "conf" / "config.yaml").write_text((project / "conf" / "config.yaml").read_text() + "\n# edited\n")
+    assert provenance_tags()["git.dirty"] == "true"
+
+
+def test_provenance_never_takes_the_commit_of_a_repository_that_merely_encloses_the_project(tmp_path, monkeypatch):
+    git("init", "-q", cwd=tmp_path)  # e.g. a home folder under version control
+    git("commit", "-q", "--allow-empty", "-m", "dotfiles", cwd=tmp_path)
+    monkeypatch.setenv("SWEEPLAB_HOME", str(installed_project(tmp_path / "apps" / "sweeplab")))
+    assert not set(GIT_TAGS) & set(provenance_tags())

@@ -2,20 +2,13 @@
 right: no traceback, nothing started, nothing created where it should not be."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from sweep_helpers import cli, sweeplab
 
 from sweeplab.errors import UserError
 from sweeplab.sweep.plan import plan_sweep
-
-SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*SWEEPLAB, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -33,9 +26,8 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     ],
 )
 def test_train_rejects_bad_values_before_any_training(override, named, tmp_path):
-    done = _cli("train", *override.split(), f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    done = cli("train", *override.split(), f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert done.returncode == 2
-    assert "Traceback" not in done.stderr
     assert named in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "out" / "train").exists()  # rejected before a run folder was made
 
@@ -79,12 +71,33 @@ def test_a_sweep_file_may_live_in_a_folder_named_like_a_config_group(tmp_path):
 def test_read_only_commands_do_not_create_stores(tmp_path):
     for command in ("report", "best", "status"):
         args = [command, "smoke"] if command != "status" else [command]
-        done = _cli(*args, f"output_dir={tmp_path / 'typo'}", cwd=tmp_path)
-        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        done = cli(*args, f"output_dir={tmp_path / 'typo'}", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
     assert not (tmp_path / "typo").exists()
 
 
-def test_storage_passwords_are_not_printed():
-    from sweeplab.tracking.store import redact
+def test_an_unreachable_storage_is_named_without_its_password(tmp_path):
+    storage = "postgresql://sweeplab:s3cret@127.0.0.1:9/optuna"  # nothing listens on port 9
+    done = cli("best", "smoke", "cluster=compose", f"cluster.optuna_storage={storage}", f"output_dir={tmp_path}",
+               cwd=tmp_path)
+    assert done.returncode == 2
+    assert "postgresql://sweeplab:***@127.0.0.1:9/optuna" in done.stderr
+    assert "s3cret" not in done.stdout + done.stderr
 
-    assert redact("postgresql://sweeplab:s3cret@db:5432/optuna") == "postgresql://sweeplab:***@db:5432/optuna"
+
+def test_the_installed_command_reports_a_mistake_in_one_line_without_a_traceback(tmp_path):
+    """Across the process boundary, as a shell sees it: exit status 2, one line on stderr, nothing on stdout."""
+    done = sweeplab("train", "model=nosuch", f"output_dir={tmp_path / 'out'}", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("sweeplab train: error:") and "nosuch" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("args, named", [(["sweep"], "sweep"), (["train", "--epochs", "3"], "--epochs"),
+                                         (["nosuch"], "nosuch")])
+def test_a_malformed_command_line_gets_usage_and_exit_2(args, named, tmp_path):
+    done = cli(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "usage: sweeplab" in done.stderr and named in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written

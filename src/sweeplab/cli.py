@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from sweeplab.errors import UserError
 
@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep name (sweeps/<name>.yaml) or path to a sweep file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every trial")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted sweep: the latest of this name, or the sweep id given instead of a name")
+                   help="continue an interrupted sweep: the latest of this name, "
+                        "or the sweep id given instead of a name")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines, only trial ends and the summary")
 
     p = sub.add_parser("status", help="trials by state and the best so far")

@@ -1,6 +1,8 @@
 """What goes into MLflow runs: flattened params, per-epoch metrics, provenance tags."""
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
 import socket
 import subprocess
@@ -38,25 +40,40 @@ def epoch_metrics(result: dict[str, float]) -> list:
     return out
 
 
-def provenance_tags() -> dict[str, str]:
-    """Git commit and dirty flag, host and package versions, for the sweep's parent run."""
-    tags = {"host": socket.gethostname()}
-    root = project_root()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
-        if commit.returncode == 0:
-            tags["git.commit"] = commit.stdout.strip()
-            tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
-            tags["mlflow.source.git.commit"] = commit.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+def provenance_tags(root: Path | None = None) -> dict[str, str]:
+    """Where a run came from, for the sweep's parent run: host, user, entry point and installed versions always;
+    the git commit and dirty flag only when the project root is a git checkout (a Docker image has no .git)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    tags = {"host": socket.gethostname(), MLFLOW_SOURCE_NAME: "sweeplab", MLFLOW_SOURCE_TYPE: "LOCAL"}
+    with contextlib.suppress(KeyError, OSError):  # a container user with no passwd entry and no $USER
+        tags[MLFLOW_USER] = getpass.getuser()
+    tags |= _git_tags(project_root() if root is None else root)
     for package in ("sweeplab", "torch", "torchvision", "ray", "optuna", "mlflow", "hydra-core"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"version.{package}"] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return tags
+
+
+def _git_tags(root: Path) -> dict[str, str]:
+    """The commit and dirty flag of ``root`` when it is the top of a git checkout, else nothing (never the
+    commit of some repository that merely encloses it)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != Path(root).resolve():
+        return {}
+    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
+    if not commit:
+        return {}
+    return {MLFLOW_GIT_COMMIT: commit, "git.dirty": str(bool(status)).lower()}
 
 
 def log_single_run(cfg, result, folder: Path) -> str:
