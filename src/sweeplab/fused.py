@@ -335,13 +335,14 @@ def _evaluate_pack(base: nn.Module, pack: _Pack, source: BatchSource, batch_size
 
 
 def _state(member: _Member, bundle: DatasetBundle, num_params: int) -> dict[str, Any]:
-    """The checkpoint train() would save for this trial (call after write_back)."""
+    """The checkpoint train() would save for this trial (call after write_back); a copy, since
+    the member's model and optimizer change again when the pack writes back later."""
     confusion = member.confusion if member.confusion is not None else np.zeros(
         (bundle.num_classes, bundle.num_classes), dtype=np.int64)
     return {
         "epoch": len(member.history),
-        "model": {k: v.detach().cpu() for k, v in member.model.state_dict().items()},
-        "optimizer": member.optimizer.state_dict(),
+        "model": {k: v.detach().cpu().clone() for k, v in member.model.state_dict().items()},
+        "optimizer": copy.deepcopy(member.optimizer.state_dict()),
         "schedule": member.schedule.state_dict() if member.schedule is not None else None,
         "rng": {
             "generator": member.generator.get_state(),
