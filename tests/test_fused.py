@@ -8,7 +8,7 @@ import torch
 
 from sweeplab.config.compose import compose
 from sweeplab.errors import ConfigError
-from sweeplab.fused import fusable, should_fuse, train_fused, train_pack
+from sweeplab.fused import fusable, group_for_fusion, should_fuse, train_fused, train_pack
 from sweeplab.train import StopTraining, TrainingDiverged, train
 
 LENET = ["tracking=none", "train.device=cpu", "model=lenet", "data=mnist5k", "data.subset=300",
@@ -128,6 +128,14 @@ def test_fusable_accepts_members_differing_in_hyperparameters_only():
     assert fusable([compose(LENET + m) for m in MEMBERS]) is None
     assert fusable([compose(MLP + m) for m in MEMBERS]) is None
     assert fusable([compose(MLP + ["model=simple_convnet", "data=mnist5k"] + m) for m in MEMBERS]) is None
+
+
+def test_trials_group_into_packs_by_shared_settings():
+    cfgs = [compose(LENET + m) for m in MEMBERS] + [compose(LENET + ["model.conv1_filters=8"])] + \
+        [compose(LENET + ["optimizer.lr=0.2"])]
+    assert group_for_fusion(cfgs, size=2) == [[0, 1], [2, 4], [3]]
+    for pack in group_for_fusion(cfgs, size=8):
+        assert fusable([cfgs[i] for i in pack]) is None
 
 
 def test_fusing_is_off_on_cpu_unless_forced():

@@ -60,17 +60,38 @@ def should_fuse(device: torch.device | str, k: int, force: bool = False) -> bool
     return torch.device(device).type == "cuda" and k > 1
 
 
+def _shared_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The training settings every member of a pack must share: all but MEMBER_KEYS."""
+    return {k: v for k, v in flatten(cfg).items() if k.startswith(TRAINING_GROUPS) and k not in MEMBER_KEYS}
+
+
+def fusion_key(cfg: DictConfig) -> tuple:
+    """Hashable: trials with equal keys may share a pack (if ``fusable`` accepts their model)."""
+    return tuple(sorted((k, repr(v)) for k, v in _shared_settings(cfg).items()))
+
+
+def group_for_fusion(cfgs: Sequence[DictConfig], size: int) -> list[list[int]]:
+    """Indices of ``cfgs`` in packs of at most ``size`` trials with equal ``fusion_key``, in first-seen order."""
+    groups: dict[tuple, list[list[int]]] = {}
+    for i, cfg in enumerate(cfgs):
+        packs = groups.setdefault(fusion_key(cfg), [[]])
+        if len(packs[-1]) == size:
+            packs.append([])
+        packs[-1].append(i)
+    return [pack for packs in groups.values() for pack in packs]
+
+
 def fusable(cfgs: Sequence[DictConfig]) -> Optional[str]:
     """None when ``cfgs`` can train as one pack; otherwise why not, in words."""
     if not cfgs:
         return "no trials to fuse"
-    flat = [{k: v for k, v in flatten(cfg).items() if k.startswith(TRAINING_GROUPS)} for cfg in cfgs]
-    if flat[0].get("optimizer.name") != "sgd":
-        return f"optimizer.name={flat[0].get('optimizer.name')}: only sgd trains fused"
-    for i, other in enumerate(flat[1:], start=1):
-        for key in sorted(set(flat[0]) | set(other)):
-            if key not in MEMBER_KEYS and flat[0].get(key) != other.get(key):
-                return (f"trials 0 and {i} differ in {key} ({flat[0].get(key)!r} vs {other.get(key)!r}); "
+    shared = [_shared_settings(cfg) for cfg in cfgs]
+    if shared[0].get("optimizer.name") != "sgd":
+        return f"optimizer.name={shared[0].get('optimizer.name')}: only sgd trains fused"
+    for i, other in enumerate(shared[1:], start=1):
+        for key in sorted(set(shared[0]) | set(other)):
+            if shared[0].get(key) != other.get(key):
+                return (f"trials 0 and {i} differ in {key} ({shared[0].get(key)!r} vs {other.get(key)!r}); "
                         f"a fused pack may differ only in {', '.join(MEMBER_KEYS)}")
     return _model_reason(cfgs[0])
 
