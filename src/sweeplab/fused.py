@@ -158,11 +158,18 @@ class _Pack:
         self._hyper()
 
     def _hyper(self) -> None:
-        def column(values):
-            return torch.tensor(values, dtype=torch.float32, device=self.device)
+        self.weight_decay = self._per_element([m.opt_cfg.weight_decay for m in self.members])
+        self.decays = any(m.opt_cfg.weight_decay != 0 for m in self.members)
+        self.beta = self._per_element([m.opt_cfg.momentum for m in self.members])
+        self.set_lr([m.lr for m in self.members])
 
-        self.weight_decay = column([m.opt_cfg.weight_decay for m in self.members])
-        self.beta = column([m.opt_cfg.momentum for m in self.members])
+    def _per_element(self, values: list[float]) -> list[torch.Tensor]:
+        """One value per member, laid out like each stacked parameter (what _foreach ops need)."""
+        column = torch.tensor(values, dtype=torch.float32, device=self.device)
+        return [column.view((-1,) + (1,) * (p.dim() - 1)).expand_as(p).contiguous() for p in self.params.values()]
+
+    def set_lr(self, lrs: list[float]) -> None:
+        self.neg_lr = self._per_element([-lr for lr in lrs])
 
     def keep(self, keep: list[int]) -> None:
         """Drop every member whose position is not in ``keep``."""
@@ -174,15 +181,17 @@ class _Pack:
         self._hyper()
 
     @torch.no_grad()
-    def sgd_step(self, grads: dict[str, torch.Tensor], lr: torch.Tensor) -> None:
-        """torch.optim.SGD's update (dampening 0), each member with its own lr, momentum, weight decay."""
-        for name, p in self.params.items():
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            d_p = grads[name] + self.weight_decay.view(shape) * p
-            buf = self.momentum[name]
-            buf.mul_(self.beta.view(shape)).add_(d_p)  # buf starts at 0: the first step sets buf = d_p
-            d_p = d_p + self.beta.view(shape) * buf if self.nesterov else buf
-            p.sub_(lr.view(shape) * d_p)
+    def sgd_step(self, grads: dict[str, torch.Tensor]) -> None:
+        """torch.optim.SGD's update (dampening 0), each member with its own lr, momentum, weight decay;
+        multi-tensor ops, so a GPU runs a few kernels per step rather than a few per parameter."""
+        params, bufs = list(self.params.values()), list(self.momentum.values())
+        d_p = [grads[name] for name in self.params]
+        if self.decays:
+            d_p = torch._foreach_addcmul(d_p, self.weight_decay, params)  # grad + weight_decay * param
+        torch._foreach_mul_(bufs, self.beta)
+        torch._foreach_add_(bufs, d_p)  # buf starts at 0: the first step sets buf = d_p, as SGD does
+        d_p = torch._foreach_addcmul(d_p, self.beta, bufs) if self.nesterov else bufs
+        torch._foreach_addcmul_(params, self.neg_lr, d_p)  # param - lr * d_p
 
     def write_back(self, member: _Member) -> None:
         """Copy a member's weights and momentum into its own model and optimizer."""
@@ -268,7 +277,7 @@ def train_fused(
         started = time.perf_counter()
         k = len(pack.members)
         lrs = [m.lr for m in pack.members]
-        lr = torch.tensor(lrs, dtype=torch.float32, device=device)
+        pack.set_lr(lrs)
         # each member's own shuffle, drawn exactly as BatchSource.batches draws it
         orders = torch.stack([torch.randperm(n, generator=m.generator) for m in pack.members]).to(device)
         loss_sum = torch.zeros(k, device=device)
@@ -281,7 +290,7 @@ def train_fused(
                 x = torch.stack([random_crop_flip(x[i], m.generator) for i, m in enumerate(pack.members)])
             y = train_split.labels[idx]
             grads, (loss, logits) = train_step(pack.params, pack.buffers, x, y)
-            pack.sgd_step(grads, lr)
+            pack.sgd_step(grads)
             loss_sum += loss.detach() * idx.shape[1]
             correct += (logits.detach().argmax(-1) == y).sum(1)
             seen += idx.shape[1]
