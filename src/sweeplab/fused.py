@@ -126,7 +126,7 @@ def _model_reason(cfg: DictConfig) -> Optional[str]:
     return None
 
 
-@dataclass
+@dataclass(eq=False)  # members are told apart by identity
 class _Member:
     """One trial of a pack: what train() would hold for it, minus the stacked weights."""
 
