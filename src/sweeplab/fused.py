@@ -137,8 +137,8 @@ class _Member:
     optimizer: torch.optim.Optimizer  # holds the lr schedule's state and, on write-back, the momentum
     schedule: Optional[torch.optim.lr_scheduler.LRScheduler]
     generator: torch.Generator
+    confusion: np.ndarray  # val confusion matrix of the last epoch
     history: list[dict[str, float]] = field(default_factory=list)
-    confusion: Optional[np.ndarray] = None
 
     @property
     def lr(self) -> float:
@@ -240,7 +240,8 @@ def train_fused(
         optimizer = build_optimizer(model, opt_cfg)
         schedule = build_schedule(optimizer, member_train)
         generator = torch.Generator().manual_seed(member_train.seed)
-        members.append(_Member(index, opt_cfg, reporter, model, optimizer, schedule, generator))
+        no_epoch_yet = np.zeros((bundle.num_classes, bundle.num_classes), dtype=np.int64)
+        members.append(_Member(index, opt_cfg, reporter, model, optimizer, schedule, generator, no_epoch_yet))
     num_params = count_parameters(members[0].model)
     pack = _Pack(members, device, members[0].opt_cfg.nesterov)
     base = copy.deepcopy(members[0].model).to("meta")
@@ -259,9 +260,7 @@ def train_fused(
             test_loss, test_acc, _ = evaluate(member.model, source, "test", train_cfg.eval_batch_size,
                                               criterion, bundle.num_classes)
             final.update({"test/loss": test_loss, "test/acc": test_acc})
-        confusion = member.confusion if member.confusion is not None else np.zeros(
-            (bundle.num_classes, bundle.num_classes), dtype=np.int64)
-        outcomes[member.index] = TrainResult(final, member.history, member.model, confusion, bundle.class_names,
+        outcomes[member.index] = TrainResult(final, member.history, member.model, member.confusion, bundle.class_names,
                                              bundle.input_shape, num_params, _state(member, bundle, num_params))
 
     def checkpoint(member: _Member) -> Callable[[], dict[str, Any]]:
@@ -367,8 +366,6 @@ def _evaluate_pack(base: nn.Module, pack: _Pack, source: BatchSource, batch_size
 def _state(member: _Member, bundle: DatasetBundle, num_params: int) -> dict[str, Any]:
     """The checkpoint train() would save for this trial (call after write_back); a copy, since
     the member's model and optimizer change again when the pack writes back later."""
-    confusion = member.confusion if member.confusion is not None else np.zeros(
-        (bundle.num_classes, bundle.num_classes), dtype=np.int64)
     return {
         "epoch": len(member.history),
         "model": {k: v.detach().cpu().clone() for k, v in member.model.state_dict().items()},
@@ -380,7 +377,7 @@ def _state(member: _Member, bundle: DatasetBundle, num_params: int) -> dict[str,
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
         "history": list(member.history),
-        "confusion": torch.from_numpy(np.asarray(confusion)),
+        "confusion": torch.from_numpy(np.asarray(member.confusion)),
         "num_params": num_params,
         "class_names": list(bundle.class_names),
     }
