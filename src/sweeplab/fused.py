@@ -213,7 +213,9 @@ def train_fused(
 
     Each reporter sees exactly what ``train`` would hand it; StopTraining from a reporter
     ends that member only, as does a non-finite loss (its outcome is then the
-    TrainingDiverged that ``train`` would have raised)."""
+    TrainingDiverged that ``train`` would have raised). ``epoch_seconds`` is the pack's epoch,
+    ``samples_per_second`` a member's own images over it (the pack's throughput is the sum).
+    A reporter's checkpoint() must be called during its report, as Ray Tune's reporter does."""
     reason = fusable(cfgs)
     if reason is not None:
         raise ConfigError(f"these {len(cfgs)} trials cannot train fused: {reason}")
