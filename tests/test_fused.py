@@ -62,6 +62,12 @@ def test_fused_nesterov_with_weight_decay_matches_unfused_trials():
         assert_same_curve(fused, train(cfg))
 
 
+def test_fused_augmentation_draws_each_members_crops_as_alone():
+    cfgs = [compose(MLP + ["data.augment=true"] + m) for m in MEMBERS[:2]]
+    for fused, cfg in zip(train_fused(cfgs), cfgs):
+        assert_same_curve(fused, train(cfg))
+
+
 def test_a_member_checkpoint_resumes_in_train():
     """A fused member's checkpoint is an ordinary trial checkpoint: train() resumes from it."""
     cfg = compose(LENET + MEMBERS[0])
