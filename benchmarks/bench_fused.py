@@ -1,0 +1,135 @@
+"""B7 fused trials: 16 LeNet trials differing in learning rate and seed, trained as one
+fused pack vs one after another through ``sweeplab.train.train``.
+
+    .venv/bin/python benchmarks/bench_fused.py [--smoke]
+
+``packed`` is what a sweep gets (``train_pack``: fused on a GPU, one by one on a CPU where
+fusing does not pay); ``fused`` forces the pack on any device, to show why it is off on CPUs.
+Targets: packed >= 8x the one-by-one samples/s on a GPU, >= 0.95x on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from sweeplab.config.compose import compose
+from sweeplab.config.schema import DataConfig
+from sweeplab.data.datasets import load_dataset
+from sweeplab.fused import should_fuse, train_fused, train_pack
+from sweeplab.train import _typed, resolve_device, train
+
+TRIALS = 16
+ROUNDS = 3
+GPU_TARGET, CPU_TARGET = 8.0, 0.95
+
+
+def _overrides(device: str, smoke: bool) -> list[str]:
+    size = ["data.subset=320", "data.val_fraction=0.05", "train.epochs=1"] if smoke else ["train.epochs=2"]
+    return ["tracking=none", "model=lenet", "data=mnist5k", "train.batch_size=64", "train.lr_schedule=none",
+            f"train.device={device}", *(["train.num_threads=1"] if device == "cpu" else []), *size]
+
+
+def _trials(overrides: list[str], k: int = TRIALS) -> list:
+    lrs = [0.01 * 10 ** (i / max(k - 1, 1)) for i in range(k)]  # 0.01 .. 0.1, log-spaced
+    return [compose([*overrides, f"optimizer.lr={lr:.5f}", f"train.seed={i}"]) for i, lr in enumerate(lrs)]
+
+
+def _timed(run) -> tuple[float, list]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    results = run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, results
+
+
+def run_b7(smoke: bool) -> dict:
+    """Samples/s of 16 LeNet trials packed (as a sweep runs them), forced fused, and one by one."""
+    device = resolve_device("auto")
+    overrides = _overrides(device.type, smoke)
+    cfgs = _trials(overrides)
+    bundle = load_dataset(_typed(cfgs[0].data, DataConfig))
+    warm = _trials([*overrides, "train.epochs=1"], k=2)  # first-call costs (kernels, allocator) off the clock
+    train(warm[0], bundle=bundle)
+    train_fused(warm, bundle=bundle)
+
+    # one by one and packed alternate (ABBA...), best of ROUNDS each: the machine may be shared
+    best = {"one_by_one": float("inf"), "packed": float("inf")}
+    runs = {"one_by_one": lambda: [train(cfg, bundle=bundle) for cfg in cfgs],
+            "packed": lambda: train_pack(cfgs, bundle=bundle)}
+    for r in range(ROUNDS):
+        for name in (("one_by_one", "packed") if r % 2 == 0 else ("packed", "one_by_one")):
+            seconds, results = _timed(runs[name])
+            best[name] = min(best[name], seconds)
+            if name == "one_by_one":
+                alone = results
+    one_by_one_s, packed_s = best["one_by_one"], best["packed"]
+    fused_s, fused = _timed(lambda: train_fused(cfgs, bundle=bundle))
+
+    samples = sum(len(r.history) for r in alone) * len(bundle.train)
+    target = GPU_TARGET if device.type == "cuda" else CPU_TARGET
+    drift = max(abs(f.metrics["val/loss"] - a.metrics["val/loss"]) / abs(a.metrics["val/loss"])
+                for f, a in zip(fused, alone))
+    return {
+        "bench": "B7 fused trials",
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "trials": len(cfgs),
+        "epochs": cfgs[0].train.epochs,
+        "train_images": len(bundle.train),
+        "batch_size": cfgs[0].train.batch_size,
+        "packed_fuses": should_fuse(device, len(cfgs)),
+        "one_by_one_seconds": one_by_one_s,
+        "packed_seconds": packed_s,
+        "fused_seconds": fused_s,
+        "one_by_one_samples_per_second": samples / one_by_one_s,
+        "packed_samples_per_second": samples / packed_s,
+        "fused_samples_per_second": samples / fused_s,
+        "packed_speedup": one_by_one_s / packed_s,
+        "fused_speedup": one_by_one_s / fused_s,
+        "target_speedup": target,
+        "met": one_by_one_s / packed_s >= target,
+        "max_val_loss_rel_diff": drift,  # fused vs alone, last epoch: float reassociation only
+        "smoke": smoke,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s))"
+
+
+def table(row: dict) -> str:
+    return "\n".join([
+        f"B7 on {row['device']}, torch {row['torch']}: {row['trials']} LeNet trials x {row['epochs']} epochs, "
+        f"{row['train_images']} training images, batch {row['batch_size']}, best of {ROUNDS} (forced fused: one run)",
+        "",
+        "| run | seconds | samples/s | vs one by one |",
+        "|---|---:|---:|---:|",
+        f"| one by one (train) | {row['one_by_one_seconds']:.2f} | {row['one_by_one_samples_per_second']:,.0f} | 1.00x |",
+        f"| packed (train_pack, fuses: {row['packed_fuses']}) | {row['packed_seconds']:.2f} "
+        f"| {row['packed_samples_per_second']:,.0f} | {row['packed_speedup']:.2f}x |",
+        f"| fused, forced (train_fused) | {row['fused_seconds']:.2f} | {row['fused_samples_per_second']:,.0f} "
+        f"| {row['fused_speedup']:.2f}x |",
+        "",
+        f"target: packed >= {row['target_speedup']}x: {'met' if row['met'] else 'missed'}; "
+        f"fused vs alone val/loss differ by at most {row['max_val_loss_rel_diff']:.1e} (relative)",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny size: 320 training images, one epoch")
+    row = run_b7(parser.parse_args().smoke)
+    print(json.dumps(row))
+    print(table(row))
+
+
+if __name__ == "__main__":
+    main()
