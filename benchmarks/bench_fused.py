@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from sweeplab.config.compose import compose
+from sweeplab.compose import compose
 from sweeplab.config.schema import DataConfig
 from sweeplab.data.datasets import load_dataset
 from sweeplab.fused import should_fuse, train_fused, train_pack

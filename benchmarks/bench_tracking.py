@@ -26,7 +26,7 @@ class ReplayedTrial(SimpleNamespace):
 def replay(out: Path, trials: int, epochs: int, async_logging: bool) -> list[float]:
     from sweeplab.sweep.plan import plan_sweep
     from sweeplab.sweep.trainable import TrialSpec
-    from sweeplab.tracking.callback import MlflowSweepTracker
+    from sweeplab.sweep.tracker import MlflowSweepTracker
 
     overrides = [f"output_dir={out}", f"tracking.async_logging={str(async_logging).lower()}"]
     plan = plan_sweep("smoke", overrides)

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from sweeplab.config.compose import compose
+from sweeplab.compose import compose
 from sweeplab.models import MODELS
 from sweeplab.train import train
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sweeplab.config.compose import compose, flatten, to_yaml
+from sweeplab.compose import compose, flatten, to_yaml
 from sweeplab.config.schema import Loss, LrSchedule, Mode, Sampler, SchedulerKind, TrainConfig
 from sweeplab.errors import ConfigError
 from sweeplab.models import MODELS
@@ -185,7 +185,7 @@ def _schema_node(group: str, path: Path):
     """The schema a group file extends (the first entry of its defaults list), with its defaults."""
     from hydra.core.config_store import ConfigStore
 
-    from sweeplab.config.store import register_configs
+    from sweeplab.compose import register_configs
 
     register_configs()
     schema_name = OmegaConf.load(path).defaults[0]

@@ -183,7 +183,7 @@ def test_cifar10_loads_through_torchvision(tmp_path, skip_cifar_md5):
 
 
 def test_training_runs_on_tiny_torchvision_files(tmp_path):
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
     from sweeplab.train import train
 
     write_idx_dataset(tmp_path, "MNIST", 0)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sweeplab.config.compose import compose
+from sweeplab.compose import compose
 from sweeplab.errors import ConfigError
 from sweeplab.fused import fusable, group_for_fusion, should_fuse, train_fused, train_pack
 from sweeplab.train import StopTraining, TrainingDiverged, train

@@ -74,7 +74,7 @@ def test_exactly_the_models_with_pooling_layers_have_a_pooling_key():
         plan = MODELS.get(model).plan
         return plan is not None and any(isinstance(s, Pool) for s in plan(_config(model), (1, 28, 28)))
 
-    assert POOLING_MODELS == [m for m in MODELS.names() if pools(m)]
+    assert [m for m in MODELS.names() if pools(m)] == POOLING_MODELS
 
 
 @pytest.mark.parametrize("shape", list(SHAPES), ids=SHAPE_IDS)

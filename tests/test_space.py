@@ -335,7 +335,7 @@ AWKWARD = ["/data/my datasets", "/données/été", "a,b,c", "it's", "C:\\data\\"
 
 @pytest.mark.parametrize("value", AWKWARD)
 def test_an_override_sets_exactly_the_value_given(value):
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
 
     cfg = compose([to_override("data.root", value), to_override("tracking.experiment", value)])
     assert cfg.data.root == value and cfg.tracking.experiment == value
@@ -345,7 +345,7 @@ def test_the_best_command_reruns_with_a_data_root_holding_spaces_and_accents(tmp
     """`sweeplab best` prints a shell line; pasted into a shell it must set the same data.root."""
     import shlex
 
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
     from sweeplab.sweep.outcome import SweepOutcome, TrialRow
     from sweeplab.sweep.rerun import best_command
 

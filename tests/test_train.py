@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sweeplab.config.compose import compose
+from sweeplab.compose import compose
 from sweeplab.data import DATASETS
 from sweeplab.data import datasets as datasets_module
 from sweeplab.models import MODELS, build_model

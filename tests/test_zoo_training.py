@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sweeplab.config.compose import compose
+from sweeplab.compose import compose
 from sweeplab.models import MODELS
 from sweeplab.train import train
 
@@ -33,7 +33,7 @@ def test_every_model_preset_trains_one_epoch_on_mnist5k(preset):
 def test_presets_cover_every_registered_model():
     from omegaconf import OmegaConf
 
-    from sweeplab.config.compose import conf_dir
+    from sweeplab.compose import conf_dir
 
     names = {OmegaConf.load(conf_dir() / "model" / f"{p}.yaml").name for p in PRESETS}
     assert names == set(MODELS.names())

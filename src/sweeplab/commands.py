@@ -29,7 +29,7 @@ def run_folder(output_dir: str, kind: str, label: str) -> Path:
 
 def save_run(folder: Path, cfg, result) -> None:
     """The run's files (sweeplab.run_files), metrics.csv and final_metrics.json."""
-    from sweeplab.config.compose import to_yaml
+    from sweeplab.compose import to_yaml
     from sweeplab.models.summary import summarize
     from sweeplab.run_files import write_run_files
 
@@ -42,7 +42,7 @@ def save_run(folder: Path, cfg, result) -> None:
 
 
 def cmd_train(args) -> int:
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
     from sweeplab.train import train, validate
 
     cfg = compose(args.overrides)
@@ -80,7 +80,7 @@ def _override_text(value) -> str:
 
 def cmd_models(args) -> int:
     """Each model with the keys its presets give it: what `sweeplab train model=X` uses."""
-    from sweeplab.config.compose import compose, conf_dir, flatten
+    from sweeplab.compose import compose, conf_dir, flatten
     from sweeplab.models import MODELS
     from sweeplab.models.layers import ACTIVATIONS, POOLINGS, WeightInit
 
@@ -125,7 +125,7 @@ def cmd_sweep(args) -> int:
 
 
 def _storage(overrides) -> str:
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
     from sweeplab.sweep.plan import optuna_storage_url
 
     return optuna_storage_url(compose(overrides))
@@ -174,7 +174,7 @@ def cmd_best(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
     from sweeplab.tracking.report import build_report, find_parent_run
     from sweeplab.tracking.store import existing_client, tracking_uri
 
@@ -191,7 +191,7 @@ def cmd_report(args) -> int:
 def cmd_ui(args) -> int:
     import os
 
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
     from sweeplab.tracking.store import existing_client, tracking_uri
 
     cfg = compose(args.overrides)

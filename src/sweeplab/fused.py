@@ -12,8 +12,9 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from sweeplab.config.compose import flatten
+from sweeplab.compose import flatten
 from sweeplab.config.schema import DataConfig, OptimizerConfig, TrainConfig
 from sweeplab.data import DATASETS
 from sweeplab.data.batches import BatchSource, random_crop_flip
@@ -81,7 +82,7 @@ def group_for_fusion(cfgs: Sequence[DictConfig], size: int) -> list[list[int]]:
     return [pack for packs in groups.values() for pack in packs]
 
 
-def fusable(cfgs: Sequence[DictConfig]) -> Optional[str]:
+def fusable(cfgs: Sequence[DictConfig]) -> str | None:
     """None when ``cfgs`` can train as one pack; otherwise why not, in words."""
     if not cfgs:
         return "no trials to fuse"
@@ -96,7 +97,7 @@ def fusable(cfgs: Sequence[DictConfig]) -> Optional[str]:
     return _model_reason(cfgs[0])
 
 
-def _model_reason(cfg: DictConfig) -> Optional[str]:
+def _model_reason(cfg: DictConfig) -> str | None:
     """Why this architecture cannot run as a vmapped pack, or None."""
     shape = DATASETS.get(cfg.data.name).input_shape
     if cfg.data.get("resize"):
@@ -132,10 +133,10 @@ class _Member:
 
     index: int  # position in the caller's list
     opt_cfg: OptimizerConfig
-    reporter: Optional[Reporter]
+    reporter: Reporter | None
     model: nn.Module  # receives the member's weights whenever a checkpoint or result is built
     optimizer: torch.optim.Optimizer  # holds the lr schedule's state and, on write-back, the momentum
-    schedule: Optional[torch.optim.lr_scheduler.LRScheduler]
+    schedule: torch.optim.lr_scheduler.LRScheduler | None
     generator: torch.Generator
     confusion: np.ndarray  # val confusion matrix of the last epoch
     history: list[dict[str, float]] = field(default_factory=list)
@@ -206,8 +207,8 @@ class _Pack:
 
 def train_fused(
     cfgs: Sequence[DictConfig],
-    reporters: Optional[Sequence[Optional[Reporter]]] = None,
-    bundle: Optional[DatasetBundle] = None,
+    reporters: Sequence[Reporter | None] | None = None,
+    bundle: DatasetBundle | None = None,
 ) -> list[Outcome]:
     """Train ``cfgs`` as one vmapped pack; one outcome per cfg, in order.
 
@@ -387,8 +388,8 @@ def _state(member: _Member, bundle: DatasetBundle, num_params: int) -> dict[str,
 
 def train_pack(
     cfgs: Sequence[DictConfig],
-    reporters: Optional[Sequence[Optional[Reporter]]] = None,
-    bundle: Optional[DatasetBundle] = None,
+    reporters: Sequence[Reporter | None] | None = None,
+    bundle: DatasetBundle | None = None,
     force: bool = False,
 ) -> list[Outcome]:
     """Train ``cfgs``: fused when that pays (``should_fuse``) and is possible (``fusable``),

@@ -7,7 +7,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 # Reported by train() after every epoch (and logged to MLflow per step).
 METRIC_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "epoch_seconds", "samples_per_second", "lr")
@@ -39,8 +39,8 @@ class TrialEnd:
     reason: str = ""
 
 
-def trial_end(result: Optional[Mapping[str, Any]], max_epochs: int, objectives: Sequence[str] = (),
-              error: Optional[str] = None) -> TrialEnd:
+def trial_end(result: Mapping[str, Any] | None, max_epochs: int, objectives: Sequence[str] = (),
+              error: str | None = None) -> TrialEnd:
     """How a trial ended, from its last reported result. ``error`` is the crash reason when the
     trial raised; ``objectives`` are the metrics the sweep needs from every valid trial."""
     result = result or {}
@@ -91,7 +91,7 @@ def axis_label(metric: str) -> str:
     return metric + (" (%)" if is_fraction(metric) else "")
 
 
-def format_metric(metric: str, value: Optional[float]) -> str:
+def format_metric(metric: str, value: float | None) -> str:
     """One value as every output shows it: '93.20%' for an accuracy, 4 significant digits else."""
     if value is None or value != value:  # missing, or NaN from a table
         return "-"

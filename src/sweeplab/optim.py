@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules by name."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     return OPTIMIZERS.get(cfg.name)(list(model.parameters()), cfg)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Stepped once per epoch; None for a constant learning rate."""
     if cfg.lr_schedule == LrSchedule.cosine:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,7 +114,7 @@ class TrainState:
     epoch: int
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
-    schedule: Optional[dict[str, Any]]
+    schedule: dict[str, Any] | None
     rng: dict[str, Any]
     history: list[dict[str, float]]
     confusion: torch.Tensor  # a tensor: weights_only loading refuses numpy arrays
@@ -124,14 +125,14 @@ class TrainState:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "TrainState":
+    def from_dict(cls, state: dict[str, Any]) -> TrainState:
         return cls(**{f.name: state[f.name] for f in fields(cls)})
 
 
 class _Run:
     """One training run's pieces, built once from the config (or restored from a TrainState)."""
 
-    def __init__(self, cfg: DictConfig, bundle: Optional[DatasetBundle]) -> None:
+    def __init__(self, cfg: DictConfig, bundle: DatasetBundle | None) -> None:
         self.data_cfg: DataConfig = typed(cfg.data, DataConfig)
         self.train_cfg: TrainConfig = typed(cfg.train, TrainConfig)
         self.opt_cfg: OptimizerConfig = typed(cfg.optimizer, OptimizerConfig)
@@ -242,9 +243,9 @@ class _Run:
 
 def train(
     cfg: DictConfig,
-    reporter: Optional[Reporter] = None,
-    resume: Optional[dict[str, Any]] = None,
-    bundle: Optional[DatasetBundle] = None,
+    reporter: Reporter | None = None,
+    resume: dict[str, Any] | None = None,
+    bundle: DatasetBundle | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; ``resume`` (a saved state) continues exactly where it stopped."""
     run = _Run(cfg, bundle)

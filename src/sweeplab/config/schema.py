@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig
 
@@ -54,7 +54,7 @@ class OptimizerConfig:
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
 
     def check(self) -> None:
         if not self.lr > 0:
@@ -78,8 +78,8 @@ class DataConfig:
     split_seed: int = 0  # the hold-out is the same for every trial of a sweep
     normalize: bool = True
     augment: bool = False  # random crop + horizontal flip (CIFAR-style)
-    subset: Optional[int] = None  # keep only this many training images (smoke runs)
-    resize: Optional[int] = None  # resize images to resize x resize (e.g. 32 to run LeNet on 8x8 digits)
+    subset: int | None = None  # keep only this many training images (smoke runs)
+    resize: int | None = None  # resize images to resize x resize (e.g. 32 to run LeNet on 8x8 digits)
 
     def check(self) -> None:
         """Ranges; whether subset covers every class is the dataset's to say (sweeplab.data)."""
@@ -102,7 +102,7 @@ class TrainConfig:
     step_size: int = 5  # lr_schedule=step: epochs between decays
     gamma: float = 0.1  # lr_schedule=step: decay factor
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
-    num_threads: Optional[int] = None  # torch CPU threads; None keeps torch's default
+    num_threads: int | None = None  # torch CPU threads; None keeps torch's default
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "step_size"):
@@ -127,11 +127,11 @@ class ParamSpec:
     """One dimension of a search space, keyed by the config path it sets."""
 
     type: str = MISSING  # float | int | categorical
-    low: Optional[float] = None
-    high: Optional[float] = None
+    low: float | None = None
+    high: float | None = None
     log: bool = False
-    step: Optional[float] = None
-    choices: Optional[List[Any]] = None
+    step: float | None = None
+    choices: list[Any] | None = None
 
 
 @dataclass
@@ -157,13 +157,13 @@ class ResourcesConfig:
 class SweepConfig:
     name: str = "sweep"  # a sweep file's name replaces it
     sampler: Sampler = Sampler.tpe
-    sampler_seed: Optional[int] = 0
+    sampler_seed: int | None = 0
     num_trials: int = 10  # configurations to try (grid ignores it: every grid point runs)
     max_concurrent: int = 2
-    seeds: List[int] = field(default_factory=lambda: [0])  # each configuration runs once per seed
+    seeds: list[int] = field(default_factory=lambda: [0])  # each configuration runs once per seed
     metric: str = "val/acc"
     mode: Mode = Mode.max
-    objectives: List[Objective] = field(default_factory=list)  # several: multi-objective (nsga2)
+    objectives: list[Objective] = field(default_factory=list)  # several: multi-objective (nsga2)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
@@ -175,18 +175,18 @@ class SweepConfig:
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: Optional[str] = None  # None: sqlite:///<output_dir>/mlflow.db ; or http://host:5000
-    experiment: Optional[str] = None  # None: the sweep's name (or "train")
+    uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db ; or http://host:5000
+    experiment: str | None = None  # None: the sweep's name (or "train")
     async_logging: bool = True
 
 
 @dataclass
 class ClusterConfig:
-    address: Optional[str] = None  # None: start a local Ray on 127.0.0.1; "auto" or host:port joins a cluster
-    num_cpus: Optional[int] = None  # local Ray only; None: all cores
-    num_gpus: Optional[int] = None  # local Ray only; None: all GPUs found
-    storage_path: Optional[str] = None  # Ray results; None: <output_dir>/ray ; shared path on clusters
-    optuna_storage: Optional[str] = None  # None: sqlite:///<output_dir>/optuna.db ; postgresql://... on clusters
+    address: str | None = None  # None: start a local Ray on 127.0.0.1; "auto" or host:port joins a cluster
+    num_cpus: int | None = None  # local Ray only; None: all cores
+    num_gpus: int | None = None  # local Ray only; None: all GPUs found
+    storage_path: str | None = None  # Ray results; None: <output_dir>/ray ; shared path on clusters
+    optuna_storage: str | None = None  # None: sqlite:///<output_dir>/optuna.db ; postgresql://... on clusters
     dashboard: bool = False
 
 

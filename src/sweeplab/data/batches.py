@@ -2,7 +2,7 @@
 every trial, and the whole split can live on the GPU."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.nn import functional as F

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ class DatasetBundle:
     name: str
     train: Split
     val: Split
-    test: Optional[Split]
+    test: Split | None
     num_classes: int
     class_names: list[str]
     scale: float  # images * scale lies in [0, 1]
@@ -51,7 +52,7 @@ class DatasetBundle:
 @dataclass(frozen=True)
 class DatasetEntry:
     name: str
-    load: Callable[[DataConfig], tuple[np.ndarray, np.ndarray, Optional[tuple], float, list[str]]]
+    load: Callable[[DataConfig], tuple[np.ndarray, np.ndarray, tuple | None, float, list[str]]]
     input_shape: tuple[int, int, int]
     num_classes: int
     description: str

@@ -5,8 +5,9 @@ building anything, so a sweep can reject a sampled configuration cheaply.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from omegaconf import MISSING
 from torch import nn
@@ -68,7 +69,7 @@ class ModelEntry:
     name: str
     schema: type
     build: Callable[[Any, Shape, int], nn.Module]
-    plan: Optional[Callable[[Any, Shape], Sequence[LayerSpec]]]  # None: no spatial layers
+    plan: Callable[[Any, Shape], Sequence[LayerSpec]] | None  # None: no spatial layers
     description: str
 
 

@@ -7,8 +7,9 @@ turned into modules by ``build_features``, so the check and the model agree.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Union
 
 import torch
 from torch import nn

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
 
 import torch
 from torch import nn
@@ -37,7 +36,7 @@ def _conv_model(plan, cfg, input_shape, num_classes, hidden, dropout=0.0, batch_
 # --- mlp ---------------------------------------------------------------------
 @dataclass
 class MLPConfig(ModelConfig):
-    hidden_sizes: List[int] = field(default_factory=lambda: [100, 100])  # one entry per hidden layer
+    hidden_sizes: list[int] = field(default_factory=lambda: [100, 100])  # one entry per hidden layer
 
 
 @register_model("mlp", MLPConfig, "multilayer perceptron: affine -> act per hidden size")
@@ -79,7 +78,7 @@ class LeNetConfig(PoolingModelConfig):
     conv1_filters: int = 6
     conv2_filters: int = 16
     kernel_size: int = 5
-    fc_sizes: List[int] = field(default_factory=lambda: [120, 84])
+    fc_sizes: list[int] = field(default_factory=lambda: [120, 84])
 
 
 def lenet_plan(cfg: LeNetConfig, input_shape):
@@ -100,9 +99,9 @@ def build_lenet(cfg, input_shape, num_classes):
 # --- alexnet -------------------------------------------------------------------
 @dataclass
 class AlexNetConfig(PoolingModelConfig):
-    filters: List[int] = field(default_factory=lambda: [32, 64, 96, 96, 64])  # the five conv layers
-    kernel_sizes: List[int] = field(default_factory=lambda: [5, 5, 3, 3, 3])
-    fc_sizes: List[int] = field(default_factory=lambda: [256, 256])
+    filters: list[int] = field(default_factory=lambda: [32, 64, 96, 96, 64])  # the five conv layers
+    kernel_sizes: list[int] = field(default_factory=lambda: [5, 5, 3, 3, 3])
+    fc_sizes: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.5
 
 
@@ -131,8 +130,8 @@ def build_alexnet(cfg, input_shape, num_classes):
 @dataclass
 class VGGConfig(PoolingModelConfig):
     # one list per stage of 3x3 convs, each stage ends in a 2x2 pool (vgg11-like, scaled)
-    stages: List[List[int]] = field(default_factory=lambda: [[32], [64], [128, 128], [128, 128]])
-    fc_sizes: List[int] = field(default_factory=lambda: [256])
+    stages: list[list[int]] = field(default_factory=lambda: [[32], [64], [128, 128], [128, 128]])
+    fc_sizes: list[int] = field(default_factory=lambda: [256])
     dropout: float = 0.3
     batch_norm: bool = True
 
@@ -157,10 +156,10 @@ def build_vgg(cfg, input_shape, num_classes):
 class GoogLeNetConfig(PoolingModelConfig):
     stem_filters: int = 32
     # each block: [1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj]
-    blocks: List[List[int]] = field(
+    blocks: list[list[int]] = field(
         default_factory=lambda: [[16, 24, 32, 4, 8, 8], [32, 32, 48, 8, 24, 16], [48, 32, 64, 8, 16, 16]]
     )
-    pool_after: List[int] = field(default_factory=lambda: [2])  # 1-based blocks followed by a 2x2 pool
+    pool_after: list[int] = field(default_factory=lambda: [2])  # 1-based blocks followed by a 2x2 pool
     dropout: float = 0.2
     batch_norm: bool = True  # after every conv, as in Inception v2
 

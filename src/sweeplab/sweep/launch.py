@@ -5,13 +5,14 @@ import math
 import os
 import socket
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.config.compose import compose, project_root
+from sweeplab.compose import compose, project_root
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
 from sweeplab.sweep.space import encode_choice
@@ -87,7 +88,7 @@ def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
     }
 
 
-def trial_spec(plan: SweepPlan) -> "TrialSpec":
+def trial_spec(plan: SweepPlan) -> TrialSpec:
     from sweeplab.sweep.trainable import TrialSpec
 
     cfg = plan.cfg
@@ -134,7 +135,7 @@ def stopping_epochs(scheduler: DictConfig, epochs: int) -> frozenset[int]:
     return frozenset()
 
 
-def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False) -> "SweepOutcome":
+def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False) -> SweepOutcome:
     """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna."""
     from sweeplab.sweep.results import load_outcome
 
@@ -172,20 +173,20 @@ def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, 
     return plan, f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _callbacks(plan: SweepPlan, sweep_id: str, spec: "TrialSpec", quiet: bool) -> list:
+def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> list:
     from sweeplab.sweep.view import LiveView
 
     metric, mode = plan.objectives[0]
     sc = plan.cfg.sweep
     callbacks = [LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet)]
     if plan.cfg.tracking.enabled:
-        from sweeplab.tracking.callback import MlflowSweepTracker
+        from sweeplab.sweep.tracker import MlflowSweepTracker
 
         callbacks.append(MlflowSweepTracker(plan.cfg, plan, sweep_id, spec))
     return callbacks
 
 
-def _trainable(spec: "TrialSpec", resources: DictConfig):
+def _trainable(spec: TrialSpec, resources: DictConfig):
     from ray import tune
 
     from sweeplab.sweep.trainable import run_trial
@@ -193,7 +194,7 @@ def _trainable(spec: "TrialSpec", resources: DictConfig):
     return tune.with_resources(partial(run_trial, spec=spec), {"cpu": resources.cpu, "gpu": resources.gpu})
 
 
-def _new_tuner(plan: SweepPlan, sweep_id: str, spec: "TrialSpec", storage_path: str, callbacks: list):
+def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, storage_path: str, callbacks: list):
     from ray import tune
 
     from sweeplab.sweep.searcher import OptunaSearcher
@@ -226,7 +227,7 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: "TrialSpec", storage_path: 
     )
 
 
-def _restored_tuner(ray_path: str, spec: "TrialSpec", plan: SweepPlan, callbacks: list):
+def _restored_tuner(ray_path: str, spec: TrialSpec, plan: SweepPlan, callbacks: list):
     from ray import tune
 
     if not tune.Tuner.can_restore(ray_path):

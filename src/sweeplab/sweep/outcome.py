@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from sweeplab.metrics import TrialStatus
 
@@ -13,9 +13,9 @@ class TrialRow:
     params: dict[str, Any]
     state: str  # Optuna's: COMPLETE | PRUNED | FAIL | RUNNING
     status: str  # a TrialStatus value
-    values: Optional[list[float]]  # mean over seeds of each objective's final-epoch value
-    std: Optional[list[float]]
-    epochs: Optional[int]
+    values: list[float] | None  # mean over seeds of each objective's final-epoch value
+    std: list[float] | None
+    epochs: int | None
     reason: str = ""
     seeds: dict[str, dict] = field(default_factory=dict)  # seed -> that run's outcome
 
@@ -48,7 +48,7 @@ class SweepOutcome:
         _, mode = self.objectives[0]
         return sorted(self.completed(), key=lambda t: t.values[0], reverse=(mode == "max"))
 
-    def best(self) -> Optional[TrialRow]:
+    def best(self) -> TrialRow | None:
         ranked = self.ranked()
         return ranked[0] if ranked else None
 

@@ -1,13 +1,13 @@
 """``plan_sweep``: compose a sweep file and check everything that can be checked before Ray starts."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.config.compose import compose, conf_dir, resolve_sweep_file
+from sweeplab.compose import compose, conf_dir, resolve_sweep_file
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS
 from sweeplab.sweep.space import GROUPS, Dimension, grid_size, parse_space

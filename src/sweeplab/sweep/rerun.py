@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Optional
 
-from sweeplab.config.compose import compose_with_choices, flatten
+from sweeplab.compose import compose_with_choices, flatten
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
 from sweeplab.sweep.space import GROUPS, overrides_for, to_override
 
 
-def best_command(outcome: SweepOutcome, trial: TrialRow, seed: Optional[int] = None) -> str:
+def best_command(outcome: SweepOutcome, trial: TrialRow, seed: int | None = None) -> str:
     """A `sweeplab train` shell command line that reruns ``trial`` exactly (same config, same seed):
     the config groups that differ from the defaults, then every value that differs from them."""
     record = outcome.record

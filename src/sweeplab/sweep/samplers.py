@@ -1,15 +1,13 @@
 """Optuna samplers by name (no Ray import: sweep files are checked before Ray loads)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import optuna
 
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.space import Dimension, grid
 
 
-def make_sampler(name: str, dims: list[Dimension], seed: Optional[int], multi_objective: bool) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, dims: list[Dimension], seed: int | None, multi_objective: bool) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if name == "random":

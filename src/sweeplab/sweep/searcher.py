@@ -14,7 +14,7 @@ from __future__ import annotations
 import pickle
 import statistics
 from collections import deque
-from typing import Any, Optional
+from typing import Any
 
 import optuna
 from ray.tune.search import Searcher
@@ -36,7 +36,7 @@ class OptunaSearcher(Searcher):
         self,
         dims: list[Dimension],
         sampler: str,
-        sampler_seed: Optional[int],
+        sampler_seed: int | None,
         storage: str,
         study_name: str,
         objectives: list[tuple[str, str]],  # [(metric, mode)], the first one drives the scheduler
@@ -50,8 +50,8 @@ class OptunaSearcher(Searcher):
         self.storage, self.study_name = storage, study_name
         self.objectives, self.seeds = objectives, list(seeds)
         self.num_configs, self.max_epochs = num_configs, max_epochs
-        self._backend: Optional[optuna.storages.BaseStorage] = None
-        self._study: Optional[optuna.Study] = None
+        self._backend: optuna.storages.BaseStorage | None = None
+        self._study: optuna.Study | None = None
         self._asked = 0
         self._pending: deque[tuple[int, dict, int]] = deque()  # (optuna number, params, seed)
         self._live: dict[str, tuple[int, int]] = {}  # ray trial id -> (number, seed)
@@ -86,7 +86,7 @@ class OptunaSearcher(Searcher):
         return True  # the space and objectives come from the sweep file
 
     # -- Ray Tune's side -----------------------------------------------------------
-    def suggest(self, trial_id: str) -> Optional[dict]:
+    def suggest(self, trial_id: str) -> dict | None:
         if not self._pending:
             if self._asked >= self.num_configs:
                 return Searcher.FINISHED
@@ -103,7 +103,7 @@ class OptunaSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._record_epoch(trial_id, result)
 
-    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._live:
             return
         self._record_epoch(trial_id, result)  # Ray hands a trial's last epoch to on_trial_complete only
@@ -120,7 +120,7 @@ class OptunaSearcher(Searcher):
             self._tell(number, self._outcomes.pop(number))
 
     # -- intermediate values ----------------------------------------------------------
-    def _record_epoch(self, trial_id: str, result: Optional[dict]) -> None:
+    def _record_epoch(self, trial_id: str, result: dict | None) -> None:
         metric = self.objectives[0][0]
         if trial_id not in self._live or not result or result.get("invalid") or metric not in result or "epoch" not in result:
             return

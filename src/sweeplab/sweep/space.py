@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -21,11 +21,11 @@ GROUPS = ("model", "optimizer", "data", "train")  # config groups a space may pi
 class Dimension:
     key: str  # a config path (optimizer.lr) or a config group (model)
     type: str
-    low: Optional[float] = None
-    high: Optional[float] = None
+    low: float | None = None
+    high: float | None = None
     log: bool = False
-    step: Optional[float] = None
-    choices: Optional[tuple] = None
+    step: float | None = None
+    choices: tuple | None = None
 
     @property
     def is_group(self) -> bool:

@@ -40,7 +40,7 @@ class TrialSpec:
 
 @functools.lru_cache(maxsize=16)
 def _composed(sweep_file: str, sweep_text: str, overrides: tuple[str, ...], project_root: str) -> DictConfig:
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
 
     os.environ.setdefault("SWEEPLAB_HOME", project_root)
     return compose(overrides, Path(sweep_file), sweep_text)
@@ -90,7 +90,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     import torch
     from ray import tune
 
-    from sweeplab.config.compose import to_yaml
+    from sweeplab.compose import to_yaml
     from sweeplab.errors import UserError
     from sweeplab.run_files import write_run_files
     from sweeplab.train import train, validate

@@ -1,8 +1,8 @@
 """Per-run artifacts: learning curves, confusion matrix, weights, config, model summary."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -59,43 +59,9 @@ def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str], path
     return path
 
 
-def _figures(folder: Path, history: Sequence[dict[str, float]], confusion: np.ndarray, class_names: Sequence[str],
+def figures(folder: Path, history: Sequence[dict[str, float]], confusion: np.ndarray, class_names: Sequence[str],
              title: str) -> None:
     if history:
         learning_curves_png(history, folder / "learning_curves.png", title)
     if confusion.ndim == 2 and confusion.sum() > 0:
         confusion_matrix_png(confusion, class_names, folder / "confusion_matrix.png")
-
-
-def log_best_trial_figures(client, parent_run_id: str, optuna_storage: str, sweep_id: str) -> str | None:
-    """Learning curves and confusion matrix of the sweep's best trial, drawn once at the end of the sweep
-    (not per trial: MLflow already charts every run's metrics) and logged to that trial's run.
-    Returns the run id, or None when no trial completed."""
-    import tempfile
-
-    from sweeplab.run_files import read_confusion
-    from sweeplab.sweep.results import load_outcome
-
-    best = load_outcome(optuna_storage, sweep_id).best()
-    if best is None:
-        return None
-    found = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
-                               f"and tags.`sweeplab.optuna_trial` = '{best.number}' "
-                               "and tags.`sweeplab.status` = 'completed'", max_results=1)
-    if not found:
-        return None
-    run = found[0]
-    keys = ("train/loss", "train/acc", "val/loss", "val/acc")
-    steps: dict[int, dict[str, float]] = {}
-    for key in keys:
-        for m in client.get_metric_history(run.info.run_id, key):
-            steps.setdefault(m.step, {"epoch": m.step})[key] = m.value
-    history = [steps[s] for s in sorted(steps) if len(steps[s]) == len(keys) + 1]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        confusion, classes = read_confusion(Path(client.download_artifacts(run.info.run_id, "confusion_matrix.json", tmp)))
-        (folder / "confusion_matrix.json").unlink()
-        _figures(folder, history, confusion, classes, f"best trial: {run.info.run_name}")
-        client.log_artifacts(run.info.run_id, tmp)
-    return run.info.run_id

@@ -12,7 +12,7 @@ import html
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ from sweeplab.tracking.artifacts import pyplot
 GROUPINGS = (("model.activation", "activation function"), ("model.name", "architecture"))
 
 
-def find_parent_run(client, sweep: str, experiment: Optional[str] = None):
+def find_parent_run(client, sweep: str, experiment: str | None = None):
     """The parent run of a sweep id, or of the latest launch of a sweep name."""
     experiments = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
     ids = [e.experiment_id for e in experiments if e is not None]
@@ -93,7 +93,7 @@ def _png(fig, folder: Path, name: str) -> Path:
     return path
 
 
-def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path) -> Optional[Path]:
+def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path) -> Path | None:
     """Mean ± std of ``metric`` vs epoch for every value of ``key``, one panel per model."""
     if key not in frame or frame.empty:
         return None
@@ -137,7 +137,7 @@ def summary_by(frame, key: str, metric: str, mode: str) -> pd.DataFrame:
     return table.sort_values(by[:-1] + ["mean"], ascending=[True] * (len(by) - 1) + [mode == "min"])
 
 
-def bars_by(table: pd.DataFrame, key: str, label: str, metric: str, folder: Path) -> Optional[Path]:
+def bars_by(table: pd.DataFrame, key: str, label: str, metric: str, folder: Path) -> Path | None:
     if table.empty:
         return None
     plt = pyplot()
@@ -155,7 +155,7 @@ def bars_by(table: pd.DataFrame, key: str, label: str, metric: str, folder: Path
     return _png(fig, folder, f"best_by_{label.split()[0]}.png")
 
 
-def params_vs_metric(frame, metric: str, folder: Path) -> Optional[Path]:
+def params_vs_metric(frame, metric: str, folder: Path) -> Path | None:
     col = ranked_label(metric)
     if "final params" not in frame or col not in frame:
         return None
@@ -214,7 +214,7 @@ def optuna_plots(frame, space: dict, metric: str, mode: str, folder: Path) -> li
     return out
 
 
-def build_report(client, parent_run_id: str, out_dir: Optional[Path] = None, log_to_parent: bool = False) -> Path:
+def build_report(client, parent_run_id: str, out_dir: Path | None = None, log_to_parent: bool = False) -> Path:
     """Write report.html (+ PNGs and trials.csv) to out_dir and/or the parent run's artifacts."""
     parent = client.get_run(parent_run_id)
     p = parent.data.params

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sweeplab.config.compose import flatten, project_root
+from sweeplab.compose import flatten, project_root
 from sweeplab.metrics import METRIC_KEYS
 
 
@@ -82,7 +82,7 @@ def log_single_run(cfg, result, folder: Path) -> str:
     from mlflow.entities import RunTag
 
     from sweeplab.run_files import RUN_FILES
-    from sweeplab.tracking.artifacts import _figures
+    from sweeplab.tracking.artifacts import figures
     from sweeplab.tracking.store import artifact_root, client_for, get_or_create_experiment, tracking_uri
 
     client = client_for(tracking_uri(cfg))
@@ -95,7 +95,7 @@ def log_single_run(cfg, result, folder: Path) -> str:
     for name in RUN_FILES:
         client.log_artifact(run_id, str(folder / name))
     with tempfile.TemporaryDirectory() as tmp:
-        _figures(Path(tmp), result.history, result.confusion, result.class_names, folder.name)
+        figures(Path(tmp), result.history, result.confusion, result.class_names, folder.name)
         client.log_artifacts(run_id, tmp)
     client.set_terminated(run_id, "FINISHED")
     return run_id

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Optional
 
 from sweeplab.errors import UserError
 
@@ -17,7 +16,7 @@ def tracking_uri(cfg) -> str:
     return f"sqlite:///{Path(cfg.output_dir).resolve() / 'mlflow.db'}"
 
 
-def artifact_root(cfg) -> Optional[str]:
+def artifact_root(cfg) -> str | None:
     """Local stores keep artifacts beside the database; a server decides for itself."""
     if cfg.tracking.uri and not str(cfg.tracking.uri).startswith(("sqlite:", "file:", "/")):
         return None
@@ -69,7 +68,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
-def get_or_create_experiment(client, name: str, artifact_location: Optional[str]) -> str:
+def get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = f"{artifact_location}/{name}" if artifact_location else None

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ray import tune
 
@@ -217,7 +218,6 @@ class MlflowSweepTracker(tune.Callback):
     # -- the end: figures of the best trial, the report on the parent -------------------------
     def on_experiment_end(self, trials, **info) -> None:
         self._drain()
-        from sweeplab.tracking.artifacts import log_best_trial_figures
         from sweeplab.tracking.report import build_report
 
         try:
@@ -230,3 +230,37 @@ class MlflowSweepTracker(tune.Callback):
             print(f"sweeplab sweep: {len(self._failed)} MLflow call(s) failed; first: {self._failed[0]}",
                   file=sys.stderr, flush=True)
 
+
+def log_best_trial_figures(client, parent_run_id: str, optuna_storage: str, sweep_id: str) -> str | None:
+    """Learning curves and confusion matrix of the sweep's best trial, drawn once at the end of the sweep
+    (not per trial: MLflow already charts every run's metrics) and logged to that trial's run.
+    Returns the run id, or None when no trial completed."""
+    import tempfile
+
+    from sweeplab.run_files import read_confusion
+    from sweeplab.sweep.results import load_outcome
+    from sweeplab.tracking.artifacts import figures
+
+    best = load_outcome(optuna_storage, sweep_id).best()
+    if best is None:
+        return None
+    found = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
+                               f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                               f"and tags.`sweeplab.optuna_trial` = '{best.number}' "
+                               "and tags.`sweeplab.status` = 'completed'", max_results=1)
+    if not found:
+        return None
+    run = found[0]
+    keys = ("train/loss", "train/acc", "val/loss", "val/acc")
+    steps: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for m in client.get_metric_history(run.info.run_id, key):
+            steps.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    history = [steps[s] for s in sorted(steps) if len(steps[s]) == len(keys) + 1]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        confusion, classes = read_confusion(Path(client.download_artifacts(run.info.run_id, "confusion_matrix.json", tmp)))
+        (folder / "confusion_matrix.json").unlink()
+        figures(folder, history, confusion, classes, f"best trial: {run.info.run_name}")
+        client.log_artifacts(run.info.run_id, tmp)
+    return run.info.run_id

@@ -1,4 +1,4 @@
-"""Compose a run's config with Hydra: conf/ plus overrides, optionally a sweep file.
+"""Compose a run's config with Hydra: the schemas (sweeplab.config) and conf/ plus overrides, optionally a sweep file.
 
 Every Hydra/OmegaConf failure becomes a ConfigError that names the key, the
 override or file it came from, and what would be right.
@@ -9,18 +9,40 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeplab.config.store import register_configs
+from sweeplab.config import schema
 from sweeplab.errors import ConfigError
+from sweeplab.models import MODELS
+
+_registered = False
+
+
+def register_configs() -> None:
+    """Every schema in Hydra's ConfigStore (model schemas live beside their models); conf/ extends them."""
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=schema.Config)
+    for name in MODELS.names():
+        cs.store(group="model", name=f"{name}_schema", node=MODELS.get(name).schema)
+    cs.store(group="optimizer", name="optimizer_schema", node=schema.OptimizerConfig)
+    cs.store(group="data", name="data_schema", node=schema.DataConfig)
+    cs.store(group="train", name="train_schema", node=schema.TrainConfig)
+    cs.store(group="sweep", name="sweep_schema", node=schema.SweepConfig)
+    cs.store(group="tracking", name="tracking_schema", node=schema.TrackingConfig)
+    cs.store(group="cluster", name="cluster_schema", node=schema.ClusterConfig)
+    _registered = True
 
 
 def project_root() -> Path:
@@ -58,15 +80,15 @@ def resolve_sweep_file(ref: str) -> Path:
     return candidate
 
 
-def compose(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None,
-            sweep_text: Optional[str] = None) -> DictConfig:
+def compose(overrides: Sequence[str] = (), sweep_file: Path | None = None,
+            sweep_text: str | None = None) -> DictConfig:
     """The resolved config for ``overrides`` (Hydra syntax), on top of a sweep file if given.
     ``sweep_text`` stands in for the file's content where the file is not (a cluster worker)."""
     return compose_with_choices(overrides, sweep_file, sweep_text)[0]
 
 
-def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Optional[Path] = None,
-                         sweep_text: Optional[str] = None) -> tuple[DictConfig, dict]:
+def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None = None,
+                         sweep_text: str | None = None) -> tuple[DictConfig, dict]:
     """The config and the option picked in every group, e.g. {'model': 'vgg16', ...}."""
     register_configs()
     overrides = list(overrides)
@@ -98,7 +120,7 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Optional[Pat
 SWEEP_GROUP = "sweeplab_sweep_file"
 
 
-def _stage(sweep_file: Path, text: Optional[str] = None) -> Path:
+def _stage(sweep_file: Path, text: str | None = None) -> Path:
     """A copy of the sweep file at <tmp>/<digest>/sweeplab_sweep_file/sweep.yaml (same content, same copy)."""
     text = sweep_file.read_text() if text is None else text
     digest = hashlib.sha1(f"{sweep_file}\n{text}".encode()).hexdigest()[:16]
@@ -124,7 +146,7 @@ def _missing_option(err: MissingConfigException, overrides: list[str]) -> str:
     return f"unknown {group} {option!r} ({group}={option}). Available {group} options: {', '.join(options)}"
 
 
-def _explain(err: Exception, sweep_file: Optional[Path]) -> str:
+def _explain(err: Exception, sweep_file: Path | None) -> str:
     text = str(err) + ("\n" + str(err.__cause__) if err.__cause__ else "")
     key = re.search(r"full_key: (\S+)", text)
     skip = ("reference_type", "object_type", "full_key", "To append")
