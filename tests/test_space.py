@@ -13,11 +13,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from sweep_helpers import sweeplab, write_sweep
 
 from sweeplab.errors import ConfigError
-from sweeplab.sweep.launch import launch_sweep
+from sweeplab.sweep.launch import launch_sweep, trial_spec
 from sweeplab.sweep.plan import plan_sweep
 from sweeplab.sweep.samplers import make_sampler
 from sweeplab.sweep.space import overrides_for, to_override
-from sweeplab.sweep.trainable import TrialSpec, compose_trial
+from sweeplab.sweep.trainable import compose_trial
 
 MIXED = """
 sweep:
@@ -95,7 +95,7 @@ def test_sampled_values_reach_the_trial_config_unchanged(tmp_path):
     sweep_plan = plan(tmp_path, MIXED.format(sampler="random"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=make_sampler("random", sweep_plan.dims, 0, False))
-    spec = TrialSpec(str(sweep_plan.sweep_file), sweep_plan.sweep_file.read_text(), tuple(sweep_plan.overrides), tuple(d.key for d in sweep_plan.dims), "")
+    spec = trial_spec(sweep_plan)
     seen = set()
     for _ in range(6):
         params = study.ask(distributions(sweep_plan)).params
@@ -121,7 +121,7 @@ sweep:
     model: {type: categorical, choices: [mlp, lenet]}
     model.activation: {type: categorical, choices: [tanh]}
 """)
-    spec = TrialSpec(str(sweep_plan.sweep_file), sweep_plan.sweep_file.read_text(), (), ("model", "model.activation"), "")
+    spec = trial_spec(sweep_plan)
     cfg = compose_trial(spec, {"model": "lenet", "model.activation": "tanh", "seed": 0})
     assert cfg.model.name == "lenet" and cfg.model.activation == "tanh" and "conv1_filters" in cfg.model
 
@@ -321,10 +321,15 @@ def test_cli_names_an_unknown_sweep(tmp_path):
 
 def test_a_worker_composes_its_trial_without_the_sweep_file_on_disk(tmp_path):
     """Cluster workers get the sweep file's text in the trial spec, not a path they may lack."""
-    from sweeplab.sweep.trainable import TrialSpec, compose_trial
+    import dataclasses
 
-    text = "# @package _global_\ndefaults:\n  - override /model: mlp\n  - _self_\ntrain: {epochs: 7}\n"
-    spec = TrialSpec(str(tmp_path / "gone" / "x.yaml"), text, (), ("optimizer.lr",), "")
+    text = "# @package _global_\ndefaults:\n  - override /model: mlp\n  - _self_\ntrain: {epochs: 7}\n" \
+        "sweep:\n  space:\n    optimizer.lr: {type: float, low: 0.1, high: 0.5}\n"
+    written = tmp_path / "x.yaml"
+    written.write_text(text)
+    spec = trial_spec(plan_sweep(str(written), [f"output_dir={tmp_path / 'out'}"]))
+    written.unlink()  # the worker has only the spec
+    spec = dataclasses.replace(spec, sweep_file=str(tmp_path / "gone" / "x.yaml"))
     cfg = compose_trial(spec, {"optimizer.lr": 0.25, "seed": 3})
     assert (cfg.model.name, cfg.train.epochs, cfg.optimizer.lr, cfg.train.seed) == ("mlp", 7, 0.25, 3)
 

@@ -49,7 +49,7 @@ def project_root() -> Path:
     """The folder holding conf/ and sweeps/: $SWEEPLAB_HOME, the source checkout, or the cwd."""
     if env := os.environ.get("SWEEPLAB_HOME"):
         return Path(env).resolve()
-    checkout = Path(__file__).resolve().parents[3]
+    checkout = Path(__file__).resolve().parents[2]  # src/sweeplab/compose.py -> the checkout
     if (checkout / "conf" / "config.yaml").exists():
         return checkout
     return Path.cwd()

@@ -30,12 +30,12 @@ from sweeplab.data.datasets import DatasetBundle, load_dataset
 from sweeplab.errors import ConfigError
 from sweeplab.models import build_model, count_parameters
 from sweeplab.optim import build_optimizer, build_schedule
+from sweeplab.structured import typed
 from sweeplab.train import (
     Reporter,
     StopTraining,
     TrainingDiverged,
     TrainResult,
-    _typed,
     evaluate,
     loss_fn,
     resolve_device,
@@ -225,8 +225,8 @@ def train_fused(
         raise ValueError(f"{len(cfgs)} configs but {len(reporters)} reporters")
     for cfg in cfgs:
         validate(cfg)
-    data_cfg: DataConfig = _typed(cfgs[0].data, DataConfig)
-    train_cfg: TrainConfig = _typed(cfgs[0].train, TrainConfig)
+    data_cfg: DataConfig = typed(cfgs[0].data, DataConfig)
+    train_cfg: TrainConfig = typed(cfgs[0].train, TrainConfig)
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
     device = resolve_device(train_cfg.device)
@@ -236,8 +236,8 @@ def train_fused(
 
     members = []
     for index, (cfg, reporter) in enumerate(zip(cfgs, reporters)):
-        member_train: TrainConfig = _typed(cfg.train, TrainConfig)
-        opt_cfg: OptimizerConfig = _typed(cfg.optimizer, OptimizerConfig)
+        member_train: TrainConfig = typed(cfg.train, TrainConfig)
+        opt_cfg: OptimizerConfig = typed(cfg.optimizer, OptimizerConfig)
         seed_everything(member_train.seed)  # as train() does: same seed, same initial weights
         model = build_model(cfg.model, bundle.input_shape, bundle.num_classes).to(device)
         optimizer = build_optimizer(model, opt_cfg)
@@ -395,7 +395,7 @@ def train_pack(
     """Train ``cfgs``: fused when that pays (``should_fuse``) and is possible (``fusable``),
     otherwise one after another through ``train``. One outcome per cfg, in order."""
     reporters = list(reporters) if reporters is not None else [None] * len(cfgs)
-    device = resolve_device(_typed(cfgs[0].train, TrainConfig).device) if cfgs else torch.device("cpu")
+    device = resolve_device(typed(cfgs[0].train, TrainConfig).device) if cfgs else torch.device("cpu")
     if should_fuse(device, len(cfgs), force) and fusable(cfgs) is None:
         return train_fused(cfgs, reporters, bundle)
     outcomes: list[Outcome] = []

@@ -30,8 +30,8 @@ class TrialSpec:
     sweep_text: str  # the file's content: workers on other machines may not have the file
     overrides: tuple[str, ...]  # the command line's overrides plus absolute paths
     space_keys: tuple[str, ...]
-    group_keys: tuple[str, ...]  # the space keys that pick a config group (model=vgg): composed by Hydra
     project_root: str
+    group_keys: tuple[str, ...] = ()  # the space keys that pick a config group (model=vgg): composed by Hydra
     checkpoint_epochs: frozenset[int] = frozenset()  # epochs a scheduler may stop a trial at
     checkpoint_interval_s: float = 60.0  # otherwise a checkpoint at most this often, for retries
     # categorical keys whose choices travel through Optuna encoded (a list as its text): encoded -> value
