@@ -141,11 +141,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
 
     plan, sweep_id = _plan(ref, overrides, resume)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
-    if plan.cfg.tracking.enabled:  # an unreachable tracking server fails now, not inside Ray's event loop
-        from sweeplab.tracking.store import client_for, tracking_uri
-
-        client_for(tracking_uri(plan.cfg))
-    start_ray(plan.cfg)
+    _start_ray_and_store(plan.cfg)
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = trial_spec(plan)
     storage_path = plan.cfg.cluster.storage_path or str(plan.output_dir / "ray")
@@ -160,6 +156,24 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
           f"{sc.resources.cpu:g} CPU + {sc.resources.gpu:g} GPU each", flush=True)
     tuner.fit()
     return load_outcome(plan.optuna_storage, sweep_id)
+
+
+def _start_ray_and_store(cfg: DictConfig) -> None:
+    """Ray starts while MLflow is imported and its store opened on a thread (each takes seconds);
+    a tracking server that does not answer is named before either starts."""
+    if not cfg.tracking.enabled:
+        start_ray(cfg)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sweeplab.tracking.store import check_reachable, client_for, tracking_uri
+
+    uri = tracking_uri(cfg)
+    check_reachable(uri)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
+        store = pool.submit(client_for, uri)
+        start_ray(cfg)
+        store.result()  # a store that cannot be opened: its UserError, before any trial starts
 
 
 def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, str]:

@@ -31,16 +31,51 @@ def client_for(uri: str):
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _new_sqlite_store(path)
         with sqlite3.connect(path) as db:
             db.execute("PRAGMA journal_mode=WAL")
-    elif uri.startswith(("http://", "https://")):
-        _check_server(uri)
+    check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)  # creates and migrates the schema before anyone else writes
     except Exception as err:  # a database URL that is wrong or down
         raise UserError(f"cannot open the MLflow store {redact(uri)}: {str(err).splitlines()[0][:300]}") from None
     return client
+
+
+def _new_sqlite_store(path: Path) -> None:
+    """A new local store starts as a copy of an empty one at this MLflow version's schema, made once per
+    machine: running MLflow's migrations takes seconds, a copy milliseconds. The copy is put in place
+    with a hard link, which never replaces a store that another sweep created a moment earlier."""
+    import os
+    import shutil
+
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeplab"
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    try:
+        if not template.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            building = cache / f".{template.name}.{os.getpid()}"
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
+            os.replace(building, template)
+        staged = path.with_name(f".{path.name}.{os.getpid()}")
+        shutil.copyfile(template, staged)
+        with sqlite3.connect(staged) as db:  # MLflow's Default experiment, as it would have made it here
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                       (str(Path.cwd() / "mlruns" / "0"),))
+    except OSError:  # no writable cache: MLflow creates the schema in place
+        return
+    try:
+        os.link(staged, path)
+    except FileExistsError:
+        pass
+    finally:
+        staged.unlink()
 
 
 def existing_client(uri: str):
@@ -51,9 +86,12 @@ def existing_client(uri: str):
     return client_for(uri)
 
 
-def _check_server(uri: str, timeout: float = 5.0) -> None:
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server answers its health check (other stores: nothing to check)."""
     import urllib.request
 
+    if not uri.startswith(("http://", "https://")):
+        return
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
     except OSError as err:
