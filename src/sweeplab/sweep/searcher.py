@@ -20,7 +20,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from sweeplab.metrics import TrialStatus, trial_end
-from sweeplab.sweep.samplers import make_sampler
+from sweeplab.sweep.samplers import make_sampler, open_storage
 from sweeplab.sweep.space import Dimension
 
 
@@ -66,7 +66,7 @@ class OptunaSearcher(Searcher):
         """The study's storage. Writing to a trial by its number after ask() (user attributes,
         intermediate values of several objectives) has no Study-level API; BaseStorage's has."""
         if self._backend is None:
-            self._backend = optuna.storages.RDBStorage(self.storage)
+            self._backend = open_storage(self.storage)
         return self._backend
 
     @property
