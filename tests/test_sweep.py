@@ -464,7 +464,7 @@ def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path):
     space = {"optimizer.lr": {"type": "categorical", "choices": [0.1, 0.01]}}
     rows = [TrialRow(n, {"optimizer.lr": lr}, "COMPLETE", "completed", [c[-1]], [0.0], 2,
                      seeds={"0": {"status": "completed", "values": [c[-1]]}})
-            for (n, c), lr in zip(curves.items(), (0.1, 0.01))]
+            for (n, c), lr in zip(curves.items(), (0.1, 0.01), strict=True)]
     sweep_file = write_sweep(tmp_path, "rank", "sweep:\n  space:\n    optimizer.lr: {type: categorical, choices: [0.1, 0.01]}")
     record = {"sweep_id": "rank-1", "objectives": [["val/acc", "max"]], "seeds": [0], "space": space,
               "num_configs": 2, "sweep_file": str(sweep_file), "overrides": []}
@@ -479,7 +479,7 @@ def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path):
     parent = client.create_run(exp, run_name="rank-1", tags={"sweeplab.kind": "sweep", "sweeplab.sweep_id": "rank-1"})
     client.log_batch(parent.info.run_id, params=[Param("objectives", json.dumps(record["objectives"])),
                                                  Param("space", json.dumps(space))])
-    for (n, curve), lr in zip(curves.items(), (0.1, 0.01)):
+    for (n, curve), lr in zip(curves.items(), (0.1, 0.01), strict=True):
         child = client.create_run(exp, run_name=f"trial_{n:03d}_seed0", tags={
             "mlflow.parentRunId": parent.info.run_id, "sweeplab.trial_name": f"trial_{n:03d}_seed0",
             "sweeplab.status": "completed"})

@@ -7,7 +7,7 @@ beside their models, and training can all use it without an import cycle.
 from __future__ import annotations
 
 from dataclasses import fields
-from enum import Enum
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,12 +18,9 @@ from sweeplab.errors import ConfigError
 T = TypeVar("T")
 
 
-class Choice(str, Enum):
+class Choice(StrEnum):
     """A closed set of names for a schema field. Hydra rejects any other value and lists these;
     members equal their plain names (``Loss.mse == "mse"``) and print as them."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def out_of_range(key: str, value: Any, want: str) -> ConfigError:

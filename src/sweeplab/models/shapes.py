@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import nn
@@ -52,7 +51,7 @@ class Inception:
         return self.c1 + self.c3 + self.c5 + self.pool_proj
 
 
-LayerSpec = Union[Conv, Pool, Inception]
+LayerSpec = Conv | Pool | Inception
 
 
 @dataclass(frozen=True)

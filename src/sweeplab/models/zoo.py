@@ -228,7 +228,7 @@ class ElmanRNN(nn.Module):
         self.act = layers.activation(act)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:  # (batch, time, features)
-        for ih, hh in zip(self.ih, self.hh):
+        for ih, hh in zip(self.ih, self.hh, strict=True):
             x_proj = ih(seq)  # all time steps at once; only the recurrence is sequential
             h = seq.new_zeros(seq.shape[0], hh.out_features)
             outputs = []

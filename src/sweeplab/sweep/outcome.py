@@ -55,10 +55,10 @@ class SweepOutcome:
     def pareto_front(self) -> list[int]:
         """Numbers of the non-dominated completed configurations over every objective."""
         signs = [1 if mode == "max" else -1 for _, mode in self.objectives]
-        points = {t.number: [s * v for s, v in zip(signs, t.values)] for t in self.completed()}
+        points = {t.number: [s * v for s, v in zip(signs, t.values, strict=True)] for t in self.completed()}
 
         def dominated(a: list[float]) -> bool:
-            return any(all(x <= y for x, y in zip(a, b)) and a != b for b in points.values())
+            return any(all(x <= y for x, y in zip(a, b, strict=True)) and a != b for b in points.values())
 
         return sorted(n for n, p in points.items() if not dominated(p))
 

@@ -100,7 +100,7 @@ def curves_by(frame, histories, key: str, label: str, metric: str, folder: Path)
     plt = pyplot()
     panels = sorted(frame["model.name"].unique()) if key != "model.name" and "model.name" in frame else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, model in zip(axes[0], panels):
+    for ax, model in zip(axes[0], panels, strict=True):
         subset = frame if model is None else frame[frame["model.name"] == model]
         for value, group in subset.groupby(key, sort=True):
             series = [histories[r][metric] for r in group["run_id"] if histories[r].get(metric)]
@@ -144,7 +144,7 @@ def bars_by(table: pd.DataFrame, key: str, label: str, metric: str, folder: Path
     scale = display_scale(metric)
     panels = sorted(table["model.name"].unique()) if key != "model.name" and "model.name" in table else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, model in zip(axes[0], panels):
+    for ax, model in zip(axes[0], panels, strict=True):
         sub = table if model is None else table[table["model.name"] == model]
         ax.bar(sub[key].astype(str), sub["mean"] * scale, yerr=sub["std"] * scale, capsize=4, color="#4c72b0")
         low = max(0.0, float((sub["mean"] - sub["std"]).min() * scale) - 5) if is_fraction(metric) else 0
@@ -225,7 +225,7 @@ def build_report(client, parent_run_id: str, out_dir: Path | None = None, log_to
     if not frame.empty:  # each run's value as the sweep ranks it (metrics.RANKED_BY)
         frame[ranked_label(metric)] = [
             final_value(dict(histories[r][metric])) if histories[r].get(metric) else row.get(f"final {metric}")
-            for r, (_, row) in zip(frame["run_id"], frame.iterrows())
+            for r, (_, row) in zip(frame["run_id"], frame.iterrows(), strict=True)
         ]
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="sweeplab-report-"))
     folder.mkdir(parents=True, exist_ok=True)
