@@ -148,7 +148,9 @@ def build_features(
     return nn.Sequential(OrderedDict(modules))
 
 
-def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int, act: str, dropout: float = 0.0) -> nn.Sequential:
+def mlp_head(
+    in_features: int, hidden: Sequence[int], num_classes: int, act: str, dropout: float = 0.0
+) -> nn.Sequential:
     """affine -> act (-> dropout) ... -> affine to the class scores."""
     modules: list[nn.Module] = [nn.Flatten()]
     width = in_features
