@@ -114,7 +114,8 @@ def check_architecture(cfg: Any, input_shape: Sequence[int]) -> list[ShapeRow]:
     plan = MODELS.get(model.name).plan
     if plan is None:
         return []
-    return trace(plan(model, _shape(input_shape)), _shape(input_shape), model.name)
+    shape = _shape(input_shape)
+    return trace(plan(model, shape), shape, model.name)
 
 
 def build_model(cfg: Any, input_shape: Sequence[int], num_classes: int) -> nn.Module:
