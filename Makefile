@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONSTRAINTS ?= -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: venv sweep train lint typecheck test test-fast system-deps services clean
+.PHONY: venv sweep train lint test test-fast system-deps services clean
 
 venv: $(VENV)/.installed
 
@@ -42,11 +42,10 @@ services:
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; fi
 
 # ruff's rules and the import-layering contracts, both configured in pyproject.toml; both run, either fails it
+# ruff, the import-layering contracts (pyproject.toml [tool.importlinter]) and mypy on src/
 lint: venv
-	@status=0; $(BIN)/ruff check src tests benchmarks || status=1; $(BIN)/lint-imports || status=1; exit $$status
-
-typecheck: venv
-	$(BIN)/mypy
+	@status=0; $(BIN)/ruff check src tests benchmarks || status=1; $(BIN)/lint-imports || status=1; \
+	$(BIN)/mypy || status=1; exit $$status
 
 test: venv lint system-deps services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

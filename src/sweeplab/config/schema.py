@@ -118,7 +118,10 @@ class TrainConfig:
 
 def check_ranges(cfg: DictConfig) -> None:
     """The ranges of the optimizer, data and train groups of a composed config."""
-    for group, schema in (("optimizer", OptimizerConfig), ("data", DataConfig), ("train", TrainConfig)):
+    groups: list[tuple[str, type[OptimizerConfig | DataConfig | TrainConfig]]] = [
+        ("optimizer", OptimizerConfig), ("data", DataConfig), ("train", TrainConfig)
+    ]
+    for group, schema in groups:
         typed(cfg[group], schema, group).check()
 
 

@@ -1,6 +1,7 @@
 """``launch_sweep``: a planned sweep -> an Optuna study whose trials Ray Tune runs."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -18,6 +19,9 @@ from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
 from sweeplab.sweep.space import encode_choice
 
 if TYPE_CHECKING:
+    from ray.tune import Callback
+    from ray.tune.schedulers import TrialScheduler
+
     from sweeplab.sweep.results import SweepOutcome
     from sweeplab.sweep.trainable import TrialSpec
 
@@ -48,11 +52,12 @@ def start_ray(cfg: DictConfig) -> None:
         env_vars["SWEEPLAB_FAULT_AFTER_EPOCH"] = os.environ["SWEEPLAB_FAULT_AFTER_EPOCH"]
     runtime_env = {"env_vars": env_vars}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
     else:
         # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
-        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus, include_dashboard=cfg.cluster.dashboard,
-                 runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
+                 include_dashboard=cfg.cluster.dashboard, runtime_env=runtime_env, log_to_driver=False,
+                 logging_level=logging.WARNING)
 
 
 def _check_resources(resources, sweep_file: Path) -> None:
@@ -111,7 +116,7 @@ def _plain(value):
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int):
+def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int) -> TrialScheduler:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     if scheduler.kind == "asha":
@@ -187,12 +192,13 @@ def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, 
     return plan, f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> list:
+def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> list[Callback]:
     from sweeplab.sweep.view import LiveView
 
     metric, mode = plan.objectives[0]
     sc = plan.cfg.sweep
-    callbacks = [LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet)]
+    view = LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet)
+    callbacks: list[Callback] = [view]
     if plan.cfg.tracking.enabled:
         from sweeplab.sweep.tracker import MlflowSweepTracker
 

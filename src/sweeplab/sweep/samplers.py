@@ -7,7 +7,9 @@ from sweeplab.errors import ConfigError
 from sweeplab.sweep.space import Dimension, grid
 
 
-def make_sampler(name: str, dims: list[Dimension], seed: int | None, multi_objective: bool) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, dims: list[Dimension], seed: int | None, multi_objective: bool
+) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if name == "random":
