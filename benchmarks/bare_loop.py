@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch.nn import functional as F
@@ -47,12 +47,16 @@ def load_tensors(data: str = "mnist5k", subset: Optional[int] = None, resize: Op
                    bundle.val.labels.to(device), bundle.input_shape, bundle.num_classes)
 
 
-def build(model: str, tensors: Tensors, overrides: Sequence[str] = ()) -> torch.nn.Module:
-    from sweeplab.config.compose import compose
+def build(model: str, tensors: Tensors) -> torch.nn.Module:
+    """conf/model/<model>.yaml as it stands, without Hydra (a @hydra.main task may call this)."""
+    from omegaconf import OmegaConf
+
+    from sweeplab.config.compose import conf_dir
     from sweeplab.models import build_model
 
-    cfg = compose([f"model={model}", *overrides])
-    return build_model(cfg.model, tensors.input_shape, tensors.num_classes)
+    cfg = OmegaConf.load(conf_dir() / "model" / f"{model}.yaml")
+    cfg.pop("defaults", None)
+    return build_model(cfg, tensors.input_shape, tensors.num_classes)
 
 
 def train_bare(model: torch.nn.Module, t: Tensors, lr: float, epochs: int, batch_size: int = 64,
