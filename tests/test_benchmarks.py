@@ -138,11 +138,13 @@ def test_b8_scale_profiles_the_driver(tmp_path):
     record = run_benchmarks("B8", results=tmp_path)["B8"]
     checks = ok(record)
     f = record["figures"]
-    assert sorted(int(n) for n in f["runs"]) == [6, 12]
+    assert sorted(int(n) for n in f["runs"]) == [4, 8]
     for run in f["runs"].values():
         assert run["driver_cpu_s"] > 0 and run["wall_per_trial_s"] > 0
-    assert check_value(checks, "wall per trial at 12") == pytest.approx(f["runs"]["12"]["wall_per_trial_s"])
+    assert check_value(checks, "wall per trial at 8") == pytest.approx(f["runs"]["8"]["wall_per_trial_s"])
     parts = f["profiled"]["components_s"]
     assert parts["mlflow tracking (sweeplab callback)"] > 0 and parts["optuna ask/tell (sweeplab searcher)"] > 0
     assert 0 < f["profiled"]["main_thread_cpu_s"] <= f["profiled"]["driver_cpu_s"] + 0.5
-    assert f["cluster"]["nodes"] == 2 and f["cluster"]["trials"] == 6
+    assert 0 < check_value(checks, "driver main-thread CPU share: mlflow") < 1
+    assert 0 < check_value(checks, "driver main-thread CPU share: optuna") < 1
+    assert f["cluster"]["nodes"] == 2 and f["cluster"]["trials"] == 4
