@@ -71,7 +71,8 @@ class Result:
 
     def record(self, env: dict[str, Any]) -> dict[str, Any]:
         out = asdict(self)
-        out["checks"] = [{**asdict(c), "met": c.met} for c in self.checks]
+        out["checks"] = [{"what": c.what, "value": c.value, "target": c.target, "unit": c.unit, "met": c.met}
+                         for c in self.checks]
         out["env"] = env
         return out
 

@@ -14,11 +14,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
 VENDOR = ROOT / "benchmarks" / ".vendor" / "hydra_plugins" / "hydra_optuna_sweeper"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # minutes each on a busy 2-core machine
 KEYS = {"benchmark", "title", "size", "status", "reason", "checks", "figures", "seconds", "env"}
 ENV_KEYS = {"date", "machine", "gpu", "versions", "size"}
 
 
-def run_benchmarks(*args: str, results: Path, timeout: float = 850) -> dict[str, dict]:
+def run_benchmarks(*args: str, results: Path, timeout: float = 1700) -> dict[str, dict]:
     proc = subprocess.run([sys.executable, str(RUN), *args, "--smoke", "--results", str(results)],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     lines = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
@@ -58,7 +59,6 @@ def check_value(checks: dict, starts: str) -> float:
     return found[0]["value"]
 
 
-@pytest.mark.slow
 def test_b1_trainer_against_the_bare_loop(tmp_path):
     record = run_benchmarks("B1", results=tmp_path)["B1"]
     checks = ok(record)
@@ -68,7 +68,6 @@ def test_b1_trainer_against_the_bare_loop(tmp_path):
     assert f["train_images"] == 1000 and len(f["sweeplab_epochs_s"]) == len(f["bare_epochs_s"]) == 4
 
 
-@pytest.mark.slow
 def test_b2_b3_b4_share_one_workload(tmp_path):
     records = run_benchmarks("B2", "B3", "B4", results=tmp_path)
     b2 = ok(records["B2"])
@@ -95,7 +94,6 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     assert sweep["startup_s"] < latency < sweep["wall_s"]  # a metric exists only after a trial started
 
 
-@pytest.mark.slow
 def test_b5_search_efficiency_reads_both_sweeps(tmp_path):
     record = run_benchmarks("B5", results=tmp_path)["B5"]
     ok(record)
@@ -111,7 +109,6 @@ def test_b5_search_efficiency_reads_both_sweeps(tmp_path):
         assert seed["fraction"] == pytest.approx(seed["tpe_asha_epochs_to_random_best"] / 12)
 
 
-@pytest.mark.slow
 def test_b6_gpu_code_path_runs_tiny_on_cpu(tmp_path):
     record = run_benchmarks("B6", "--device", "cpu", "--tiny", results=tmp_path)["B6"]
     ok(record)
@@ -124,7 +121,6 @@ def test_b6_gpu_code_path_runs_tiny_on_cpu(tmp_path):
     assert all(c["met"] is None for c in record["checks"])  # a CPU run claims no GPU target
 
 
-@pytest.mark.slow
 def test_b7_hook_runs_or_says_why_not(tmp_path):
     record = run_benchmarks("B7", results=tmp_path)["B7"]
     if importlib.util.find_spec("sweeplab.fused") is None:
@@ -133,7 +129,6 @@ def test_b7_hook_runs_or_says_why_not(tmp_path):
         assert check_value(ok(record), "4 trials fused vs unfused") > 0
 
 
-@pytest.mark.slow
 def test_b8_scale_profiles_the_driver(tmp_path):
     record = run_benchmarks("B8", results=tmp_path)["B8"]
     checks = ok(record)
