@@ -7,6 +7,7 @@ sweep.resources.cpu instead."""
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +66,8 @@ def resident_epoch(model_name: str, device: torch.device, images: int, batch: in
 def packed(k: int, device: str, p: dict) -> dict:
     """K trials at once through `sweeplab sweep`, each granted 1/K of the GPU (or of one CPU)."""
     share = f"{1 / k:.6g}"
-    resources = f"{{cpu: 1, gpu: {share}}}" if device == "cuda" else f"{{cpu: {share}, gpu: 0}}"
+    cpu = f"{min(1.0, (os.cpu_count() or 1) / k):.6g}"  # K trials must fit the machine's CPUs at once
+    resources = f"{{cpu: {cpu}, gpu: {share}}}" if device == "cuda" else f"{{cpu: {share}, gpu: 0}}"
     data = f"data: {{subset: {p['subset']}}}\n" if p["subset"] else ""
     body = f"""
 # sweeplab sweep <this file>   (benchmark B6: {k} LeNet trials packed on one {device})
