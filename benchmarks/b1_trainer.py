@@ -12,7 +12,7 @@ SIZES = {  # repeats of the A B pair, epochs per run, training images (None: all
 
 
 def run(size: str, **_) -> Result:
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
     from sweeplab.train import train
 
     p = SIZES[size]
@@ -28,7 +28,8 @@ def run(size: str, **_) -> Result:
     sweeplab_epochs, bare_epochs = [], []
     for _ in range(p["repeats"]):  # A B A B: drift on a shared machine hits both alike
         sweeplab_epochs += [h["epoch_seconds"] for h in train(cfg).history]
-        bare_epochs += [h["epoch_seconds"] for h in train_bare(build("lenet", tensors), tensors, lr, p["epochs"], batch)]
+        bare = train_bare(build("lenet", tensors), tensors, lr, p["epochs"], batch)
+        bare_epochs += [h["epoch_seconds"] for h in bare]
     ratio = median(sweeplab_epochs) / median(bare_epochs)
     return Result("B1", "trainer vs hand-written loop", size, checks=[
         Check("sweeplab.train epoch / bare epoch (LeNet, mnist5k, 1 thread)", ratio, "<= 1.05"),

@@ -47,8 +47,9 @@ def run(size: str, **_) -> Result:
         for variant, overrides in VARIANTS.items():
             with tempfile.TemporaryDirectory(prefix=f"bench-b5-{variant}-") as tmp:
                 out = Path(tmp) / "outputs"
-                timed = sweeplab_sweep(ROOT / "sweeps" / "default.yaml", [f"output_dir={out}", "tracking=none", f"sweep.sampler_seed={seed}",
-                                                   "train.num_threads=1", *p["overrides"], *overrides], cwd=Path(tmp))
+                args = [f"output_dir={out}", "tracking=none", f"sweep.sampler_seed={seed}", "train.num_threads=1",
+                        *p["overrides"], *overrides]
+                timed = sweeplab_sweep(ROOT / "sweeps" / "default.yaml", args, cwd=Path(tmp))
                 curves[variant] = curve(out, timed.started_at)
         random_epochs, random_best = curves["random"][-1]
         reach = epochs_to_reach(curves["tpe_asha"], random_best)

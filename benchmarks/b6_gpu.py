@@ -32,7 +32,7 @@ OPTIONS = {  # name -> (bf16 autocast, channels_last)
 def resident_epoch(model_name: str, device: torch.device, images: int, batch: int, bf16: bool,
                    channels_last: bool) -> float:
     """Seconds for one training epoch over synthetic images already on ``device`` (after a warm-up)."""
-    from sweeplab.config.compose import compose
+    from sweeplab.compose import compose
     from sweeplab.models import build_model
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format

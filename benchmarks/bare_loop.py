@@ -14,7 +14,6 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch.nn import functional as F
@@ -30,7 +29,7 @@ class Tensors:
     num_classes: int
 
 
-def load_tensors(data: str = "mnist5k", subset: Optional[int] = None, resize: Optional[int] = None,
+def load_tensors(data: str = "mnist5k", subset: int | None = None, resize: int | None = None,
                  device: str = "cpu") -> Tensors:
     """The split every sweeplab trial trains on, normalised once."""
     from sweeplab.config.schema import DataConfig
@@ -51,7 +50,7 @@ def build(model: str, tensors: Tensors) -> torch.nn.Module:
     """conf/model/<model>.yaml as it stands, without Hydra (a @hydra.main task may call this)."""
     from omegaconf import OmegaConf
 
-    from sweeplab.config.compose import conf_dir
+    from sweeplab.compose import conf_dir
     from sweeplab.models import build_model
 
     cfg = OmegaConf.load(conf_dir() / "model" / f"{model}.yaml")
@@ -82,7 +81,8 @@ def train_bare(model: torch.nn.Module, t: Tensors, lr: float, epochs: int, batch
         correct = 0
         with torch.no_grad():
             for i in range(0, len(t.y_val), eval_batch_size):
-                correct += int((model(t.x_val[i : i + eval_batch_size]).argmax(1) == t.y_val[i : i + eval_batch_size]).sum())
+                rows = slice(i, i + eval_batch_size)
+                correct += int((model(t.x_val[rows]).argmax(1) == t.y_val[rows]).sum())
         history.append({"epoch_seconds": time.perf_counter() - started, "val/acc": correct / len(t.y_val)})
     return history
 

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
@@ -43,13 +44,13 @@ class Check:
     """One figure held against its target from issue 7."""
 
     what: str
-    value: Optional[float]
+    value: float | None
     target: str  # e.g. "<= 1.20"; "" for a figure reported without a target
     unit: str = ""
     missing_is_unmet: bool = False  # no value means the target was not reached (B5)
 
     @property
-    def met(self) -> Optional[bool]:
+    def met(self) -> bool | None:
         if not self.target:
             return None
         if self.value is None:
@@ -83,7 +84,8 @@ class Result:
         for c in self.checks:
             value = "n/a" if c.value is None else f"{c.value:.3g}{' ' + c.unit if c.unit else ''}"
             met = {True: "met", False: "**not met**", None: "-"}[c.met]
-            rows.append(f"| {self.benchmark} | {c.what} | {value} | {c.target.replace('<=', '≤').replace('>=', '≥')} | {met} |")
+            target = c.target.replace("<=", "≤").replace(">=", "≥")
+            rows.append(f"| {self.benchmark} | {c.what} | {value} | {target} | {met} |")
         return rows
 
 
@@ -110,7 +112,7 @@ def environment(size: str) -> dict[str, Any]:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "host": platform.node(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}",
         "python": platform.python_version(),
@@ -144,8 +146,8 @@ class Timed:
     events: dict[str, float] = field(default_factory=dict)  # seconds from start, set by watchers
 
 
-def run_timed(cmd: Sequence[str], cwd: Path, env: Optional[dict] = None, timeout: float = 3600,
-              watch: Optional[Callable[[Timed, Callable[[], bool]], None]] = None) -> Timed:
+def run_timed(cmd: Sequence[str], cwd: Path, env: dict | None = None, timeout: float = 3600,
+              watch: Callable[[Timed, Callable[[], bool]], None] | None = None) -> Timed:
     """Run ``cmd``; ``watch(timed, running)`` runs in a thread meanwhile (e.g. polling a store)."""
     started_at = time.time()
     t0 = time.perf_counter()
@@ -186,7 +188,7 @@ def write_sweep(folder: Path, name: str, body: str) -> Path:
 
 
 def sweeplab_sweep(sweep: str | Path, overrides: Sequence[str], cwd: Path, watch=None, timeout: float = 3600,
-                   driver: Optional[Path] = None) -> Timed:
+                   driver: Path | None = None) -> Timed:
     """`sweeplab sweep SWEEP OVERRIDES --quiet`, timed from the command's start (start-up included).
     With ``driver``: through benchmarks/driver.py, which records the driver's CPU there."""
     if driver is None:

@@ -6,7 +6,6 @@ a function trainable that loads its data inside each trial, a DataLoader, Optuna
 from __future__ import annotations
 
 import argparse
-from typing import Optional
 
 
 def train_lenet(config: dict) -> None:
@@ -36,7 +35,7 @@ def train_lenet(config: dict) -> None:
         tune.report({"val_acc": correct / len(data.y_val), "epoch": epoch + 1})
 
 
-def main(trials: int, epochs: int, subset: Optional[int], storage: str) -> None:
+def main(trials: int, epochs: int, subset: int | None, storage: str) -> None:
     import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch

@@ -17,8 +17,8 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 for key, value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), flush=True)
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = results_dir / f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-{size}"
+    stem = results_dir / f"{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}-{size}"
     jsonl, rows = stem.with_suffix(".jsonl"), []
     for name in names:
         print(f"\n## {name}: {BENCHMARKS[name][0]}", flush=True)

@@ -179,21 +179,3 @@ def test_fused_lenet_matches_unfused_trials_on_cuda():
     cfgs = [compose(LENET + ["train.device=cuda"] + m) for m in MEMBERS]
     for fused, cfg in zip(train_pack(cfgs), cfgs, strict=True):  # on a GPU the pack fuses by itself
         assert_same_curve(fused, train(cfg), rtol=1e-3)  # cuDNN picks different kernels for grouped convs
-
-
-@pytest.mark.slow
-def test_b7_smoke_reports_every_figure():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_fused.py"
-    spec = importlib.util.spec_from_file_location("bench_fused", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    row = bench.run_b7(smoke=True)
-    assert row["trials"] == 16 and row["device"]
-    assert row["packed_fuses"] == torch.cuda.is_available()
-    for key in ("one_by_one_samples_per_second", "packed_samples_per_second", "fused_samples_per_second"):
-        assert row[key] > 0
-    assert row["max_val_loss_rel_diff"] < 1e-4  # the fused pack trained the same 16 trials
-    assert "| packed" in bench.table(row)
