@@ -180,7 +180,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db ; or http://host:5000
     experiment: str | None = None  # None: the sweep's name (or "train")
-    async_logging: bool = True
+    async_logging: bool = True  # MLflow calls on one background thread of the driver; false: inline
 
 
 @dataclass

@@ -36,8 +36,9 @@ RAY_ENV = {
 }
 
 
-def start_ray(cfg: DictConfig) -> None:
-    """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray."""
+def start_ray(cfg: DictConfig) -> bool:
+    """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray.
+    False when this process is already connected to a Ray."""
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -46,7 +47,7 @@ def start_ray(cfg: DictConfig) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     env_vars = {k: os.environ[k] for k in RAY_ENV} | {"SWEEPLAB_HOME": str(project_root())}
     if "SWEEPLAB_FAULT_AFTER_EPOCH" in os.environ:  # the retry tests' fault injection
         env_vars["SWEEPLAB_FAULT_AFTER_EPOCH"] = os.environ["SWEEPLAB_FAULT_AFTER_EPOCH"]
@@ -58,6 +59,7 @@ def start_ray(cfg: DictConfig) -> None:
         ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
                  include_dashboard=cfg.cluster.dashboard, runtime_env=runtime_env, log_to_driver=False,
                  logging_level=logging.WARNING)
+    return True
 
 
 def _check_resources(resources, sweep_file: Path) -> None:
@@ -146,7 +148,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
 
     plan, sweep_id = _plan(ref, overrides, resume)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
-    _start_ray_and_store(plan.cfg)
+    started_ray = _start_ray_and_store(plan.cfg)
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = trial_spec(plan)
     storage_path = plan.cfg.cluster.storage_path or str(plan.output_dir / "ray")
@@ -159,16 +161,25 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     print(f"sweeplab sweep: {sweep_id}: {plan.num_configs} configurations x {len(sc.seeds)} seed(s), "
           f"sampler {sc.sampler}, scheduler {sc.scheduler.kind}, {sc.max_concurrent} at a time, "
           f"{sc.resources.cpu:g} CPU + {sc.resources.gpu:g} GPU each", flush=True)
-    tuner.fit()
-    return load_outcome(plan.optuna_storage, sweep_id)
+    try:
+        tuner.fit()
+        outcome = load_outcome(plan.optuna_storage, sweep_id)
+        if started_ray:  # a Ray of our own goes down while the tracker draws the report
+            import ray
+
+            ray.shutdown()
+    finally:
+        for callback in callbacks:
+            if hasattr(callback, "finish"):
+                callback.finish()
+    return outcome
 
 
-def _start_ray_and_store(cfg: DictConfig) -> None:
+def _start_ray_and_store(cfg: DictConfig) -> bool:
     """Ray starts while MLflow is imported and its store opened on a thread (each takes seconds);
     a tracking server that does not answer is named before either starts."""
     if not cfg.tracking.enabled:
-        start_ray(cfg)
-        return
+        return start_ray(cfg)
     from concurrent.futures import ThreadPoolExecutor
 
     from sweeplab.tracking.store import check_reachable, client_for, tracking_uri
@@ -177,8 +188,9 @@ def _start_ray_and_store(cfg: DictConfig) -> None:
     check_reachable(uri)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
         store = pool.submit(client_for, uri)
-        start_ray(cfg)
+        started = start_ray(cfg)
         store.result()  # a store that cannot be opened: its UserError, before any trial starts
+    return started
 
 
 def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, str]:

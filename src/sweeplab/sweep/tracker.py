@@ -230,20 +230,29 @@ class MlflowSweepTracker(tune.Callback):
 
     # -- the end: figures of the best trial, the report on the parent -------------------------
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """Every trial's calls are done; the best trial's figures and the report are drawn on the tracking
+        thread while the driver shuts Ray down (``finish`` waits for them)."""
         self._drain()
+        if self.parent_run_id is None:  # setup() never ran
+            return
+        self._submit(self._conclude, self.parent_run_id)
+
+    def _conclude(self, parent: str) -> None:
         from sweeplab.tracking.report import build_report
 
-        parent = self.parent_run_id
-        if parent is None:  # setup() never ran
-            return
         try:
             self._run(log_best_trial_figures, self.client, parent, self.optuna_storage, self.sweep_id)
             self._run(build_report, self.client, parent, None, True)
         finally:
             self.client.set_terminated(parent, "FINISHED")
+
+    def finish(self) -> None:
+        """Wait for every MLflow call, the report included; say what failed."""
+        self._drain()
         if self._failed:
             print(f"sweeplab sweep: {len(self._failed)} MLflow call(s) failed; first: {self._failed[0]}",
                   file=sys.stderr, flush=True)
+            self._failed.clear()
 
 
 def log_best_trial_figures(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> str | None:
