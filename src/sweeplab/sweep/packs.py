@@ -18,6 +18,7 @@ fused trains alone in a pack of one, through ``train``, still on the pack's reso
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 MEMBER_CPU = 0.01  # what a member trial asks of Ray: its pack holds the real resources
 FORMATION_S = 2.0  # a pack with room starts this long after its last member joined
+NAMESPACE = "sweeplab"  # the pack manager's: trial workers find it by name
+_MANAGERS: dict[str, Any] = {}  # the driver holds each manager's handle: without one, Ray ends the actor
 
 
 # -- planning: the driver decides whether a sweep fuses ------------------------------------------
@@ -87,7 +90,7 @@ def start_packs(plan: SweepPlan, sweep_id: str, spec: TrialSpec) -> TrialSpec:
         return spec
     name = f"sweeplab-packs-{sweep_id}"
     resources = {"num_cpus": float(sc.resources.cpu), "num_gpus": float(sc.resources.gpu)}
-    PackManager.options(name=name, max_concurrency=4 * int(sc.max_concurrent) + 8).remote(
+    _MANAGERS[name] = PackManager.options(name=name, namespace=NAMESPACE, max_concurrency=4 * int(sc.max_concurrent) + 8).remote(
         int(sc.fuse), bool(sc.fuse_on_cpu), resources)
     print(f"sweeplab sweep: trials sharing an architecture train fused, in packs of up to {sc.fuse} "
           f"({sc.resources.cpu:g} CPU + {sc.resources.gpu:g} GPU per pack)", flush=True)
@@ -116,9 +119,10 @@ def _key(cfg: DictConfig) -> tuple | None:
 def train_in_pack(manager_name: str, cfg: DictConfig, reporter: Reporter, resume: dict | None = None) -> None:
     """``train``'s part in a member trial: the pack trains, this trial reports each of its epochs
     through ``reporter`` (run_trial's: metrics and checkpoint to Tune) and asks for the next."""
-    trial_id = tune.get_context().get_trial_id()
-    manager = ray.get_actor(manager_name)
-    pack = ray.get(manager.join.remote(trial_id, _key(cfg), cfg, resume))
+    context = tune.get_context()
+    trial_id, order = context.get_trial_id(), _natural(context.get_trial_name())
+    manager = ray.get_actor(manager_name, namespace=NAMESPACE)
+    pack = ray.get(manager.join.remote(trial_id, order, _key(cfg), cfg, resume))
     after = 0
     while True:
         kind, payload = ray.get(pack.step.remote(trial_id, after))
@@ -133,6 +137,11 @@ def train_in_pack(manager_name: str, cfg: DictConfig, reporter: Reporter, resume
             raise RuntimeError(f"the trial's pack failed: {payload}")
 
 
+def _natural(name: str) -> tuple:
+    """Trial names in the order Tune made them: trial_009_seed0 before trial_010_seed0."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 # -- the pack -----------------------------------------------------------------------------------------
 @dataclass
 class _Seat:
@@ -140,6 +149,7 @@ class _Seat:
 
     cfg: DictConfig
     resume: dict | None
+    order: tuple  # where it reports in each epoch: trials in the order Tune made them
     to_trial: queue.Queue = field(default_factory=queue.Queue)  # ("epoch", metrics) | ("state", dict) | (end, why)
     to_pack: queue.Queue = field(default_factory=queue.Queue)  # "checkpoint" | "next" | "leave"
 
@@ -175,12 +185,12 @@ class _PackActor:
         torch.set_num_threads(max(1, int(cpus)))  # one thread per granted CPU
         threading.Thread(target=self._run, name=f"sweeplab-pack-{pack_id}", daemon=True).start()
 
-    def add(self, trial_id: str, cfg: DictConfig, resume: dict | None) -> bool:
+    def add(self, trial_id: str, order: tuple, cfg: DictConfig, resume: dict | None) -> bool:
         """Seat a trial; False once the pack is full or training."""
         with self.cond:
             if self.closed or len(self.seats) >= self.capacity:
                 return False
-            self.seats[trial_id] = _Seat(cfg, resume)
+            self.seats[trial_id] = _Seat(cfg, resume, order)
             self.last_join = time.monotonic()
             self.cond.notify_all()
             return True
@@ -210,7 +220,8 @@ class _PackActor:
                     break
                 self.cond.wait(timeout=left if self.seats else None)
             self.closed = True
-            return sorted(self.seats.items())  # in the order Tune created the trials, however they joined
+            # in the order Tune made the trials, however they joined: a scheduler's decisions depend on it
+            return sorted(self.seats.items(), key=lambda item: item[1].order)
 
     def _reporter(self, seat: _Seat, size: int) -> Reporter:
         def report(metrics: dict, checkpoint) -> None:
@@ -261,15 +272,15 @@ class _Manager:
         self.handles: dict[int, Any] = {}
         self.next_id = 0
 
-    def join(self, trial_id: str, key: tuple | None, cfg: DictConfig, resume: dict | None):
+    def join(self, trial_id: str, order: tuple, key: tuple | None, cfg: DictConfig, resume: dict | None):
         """The pack this trial trains in (one of its own when it resumes or cannot fuse)."""
         with self.lock:
             self._release(trial_id)  # a retried trial rejoins under its id
             shared = key is not None and resume is None
             pack = self.forming.get(key) if shared else None
-            if pack is None or not ray.get(pack.add.remote(trial_id, cfg, resume)):
+            if pack is None or not ray.get(pack.add.remote(trial_id, order, cfg, resume)):
                 pack = self._new_pack(self.size if shared else 1)
-                ray.get(pack.add.remote(trial_id, cfg, resume))
+                ray.get(pack.add.remote(trial_id, order, cfg, resume))
                 if shared:
                     self.forming[key] = pack
             self.pack_of[trial_id] = pack
@@ -316,7 +327,7 @@ class PackCallback(tune.Callback):
         self.manager_name = manager_name
 
     def _manager(self):
-        return ray.get_actor(self.manager_name)
+        return ray.get_actor(self.manager_name, namespace=NAMESPACE)
 
     def _ended(self, trial) -> None:
         self._manager().leave.remote(trial.trial_id)
@@ -331,4 +342,6 @@ class PackCallback(tune.Callback):
         self._ended(trial)  # its retry resumes from its checkpoint, in a pack of its own
 
     def on_experiment_end(self, trials, **info) -> None:
-        ray.kill(self._manager())  # and with it every pack it made
+        manager = _MANAGERS.pop(self.manager_name, None)
+        if manager is not None:
+            ray.kill(manager)  # and with it every pack it made
