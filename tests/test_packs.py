@@ -33,7 +33,8 @@ CURVES = ("train/loss", "val/loss")
 
 # --- planning: what a fused sweep refuses before Ray starts ------------------------------------------
 def plan(tmp_path, body: str, *overrides: str, model: str = "lenet"):
-    return plan_sweep(str(write_sweep(tmp_path, "fuse", body, model=model)), [f"output_dir={tmp_path}", *SMALL, *overrides])
+    path = write_sweep(tmp_path, "fuse", body, model=model)
+    return plan_sweep(str(path), [f"output_dir={tmp_path}", *SMALL, *overrides])
 
 
 def test_fuse_must_be_at_least_one(tmp_path):
@@ -123,7 +124,7 @@ def test_fused_sweep_reports_every_member_as_a_trial(fused_and_alone):
     assert outcome.counts() == {"completed": 4}
     study = optuna.load_study(study_name=outcome.sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
-    client, runs = children(out, "sweep")
+    client, runs = children(out, "fused")
     assert len(runs) == 4
     for run in runs.values():
         assert run.info.status == "FINISHED" and run.data.tags["sweeplab.status"] == "completed"
@@ -137,8 +138,8 @@ def test_fused_sweep_reports_every_member_as_a_trial(fused_and_alone):
 def test_fused_members_train_as_the_same_trials_alone(fused_and_alone):
     (fused_out, _), (alone_out, alone) = fused_and_alone
     assert alone.counts() == {"completed": 4}
-    client, fused_runs = children(fused_out, "sweep")
-    alone_client, alone_runs = children(alone_out, "sweep")
+    client, fused_runs = children(fused_out, "fused")
+    alone_client, alone_runs = children(alone_out, "alone")
     assert fused_runs.keys() == alone_runs.keys()
     for params, run in fused_runs.items():
         assert "pack" not in alone_runs[params].data.tags["sweeplab.placement"]
@@ -167,10 +168,11 @@ sweep:
     study = optuna.load_study(study_name=outcome.sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
     states = {t.params["optimizer.lr"]: t.state for t in study.trials}
     assert states == {0.1: optuna.trial.TrialState.COMPLETE, 0.00001: optuna.trial.TrialState.PRUNED}
-    client, runs = children(out, "sweep")
+    client, runs = children(out, "asha")
     good, stopped = runs[(0.1, 0.9)], runs[(0.00001, 0.9)]
     assert good.data.tags["sweeplab.placement"] == stopped.data.tags["sweeplab.placement"]  # one pack
-    assert stopped.data.tags["sweeplab.status"] == "stopped" and "scheduler" in stopped.data.tags["sweeplab.failure_reason"]
+    assert stopped.data.tags["sweeplab.status"] == "stopped"
+    assert "scheduler" in stopped.data.tags["sweeplab.failure_reason"]
     assert [s for s, _ in curve(client, stopped, "val/acc")] == [1]
     assert [s for s, _ in curve(client, good, "val/acc")] == [1, 2, 3]
     for run in (good, stopped):  # a stopped member keeps the files of its last epoch, as an unfused trial does

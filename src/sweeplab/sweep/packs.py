@@ -90,8 +90,8 @@ def start_packs(plan: SweepPlan, sweep_id: str, spec: TrialSpec) -> TrialSpec:
         return spec
     name = f"sweeplab-packs-{sweep_id}"
     resources = {"num_cpus": float(sc.resources.cpu), "num_gpus": float(sc.resources.gpu)}
-    _MANAGERS[name] = PackManager.options(name=name, namespace=NAMESPACE, max_concurrency=4 * int(sc.max_concurrent) + 8).remote(
-        int(sc.fuse), bool(sc.fuse_on_cpu), resources)
+    manager = PackManager.options(name=name, namespace=NAMESPACE, max_concurrency=4 * int(sc.max_concurrent) + 8)
+    _MANAGERS[name] = manager.remote(int(sc.fuse), bool(sc.fuse_on_cpu), resources)
     print(f"sweeplab sweep: trials sharing an architecture train fused, in packs of up to {sc.fuse} "
           f"({sc.resources.cpu:g} CPU + {sc.resources.gpu:g} GPU per pack)", flush=True)
     return dataclasses.replace(spec, pack_manager=name)
