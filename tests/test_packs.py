@@ -177,3 +177,33 @@ sweep:
     assert [s for s, _ in curve(client, good, "val/acc")] == [1, 2, 3]
     for run in (good, stopped):  # a stopped member keeps the files of its last epoch, as an unfused trial does
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= set(RUN_FILES)
+
+
+@pytest.mark.slow
+def test_a_crashed_member_is_retried_alone_from_its_checkpoint(fused_and_alone, tmp_path_factory, monkeypatch):
+    """Both members crash once after epoch 1; each retry resumes from its checkpoint in a pack of its own
+    (through train, on the pack's resources) and still trains the curve of the unfused trial."""
+    import ray
+
+    _, (alone_out, _) = fused_and_alone
+    ray.shutdown()  # workers read the fault injection's variable when Ray starts
+    monkeypatch.setenv("SWEEPLAB_FAULT_AFTER_EPOCH", "1")
+    try:
+        body = GRID.replace("choices: [0.0, 0.9]", "choices: [0.9]")  # two trials: one pack
+        out, outcome = run_sweep(tmp_path_factory, "crash", body, "sweep.fuse=2", "sweep.fuse_on_cpu=true",
+                                 "sweep.checkpoint_interval_s=0", "sweep.max_failures=1")
+    finally:
+        ray.shutdown()
+    assert outcome.counts() == {"completed": 2}
+    assert len(list((out / "faults").iterdir())) == 2  # both members really crashed once
+    client, runs = children(out, "crash")
+    alone_client, alone_runs = children(alone_out, "alone")
+    assert len(runs) == 2
+    for params, run in runs.items():
+        assert run.data.tags["sweeplab.restarts"] == "1" and run.data.tags["sweeplab.status"] == "completed"
+        assert "2 trials" in run.data.tags["sweeplab.placement"]  # epoch 1 trained in the pack
+        for key in CURVES:
+            got, want = curve(client, run, key), curve(alone_client, alone_runs[params], key)
+            assert [s for s, _ in got] == [1, 2, 3]  # epoch 1 from the pack, 2 and 3 from the retry: none twice
+            assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-4), (params, key)
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= set(RUN_FILES)

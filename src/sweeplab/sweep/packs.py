@@ -122,7 +122,12 @@ def train_in_pack(manager_name: str, cfg: DictConfig, reporter: Reporter, resume
     context = tune.get_context()
     trial_id, order = context.get_trial_id(), _natural(context.get_trial_name())
     manager = ray.get_actor(manager_name, namespace=NAMESPACE)
-    pack = ray.get(manager.join.remote(trial_id, order, _key(cfg), cfg, resume))
+    key, refused = _key(cfg), None
+    while True:  # a pack that started training meanwhile refuses; the manager then seats the trial anew
+        pack = ray.get(manager.join.remote(trial_id, key, resume is not None, refused))
+        if ray.get(pack.add.remote(trial_id, order, cfg, resume)):
+            break
+        refused = pack
     after = 0
     while True:
         kind, payload = ray.get(pack.step.remote(trial_id, after))
@@ -272,19 +277,24 @@ class _Manager:
         self.handles: dict[int, Any] = {}
         self.next_id = 0
 
-    def join(self, trial_id: str, order: tuple, key: tuple | None, cfg: DictConfig, resume: dict | None):
-        """The pack this trial trains in (one of its own when it resumes or cannot fuse)."""
+    def join(self, trial_id: str, key: tuple | None, resumes: bool, refused=None):
+        """The pack this trial is to train in (one of its own when it resumes or cannot fuse); the trial
+        then takes its seat there. ``refused``: a pack that had started before the trial got there.
+        Never waits on a pack (one starting may wait for the resources another still holds)."""
         with self.lock:
             self._release(trial_id)  # a retried trial rejoins under its id
-            shared = key is not None and resume is None
+            if refused is not None:
+                self.forming = {k: p for k, p in self.forming.items() if p is not refused}
+            shared = key is not None and not resumes
             pack = self.forming.get(key) if shared else None
-            if pack is None or not ray.get(pack.add.remote(trial_id, order, cfg, resume)):
+            if pack is None:
                 pack = self._new_pack(self.size if shared else 1)
-                ray.get(pack.add.remote(trial_id, order, cfg, resume))
                 if shared:
                     self.forming[key] = pack
             self.pack_of[trial_id] = pack
             self.members[self._id(pack)].add(trial_id)
+            if shared and len(self.members[self._id(pack)]) >= self.size:
+                del self.forming[key]
             return pack
 
     def leave(self, trial_id: str) -> None:
@@ -326,11 +336,10 @@ class PackCallback(tune.Callback):
     def __init__(self, manager_name: str) -> None:
         self.manager_name = manager_name
 
-    def _manager(self):
-        return ray.get_actor(self.manager_name, namespace=NAMESPACE)
-
     def _ended(self, trial) -> None:
-        self._manager().leave.remote(trial.trial_id)
+        manager = _MANAGERS.get(self.manager_name)
+        if manager is not None:
+            manager.leave.remote(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._ended(trial)
