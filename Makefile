@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONSTRAINTS ?= -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: venv sweep train lint typecheck test test-fast system-deps services clean
+.PHONY: venv sweep train lint test test-fast system-deps services clean bench bench-smoke bench-deps
 
 venv: $(VENV)/.installed
 
@@ -42,17 +42,33 @@ services:
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; fi
 
 # ruff's rules and the import-layering contracts, both configured in pyproject.toml; both run, either fails it
+# ruff, the import-layering contracts (pyproject.toml [tool.importlinter]) and mypy on src/
 lint: venv
-	@status=0; $(BIN)/ruff check src tests benchmarks || status=1; $(BIN)/lint-imports || status=1; exit $$status
-
-typecheck: venv
-	$(BIN)/mypy
+	@status=0; $(BIN)/ruff check src tests benchmarks || status=1; $(BIN)/lint-imports || status=1; \
+	$(BIN)/mypy || status=1; exit $$status
 
 test: venv lint system-deps services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(PYTEST_ARGS)
+
+# Issue 7's benchmarks side by side (docs/performance.md): `make bench` at full size (an hour or more on
+# 2 cores: run it on a quiet machine), `make bench-smoke` at tiny sizes; BENCH=B2 runs one of them.
+# Results: benchmarks/results/<UTC time>-<size>.jsonl and .md.
+BENCH ?=
+# Hydra's plugins for B2's comparison. hydra-optuna-sweeper 1.3.0 (the latest) declares optuna<3, so pip
+# cannot install it beside optuna 5: it goes into benchmarks/.vendor with --no-deps, used by B2 alone.
+HYDRA_PLUGINS := hydra-optuna-sweeper==1.3.0 hydra-joblib-launcher==1.2.0
+
+bench-deps: venv
+	test -d benchmarks/.vendor/hydra_plugins || $(BIN)/pip install --quiet --no-deps --target benchmarks/.vendor $(HYDRA_PLUGINS)
+
+bench: venv bench-deps
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/run.py $(BENCH)
+
+bench-smoke: venv bench-deps
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/run.py --smoke $(BENCH)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -41,8 +41,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out")
     args = parser.parse_args()
-    rows = [measure(m, args.data, args.device, t, args.epochs, args.batch_size) for m in args.models for t in args.threads]
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.data}, batch {args.batch_size}\n")
+    rows = [measure(m, args.data, args.device, t, args.epochs, args.batch_size)
+            for m in args.models for t in args.threads]
+    machine = platform.processor() or platform.machine()
+    print(f"{machine}, torch {torch.__version__}, {args.data}, batch {args.batch_size}\n")
     print("| model | params | device | threads | samples/s | s/epoch | val/acc after 2 epochs |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for r in rows:

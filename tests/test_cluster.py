@@ -50,23 +50,22 @@ def databases():
 def mlflow_server(databases, tmp_path_factory):
     port = free_port()
     artifacts = tmp_path_factory.mktemp("mlartifacts")
-    log = open(tmp_path_factory.mktemp("logs") / "mlflow.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", databases["mlflow"],
-         "--artifacts-destination", str(artifacts), "--serve-artifacts",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc)
-    except AssertionError as err:
-        pytest.fail(f"{err}: {Path(log.name).read_text()[-2000:]}")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers
-    proc.wait(timeout=30)
-    log.close()
+    with open(tmp_path_factory.mktemp("logs") / "mlflow.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", databases["mlflow"],
+             "--artifacts-destination", str(artifacts), "--serve-artifacts",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, proc)
+        except AssertionError as err:
+            pytest.fail(f"{err}: {Path(log.name).read_text()[-2000:]}")
+        yield url
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def load_fresh(cfg: DataConfig):
 
 def image_set(*splits) -> list[tuple[bytes, int]]:
     """The images of some splits with their labels, order-free, for comparisons."""
-    return sorted((img.numpy().tobytes(), int(y)) for s in splits for img, y in zip(s.images, s.labels))
+    return sorted((img.numpy().tobytes(), int(y)) for s in splits for img, y in zip(s.images, s.labels, strict=True))
 
 
 # --- offline datasets -------------------------------------------------------------
@@ -156,7 +156,7 @@ def skip_cifar_md5(monkeypatch):
 
 def assert_loaded_as_written(bundle, train, test, shape):
     assert bundle.input_shape == shape
-    written = sorted((img.tobytes(), int(y)) for img, y in zip(*train))
+    written = sorted((img.tobytes(), int(y)) for img, y in zip(*train, strict=True))
     assert image_set(bundle.train, bundle.val) == written  # every training image, once, with its label
     assert (bundle.val.labels.bincount(minlength=10) == 2).all()  # 20% of 10 per class
     assert bundle.test is not None
@@ -244,7 +244,7 @@ def test_augment_keeps_shapes_and_only_crops_and_flips(cifar_bundle):
     assert [(x.shape, y.tolist()) for x, y in plain] == [(x.shape, y.tolist()) for x, y in augmented]
 
     changed = 0
-    for (x, _), (a, _) in zip(plain, augmented):
+    for (x, _), (a, _) in zip(plain, augmented, strict=True):
         padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
         for i in range(len(x)):
             crops = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]

@@ -26,7 +26,7 @@ CURVE = ("train/loss", "val/loss")
 def assert_same_curve(fused, alone, rtol=1e-4):
     """Same epochs, losses equal up to float reassociation, accuracies equal to within one image."""
     assert [h["epoch"] for h in fused.history] == [h["epoch"] for h in alone.history]
-    for f, a in zip(fused.history, alone.history):
+    for f, a in zip(fused.history, alone.history, strict=True):
         assert f["lr"] == a["lr"]
         for key in CURVE:
             assert f[key] == pytest.approx(a[key], rel=rtol), key
@@ -37,11 +37,11 @@ def assert_same_curve(fused, alone, rtol=1e-4):
 def test_fused_lenet_matches_unfused_trials():
     cfgs = [compose(LENET + m) for m in MEMBERS]
     fused = train_fused(cfgs)
-    for cfg, result in zip(cfgs, fused):
+    for cfg, result in zip(cfgs, fused, strict=True):
         alone = train(cfg)
         assert_same_curve(result, alone)
         # weights agree to ~1e-8 unless rounding flips a ReLU or max-pool tie, which moves a few by ~1e-4
-        for f, a in zip(result.model.parameters(), alone.model.parameters()):
+        for f, a in zip(result.model.parameters(), alone.model.parameters(), strict=True):
             torch.testing.assert_close(f, a, rtol=1e-3, atol=1e-3)
         # the checkpoint is train()'s: same optimizer hyperparameters, momentum buffers, schedule position
         fo, ao = result.state["optimizer"], alone.state["optimizer"]
@@ -58,13 +58,13 @@ def test_fused_lenet_matches_unfused_trials():
 def test_fused_nesterov_with_weight_decay_matches_unfused_trials():
     cfgs = [compose(MLP + ["optimizer.nesterov=true", "train.lr_schedule=step", "train.step_size=1"] + m)
             for m in (MEMBERS[0], MEMBERS[2])]
-    for fused, cfg in zip(train_fused(cfgs), cfgs):
+    for fused, cfg in zip(train_fused(cfgs), cfgs, strict=True):
         assert_same_curve(fused, train(cfg))
 
 
 def test_fused_augmentation_draws_each_members_crops_as_alone():
     cfgs = [compose(MLP + ["data.augment=true"] + m) for m in MEMBERS[:2]]
-    for fused, cfg in zip(train_fused(cfgs), cfgs):
+    for fused, cfg in zip(train_fused(cfgs), cfgs, strict=True):
         assert_same_curve(fused, train(cfg))
 
 
@@ -166,10 +166,10 @@ def test_train_pack_on_cpu_runs_the_trials_one_by_one():
         return [{k: v for k, v in h.items() if k not in ("epoch_seconds", "samples_per_second")}
                 for h in result.history]
 
-    for cfg, result in zip(cfgs, packed):
+    for cfg, result in zip(cfgs, packed, strict=True):
         assert untimed(result) == untimed(train(cfg))  # exactly train()
     forced = train_pack(cfgs, force=True)
-    for fused, alone in zip(forced, packed):
+    for fused, alone in zip(forced, packed, strict=True):
         assert_same_curve(fused, alone)
 
 
@@ -177,23 +177,5 @@ def test_train_pack_on_cpu_runs_the_trials_one_by_one():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fused_lenet_matches_unfused_trials_on_cuda():
     cfgs = [compose(LENET + ["train.device=cuda"] + m) for m in MEMBERS]
-    for fused, cfg in zip(train_pack(cfgs), cfgs):  # on a GPU the pack fuses by itself
+    for fused, cfg in zip(train_pack(cfgs), cfgs, strict=True):  # on a GPU the pack fuses by itself
         assert_same_curve(fused, train(cfg), rtol=1e-3)  # cuDNN picks different kernels for grouped convs
-
-
-@pytest.mark.slow
-def test_b7_smoke_reports_every_figure():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_fused.py"
-    spec = importlib.util.spec_from_file_location("bench_fused", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    row = bench.run_b7(smoke=True)
-    assert row["trials"] == 16 and row["device"]
-    assert row["packed_fuses"] == torch.cuda.is_available()
-    for key in ("one_by_one_samples_per_second", "packed_samples_per_second", "fused_samples_per_second"):
-        assert row[key] > 0
-    assert row["max_val_loss_rel_diff"] < 1e-4  # the fused pack trained the same 16 trials
-    assert "| packed" in bench.table(row)

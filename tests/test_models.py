@@ -210,7 +210,8 @@ def test_conv_output_is_the_floor_formula(size, kernel, stride, pad, expected):
 
 def test_weight_init_normal_uses_the_std():
     for std in (0.01, 0.5):
-        model = build_model({"name": "simple_convnet", "weight_init": "normal", "weight_init_std": std}, (1, 28, 28), 10)
+        cfg = {"name": "simple_convnet", "weight_init": "normal", "weight_init_std": std}
+        model = build_model(cfg, (1, 28, 28), 10)
         big = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.numel() > 100_000]
         assert big, "expected the 4320x100 affine layer"
         assert big[0].weight.std().item() == pytest.approx(std, rel=0.02)

@@ -4,6 +4,7 @@ Fast: no Ray is started. Every sweep file is written to tmp_path the way a user 
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 
@@ -52,10 +53,8 @@ def asked_grid_points(sweep_plan) -> list[dict]:
     for _ in range(sweep_plan.num_configs):
         trial = study.ask(distributions(sweep_plan))
         asked.append(trial.params)
-        try:
+        with contextlib.suppress(RuntimeError):  # the grid sampler stops the study after its last point
             study.tell(trial, 0.0)
-        except RuntimeError:  # the grid sampler stops the study after its last point
-            pass
     return asked
 
 
@@ -127,12 +126,15 @@ sweep:
 
 
 def test_grid_points_of_a_mixed_space(tmp_path):
-    sweep_plan = plan(tmp_path, MIXED.format(sampler="grid").replace(
-        "optimizer.lr: {type: float, low: 0.01, high: 0.1}", "optimizer.lr: {type: float, low: 0.01, high: 0.03, step: 0.01}"
-    ).replace("data.subset: {type: int, low: 100, high: 1000, log: true}", "data.subset: {type: categorical, choices: [100, 1000]}")
-     .replace("optimizer.weight_decay: {type: float, low: 1.0e-6, high: 1.0e-3, log: true}",
-              "optimizer.weight_decay: {type: categorical, choices: [0.0]}")
-     .replace("train.batch_size: {type: int, low: 16, high: 64}", "train.batch_size: {type: int, low: 16, high: 64, step: 48}"))
+    sweep_plan = plan(tmp_path, MIXED.format(sampler="grid")
+                      .replace("optimizer.lr: {type: float, low: 0.01, high: 0.1}",
+                               "optimizer.lr: {type: float, low: 0.01, high: 0.03, step: 0.01}")
+                      .replace("data.subset: {type: int, low: 100, high: 1000, log: true}",
+                               "data.subset: {type: categorical, choices: [100, 1000]}")
+                      .replace("optimizer.weight_decay: {type: float, low: 1.0e-6, high: 1.0e-3, log: true}",
+                               "optimizer.weight_decay: {type: categorical, choices: [0.0]}")
+                      .replace("train.batch_size: {type: int, low: 16, high: 64}",
+                               "train.batch_size: {type: int, low: 16, high: 64, step: 48}"))
     axes = {
         "optimizer": ["sgd", "adam"],
         "optimizer.lr": [0.01, 0.02, 0.03],
@@ -144,7 +146,7 @@ def test_grid_points_of_a_mixed_space(tmp_path):
         "model.activation": ["relu", "tanh"],
         "model.hidden_sizes": ["[64]", "[128,64]"],
     }
-    expected = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    expected = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
     points = asked_grid_points(sweep_plan)
     assert len(points) == len(expected) == 2 * 3 * 3 * 2 * 3 * 2 * 2 * 2
     assert sorted(map(repr, points)) == sorted(map(repr, expected))  # each point exactly once
@@ -355,7 +357,8 @@ def test_the_best_command_reruns_with_a_data_root_holding_spaces_and_accents(tmp
     from sweeplab.sweep.rerun import best_command
 
     root = str(tmp_path / "mes données, été")
-    path = write_sweep(tmp_path, "quoted", "sweep:\n  space:\n    model.activation: {type: categorical, choices: [tanh, relu]}")
+    path = write_sweep(tmp_path, "quoted",
+                       "sweep:\n  space:\n    model.activation: {type: categorical, choices: [tanh, relu]}")
     record = {"sweep_id": "quoted-1", "sweep_file": str(path), "overrides": [to_override("data.root", root)],
               "seeds": [3], "objectives": [["val/acc", "max"]]}
     trial = TrialRow(0, {"model.activation": "tanh"}, "COMPLETE", "completed", [0.9], [0.0], 2,

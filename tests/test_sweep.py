@@ -182,7 +182,8 @@ def test_mlflow_has_one_parent_run_with_a_child_run_per_trial(smoke):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.tags["sweeplab.sweep_id"] == outcome.sweep_id and parent.info.status == "FINISHED"
     assert parent.data.params["sampler"] == "random" and "optimizer.lr" in json.loads(parent.data.params["space"])
-    assert {"host", "mlflow.user", "mlflow.source.name", "version.sweeplab", "version.ray", "version.optuna"} <= set(parent.data.tags)
+    provenance = {"host", "mlflow.user", "mlflow.source.name", "version.sweeplab", "version.ray", "version.optuna"}
+    assert provenance <= set(parent.data.tags)
     assert len(children) == len(outcome.trials) == 4
 
     rows = {str(row.number): row for row in outcome.trials}
@@ -317,7 +318,8 @@ def test_asha_stops_poor_trials_early(asha):
     assert stopped and all(t.epochs < max_epochs for t in stopped)
     assert any(t.status == "completed" and t.epochs == max_epochs for t in outcome.trials)
     # Ray's own record agrees: one result line per epoch each trial really ran
-    ray_epochs = sum(len(p.read_text().splitlines()) for p in (out / "ray" / outcome.sweep_id).glob("trial_*/result.json"))
+    results = (out / "ray" / outcome.sweep_id).glob("trial_*/result.json")
+    ray_epochs = sum(len(p.read_text().splitlines()) for p in results)
     assert ray_epochs == sum(epochs.values())
     pruned = [t for t in study_of(out, outcome).trials if t.state == optuna.trial.TrialState.PRUNED]
     assert sorted(t.number for t in pruned) == sorted(t.number for t in stopped)
@@ -342,8 +344,8 @@ def test_nsga2_sweep_optimises_accuracy_and_size_together(pareto):
         assert 0 < accuracy <= 1 and params == sizes[t.params["model.hidden_sizes"]]
     front = sorted(t.number for t in study.best_trials)
     summary = format_summary(outcome)
-    assert f"Pareto front over val/acc (max), params (min), completed trials only: trials {', '.join(map(str, front))}" \
-        in summary
+    front_text = ", ".join(map(str, front))
+    assert f"Pareto front over val/acc (max), params (min), completed trials only: trials {front_text}" in summary
 
 
 # --- fast: no Ray ---------------------------------------------------------------------------------------
@@ -464,8 +466,9 @@ def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path):
     space = {"optimizer.lr": {"type": "categorical", "choices": [0.1, 0.01]}}
     rows = [TrialRow(n, {"optimizer.lr": lr}, "COMPLETE", "completed", [c[-1]], [0.0], 2,
                      seeds={"0": {"status": "completed", "values": [c[-1]]}})
-            for (n, c), lr in zip(curves.items(), (0.1, 0.01))]
-    sweep_file = write_sweep(tmp_path, "rank", "sweep:\n  space:\n    optimizer.lr: {type: categorical, choices: [0.1, 0.01]}")
+            for (n, c), lr in zip(curves.items(), (0.1, 0.01), strict=True)]
+    sweep_file = write_sweep(tmp_path, "rank",
+                             "sweep:\n  space:\n    optimizer.lr: {type: categorical, choices: [0.1, 0.01]}")
     record = {"sweep_id": "rank-1", "objectives": [["val/acc", "max"]], "seeds": [0], "space": space,
               "num_configs": 2, "sweep_file": str(sweep_file), "overrides": []}
     outcome = SweepOutcome(record, rows)
@@ -479,7 +482,7 @@ def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path):
     parent = client.create_run(exp, run_name="rank-1", tags={"sweeplab.kind": "sweep", "sweeplab.sweep_id": "rank-1"})
     client.log_batch(parent.info.run_id, params=[Param("objectives", json.dumps(record["objectives"])),
                                                  Param("space", json.dumps(space))])
-    for (n, curve), lr in zip(curves.items(), (0.1, 0.01)):
+    for (n, curve), lr in zip(curves.items(), (0.1, 0.01), strict=True):
         child = client.create_run(exp, run_name=f"trial_{n:03d}_seed0", tags={
             "mlflow.parentRunId": parent.info.run_id, "sweeplab.trial_name": f"trial_{n:03d}_seed0",
             "sweeplab.status": "completed"})

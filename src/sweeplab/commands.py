@@ -1,17 +1,24 @@
 """What each CLI subcommand does; cli.py only parses arguments."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sweeplab.errors import UserError
 from sweeplab.metrics import format_metric, ranked_label
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
-def format_metrics(m: dict, epochs: int | None = None) -> str:
+    from sweeplab.train import TrainResult
+
+
+def format_metrics(m: dict[str, Any], epochs: int | None = None) -> str:
     parts = [f"epoch {int(m['epoch']):>3}" + (f"/{epochs}" if epochs else "")]
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc"):
         if key in m:
@@ -27,7 +34,7 @@ def run_folder(output_dir: str, kind: str, label: str) -> Path:
     return path
 
 
-def save_run(folder: Path, cfg, result) -> None:
+def save_run(folder: Path, cfg: DictConfig, result: TrainResult) -> None:
     """The run's files (sweeplab.run_files), metrics.csv and final_metrics.json."""
     from sweeplab.compose import to_yaml
     from sweeplab.models.summary import summarize
@@ -41,7 +48,7 @@ def save_run(folder: Path, cfg, result) -> None:
     (folder / "final_metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from sweeplab.compose import compose
     from sweeplab.train import train, validate
 
@@ -78,7 +85,7 @@ def _override_text(value) -> str:
     return str(value)
 
 
-def cmd_models(args) -> int:
+def cmd_models(args: argparse.Namespace) -> int:
     """Each model with the keys its presets give it: what `sweeplab train model=X` uses."""
     from sweeplab.compose import compose, conf_dir, flatten
     from sweeplab.models import MODELS
@@ -99,7 +106,7 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_datasets(args) -> int:
+def cmd_datasets(args: argparse.Namespace) -> int:
     from sweeplab.data import DATASETS
 
     for name in DATASETS.names():
@@ -110,7 +117,7 @@ def cmd_datasets(args) -> int:
     return 0
 
 
-def cmd_sweep(args) -> int:
+def cmd_sweep(args: argparse.Namespace) -> int:
     from sweeplab.sweep.launch import launch_sweep
     from sweeplab.sweep.summary import format_summary
 
@@ -131,7 +138,7 @@ def _storage(overrides) -> str:
     return optuna_storage_url(compose(overrides))
 
 
-def cmd_status(args) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     from sweeplab.sweep.results import find_sweep, list_sweeps, load_outcome
     from sweeplab.sweep.summary import format_summary, format_table
 
@@ -146,7 +153,7 @@ def cmd_status(args) -> int:
         outcome = load_outcome(storage, record["sweep_id"])
         best, metric = outcome.best(), outcome.objectives[0][0]
         rows.append([record["sweep_id"], record["started"], outcome.counts_text(),
-                     f"{ranked_label(metric)} {format_metric(metric, best.values[0])}" if best else "-"])
+                     f"{ranked_label(metric)} {format_metric(metric, best.value())}" if best else "-"])
     if not rows:
         print(f"no sweeps in {storage} yet: run 'sweeplab sweep default'")
         return 0
@@ -154,7 +161,7 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_best(args) -> int:
+def cmd_best(args: argparse.Namespace) -> int:
     from sweeplab.sweep.rerun import best_command
     from sweeplab.sweep.results import find_sweep, load_outcome
 
@@ -173,7 +180,7 @@ def cmd_best(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from sweeplab.compose import compose
     from sweeplab.tracking.report import build_report, find_parent_run
     from sweeplab.tracking.store import existing_client, tracking_uri
@@ -188,7 +195,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_ui(args) -> int:
+def cmd_ui(args: argparse.Namespace) -> int:
     import os
 
     from sweeplab.compose import compose
@@ -207,7 +214,8 @@ def cmd_ui(args) -> int:
         print(f"  {e.name}: {url}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning", flush=True)
     artifacts = Path(cfg.output_dir).resolve() / "mlartifacts"
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--default-artifact-root", artifacts.as_uri(), "--host", args.host, "--port", str(args.port), "--workers", "1"]
+               "--default-artifact-root", artifacts.as_uri(),
+               "--host", args.host, "--port", str(args.port), "--workers", "1"]
     # GenAI job workers (eight processes) are of no use for training runs; exec so that a signal
     # to `sweeplab ui` reaches the server itself.
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -11,6 +11,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from hydra import compose as hydra_compose
@@ -23,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sweeplab.config import schema
 from sweeplab.errors import ConfigError
 from sweeplab.models import MODELS
+from sweeplab.structured import plain
 
 _registered = False
 
@@ -76,7 +78,9 @@ def resolve_sweep_file(ref: str) -> Path:
     candidate = sweeps_dir() / f"{ref}.yaml"
     if not candidate.is_file():
         known = sorted(p.stem for p in sweeps_dir().glob("*.yaml"))
-        raise ConfigError(f"unknown sweep {ref!r}. Known sweeps in {sweeps_dir()}: {', '.join(known)}; or give a path to a .yaml file")
+        raise ConfigError(
+            f"unknown sweep {ref!r}. Known sweeps in {sweeps_dir()}: {', '.join(known)}; or give a path to a .yaml file"
+        )
     return candidate
 
 
@@ -172,9 +176,10 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, object]:
-    """Leaf values keyed by dotted path: model.conv.filter_num -> 30 (lists stay whole; names stay plain: loss -> mse)."""
-    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, DictConfig) else cfg
+def flatten(cfg: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, object]:
+    """Leaf values keyed by dotted path: model.conv.filter_num -> 30
+    (lists stay whole; names stay plain: loss -> mse)."""
+    data = plain(cfg, enum_to_str=True)
     out: dict[str, object] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"

@@ -119,7 +119,8 @@ def _model_reason(cfg: DictConfig) -> str | None:
 
     try:  # one tiny training step of a 2-member pack: an op without a batching rule fails here
         params, buffers = stack_module_state([model, model])
-        vmap(grad_and_value(member_loss))(params, buffers, torch.zeros(2, 2, *shape), torch.zeros(2, 2, dtype=torch.long))
+        images, labels = torch.zeros(2, 2, *shape), torch.zeros(2, 2, dtype=torch.long)
+        vmap(grad_and_value(member_loss))(params, buffers, images, labels)
     except Exception as err:
         first = str(err).split(". ")[0].strip()
         return (f"model {cfg.model.name!r} with train.loss={cfg.train.loss} cannot run under torch.func.vmap "
@@ -188,10 +189,10 @@ class _Pack:
         params, bufs = list(self.params.values()), list(self.momentum.values())
         d_p = [grads[name] for name in self.params]
         if self.decays:
-            d_p = torch._foreach_addcmul(d_p, self.weight_decay, params)  # grad + weight_decay * param
+            d_p = list(torch._foreach_addcmul(d_p, self.weight_decay, params))  # grad + weight_decay * param
         torch._foreach_mul_(bufs, self.beta)
         torch._foreach_add_(bufs, d_p)  # buf starts at 0: the first step sets buf = d_p, as SGD does
-        d_p = torch._foreach_addcmul(d_p, self.beta, bufs) if self.nesterov else bufs
+        d_p = list(torch._foreach_addcmul(d_p, self.beta, bufs)) if self.nesterov else bufs
         torch._foreach_addcmul_(params, self.neg_lr, d_p)  # param - lr * d_p
 
     def write_back(self, member: _Member) -> None:
@@ -235,7 +236,7 @@ def train_fused(
     source = BatchSource(bundle, device, data_cfg.normalize)
 
     members = []
-    for index, (cfg, reporter) in enumerate(zip(cfgs, reporters)):
+    for index, (cfg, reporter) in enumerate(zip(cfgs, reporters, strict=True)):
         member_train: TrainConfig = typed(cfg.train, TrainConfig)
         opt_cfg: OptimizerConfig = typed(cfg.optimizer, OptimizerConfig)
         seed_everything(member_train.seed)  # as train() does: same seed, same initial weights
@@ -350,18 +351,19 @@ def _evaluate_pack(base: nn.Module, pack: _Pack, source: BatchSource, batch_size
     forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))
     member_losses = vmap(criterion, in_dims=(0, None))
     offsets = torch.arange(k, device=source.device).view(k, 1) * num_classes**2
-    confusion = torch.zeros(k * num_classes**2, dtype=torch.long, device=source.device)
+    counts = torch.zeros(k * num_classes**2, dtype=torch.long, device=source.device)
     batch_losses = []
     for x, y in source.batches("val", batch_size):
         logits = forward(pack.params, pack.buffers, x)  # [k, batch, classes]
         batch_losses.append((member_losses(logits, y), len(y)))
-        confusion += torch.bincount((offsets + y * num_classes + logits.argmax(-1)).flatten(), minlength=k * num_classes**2)
+        cells = (offsets + y * num_classes + logits.argmax(-1)).flatten()
+        counts += torch.bincount(cells, minlength=k * num_classes**2)
     total, n = [0.0] * k, 0
     for losses, size in batch_losses:  # summed in train.evaluate's order: float(loss) * size per batch
         for i, value in enumerate(losses.tolist()):
             total[i] += value * size
         n += size
-    confusion = confusion.view(k, num_classes, num_classes).cpu().numpy()
+    confusion = counts.view(k, num_classes, num_classes).cpu().numpy()
     acc = [float(np.trace(c) / n) for c in confusion]
     return [t / n for t in total], acc, confusion
 
@@ -395,11 +397,13 @@ def train_pack(
     """Train ``cfgs``: fused when that pays (``should_fuse``) and is possible (``fusable``),
     otherwise one after another through ``train``. One outcome per cfg, in order."""
     reporters = list(reporters) if reporters is not None else [None] * len(cfgs)
+    if len(reporters) != len(cfgs):
+        raise ValueError(f"{len(cfgs)} configs but {len(reporters)} reporters")
     device = resolve_device(typed(cfgs[0].train, TrainConfig).device) if cfgs else torch.device("cpu")
     if should_fuse(device, len(cfgs), force) and fusable(cfgs) is None:
         return train_fused(cfgs, reporters, bundle)
     outcomes: list[Outcome] = []
-    for cfg, reporter in zip(cfgs, reporters):
+    for cfg, reporter in zip(cfgs, reporters, strict=True):
         try:
             outcomes.append(train(cfg, reporter, bundle=bundle))
         except TrainingDiverged as err:

@@ -21,15 +21,12 @@ FINAL_ONLY_KEYS = ("test/loss", "test/acc")
 RANKED_BY = "final epoch"
 
 
-class TrialStatus(str, enum.Enum):
+class TrialStatus(enum.StrEnum):
     COMPLETED = "completed"  # ran every epoch
     STOPPED = "stopped"  # ended early by the scheduler (ASHA, median rule)
     INVALID = "invalid"  # the configuration cannot train (composition, shapes, divergence)
     ERROR = "error"  # crashed, or never reported what the sweep optimises
     RUNNING = "running"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

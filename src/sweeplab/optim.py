@@ -9,6 +9,12 @@ from torch import nn
 from sweeplab.config.schema import LrSchedule, OptimizerConfig, TrainConfig
 from sweeplab.registry import Registry
 
+
+def _betas(cfg: OptimizerConfig) -> tuple[float, float]:
+    beta1, beta2 = cfg.betas  # two numbers: OptimizerConfig.check
+    return beta1, beta2
+
+
 OPTIMIZERS: Registry[Callable[[list, OptimizerConfig], torch.optim.Optimizer]] = Registry("optimizer", "optimizer")
 OPTIMIZERS.register(
     "sgd",
@@ -16,8 +22,12 @@ OPTIMIZERS.register(
         params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
     ),
 )
-OPTIMIZERS.register("adam", lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay))
-OPTIMIZERS.register("adamw", lambda params, c: torch.optim.AdamW(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay))
+OPTIMIZERS.register(
+    "adam", lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=_betas(c), weight_decay=c.weight_decay)
+)
+OPTIMIZERS.register(
+    "adamw", lambda params, c: torch.optim.AdamW(params, lr=c.lr, betas=_betas(c), weight_decay=c.weight_decay)
+)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

@@ -6,28 +6,36 @@ beside their models, and training can all use it without an import cycle.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
-from enum import Enum
-from typing import Any, TypeVar
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeplab.errors import ConfigError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
-class Choice(str, Enum):
+class Choice(StrEnum):
     """A closed set of names for a schema field. Hydra rejects any other value and lists these;
     members equal their plain names (``Loss.mse == "mse"``) and print as them."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def out_of_range(key: str, value: Any, want: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is out of range: it must be {want}")
+
+
+def plain(node: DictConfig | Mapping[str, Any], enum_to_str: bool = False) -> dict[str, Any]:
+    """``node`` as a plain dict with interpolations resolved; ``enum_to_str`` turns Enum values into their names."""
+    if isinstance(node, DictConfig):  # to_container of a DictConfig is a dict; OmegaConf types it as any container
+        return cast("dict[str, Any]", OmegaConf.to_container(node, resolve=True, enum_to_str=enum_to_str))
+    return dict(node)
 
 
 def typed(node: Any, schema: type[T], where: str | None = None) -> T:
@@ -36,13 +44,15 @@ def typed(node: Any, schema: type[T], where: str | None = None) -> T:
     if isinstance(node, schema):
         return node
     where = where or schema.__name__
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    data = plain(node)
     known = {f.name for f in fields(schema)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where} has no key {unknown[0]!r} ({where}.{unknown[0]}); its keys are: {', '.join(sorted(known))}")
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+        raise ConfigError(
+            f"{where} has no key {unknown[0]!r} ({where}.{unknown[0]}); its keys are: {', '.join(sorted(known))}"
+        )
+    try:  # to_object of a structured config is an instance of its schema
+        return cast(T, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data)))
     except OmegaConfBaseException as err:  # a wrong type or an unknown Enum name: one line, with the key
         key = getattr(err, "full_key", None)
         raise ConfigError(f"{where}.{key}: {str(err).splitlines()[0]}" if key else f"{where}: {err}") from None

@@ -28,6 +28,7 @@ from sweeplab.structured import typed
 # reporter(metrics, checkpoint): metrics of one finished epoch; checkpoint() builds the
 # state to save, only when the reporter wants it (Ray Tune does, the CLI at the end).
 Reporter = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> mean loss
 
 
 class StopTraining(Exception):
@@ -64,7 +65,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def loss_fn(name: Loss, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def loss_fn(name: Loss, num_classes: int) -> Criterion:
     if name == Loss.cross_entropy:
         return F.cross_entropy
     # Loss.mse, the textbook squared error: 0.5 * sum((softmax - one_hot)^2), batch mean
@@ -88,18 +89,19 @@ def validate(cfg: DictConfig, shapes: bool = True) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, source: BatchSource, split: str, batch_size: int, criterion, num_classes: int):
+def evaluate(model: nn.Module, source: BatchSource, split: str, batch_size: int, criterion: Criterion,
+             num_classes: int) -> tuple[float, float, np.ndarray]:
     """(loss, accuracy, confusion matrix) over a whole split; one host sync at the end."""
     model.eval()
     total_loss = torch.zeros((), device=source.device)
     n = 0
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=source.device)
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=source.device)
     for x, y in source.batches(split, batch_size):
         logits = model(x)
         total_loss += criterion(logits, y) * len(y)
         n += len(y)
-        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
-    confusion = confusion.view(num_classes, num_classes).cpu().numpy()
+        counts += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
+    confusion = counts.view(num_classes, num_classes).cpu().numpy()
     return float(total_loss) / n, float(np.trace(confusion) / n), confusion
 
 

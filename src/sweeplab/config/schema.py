@@ -118,7 +118,10 @@ class TrainConfig:
 
 def check_ranges(cfg: DictConfig) -> None:
     """The ranges of the optimizer, data and train groups of a composed config."""
-    for group, schema in (("optimizer", OptimizerConfig), ("data", DataConfig), ("train", TrainConfig)):
+    groups: list[tuple[str, type[OptimizerConfig | DataConfig | TrainConfig]]] = [
+        ("optimizer", OptimizerConfig), ("data", DataConfig), ("train", TrainConfig)
+    ]
+    for group, schema in groups:
         typed(cfg[group], schema, group).check()
 
 
@@ -183,7 +186,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db ; or http://host:5000
     experiment: str | None = None  # None: the sweep's name (or "train")
-    async_logging: bool = True
+    async_logging: bool = True  # MLflow calls on one background thread of the driver; false: inline
 
 
 @dataclass

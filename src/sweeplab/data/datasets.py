@@ -6,18 +6,18 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from sweeplab.errors import ConfigError, DatasetNotFoundError
 from sweeplab.registry import Registry
-from sweeplab.structured import out_of_range
+from sweeplab.structured import out_of_range, plain
 
 if TYPE_CHECKING:  # a type only: data never imports config at run time
     from sweeplab.config.schema import DataConfig
@@ -46,13 +46,18 @@ class DatasetBundle:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])
+        channels, height, width = self.train.images.shape[1:]
+        return channels, height, width
+
+
+# images, labels, (test images, test labels) or None, scale to [0, 1], class names
+Loader = Callable[["DataConfig"], tuple[np.ndarray, np.ndarray, tuple | None, float, list[str]]]
 
 
 @dataclass(frozen=True)
 class DatasetEntry:
     name: str
-    load: Callable[[DataConfig], tuple[np.ndarray, np.ndarray, tuple | None, float, list[str]]]
+    load: Loader
     input_shape: tuple[int, int, int]
     num_classes: int
     description: str
@@ -62,8 +67,10 @@ class DatasetEntry:
 DATASETS: Registry[DatasetEntry] = Registry("dataset", "data")
 
 
-def register_dataset(name, input_shape, num_classes, description, offline):
-    def wrap(load):
+def register_dataset(
+    name: str, input_shape: tuple[int, int, int], num_classes: int, description: str, offline: bool
+) -> Callable[[Loader], Loader]:
+    def wrap(load: Loader) -> Loader:
         DATASETS.register(name, DatasetEntry(name, load, input_shape, num_classes, description, offline))
         return load
 
@@ -95,8 +102,8 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
 _CACHE: dict[tuple, DatasetBundle] = {}
 
 
-def _as_dict(cfg) -> dict:
-    data = asdict(cfg) if is_dataclass(cfg) else OmegaConf.to_container(cfg, resolve=True)
+def _as_dict(cfg: DataConfig | DictConfig) -> dict[str, Any]:
+    data = plain(cfg) if isinstance(cfg, DictConfig) else asdict(cfg)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
 
 
@@ -159,7 +166,8 @@ def _load_digits(cfg: DataConfig):
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return d.images.reshape(-1, 1, 8, 8).astype(np.uint8), d.target.astype(np.int64), None, 1 / 16, [str(i) for i in range(10)]
+    images = d.images.reshape(-1, 1, 8, 8).astype(np.uint8)
+    return images, d.target.astype(np.int64), None, 1 / 16, [str(i) for i in range(10)]
 
 
 # --- torchvision datasets from a data root ---------------------------------------
@@ -179,7 +187,8 @@ def _torchvision(cls_name: str, cfg: DataConfig, expected: list[str]):
     cls = getattr(torchvision.datasets, cls_name)
     # Parallel trials start together: one downloads, the others wait for it.
     lock_dir = root if os.access(root, os.W_OK) else Path(tempfile.gettempdir())  # read-only shared datasets
-    with FileLock(str(lock_dir / f".sweeplab-{cls_name.lower()}-{hashlib.md5(str(root).encode()).hexdigest()[:12]}.lock")):
+    root_hash = hashlib.md5(str(root).encode()).hexdigest()[:12]
+    with FileLock(str(lock_dir / f".sweeplab-{cls_name.lower()}-{root_hash}.lock")):
         try:
             train = cls(str(root), train=True, download=cfg.download)
             test = cls(str(root), train=False, download=cfg.download)
@@ -227,8 +236,11 @@ def _register_torchvision(name: str, cls_name: str, shape: tuple[int, int, int],
         )
 
 
-_CIFAR_FILES = [f"cifar-10-batches-py/{n}" for n in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]]
-_register_torchvision("mnist", "MNIST", (1, 28, 28), _idx_files("MNIST"), "MNIST, 60k + 10k, torchvision files under data.root")
+_CIFAR_FILES = [f"cifar-10-batches-py/{n}"
+                for n in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]]
+_register_torchvision("mnist", "MNIST", (1, 28, 28), _idx_files("MNIST"),
+                      "MNIST, 60k + 10k, torchvision files under data.root")
 _register_torchvision("fashion_mnist", "FashionMNIST", (1, 28, 28), _idx_files("FashionMNIST"),
                       "Fashion-MNIST, 60k + 10k, torchvision files under data.root")
-_register_torchvision("cifar10", "CIFAR10", (3, 32, 32), _CIFAR_FILES, "CIFAR-10, 50k + 10k, torchvision files under data.root")
+_register_torchvision("cifar10", "CIFAR10", (3, 32, 32), _CIFAR_FILES,
+                      "CIFAR-10, 50k + 10k, torchvision files under data.root")

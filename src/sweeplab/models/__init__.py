@@ -11,5 +11,11 @@ from sweeplab.models.registry import (
 )
 
 __all__ = [
-    "MODELS", "ModelConfig", "PoolingModelConfig", "build_model", "check_architecture", "check_model", "count_parameters",
+    "MODELS",
+    "ModelConfig",
+    "PoolingModelConfig",
+    "build_model",
+    "check_architecture",
+    "check_model",
+    "count_parameters",
 ]

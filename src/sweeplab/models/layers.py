@@ -12,7 +12,7 @@ from sweeplab.registry import Registry
 from sweeplab.structured import Choice
 
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation", "model.activation")
-for _name, _factory in {
+_ACTIVATION_FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity,
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
@@ -22,7 +22,8 @@ for _name, _factory in {
     "gelu": nn.GELU,
     "silu": nn.SiLU,
     "softplus": nn.Softplus,
-}.items():
+}
+for _name, _factory in _ACTIVATION_FACTORIES.items():
     ACTIVATIONS.register(_name, _factory)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import MISSING
 from torch import nn
@@ -67,19 +67,25 @@ Shape = tuple[int, int, int]
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    schema: type
+    schema: type[ModelConfig]
     build: Callable[[Any, Shape, int], nn.Module]
     plan: Callable[[Any, Shape], Sequence[LayerSpec]] | None  # None: no spatial layers
     description: str
 
 
 MODELS: Registry[ModelEntry] = Registry("model", "model")
+Build = TypeVar("Build", bound=Callable[..., nn.Module])
 
 
-def register_model(name: str, schema: type, description: str, plan=None):
+def register_model(
+    name: str,
+    schema: type[ModelConfig],
+    description: str,
+    plan: Callable[[Any, Shape], Sequence[LayerSpec]] | None = None,
+) -> Callable[[Build], Build]:
     """Decorator for ``build(cfg, input_shape, num_classes) -> nn.Module``."""
 
-    def wrap(build):
+    def wrap(build: Build) -> Build:
         MODELS.register(name, ModelEntry(name, schema, build, plan, description))
         return build
 
@@ -97,19 +103,25 @@ def check_model(cfg: Any) -> ModelConfig:
     return model
 
 
-def check_architecture(cfg: Any, input_shape: Shape) -> list[ShapeRow]:
+def _shape(input_shape: Sequence[int]) -> Shape:
+    channels, height, width = input_shape
+    return channels, height, width
+
+
+def check_architecture(cfg: Any, input_shape: Sequence[int]) -> list[ShapeRow]:
     """Every layer's input and output size; ArchitectureError names an impossible layer."""
     model = check_model(cfg)
     plan = MODELS.get(model.name).plan
     if plan is None:
         return []
-    return trace(plan(model, input_shape), tuple(input_shape), model.name)
+    shape = _shape(input_shape)
+    return trace(plan(model, shape), shape, model.name)
 
 
-def build_model(cfg: Any, input_shape: Shape, num_classes: int) -> nn.Module:
+def build_model(cfg: Any, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     model_cfg = check_model(cfg)
     check_architecture(model_cfg, input_shape)
-    model = MODELS.get(model_cfg.name).build(model_cfg, tuple(input_shape), num_classes)
+    model = MODELS.get(model_cfg.name).build(model_cfg, _shape(input_shape), num_classes)
     layers.init_weights(model, model_cfg.weight_init, model_cfg.weight_init_std)
     return model
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import nn
@@ -52,7 +51,7 @@ class Inception:
         return self.c1 + self.c3 + self.c5 + self.pool_proj
 
 
-LayerSpec = Union[Conv, Pool, Inception]
+LayerSpec = Conv | Pool | Inception
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,9 @@ def build_features(
     return nn.Sequential(OrderedDict(modules))
 
 
-def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int, act: str, dropout: float = 0.0) -> nn.Sequential:
+def mlp_head(
+    in_features: int, hidden: Sequence[int], num_classes: int, act: str, dropout: float = 0.0
+) -> nn.Sequential:
     """affine -> act (-> dropout) ... -> affine to the class scores."""
     modules: list[nn.Module] = [nn.Flatten()]
     width = in_features

@@ -12,7 +12,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
         if name and not any(True for _ in module.children()):
             def hook(mod, _inp, out, name=name):
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else tuple(out[0].shape)
-                rows.append((name, type(mod).__name__, "x".join(map(str, shape[1:])), sum(p.numel() for p in mod.parameters())))
+                params = sum(p.numel() for p in mod.parameters())
+                rows.append((name, type(mod).__name__, "x".join(map(str, shape[1:])), params))
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()

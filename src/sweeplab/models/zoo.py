@@ -9,8 +9,8 @@ from torch import nn
 
 from sweeplab.errors import ConfigError
 from sweeplab.models import layers
-from sweeplab.models.registry import ModelConfig, PoolingModelConfig, register_model
-from sweeplab.models.shapes import Conv, Inception, Pool, build_features, mlp_head, trace
+from sweeplab.models.registry import ModelConfig, PoolingModelConfig, Shape, register_model
+from sweeplab.models.shapes import Conv, Inception, LayerSpec, Pool, build_features, mlp_head, trace
 from sweeplab.structured import Choice
 
 
@@ -26,7 +26,15 @@ class FeatureClassifier(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _conv_model(plan, cfg, input_shape, num_classes, hidden, dropout=0.0, batch_norm=False):
+def _conv_model(
+    plan: list[LayerSpec],
+    cfg: PoolingModelConfig,
+    input_shape: Shape,
+    num_classes: int,
+    hidden: list[int],
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+) -> FeatureClassifier:
     rows = trace(plan, input_shape, cfg.name)
     out = rows[-1].output
     features = build_features(plan, input_shape[0], cfg.activation, cfg.pooling, batch_norm)
@@ -40,7 +48,7 @@ class MLPConfig(ModelConfig):
 
 
 @register_model("mlp", MLPConfig, "multilayer perceptron: affine -> act per hidden size")
-def build_mlp(cfg: MLPConfig, input_shape, num_classes):
+def build_mlp(cfg: MLPConfig, input_shape: Shape, num_classes: int) -> nn.Module:
     return mlp_head(layers.flat_size(input_shape), cfg.hidden_sizes, num_classes, cfg.activation)
 
 
@@ -60,7 +68,7 @@ class SimpleConvNetConfig(PoolingModelConfig):
     hidden_size: int = 100
 
 
-def simple_convnet_plan(cfg: SimpleConvNetConfig, input_shape):
+def simple_convnet_plan(cfg: SimpleConvNetConfig, input_shape: Shape) -> list[LayerSpec]:
     c = cfg.conv
     return [Conv("conv1", c.filter_num, c.filter_size, c.stride, c.pad), Pool("pool1", cfg.pool_size, cfg.pool_size)]
 
@@ -68,7 +76,7 @@ def simple_convnet_plan(cfg: SimpleConvNetConfig, input_shape):
 @register_model(
     "simple_convnet", SimpleConvNetConfig, "conv -> act -> pool -> affine -> act -> affine", simple_convnet_plan
 )
-def build_simple_convnet(cfg, input_shape, num_classes):
+def build_simple_convnet(cfg: SimpleConvNetConfig, input_shape: Shape, num_classes: int) -> nn.Module:
     return _conv_model(simple_convnet_plan(cfg, input_shape), cfg, input_shape, num_classes, [cfg.hidden_size])
 
 
@@ -81,7 +89,7 @@ class LeNetConfig(PoolingModelConfig):
     fc_sizes: list[int] = field(default_factory=lambda: [120, 84])
 
 
-def lenet_plan(cfg: LeNetConfig, input_shape):
+def lenet_plan(cfg: LeNetConfig, input_shape: Shape) -> list[LayerSpec]:
     k = cfg.kernel_size
     return [
         Conv("conv1", cfg.conv1_filters, k, 1, k // 2),  # 'same' padding, as LeNet-5 on 32x32 MNIST
@@ -92,7 +100,7 @@ def lenet_plan(cfg: LeNetConfig, input_shape):
 
 
 @register_model("lenet", LeNetConfig, "LeNet-5: conv-pool-conv-pool-fc-fc-fc", lenet_plan)
-def build_lenet(cfg, input_shape, num_classes):
+def build_lenet(cfg: LeNetConfig, input_shape: Shape, num_classes: int) -> nn.Module:
     return _conv_model(lenet_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes)
 
 
@@ -105,7 +113,7 @@ class AlexNetConfig(PoolingModelConfig):
     dropout: float = 0.5
 
 
-def alexnet_plan(cfg: AlexNetConfig, input_shape):
+def alexnet_plan(cfg: AlexNetConfig, input_shape: Shape) -> list[LayerSpec]:
     if len(cfg.filters) != 5 or len(cfg.kernel_sizes) != 5:
         raise ConfigError("model 'alexnet': filters and kernel_sizes need 5 entries, one per conv layer")
     f, k = cfg.filters, cfg.kernel_sizes
@@ -122,7 +130,7 @@ def alexnet_plan(cfg: AlexNetConfig, input_shape):
 
 
 @register_model("alexnet", AlexNetConfig, "AlexNet: 5 conv, 3 pool, dropout fc layers", alexnet_plan)
-def build_alexnet(cfg, input_shape, num_classes):
+def build_alexnet(cfg: AlexNetConfig, input_shape: Shape, num_classes: int) -> nn.Module:
     return _conv_model(alexnet_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes, cfg.dropout)
 
 
@@ -136,8 +144,8 @@ class VGGConfig(PoolingModelConfig):
     batch_norm: bool = True
 
 
-def vgg_plan(cfg: VGGConfig, input_shape):
-    plan = []
+def vgg_plan(cfg: VGGConfig, input_shape: Shape) -> list[LayerSpec]:
+    plan: list[LayerSpec] = []
     for s, stage in enumerate(cfg.stages, start=1):
         plan += [Conv(f"conv{s}_{i}", width, 3, 1, 1) for i, width in enumerate(stage, start=1)]
         plan.append(Pool(f"pool{s}", 2, 2))
@@ -145,7 +153,7 @@ def vgg_plan(cfg: VGGConfig, input_shape):
 
 
 @register_model("vgg", VGGConfig, "VGG: stages of 3x3 convs, each closed by a 2x2 pool", vgg_plan)
-def build_vgg(cfg, input_shape, num_classes):
+def build_vgg(cfg: VGGConfig, input_shape: Shape, num_classes: int) -> nn.Module:
     return _conv_model(
         vgg_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes, cfg.dropout, cfg.batch_norm
     )
@@ -164,12 +172,12 @@ class GoogLeNetConfig(PoolingModelConfig):
     batch_norm: bool = True  # after every conv, as in Inception v2
 
 
-def googlenet_plan(cfg: GoogLeNetConfig, input_shape):
+def googlenet_plan(cfg: GoogLeNetConfig, input_shape: Shape) -> list[LayerSpec]:
     beyond = [b for b in cfg.pool_after if not 1 <= b <= len(cfg.blocks)]
     if beyond:
         raise ConfigError(f"model 'googlenet': pool_after={list(cfg.pool_after)} names block {beyond[0]}, "
                           f"but there are blocks 1..{len(cfg.blocks)}")
-    plan = [Conv("stem", cfg.stem_filters, 3, 1, 1), Pool("stem_pool", 2, 2)]
+    plan: list[LayerSpec] = [Conv("stem", cfg.stem_filters, 3, 1, 1), Pool("stem_pool", 2, 2)]
     for b, widths in enumerate(cfg.blocks, start=1):
         if len(widths) != 6:
                 raise ConfigError(
@@ -189,12 +197,12 @@ class GoogLeNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)  # global average pooling instead of big fc layers
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
 
 
 @register_model("googlenet", GoogLeNetConfig, "GoogLeNet: inception blocks, global average pool", googlenet_plan)
-def build_googlenet(cfg, input_shape, num_classes):
+def build_googlenet(cfg: GoogLeNetConfig, input_shape: Shape, num_classes: int) -> nn.Module:
     plan = googlenet_plan(cfg, input_shape)
     channels = trace(plan, input_shape, cfg.name)[-1].output[0]
     features = build_features(plan, input_shape[0], cfg.activation, cfg.pooling, cfg.batch_norm)
@@ -226,11 +234,12 @@ class ElmanRNN(nn.Module):
         )
         self.hh = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers))
         self.act = layers.activation(act)
+        self.hidden_size = hidden_size
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:  # (batch, time, features)
-        for ih, hh in zip(self.ih, self.hh):
+        for ih, hh in zip(self.ih, self.hh, strict=True):
             x_proj = ih(seq)  # all time steps at once; only the recurrence is sequential
-            h = seq.new_zeros(seq.shape[0], hh.out_features)
+            h = seq.new_zeros(seq.shape[0], self.hidden_size)
             outputs = []
             for t in range(seq.shape[1]):
                 h = self.act(x_proj[:, t] + hh(h))
@@ -240,9 +249,10 @@ class ElmanRNN(nn.Module):
 
 
 class RowRNN(nn.Module):
-    def __init__(self, cfg: RNNConfig, input_shape, num_classes: int) -> None:
+    def __init__(self, cfg: RNNConfig, input_shape: Shape, num_classes: int) -> None:
         super().__init__()
         c, _, w = input_shape
+        self.rnn: nn.Module
         if cfg.cell == "rnn":
             self.rnn = ElmanRNN(c * w, cfg.hidden_size, cfg.num_layers, cfg.activation)
         else:
@@ -259,5 +269,5 @@ class RowRNN(nn.Module):
 
 
 @register_model("rnn", RNNConfig, "recurrent net reading the image row by row (rnn / lstm / gru cell)")
-def build_rnn(cfg, input_shape, num_classes):
+def build_rnn(cfg: RNNConfig, input_shape: Shape, num_classes: int) -> nn.Module:
     return RowRNN(cfg, input_shape, num_classes)

@@ -1,6 +1,7 @@
 """``launch_sweep``: a planned sweep -> an Optuna study whose trials Ray Tune runs."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -18,6 +19,9 @@ from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
 from sweeplab.sweep.space import encode_choice
 
 if TYPE_CHECKING:
+    from ray.tune import Callback
+    from ray.tune.schedulers import TrialScheduler
+
     from sweeplab.sweep.results import SweepOutcome
     from sweeplab.sweep.trainable import TrialSpec
 
@@ -32,8 +36,9 @@ RAY_ENV = {
 }
 
 
-def start_ray(cfg: DictConfig) -> None:
-    """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray."""
+def start_ray(cfg: DictConfig) -> bool:
+    """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray.
+    False when this process is already connected to a Ray."""
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -42,17 +47,19 @@ def start_ray(cfg: DictConfig) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     env_vars = {k: os.environ[k] for k in RAY_ENV} | {"SWEEPLAB_HOME": str(project_root())}
     if "SWEEPLAB_FAULT_AFTER_EPOCH" in os.environ:  # the retry tests' fault injection
         env_vars["SWEEPLAB_FAULT_AFTER_EPOCH"] = os.environ["SWEEPLAB_FAULT_AFTER_EPOCH"]
     runtime_env = {"env_vars": env_vars}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
     else:
         # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
-        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus, include_dashboard=cfg.cluster.dashboard,
-                 runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
+                 include_dashboard=cfg.cluster.dashboard, runtime_env=runtime_env, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    return True
 
 
 def _check_resources(resources, sweep_file: Path) -> None:
@@ -111,7 +118,7 @@ def _plain(value):
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int):
+def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int) -> TrialScheduler:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     if scheduler.kind == "asha":
@@ -142,7 +149,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
 
     plan, sweep_id = _plan(ref, overrides, resume)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
-    _start_ray_and_store(plan.cfg)
+    started_ray = _start_ray_and_store(plan.cfg)
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     storage_path = plan.cfg.cluster.storage_path or str(plan.output_dir / "ray")
@@ -155,16 +162,25 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     print(f"sweeplab sweep: {sweep_id}: {plan.num_configs} configurations x {len(sc.seeds)} seed(s), "
           f"sampler {sc.sampler}, scheduler {sc.scheduler.kind}, {sc.max_concurrent} at a time, "
           f"{sc.resources.cpu:g} CPU + {sc.resources.gpu:g} GPU each", flush=True)
-    tuner.fit()
-    return load_outcome(plan.optuna_storage, sweep_id)
+    try:
+        tuner.fit()
+        outcome = load_outcome(plan.optuna_storage, sweep_id)
+        if started_ray:  # a Ray of our own goes down while the tracker draws the report
+            import ray
+
+            ray.shutdown()
+    finally:
+        for callback in callbacks:
+            if hasattr(callback, "finish"):
+                callback.finish()
+    return outcome
 
 
-def _start_ray_and_store(cfg: DictConfig) -> None:
+def _start_ray_and_store(cfg: DictConfig) -> bool:
     """Ray starts while MLflow is imported and its store opened on a thread (each takes seconds);
     a tracking server that does not answer is named before either starts."""
     if not cfg.tracking.enabled:
-        start_ray(cfg)
-        return
+        return start_ray(cfg)
     from concurrent.futures import ThreadPoolExecutor
 
     from sweeplab.tracking.store import check_reachable, client_for, tracking_uri
@@ -173,8 +189,9 @@ def _start_ray_and_store(cfg: DictConfig) -> None:
     check_reachable(uri)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
         store = pool.submit(client_for, uri)
-        start_ray(cfg)
+        started = start_ray(cfg)
         store.result()  # a store that cannot be opened: its UserError, before any trial starts
+    return started
 
 
 def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, str]:
@@ -188,12 +205,13 @@ def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, 
     return plan, f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> list:
+def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> list[Callback]:
     from sweeplab.sweep.view import LiveView
 
     metric, mode = plan.objectives[0]
     sc = plan.cfg.sweep
-    callbacks = [LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet)]
+    view = LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet)
+    callbacks: list[Callback] = [view]
     if plan.cfg.tracking.enabled:
         from sweeplab.sweep.tracker import MlflowSweepTracker
 

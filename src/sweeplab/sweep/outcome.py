@@ -17,7 +17,13 @@ class TrialRow:
     std: list[float] | None
     epochs: int | None
     reason: str = ""
-    seeds: dict[str, dict] = field(default_factory=dict)  # seed -> that run's outcome
+    seeds: dict[str, dict[str, Any]] = field(default_factory=dict)  # seed -> that run's outcome
+
+    def value(self, index: int = 0) -> float:
+        """Objective ``index``'s value; only rows with values (every completed one) have it."""
+        if self.values is None:
+            raise ValueError(f"trial {self.number} ({self.status}) has no values")
+        return self.values[index]
 
     def seed_values(self, index: int = 0) -> list[float]:
         return [o["values"][index] for o in self.seeds.values() if "values" in o]
@@ -46,7 +52,7 @@ class SweepOutcome:
     def ranked(self) -> list[TrialRow]:
         """Completed configurations, best first by the first objective's final-epoch value."""
         _, mode = self.objectives[0]
-        return sorted(self.completed(), key=lambda t: t.values[0], reverse=(mode == "max"))
+        return sorted(self.completed(), key=lambda t: t.value(), reverse=(mode == "max"))
 
     def best(self) -> TrialRow | None:
         ranked = self.ranked()
@@ -55,10 +61,10 @@ class SweepOutcome:
     def pareto_front(self) -> list[int]:
         """Numbers of the non-dominated completed configurations over every objective."""
         signs = [1 if mode == "max" else -1 for _, mode in self.objectives]
-        points = {t.number: [s * v for s, v in zip(signs, t.values)] for t in self.completed()}
+        points = {t.number: [s * t.value(i) for i, s in enumerate(signs)] for t in self.completed()}
 
         def dominated(a: list[float]) -> bool:
-            return any(all(x <= y for x, y in zip(a, b)) and a != b for b in points.values())
+            return any(all(x <= y for x, y in zip(a, b, strict=True)) and a != b for b in points.values())
 
         return sorted(n for n, p in points.items() if not dominated(p))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,7 +57,9 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     _check_group_choices(dims, overrides, sweep_file)
     clash = [o.split("=")[0].lstrip("+~") for o in overrides if o.split("=")[0].lstrip("+~") in {d.key for d in dims}]
     if clash:
-        raise ConfigError(f"{clash[0]} is searched by sweep.space in {sweep_file}; remove {clash[0]}=... from the command line")
+        raise ConfigError(
+            f"{clash[0]} is searched by sweep.space in {sweep_file}; remove {clash[0]}=... from the command line"
+        )
     # plain strings: Ray asserts that metric and mode have the same type
     objectives = [(o.metric, str(o.mode)) for o in sc.objectives] or [(sc.metric, str(sc.mode))]
     if sc.objectives and (objectives[0][0] != sc.metric or objectives[0][1] != sc.mode):
@@ -120,7 +123,8 @@ def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], swee
     if missing and not cfg.data.download:
         raise DatasetNotFoundError(f"sweep {sc.name!r} needs dataset {cfg.data.name!r} under "
                                    f"data.root={Path(cfg.data.root).resolve()}: missing {', '.join(missing)}. "
-                                   "Put torchvision's files there, or add data.download=true on a machine with internet.")
+                                   "Put torchvision's files there, "
+                                   "or add data.download=true on a machine with internet.")
 
 
 def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:
@@ -133,7 +137,7 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
 
     from sweeplab.train import validate
 
-    def fails(dim: Dimension, value, err: Exception) -> ConfigError:
+    def fails(dim: Dimension, value: Any, err: Exception | str) -> ConfigError:
         return ConfigError(f"sweep.space.{dim.key} in {sweep_file}: the value {value!r} fails: {err}")
 
     groups = [d for d in dims if d.is_group]
@@ -148,7 +152,7 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
         if dim.type == "categorical":
             probes = [OmegaConf.to_container(c) if OmegaConf.is_config(c) else c for c in dim.choices]
         else:
-            probes = [int(v) if dim.type == "int" else float(v) for v in (dim.low, dim.high)]
+            probes = [int(v) if dim.type == "int" else float(v) for v in dim.bounds]
         for value in probes:
             cfg = copy.deepcopy(base)
             try:

@@ -32,8 +32,9 @@ def find_sweep(storage: str, name_or_id: str) -> dict[str, Any]:
     named = [s for s in summaries if s.user_attrs.get("name") == name_or_id]
     found = exact or sorted(named, key=lambda s: s.user_attrs.get("started", ""))
     if not found:
-        known = sorted({s.user_attrs.get("name") for s in summaries})
-        hint = f"Sweeps in this storage: {', '.join(known)}." if known else "It holds no sweep yet: run 'sweeplab sweep <name>' first."
+        known = sorted({str(s.user_attrs["name"]) for s in summaries if "name" in s.user_attrs})
+        hint = (f"Sweeps in this storage: {', '.join(known)}." if known
+                else "It holds no sweep yet: run 'sweeplab sweep <name>' first.")
         raise UserError(f"no sweep named {name_or_id!r} in {redact(storage)}. {hint}")
     return dict(found[-1].user_attrs)
 

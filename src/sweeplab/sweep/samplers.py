@@ -7,7 +7,9 @@ from sweeplab.errors import ConfigError
 from sweeplab.sweep.space import Dimension, grid
 
 
-def make_sampler(name: str, dims: list[Dimension], seed: int | None, multi_objective: bool) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, dims: list[Dimension], seed: int | None, multi_objective: bool
+) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if name == "random":
@@ -20,3 +22,24 @@ def make_sampler(name: str, dims: list[Dimension], seed: int | None, multi_objec
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.NSGAIISampler(seed=seed)  # nsga2: the schema's Sampler enum allows no other name
 
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's storage. A local SQLite file runs in WAL mode with synchronous=NORMAL: every Optuna
+    write is a transaction, and a full fsync per commit made the driver wait on the disk once per
+    intermediate value and user attribute (a crash of the process still loses nothing committed)."""
+    if not url.startswith("sqlite:///"):
+        return optuna.storages.RDBStorage(url)
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url)
+    engine = storage.engine
+
+    def tune(connection, _record) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", tune)
+    engine.dispose()  # connections opened while the storage was created reconnect with the pragmas
+    return storage

@@ -14,13 +14,13 @@ from __future__ import annotations
 import pickle
 import statistics
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from ray.tune.search import Searcher
 
 from sweeplab.metrics import TrialStatus, trial_end
-from sweeplab.sweep.samplers import make_sampler
+from sweeplab.sweep.samplers import make_sampler, open_storage
 from sweeplab.sweep.space import Dimension
 
 
@@ -66,13 +66,15 @@ class OptunaSearcher(Searcher):
         """The study's storage. Writing to a trial by its number after ask() (user attributes,
         intermediate values of several objectives) has no Study-level API; BaseStorage's has."""
         if self._backend is None:
-            self._backend = optuna.storages.RDBStorage(self.storage)
+            self._backend = open_storage(self.storage)
         return self._backend
 
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            directions = ["maximize" if mode == "max" else "minimize" for _, mode in self.objectives]
+            directions: list[Literal["maximize", "minimize"]] = [
+                "maximize" if mode == "max" else "minimize" for _, mode in self.objectives
+            ]
             seed = self.sampler_seed
             if seed is not None:  # a resumed sweep must not replay the random draws it already made
                 seed += _existing_trials(self.backend, self.study_name)
@@ -82,18 +84,21 @@ class OptunaSearcher(Searcher):
                                               directions=directions, load_if_exists=True)
         return self._study
 
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the space and objectives come from the sweep file
 
     # -- Ray Tune's side -----------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
         if not self._pending:
             if self._asked >= self.num_configs:
-                return Searcher.FINISHED
+                # Ray documents Searcher.FINISHED (a str) as suggest's end signal but types the return Optional[Dict]
+                return Searcher.FINISHED  # type: ignore[return-value]
             trial = self.study.ask({d.key: d.distribution() for d in self.dims})
             self._asked += 1
             study_id = self.backend.get_study_id_from_name(self.study_name)
-            self._storage_ids[trial.number] = self.backend.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            self._storage_ids[trial.number] = self.backend.get_trial_id_from_study_id_trial_number(
+                study_id, trial.number
+            )
             self._outcomes[trial.number], self._curves[trial.number] = {}, {}
             self._pending.extend((trial.number, dict(trial.params), seed) for seed in self.seeds)
         number, params, seed = self._pending.popleft()
@@ -106,6 +111,7 @@ class OptunaSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._live:
             return
+        result = result or {}
         self._record_epoch(trial_id, result)  # Ray hands a trial's last epoch to on_trial_complete only
         number, seed = self._live.pop(trial_id)
         end = trial_end(result, self.max_epochs, [metric for metric, _ in self.objectives],
@@ -122,7 +128,9 @@ class OptunaSearcher(Searcher):
     # -- intermediate values ----------------------------------------------------------
     def _record_epoch(self, trial_id: str, result: dict | None) -> None:
         metric = self.objectives[0][0]
-        if trial_id not in self._live or not result or result.get("invalid") or metric not in result or "epoch" not in result:
+        if trial_id not in self._live or not result or result.get("invalid"):
+            return
+        if metric not in result or "epoch" not in result:
             return
         number, seed = self._live[trial_id]
         self._curves.setdefault(number, {}).setdefault(seed, {})[int(result["epoch"])] = float(result[metric])
@@ -149,7 +157,8 @@ class OptunaSearcher(Searcher):
         if invalid or not valid:
             reasons = [o["reason"] for o in (*invalid, *outcomes.values()) if o.get("reason")]
             status = TrialStatus.INVALID if invalid else TrialStatus.ERROR
-            attrs.update(status=status.value, reason=reasons[0] if reasons else "every seed of this configuration failed")
+            reason = reasons[0] if reasons else "every seed of this configuration failed"
+            attrs.update(status=status.value, reason=reason)
             self._set_attrs(number, attrs)
             study.tell(number, state=optuna.trial.TrialState.FAIL)
             return

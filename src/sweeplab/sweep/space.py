@@ -12,6 +12,7 @@ import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeplab.errors import ConfigError
+from sweeplab.structured import plain
 
 TYPES = ("float", "int", "categorical")
 GROUPS = ("model", "optimizer", "data", "train")  # config groups a space may pick an option of
@@ -25,28 +26,40 @@ class Dimension:
     high: float | None = None
     log: bool = False
     step: float | None = None
-    choices: tuple | None = None
+    choices: tuple[Any, ...] = ()  # categorical only
 
     @property
     def is_group(self) -> bool:
         return self.key in GROUPS
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a float or int range; parse_space has checked that both are set."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"sweep.space.{self.key} is a {self.type} dimension without a range")
+        return self.low, self.high
+
     def distribution(self) -> optuna.distributions.BaseDistribution:
         if self.type == "float":
-            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+            low, high = self.bounds
+            return optuna.distributions.FloatDistribution(low, high, log=self.log, step=self.step)
         if self.type == "int":
-            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            low, high = self.bounds
+            return optuna.distributions.IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
         # Optuna stores categorical choices as None/bool/int/float/str: lists travel as YAML text.
         return optuna.distributions.CategoricalDistribution([encode_choice(c) for c in self.choices])
 
-    def grid_values(self) -> list:
+    def grid_values(self) -> list[Any]:
         if self.type == "categorical":
             return [encode_choice(c) for c in self.choices]
         if self.step is None and self.type == "float":
-            raise ConfigError(f"sweep.space.{self.key}: the grid sampler needs 'choices' or a 'step' for a float range")
+            raise ConfigError(
+                f"sweep.space.{self.key}: the grid sampler needs 'choices' or a 'step' for a float range"
+            )
+        low, high = self.bounds
         step = self.step or 1
-        count = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
-        values = [self.low + i * step for i in range(count)]
+        count = int(math.floor((high - low) / step + 1e-9)) + 1
+        values = [low + i * step for i in range(count)]
         return [int(v) for v in values] if self.type == "int" else [round(v, 12) for v in values]
 
 
@@ -105,9 +118,11 @@ def overrides_for(params: dict[str, Any]) -> list[str]:
     return [to_override(k, v) for k, v in ordered]
 
 
-def parse_space(space: Any, base: DictConfig, source: Path | str, group_options: dict[str, list[str]]) -> list[Dimension]:
+def parse_space(
+    space: Any, base: DictConfig, source: Path | str, group_options: dict[str, list[str]]
+) -> list[Dimension]:
     """Validate ``sweep.space`` against the composed base config; errors name key and file."""
-    space = OmegaConf.to_container(space, resolve=True) if isinstance(space, DictConfig) else dict(space or {})
+    space = plain(space or {})
     if not space:
         raise ConfigError(f"sweep.space in {source} is empty: add at least one key to search, e.g. optimizer.lr")
     dims = []
@@ -117,7 +132,9 @@ def parse_space(space: Any, base: DictConfig, source: Path | str, group_options:
             raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 0.001, high: 0.1}}, got {spec!r}")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
         if unknown:
-            raise ConfigError(f"{where}: unknown field {sorted(unknown)[0]!r}; fields are type, low, high, log, step, choices")
+            raise ConfigError(
+                f"{where}: unknown field {sorted(unknown)[0]!r}; fields are type, low, high, log, step, choices"
+            )
         kind = spec.get("type")
         if kind not in TYPES:
             raise ConfigError(f"{where}: type must be one of {', '.join(TYPES)}, got {kind!r}")
@@ -130,7 +147,7 @@ def parse_space(space: Any, base: DictConfig, source: Path | str, group_options:
         elif OmegaConf.select(base, key, default="__missing__") == "__missing__":
             raise ConfigError(f"{where}: {key!r} is not a key of the composed config (check the spelling)")
         dim = Dimension(key, kind, spec.get("low"), spec.get("high"), bool(spec.get("log", False)), spec.get("step"),
-                        tuple(spec["choices"]) if spec.get("choices") is not None else None)
+                        tuple(spec["choices"]) if spec.get("choices") is not None else ())
         _check_dimension(dim, where)
         dims.append(dim)
     return dims

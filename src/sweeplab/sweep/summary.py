@@ -18,7 +18,7 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
@@ -27,7 +27,9 @@ def _mean_std(metric: str, values: list[float]) -> str:
     return f"{format_metric(metric, statistics.fmean(values))} ± {format_metric(metric, statistics.pstdev(values))}"
 
 
-_ORDER = [TrialStatus.COMPLETED, TrialStatus.STOPPED, TrialStatus.RUNNING, TrialStatus.INVALID, TrialStatus.ERROR]
+_ORDER: list[str] = [
+    TrialStatus.COMPLETED, TrialStatus.STOPPED, TrialStatus.RUNNING, TrialStatus.INVALID, TrialStatus.ERROR
+]
 
 
 def format_summary(outcome: SweepOutcome) -> str:
@@ -47,14 +49,15 @@ def format_summary(outcome: SweepOutcome) -> str:
         value = format_metric(metric, t.values[0] if t.values else None)
         if n_seeds > 1 and t.values and t.std:
             value += f" ± {format_metric(metric, t.std[0])}"
-        extra = [format_metric(m, t.values[i] if t.values else None) for i, (m, _) in enumerate(outcome.objectives[1:], 1)]
+        extra = [format_metric(m, t.values[i] if t.values else None)
+                 for i, (m, _) in enumerate(outcome.objectives[1:], 1)]
         status = t.status if not t.reason else f"{t.status}: {t.reason[:80]}"
         rows.append([str(t.number), *(format_param(t.params.get(k)) for k in keys), value, *extra,
                      str(t.epochs or "-"), status])
     parts = [f"sweep {outcome.sweep_id}: {outcome.counts_text()}", format_table(headers, rows), *_rankings(outcome)]
     best = outcome.best()
     if best:
-        parts.append(f"best: trial {best.number}  {ranked_label(metric)} {format_metric(metric, best.values[0])}  "
+        parts.append(f"best: trial {best.number}  {ranked_label(metric)} {format_metric(metric, best.value())}  "
                      + " ".join(f"{k}={format_param(v)}" for k, v in best.params.items()))
         parts.append(f"rerun it: {best_command(outcome, best)}")
     if len(outcome.objectives) > 1:
@@ -78,11 +81,13 @@ def _rankings(outcome: SweepOutcome) -> list[str]:
     for key in (k for k, s in space.items() if s.get("type") == "categorical" and k != "model"):
         groups: dict[tuple, list[float]] = {}
         for t in done:
-            groups.setdefault((t.params.get("model", ""), t.params.get(key)), []).extend(t.seed_values() or [t.values[0]])
+            group = groups.setdefault((t.params.get("model", ""), t.params.get(key)), [])
+            group.extend(t.seed_values() or [t.value()])
         for model in sorted({g[0] for g in groups}):
             ranked = sorted(((g[1], v) for g, v in groups.items() if g[0] == model),
                             key=lambda kv: statistics.fmean(kv[1]), reverse=(mode == "max"))
-            rows = [[str(i), format_param(value), _mean_std(metric, v), str(len(v))] for i, (value, v) in enumerate(ranked, 1)]
+            rows = [[str(i), format_param(value), _mean_std(metric, v), str(len(v))]
+                    for i, (value, v) in enumerate(ranked, 1)]
             title = f"{key} ranked by {label}" + (f" for model={model}" if by_model else "")
             out.append(title + "\n" + format_table(["rank", key, f"{label} mean ± std", "runs"], rows))
     if by_model:
@@ -90,8 +95,9 @@ def _rankings(outcome: SweepOutcome) -> list[str]:
         for t in outcome.ranked():
             best.setdefault(t.params["model"], t)
         others = [k for k in space if k != "model"]
-        rows = [[str(i), t.params["model"], _mean_std(metric, t.seed_values() or [t.values[0]]),
-                 " ".join(f"{k}={format_param(t.params.get(k))}" for k in others)] for i, t in enumerate(best.values(), 1)]
+        rows = [[str(i), t.params["model"], _mean_std(metric, t.seed_values() or [t.value()]),
+                 " ".join(f"{k}={format_param(t.params.get(k))}" for k in others)]
+                for i, t in enumerate(best.values(), 1)]
         out.append(f"model ranked by {label}, each at its best setting\n"
                    + format_table(["rank", "model", f"{label} mean ± std", "setting"], rows))
     return out

@@ -16,16 +16,24 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
+from ray.tune.experiment import Trial
 
 from sweeplab.metrics import TrialEnd, TrialStatus, error_line, trial_end
 from sweeplab.tracking import runs
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from omegaconf import DictConfig
+
+    from sweeplab.sweep.plan import SweepPlan
+    from sweeplab.sweep.trainable import TrialSpec
+
 
 class MlflowSweepTracker(tune.Callback):
-    def __init__(self, cfg, plan, sweep_id: str, spec) -> None:
+    def __init__(self, cfg: DictConfig, plan: SweepPlan, sweep_id: str, spec: TrialSpec) -> None:
         from omegaconf import OmegaConf
 
         from sweeplab.tracking.store import artifact_root, tracking_uri
@@ -51,7 +59,7 @@ class MlflowSweepTracker(tune.Callback):
             "optuna_storage": plan.optuna_storage,
         }
         self.spec = spec  # the TrialSpec: composes a trial's config for its params
-        self._client = None
+        self._client: MlflowClient | None = None
         self._queue: ThreadPoolExecutor | None = None
         self._failed: list[str] = []
         self.experiment_id: str | None = None
@@ -65,14 +73,14 @@ class MlflowSweepTracker(tune.Callback):
         return {**self.__dict__, "_client": None, "_queue": None}
 
     @property
-    def client(self):
+    def client(self) -> MlflowClient:
         if self._client is None:
             from sweeplab.tracking.store import client_for
 
             self._client = client_for(self.uri)
         return self._client
 
-    def _submit(self, call: Callable, *args) -> None:
+    def _submit(self, call: Callable[..., Any], *args: Any) -> None:
         """Run ``call(*args)`` on the tracking thread, after every call submitted before it."""
         if not self.background:
             self._run(call, *args)
@@ -81,7 +89,7 @@ class MlflowSweepTracker(tune.Callback):
             self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-mlflow")
         self._queue.submit(self._run, call, *args)
 
-    def _run(self, call: Callable, *args) -> None:
+    def _run(self, call: Callable[..., Any], *args: Any) -> None:
         try:
             call(*args)
         except Exception as err:  # a tracking failure must not end the sweep; it is reported at the end
@@ -93,7 +101,8 @@ class MlflowSweepTracker(tune.Callback):
             self._queue = None
 
     # -- the sweep's parent run ----------------------------------------------------------
-    def setup(self, **info) -> None:
+    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
+              **info: Any) -> None:
         from mlflow.entities import Param, RunTag
 
         from sweeplab.tracking.store import get_or_create_experiment
@@ -102,22 +111,23 @@ class MlflowSweepTracker(tune.Callback):
         found = self.client.search_runs([self.experiment_id], f"tags.`sweeplab.sweep_id` = '{self.sweep_id}' "
                                         "and tags.`sweeplab.kind` = 'sweep'", max_results=1)
         if found:  # a resumed sweep keeps its parent run
-            self._reopen(found[0].info.run_id)
+            self._reopen(self.experiment_id, found[0].info.run_id)
             return
         tags = {"sweeplab.kind": "sweep", "sweeplab.sweep_id": self.sweep_id, **runs.provenance_tags()}
         run = self.client.create_run(self.experiment_id, run_name=self.sweep_id, tags=tags)
         self.parent_run_id = run.info.run_id
-        self.client.log_batch(self.parent_run_id, params=[Param(k, runs.param_value(v)) for k, v in self.plan_info.items()],
+        params = [Param(k, runs.param_value(v)) for k, v in self.plan_info.items()]
+        self.client.log_batch(self.parent_run_id, params=params,
                               tags=[RunTag("mlflow.note.content", f"sweeplab sweep {self.plan_info['sweep_name']}: "
                                            f"sampler {self.plan_info['sampler']}, space {self.plan_info['space']}")])
         self.client.log_artifact(self.parent_run_id, self.sweep_file, "sweep")
 
-    def _reopen(self, parent_run_id: str) -> None:
+    def _reopen(self, experiment_id: str, parent_run_id: str) -> None:
         self.parent_run_id = parent_run_id
         self.client.update_run(parent_run_id, status="RUNNING")
-        for child in self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        for child in self.client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                              max_results=5000):
-            name = child.data.tags.get("sweeplab.trial_name")
+            name = child.data.tags["sweeplab.trial_name"]
             self._children[name] = child.info.run_id
             if child.info.status == "RUNNING":  # cut off by the interruption: it restarts
                 self._restarts[name] = int(child.data.tags.get("sweeplab.restarts", "0"))
@@ -125,7 +135,7 @@ class MlflowSweepTracker(tune.Callback):
             self._last_step[name] = max((m.step for m in history), default=0)
 
     # -- one child run per trial -------------------------------------------------------------
-    def _create_child(self, name: str, trial_id: str, config: dict) -> None:
+    def _create_child(self, name: str, trial_id: str, config: dict[str, Any]) -> None:
         if name in self._children:
             return
         from mlflow.entities import Param
@@ -138,7 +148,7 @@ class MlflowSweepTracker(tune.Callback):
         except UserError:  # the trial itself will end invalid with the reason; log what was sampled
             params = [Param(k, runs.param_value(v)) for k, v in config.items()]
         tags = {
-            "mlflow.parentRunId": self.parent_run_id,
+            "mlflow.parentRunId": str(self.parent_run_id),
             "sweeplab.kind": "trial",
             "sweeplab.sweep_id": self.sweep_id,
             "sweeplab.trial_name": name,
@@ -147,12 +157,14 @@ class MlflowSweepTracker(tune.Callback):
             "sweeplab.status": "running",
             "sweeplab.restarts": "0",
         }
+        assert self.experiment_id is not None, "setup() creates the experiment before any trial starts"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        params = [p for p in params if p.key != "optuna_trial"] + [Param("optuna_trial", str(config.get("optuna_trial")))]
+        number = Param("optuna_trial", str(config.get("optuna_trial")))
+        params = [p for p in params if p.key != "optuna_trial"] + [number]
         self.client.log_batch(run.info.run_id, params=params)  # the client splits it into batches of 100
         self._children[name] = run.info.run_id
 
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         name = str(trial)
         self._submit(self._create_child, name, trial.trial_id, dict(trial.config))
         if name in self._restarts:  # continued by a resumed sweep
@@ -162,7 +174,8 @@ class MlflowSweepTracker(tune.Callback):
     def _set_tag(self, name: str, key: str, value: str) -> None:
         self.client.set_tag(self._children[name], key, value)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
+                        **info: Any) -> None:
         if result.get("invalid") or "epoch" not in result:
             return
         name = str(trial)
@@ -177,25 +190,25 @@ class MlflowSweepTracker(tune.Callback):
                          f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]{pack}")
         self._submit(self._log_epoch, name, runs.epoch_metrics(result))
 
-    def _log_epoch(self, name: str, metrics: list) -> None:
+    def _log_epoch(self, name: str, metrics: list[Any]) -> None:
         self.client.log_batch(self._children[name], metrics=metrics)
 
-    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._submit(self._set_tag, str(trial), "sweeplab.restarts",
                      str(self._restarts.get(str(trial), 0) + trial.num_failures))
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         objectives = [metric for metric, _ in json.loads(self.plan_info["objectives"])]
         self._finish(trial, trial_end(trial.last_result, int(self.plan_info["max_epochs"]), objectives))
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, trial_end(trial.last_result, int(self.plan_info["max_epochs"]), error=error_line(trial)))
 
-    def _finish(self, trial, end: TrialEnd) -> None:
+    def _finish(self, trial: Trial, end: TrialEnd) -> None:
         restarts = self._restarts.get(str(trial), 0) + trial.num_failures
         self._submit(self._end_child, str(trial), end, restarts, trial.checkpoint)
 
-    def _end_child(self, name: str, end: TrialEnd, restarts: int, checkpoint) -> None:
+    def _end_child(self, name: str, end: TrialEnd, restarts: int, checkpoint: tune.Checkpoint | None) -> None:
         from mlflow.entities import RunTag
 
         run_id = self._children[name]
@@ -207,7 +220,7 @@ class MlflowSweepTracker(tune.Callback):
             self._log_checkpoint(run_id, checkpoint)
         self.client.set_terminated(run_id, "FAILED" if end.status == TrialStatus.ERROR else "FINISHED")
 
-    def _log_checkpoint(self, run_id: str, checkpoint) -> None:
+    def _log_checkpoint(self, run_id: str, checkpoint: tune.Checkpoint) -> None:
         """The trial's files, as its last checkpoint (in Ray's shared storage) holds them."""
         from sweeplab.run_files import RUN_FILES
 
@@ -217,22 +230,33 @@ class MlflowSweepTracker(tune.Callback):
                     self.client.log_artifact(run_id, str(Path(folder) / name))
 
     # -- the end: figures of the best trial, the report on the parent -------------------------
-    def on_experiment_end(self, trials, **info) -> None:
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """Every trial's calls are done; the best trial's figures and the report are drawn on the tracking
+        thread while the driver shuts Ray down (``finish`` waits for them)."""
         self._drain()
+        if self.parent_run_id is None:  # setup() never ran
+            return
+        self._submit(self._conclude, self.parent_run_id)
+
+    def _conclude(self, parent: str) -> None:
         from sweeplab.tracking.report import build_report
 
         try:
-            for call in (lambda: log_best_trial_figures(self.client, self.parent_run_id, self.optuna_storage, self.sweep_id),
-                         lambda: build_report(self.client, self.parent_run_id, log_to_parent=True)):
-                self._run(call)
+            self._run(log_best_trial_figures, self.client, parent, self.optuna_storage, self.sweep_id)
+            self._run(build_report, self.client, parent, None, True)
         finally:
-            self.client.set_terminated(self.parent_run_id, "FINISHED")
+            self.client.set_terminated(parent, "FINISHED")
+
+    def finish(self) -> None:
+        """Wait for every MLflow call, the report included; say what failed."""
+        self._drain()
         if self._failed:
             print(f"sweeplab sweep: {len(self._failed)} MLflow call(s) failed; first: {self._failed[0]}",
                   file=sys.stderr, flush=True)
+            self._failed.clear()
 
 
-def log_best_trial_figures(client, parent_run_id: str, optuna_storage: str, sweep_id: str) -> str | None:
+def log_best_trial_figures(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> str | None:
     """Learning curves and confusion matrix of the sweep's best trial, drawn once at the end of the sweep
     (not per trial: MLflow already charts every run's metrics) and logged to that trial's run.
     Returns the run id, or None when no trial completed."""
@@ -260,7 +284,8 @@ def log_best_trial_figures(client, parent_run_id: str, optuna_storage: str, swee
     history = [steps[s] for s in sorted(steps) if len(steps[s]) == len(keys) + 1]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        confusion, classes = read_confusion(Path(client.download_artifacts(run.info.run_id, "confusion_matrix.json", tmp)))
+        matrix_file = client.download_artifacts(run.info.run_id, "confusion_matrix.json", tmp)
+        confusion, classes = read_confusion(Path(matrix_file))
         (folder / "confusion_matrix.json").unlink()
         figures(folder, history, confusion, classes, f"best trial: {run.info.run_name}")
         client.log_artifacts(run.info.run_id, tmp)

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ray import tune
 
 from sweeplab.metrics import TrialStatus, error_line, format_metric, trial_end
 from sweeplab.sweep.summary import format_param
 
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
 
 class LiveView(tune.Callback):
-    def __init__(self, space_keys, metric: str, mode: str, max_epochs: int, max_failures: int,
+    def __init__(self, space_keys: Iterable[str], metric: str, mode: str, max_epochs: int, max_failures: int,
                  quiet: bool = False, stream: TextIO | None = None) -> None:
         self.space_keys, self.metric, self.mode = list(space_keys), metric, mode
         self.max_epochs, self.max_failures, self.quiet = max_epochs, max_failures, quiet
@@ -25,18 +29,20 @@ class LiveView(tune.Callback):
         elapsed = int(time.monotonic() - self.started)
         print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", file=self.stream or sys.stdout, flush=True)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "stream": None}
 
-    def _params(self, trial) -> str:
+    def _params(self, trial: Trial) -> str:
         shown = {k: trial.config[k] for k in self.space_keys if k in trial.config}
         shown["seed"] = trial.config.get("seed")
         return " ".join(f"{k}={format_param(v)}" for k, v in shown.items())
 
-    def on_trial_start(self, iteration, trials, trial, **info):
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._print(f"{trial} started   {self._params(trial)}")
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         if result.get("invalid") or self.quiet:
             return
         self._print(
@@ -46,11 +52,11 @@ class LiveView(tune.Callback):
             f"{result.get('epoch_seconds', 0):.1f}s"
         )
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}
         end = trial_end(result, self.max_epochs, [self.metric])
         value = result.get(self.metric)
-        if end.status == TrialStatus.COMPLETED and (
+        if end.status == TrialStatus.COMPLETED and value is not None and (
             self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
         ):
             self.best = (value, str(trial))
@@ -63,16 +69,16 @@ class LiveView(tune.Callback):
         self.ended[trial.trial_id] = end.status.value
         self._progress(trials)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.ended[trial.trial_id] = TrialStatus.ERROR.value
         self._print(f"{trial} ERROR after {trial.num_failures} attempt(s): {error_line(trial)}")
         self._progress(trials)
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._print(f"{trial} crashed ({error_line(trial)}); retry {trial.num_failures}/{self.max_failures} "
                     "from its last checkpoint")
 
-    def _progress(self, trials) -> None:
+    def _progress(self, trials: list[Trial]) -> None:
         counts: dict[str, int] = {}
         for status in self.ended.values():
             counts[status] = counts.get(status, 0) + 1

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from sweeplab.metrics import axis_label, display_scale
 
 
-def pyplot():
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the headless Agg backend, imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +27,8 @@ def learning_curves_png(history: Sequence[dict[str, float]], path: Path, title: 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for split, style in (("train", "--"), ("val", "-")):
         ax_loss.plot(epochs, [h[f"{split}/loss"] for h in history], style, marker="o", label=split)
-        ax_acc.plot(epochs, [display_scale("val/acc") * h[f"{split}/acc"] for h in history], style, marker="o", label=split)
+        accuracies = [display_scale("val/acc") * h[f"{split}/acc"] for h in history]
+        ax_acc.plot(epochs, accuracies, style, marker="o", label=split)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel=axis_label("val/acc"), title="accuracy")
     for ax in (ax_loss, ax_acc):

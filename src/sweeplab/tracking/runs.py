@@ -10,10 +10,16 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeplab.compose import flatten, project_root
 from sweeplab.metrics import METRIC_KEYS
+
+if TYPE_CHECKING:
+    from mlflow.entities import Param
+    from omegaconf import DictConfig
+
+    from sweeplab.train import TrainResult
 
 
 def param_value(value: Any) -> str:
@@ -21,7 +27,7 @@ def param_value(value: Any) -> str:
     return text[:6000]
 
 
-def config_params(cfg) -> list:
+def config_params(cfg: DictConfig) -> list[Param]:
     """Leaf values of the resolved config, so runs compare column by column in the UI."""
     from mlflow.entities import Param
 
@@ -76,7 +82,7 @@ def _git_tags(root: Path) -> dict[str, str]:
     return {MLFLOW_GIT_COMMIT: commit, "git.dirty": str(bool(status)).lower()}
 
 
-def log_single_run(cfg, result, folder: Path) -> str:
+def log_single_run(cfg: DictConfig, result: TrainResult, folder: Path) -> str:
     """`sweeplab train` logs one run (experiment 'train' unless tracking.experiment says otherwise):
     its metrics, params, the files of its run folder and its two figures."""
     from mlflow.entities import RunTag

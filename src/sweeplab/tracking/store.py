@@ -3,27 +3,32 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sweeplab.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from omegaconf import DictConfig
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # MLflow 3's model-training view, not the GenAI one
 
 
-def tracking_uri(cfg) -> str:
+def tracking_uri(cfg: DictConfig) -> str:
     if cfg.tracking.uri:
         return str(cfg.tracking.uri)
     return f"sqlite:///{Path(cfg.output_dir).resolve() / 'mlflow.db'}"
 
 
-def artifact_root(cfg) -> str | None:
+def artifact_root(cfg: DictConfig) -> str | None:
     """Local stores keep artifacts beside the database; a server decides for itself."""
     if cfg.tracking.uri and not str(cfg.tracking.uri).startswith(("sqlite:", "file:", "/")):
         return None
     return (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri()
 
 
-def client_for(uri: str):
+def client_for(uri: str) -> MlflowClient:
     """An MlflowClient; for SQLite the schema is created once here, and WAL lets readers
     (the UI, sweeplab report) work while a sweep writes."""
     from mlflow import MlflowClient
@@ -78,7 +83,7 @@ def _new_sqlite_store(path: Path) -> None:
         staged.unlink()
 
 
-def existing_client(uri: str):
+def existing_client(uri: str) -> MlflowClient:
     """For read-only commands: never creates a store where a mistyped output_dir points."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a sweep first, "
@@ -106,7 +111,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
-def get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = f"{artifact_location}/{name}" if artifact_location else None

@@ -1,26 +1,24 @@
-"""B7 fused trials: 16 LeNet trials differing in learning rate and seed, trained as one
-fused pack vs one after another through ``sweeplab.train.train``.
+"""B7 fused trials: 16 LeNet trials differing in learning rate and seed, trained as one fused pack
+(``sweeplab.fused``) vs one after another through ``sweeplab.train.train``, in one process.
 
-    .venv/bin/python benchmarks/bench_fused.py [--smoke]
-
-``packed`` is what a sweep gets (``train_pack``: fused on a GPU, one by one on a CPU where
-fusing does not pay); ``fused`` forces the pack on any device, to show why it is off on CPUs.
+``packed`` is what a sweep gets (``train_pack``: fused on a GPU, one by one on a CPU where fusing
+does not pay); ``fused`` forces the pack on any device, to show why it is off on CPUs.
 Targets: packed >= 8x the one-by-one samples/s on a GPU, >= 0.95x on a CPU.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 
 import torch
+from harness import Check, Result
 
 from sweeplab.compose import compose
 from sweeplab.config.schema import DataConfig
 from sweeplab.data.datasets import load_dataset
 from sweeplab.fused import should_fuse, train_fused, train_pack
-from sweeplab.train import _typed, resolve_device, train
+from sweeplab.structured import typed
+from sweeplab.train import resolve_device, train
 
 TRIALS = 16
 ROUNDS = 3
@@ -53,7 +51,7 @@ def run_b7(smoke: bool) -> dict:
     device = resolve_device("auto")
     overrides = _overrides(device.type, smoke)
     cfgs = _trials(overrides)
-    bundle = load_dataset(_typed(cfgs[0].data, DataConfig))
+    bundle = load_dataset(typed(cfgs[0].data, DataConfig))
     warm = _trials([*overrides, "train.epochs=1"], k=2)  # first-call costs (kernels, allocator) off the clock
     train(warm[0], bundle=bundle)
     train_fused(warm, bundle=bundle)
@@ -74,7 +72,7 @@ def run_b7(smoke: bool) -> dict:
     samples = sum(len(r.history) for r in alone) * len(bundle.train)
     target = GPU_TARGET if device.type == "cuda" else CPU_TARGET
     drift = max(abs(f.metrics["val/loss"] - a.metrics["val/loss"]) / abs(a.metrics["val/loss"])
-                for f, a in zip(fused, alone))
+                for f, a in zip(fused, alone, strict=True))
     return {
         "bench": "B7 fused trials",
         "device": _device_name(device),
@@ -105,31 +103,12 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s))"
 
 
-def table(row: dict) -> str:
-    return "\n".join([
-        f"B7 on {row['device']}, torch {row['torch']}: {row['trials']} LeNet trials x {row['epochs']} epochs, "
-        f"{row['train_images']} training images, batch {row['batch_size']}, best of {ROUNDS} (forced fused: one run)",
-        "",
-        "| run | seconds | samples/s | vs one by one |",
-        "|---|---:|---:|---:|",
-        f"| one by one (train) | {row['one_by_one_seconds']:.2f} | {row['one_by_one_samples_per_second']:,.0f} | 1.00x |",
-        f"| packed (train_pack, fuses: {row['packed_fuses']}) | {row['packed_seconds']:.2f} "
-        f"| {row['packed_samples_per_second']:,.0f} | {row['packed_speedup']:.2f}x |",
-        f"| fused, forced (train_fused) | {row['fused_seconds']:.2f} | {row['fused_samples_per_second']:,.0f} "
-        f"| {row['fused_speedup']:.2f}x |",
-        "",
-        f"target: packed >= {row['target_speedup']}x: {'met' if row['met'] else 'missed'}; "
-        f"fused vs alone val/loss differ by at most {row['max_val_loss_rel_diff']:.1e} (relative)",
-    ])
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny size: 320 training images, one epoch")
-    row = run_b7(parser.parse_args().smoke)
-    print(json.dumps(row))
-    print(table(row))
-
-
-if __name__ == "__main__":
-    main()
+def run_fused_trials(size: str, **_: object) -> Result:
+    row = run_b7(smoke=size == "smoke")
+    target = f">= {row['target_speedup']:g}"
+    return Result("B7", "fused trials", size, checks=[
+        Check(f"{row['trials']} LeNet trials packed / one by one, samples/s ({row['device']})",
+              row["packed_speedup"], target),
+        Check("forced fused / one by one (fusing forced on, for comparison)", row["fused_speedup"], ""),
+        Check("fused vs alone, largest relative val/loss difference", row["max_val_loss_rel_diff"], "<= 0.0001"),
+    ], figures=row)

@@ -1,0 +1,230 @@
+"""B2 sweep overhead, B3 tracking cost, B4 launch latency: one workload, several ways to run it.
+
+Workload (issue 7): LeNet trials on mnist5k, random search over optimizer.lr, no early stopping,
+2 at a time x 1 CPU, one torch thread. Every wall time runs from the command's start (start-up
+included). The sweeplab runs are kept for the process, so B2, B3 and B4 share them when run together.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import (
+    BENCH_DIR,
+    VENDOR,
+    Check,
+    Result,
+    StudyTimes,
+    child_env,
+    mlflow_first_metric_watcher,
+    study_times,
+    sweeplab_sweep,
+    write_sweep,
+)
+
+SIZES = {
+    "full": {"trials": 16, "epochs": 5, "subset": None},
+    "smoke": {"trials": 4, "epochs": 2, "subset": 500},
+}
+CONCURRENCY = 2
+LR_RANGE = (0.005, 0.05)  # log-uniform; small enough that no LeNet diverges (a diverged trial ends early)
+SWEEP_NAME = "bench_overhead"
+
+_runs: dict[tuple[str, bool], dict] = {}  # (size, tracking) -> figures of that sweeplab run
+
+
+def sweep_body(trials: int, epochs: int, subset) -> str:
+    data = f"data: {{subset: {subset}}}\n" if subset else ""
+    return f"""
+# sweeplab sweep <this file>   (benchmark B2: {trials} LeNet trials x {epochs} epochs, random lr, no early stopping)
+defaults:
+  - override /model: lenet
+  - override /data: mnist5k
+  - override /optimizer: sgd
+  - _self_
+{data}train: {{epochs: {epochs}, num_threads: 1, lr_schedule: none, device: cpu}}
+sweep:
+  name: {SWEEP_NAME}
+  sampler: random
+  num_trials: {trials}
+  max_concurrent: {CONCURRENCY}
+  scheduler: {{kind: none}}
+  resources: {{cpu: 1, gpu: 0}}
+  space:
+    optimizer.lr: {{type: float, low: {LR_RANGE[0]}, high: {LR_RANGE[1]}, log: true}}
+"""
+
+
+def sweeplab_run(size: str, tracking: bool) -> dict:
+    """`sweeplab sweep` on the workload: wall, start-up (to the first trial), steady phase, teardown;
+    with tracking, also when the first epoch metric became readable in the MLflow store (B4)."""
+    key = (size, tracking)
+    if key in _runs:
+        return _runs[key]
+    p = SIZES[size]
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        tmp = Path(tmp)
+        sweep = write_sweep(tmp, SWEEP_NAME, sweep_body(p["trials"], p["epochs"], p["subset"]))
+        out = tmp / "outputs"
+        overrides = [f"output_dir={out}", *([] if tracking else ["tracking=none"])]
+        watch = mlflow_first_metric_watcher(out / "mlflow.db", "val/acc") if tracking else None
+        timed = sweeplab_sweep(sweep, overrides, cwd=tmp, watch=watch)
+        times = study_times(out, timed.started_at)
+    _check_all_completed(times, p["trials"], f"sweeplab sweep (tracking {'on' if tracking else 'off'})")
+    _runs[key] = {"wall_s": timed.wall, "startup_s": times.first_start, "steady_s": times.steady,
+                  "teardown_s": timed.wall - times.last_complete, "first_metric_s": timed.events.get("first_metric")}
+    return _runs[key]
+
+
+def _check_all_completed(times: StudyTimes, trials: int, what: str) -> None:
+    done = [t for t in times.trials if t["status"] == "completed"]
+    if len(done) != trials:
+        raise RuntimeError(f"{what}: {len(done)} of {trials} trials completed: {[t['status'] for t in times.trials]}")
+
+
+def bare_run(size: str) -> dict:
+    """The same trainings in plain PyTorch, split over CONCURRENCY processes started together."""
+    import numpy as np
+
+    p = SIZES[size]
+    lrs = np.exp(np.random.default_rng(0).uniform(*np.log(LR_RANGE), p["trials"])).tolist()
+    started_at = time.time()
+    t0 = time.perf_counter()
+    procs = []
+    for share in (lrs[i::CONCURRENCY] for i in range(CONCURRENCY)):
+        cmd = [sys.executable, BENCH_DIR / "bare_loop.py", "--epochs", str(p["epochs"]),
+               *(["--subset", str(p["subset"])] if p["subset"] else []), "--lrs", *map(str, share)]
+        procs.append(subprocess.Popen(list(map(str, cmd)), env=child_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=3600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bare_loop.py exited {proc.returncode}: {err.strip().splitlines()[-1:]}")
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    wall = time.perf_counter() - t0
+    startup = min(r["first_start"] for r in reports) - started_at
+    epochs = [s for r in reports for s in r["epoch_seconds"]]
+    return {"wall_s": wall, "startup_s": startup, "steady_s": wall - startup, "epoch_s_mean": sum(epochs) / len(epochs)}
+
+
+def ray_naive_run(size: str) -> dict:
+    p = SIZES[size]
+    with tempfile.TemporaryDirectory(prefix="bench-ray-naive-") as tmp:
+        cmd = [sys.executable, BENCH_DIR / "ray_naive.py", "--trials", str(p["trials"]), "--epochs", str(p["epochs"]),
+               "--storage", tmp, *(["--subset", str(p["subset"])] if p["subset"] else [])]
+        from harness import check_ok, run_timed
+
+        timed = check_ok(run_timed(cmd, Path(tmp)), "ray_naive.py")
+    return {"wall_s": timed.wall}
+
+
+HYDRA_APP = '''"""The B2 workload as a Hydra user writes it: a @hydra.main task, Optuna sweeper, joblib launcher.
+python app.py --multirun"""
+import hydra
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(cfg) -> float:
+    import torch
+    from bare_loop import build, load_tensors, train_bare
+
+    torch.set_num_threads(1)
+    data = load_tensors("mnist5k", cfg.subset)
+    return train_bare(build("lenet", data), data, cfg.lr, cfg.epochs)[-1]["val/acc"]
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+HYDRA_CONFIG = """defaults:
+  - override hydra/sweeper: optuna
+  - override hydra/sweeper/sampler: random
+  - override hydra/launcher: joblib
+  - _self_
+lr: 0.01
+epochs: {epochs}
+subset: {subset}
+hydra:
+  sweeper:
+    direction: maximize
+    n_trials: {trials}
+    n_jobs: {concurrency}
+    sampler: {{seed: 0}}
+    params:
+      lr: tag(log, interval({low}, {high}))
+  launcher:
+    n_jobs: {concurrency}
+"""
+
+
+def hydra_available() -> str:
+    """'' when Hydra's Optuna sweeper can run here, else why not."""
+    if not (VENDOR / "hydra_plugins" / "hydra_optuna_sweeper").is_dir():
+        return (f"hydra-optuna-sweeper is not installed in {VENDOR} (run `make bench-deps`; it declares optuna<3, "
+                "so it cannot be a dependency of this project and is installed beside it with --no-deps)")
+    return ""
+
+
+def hydra_run(size: str) -> dict:
+    from harness import check_ok, run_timed
+
+    p = SIZES[size]
+    with tempfile.TemporaryDirectory(prefix="bench-hydra-") as tmp:
+        app = Path(tmp)
+        (app / "conf").mkdir()
+        (app / "app.py").write_text(HYDRA_APP)
+        (app / "conf" / "config.yaml").write_text(HYDRA_CONFIG.format(
+            epochs=p["epochs"], subset=p["subset"] if p["subset"] else "null", trials=p["trials"],
+            concurrency=CONCURRENCY, low=LR_RANGE[0], high=LR_RANGE[1]))
+        timed = check_ok(run_timed([sys.executable, "app.py", "--multirun"], app, env=child_env([VENDOR])),
+                         "the Hydra Optuna sweeper app")
+        completed = len(list(app.glob("multirun/*/*/*/.hydra")))
+    if completed != p["trials"]:
+        raise RuntimeError(f"the Hydra Optuna sweeper ran {completed} of {p['trials']} jobs")
+    return {"wall_s": timed.wall}
+
+
+def run_b2(size: str, **_) -> Result:
+    p = SIZES[size]
+    bare = bare_run(size)
+    sweep = sweeplab_run(size, tracking=True)
+    ray_naive = ray_naive_run(size)
+    hydra_reason = hydra_available()
+    hydra = hydra_run(size) if not hydra_reason else None
+    overhead = (sweep["steady_s"] - bare["steady_s"]) * CONCURRENCY / p["trials"]
+    checks = [
+        Check("sweeplab sweep / bare, wall time, start-up included", sweep["wall_s"] / bare["wall_s"], "<= 1.20"),
+        Check("steady-state overhead per trial (s of its CPU beyond training)", overhead, "<= 0.25", "s"),
+        Check("naive Ray Tune script / bare, wall time", ray_naive["wall_s"] / bare["wall_s"], ""),
+        Check("Hydra Optuna sweeper (--multirun, joblib) / bare, wall time",
+              hydra["wall_s"] / bare["wall_s"] if hydra else None, ""),
+    ]
+    figures = {"workload": {**p, "concurrency": CONCURRENCY, "model": "lenet", "data": "mnist5k"},
+               "bare": bare, "sweeplab": sweep, "ray_naive": ray_naive, "hydra_optuna": hydra or hydra_reason,
+               "overhead_definition": "((last trial end - first trial start) - (bare end - bare first epoch start))"
+                                      " x concurrency / trials"}
+    return Result("B2", "sweep overhead vs bare loop", size, checks=checks, figures=figures)
+
+
+def run_b3(size: str, **_) -> Result:
+    on, off = sweeplab_run(size, tracking=True), sweeplab_run(size, tracking=False)
+    return Result("B3", "tracking on vs tracking=none", size, checks=[
+        Check("sweep wall, tracking on / tracking=none", on["wall_s"] / off["wall_s"], "<= 1.03"),
+        Check("trial phase (first start to last end), tracking on / none", on["steady_s"] / off["steady_s"], ""),
+    ], figures={"tracking_on": on, "tracking_none": off})
+
+
+def run_b4(size: str, **_) -> Result:
+    run = sweeplab_run(size, tracking=True)
+    if run["first_metric_s"] is None:
+        raise RuntimeError("no val/acc metric was ever readable in the MLflow store while the sweep ran")
+    return Result("B4", "launch latency", size, checks=[
+        Check("command start -> first epoch metric readable in MLflow", run["first_metric_s"], "<= 15", "s"),
+        Check("command start -> first trial started (Optuna)", run["startup_s"], "", "s"),
+    ], figures=run)

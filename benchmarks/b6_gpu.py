@@ -1,0 +1,137 @@
+"""B6 GPU: epochs over 60,000 28x28 images resident on the GPU (LeNet, VGG; fp32, bf16 autocast,
+channels_last), and K trials packed on one GPU through fractional sweep.resources.gpu.
+
+Runs when CUDA is present; otherwise it reports why it skipped. ``--device cpu --tiny`` runs the same
+code on the CPU at a tiny size (the tests do), packing K trials on one CPU through fractional
+sweep.resources.cpu instead."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from harness import Check, Result, study_times, sweeplab_sweep, write_sweep
+from torch.nn import functional as F
+
+SIZES = {  # resident images, packed K, epochs and training images per packed trial (mnist5k: 4,000)
+    "gpu": {"images": 60_000, "ks": [1, 4, 8], "epochs": 5, "subset": None, "batch": 64},
+    "tiny": {"images": 256, "ks": [1, 2], "epochs": 1, "subset": 300, "batch": 64},
+}
+MODELS = ("lenet", "vgg")
+OPTIONS = {  # name -> (bf16 autocast, channels_last)
+    "fp32": (False, False),
+    "bf16": (True, False),
+    "channels_last": (False, True),
+    "bf16+channels_last": (True, True),
+}
+
+
+def resident_epoch(model_name: str, device: torch.device, images: int, batch: int, bf16: bool,
+                   channels_last: bool) -> float:
+    """Seconds for one training epoch over synthetic images already on ``device`` (after a warm-up)."""
+    from sweeplab.compose import compose
+    from sweeplab.models import build_model
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(images, 1, 28, 28, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (images,), device=device)
+    model = build_model(compose([f"model={model_name}"]).model, (1, 28, 28), 10).to(device, memory_format=fmt)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def steps(n: int) -> None:
+        for i in range(0, n, batch):
+            with autocast:
+                loss = F.cross_entropy(model(x[i : i + batch]), y[i : i + batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    model.train()
+    steps(min(images, 10 * batch))  # warm-up: kernels chosen, caches filled
+    sync()
+    started = time.perf_counter()
+    steps(images)
+    sync()
+    return time.perf_counter() - started
+
+
+def packed(k: int, device: str, p: dict) -> dict:
+    """K trials at once through `sweeplab sweep`, each granted 1/K of the GPU (or of one CPU)."""
+    share = f"{1 / k:.6g}"
+    cpu = f"{min(1.0, (os.cpu_count() or 1) / k):.6g}"  # K trials must fit the machine's CPUs at once
+    resources = f"{{cpu: {cpu}, gpu: {share}}}" if device == "cuda" else f"{{cpu: {share}, gpu: 0}}"
+    data = f"data: {{subset: {p['subset']}}}\n" if p["subset"] else ""
+    body = f"""
+# sweeplab sweep <this file>   (benchmark B6: {k} LeNet trials packed on one {device})
+defaults:
+  - override /model: lenet
+  - override /data: mnist5k
+  - _self_
+{data}train: {{epochs: {p['epochs']}, num_threads: 1, lr_schedule: none, device: {device}}}
+sweep:
+  name: bench_pack{k}
+  sampler: random
+  num_trials: {k}
+  max_concurrent: {k}
+  scheduler: {{kind: none}}
+  resources: {resources}
+  space:
+    optimizer.lr: {{type: float, low: 0.005, high: 0.05, log: true}}
+"""
+    from sweeplab.config.schema import DataConfig
+    from sweeplab.data import load_dataset
+
+    train_images = len(load_dataset(DataConfig(name="mnist5k", subset=p["subset"])).train)
+    with tempfile.TemporaryDirectory(prefix=f"bench-b6-k{k}-") as tmp:
+        sweep = write_sweep(Path(tmp), f"bench_pack{k}", body)
+        out = Path(tmp) / "outputs"
+        overrides = [f"output_dir={out}", "tracking=none", *(["cluster.num_cpus=1"] if device == "cpu" else [])]
+        timed = sweeplab_sweep(sweep, overrides, cwd=Path(tmp))
+        times = study_times(out, timed.started_at)
+    completed = sum(t["status"] == "completed" for t in times.trials)
+    if completed != k:
+        raise RuntimeError(f"{completed} of {k} packed trials completed")
+    samples = k * p["epochs"] * train_images
+    return {"k": k, "trial_phase_s": times.steady, "wall_s": timed.wall, "samples": samples,
+            "aggregate_samples_per_s": samples / times.steady}
+
+
+def run(size: str, device: str = "auto", tiny: bool = False, **_) -> Result:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "none"
+    if device == "none":
+        return Result("B6", "GPU throughput and packing", size, status="skipped",
+                      reason="no CUDA device visible (torch.cuda.is_available() is False); "
+                             "`run.py B6 --device cpu --tiny` runs the same code on the CPU")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but torch sees no CUDA device")
+    tiny = tiny or size == "smoke" and device == "cpu"
+    p = SIZES["tiny" if tiny else "gpu"]
+    dev = torch.device(device)
+    epochs = {m: {name: resident_epoch(m, dev, p["images"], p["batch"], *opts) for name, opts in OPTIONS.items()}
+              for m in MODELS}
+    packs = {k: packed(k, device, p) for k in p["ks"]}
+    kmax = max(p["ks"])
+    speedup = packs[kmax]["aggregate_samples_per_s"] / packs[1]["aggregate_samples_per_s"]
+    best_lenet = min(epochs["lenet"], key=epochs["lenet"].get)
+    real = device == "cuda" and not tiny  # targets hold for the GPU at full size only
+    checks = [
+        Check(f"LeNet epoch over {p['images']:,} resident images ({best_lenet})", epochs["lenet"][best_lenet],
+              "<= 0.5" if real else "", "s"),
+        Check(f"{kmax} packed LeNet trials / 1, aggregate samples/s", speedup, ">= 4" if real else ""),
+        *(Check(f"{m} epoch, {name}", s, "", "s") for m in MODELS for name, s in epochs[m].items()),
+    ]
+    name = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU (tiny run, {torch.get_num_threads()} threads)"
+    return Result("B6", "GPU throughput and packing", size, checks=checks,
+                  reason="" if real else "tiny CPU run of the GPU code path: no GPU figure",
+                  figures={"device": name, "images": p["images"], "batch_size": p["batch"], "epoch_s": epochs,
+                           "packing": packs, "packing_data": "mnist5k (the 60,000-image MNIST needs files; the "
+                                                             "packed trials run sweeplab's real data path)"})

@@ -1,0 +1,285 @@
+"""What every benchmark shares: the result record, its JSON line and Markdown rows, the machine
+header, and running `sweeplab sweep` (or any command) as a subprocess timed from its start."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"
+VENDOR = BENCH_DIR / ".vendor"  # `make bench-deps`: plugins whose declared requirements clash with ours
+SWEEPLAB = Path(sys.executable).with_name("sweeplab")  # the console script a user runs
+
+# Every process a benchmark starts: one torch thread, no display, Ray on loopback, this checkout's src.
+CHILD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MPLBACKEND": "Agg",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def child_env(extra_paths: Sequence[Path] = ()) -> dict[str, str]:
+    paths = [str(ROOT / "src"), str(BENCH_DIR), *map(str, extra_paths)]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    return {**os.environ, **CHILD_ENV, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+# --- results -------------------------------------------------------------------------------
+@dataclass
+class Check:
+    """One figure held against its target from issue 7."""
+
+    what: str
+    value: float | None
+    target: str  # e.g. "<= 1.20"; "" for a figure reported without a target
+    unit: str = ""
+    missing_is_unmet: bool = False  # no value means the target was not reached (B5)
+
+    @property
+    def met(self) -> bool | None:
+        if not self.target:
+            return None
+        if self.value is None:
+            return False if self.missing_is_unmet else None
+        op, bound = self.target.split()
+        return self.value <= float(bound) if op == "<=" else self.value >= float(bound)
+
+
+@dataclass
+class Result:
+    benchmark: str  # B1 ... B8
+    title: str
+    size: str  # smoke | full
+    status: str = "ok"  # ok | skipped | error
+    reason: str = ""  # why skipped or what failed
+    checks: list[Check] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)  # the raw numbers behind the checks
+    seconds: float = 0.0  # the benchmark's own wall time
+
+    def record(self, env: dict[str, Any]) -> dict[str, Any]:
+        out = asdict(self)
+        out["checks"] = [{"what": c.what, "value": c.value, "target": c.target, "unit": c.unit, "met": c.met}
+                         for c in self.checks]
+        out["env"] = env
+        return out
+
+    def markdown_rows(self) -> list[str]:
+        if self.status != "ok":
+            return [f"| {self.benchmark} | {self.title} | {self.status}: {self.reason} | | |"]
+        rows = []
+        for c in self.checks:
+            value = "n/a" if c.value is None else f"{c.value:.3g}{' ' + c.unit if c.unit else ''}"
+            met = {True: "met", False: "**not met**", None: "-"}[c.met]
+            target = c.target.replace("<=", "≤").replace(">=", "≥")
+            rows.append(f"| {self.benchmark} | {c.what} | {value} | {target} | {met} |")
+        return rows
+
+
+MARKDOWN_HEADER = "| benchmark | figure | value | target | met |\n|---|---|---:|---|---|"
+
+
+def environment(size: str) -> dict[str, Any]:
+    """Machine, versions and date: printed once and carried by every JSON line."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("sweeplab", "torch", "ray", "optuna", "mlflow", "hydra-core"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - a broken CUDA install is still a machine to describe
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "host": platform.node(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}",
+        "python": platform.python_version(),
+        "gpu": gpu,
+        "load_1min": load,
+        "size": size,
+        "versions": versions,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+# --- subprocesses ----------------------------------------------------------------------------
+@dataclass
+class Timed:
+    """A finished command: its wall time from start, output and the epoch-time it started at."""
+
+    wall: float
+    started_at: float  # time.time() at start, to compare with timestamps the command wrote
+    stdout: str
+    stderr: str
+    returncode: int
+    events: dict[str, float] = field(default_factory=dict)  # seconds from start, set by watchers
+
+
+def run_timed(cmd: Sequence[str], cwd: Path, env: dict | None = None, timeout: float = 3600,
+              watch: Callable[[Timed, Callable[[], bool]], None] | None = None) -> Timed:
+    """Run ``cmd``; ``watch(timed, running)`` runs in a thread meanwhile (e.g. polling a store)."""
+    started_at = time.time()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    timed = Timed(0.0, started_at, "", "", 0)
+    watcher = None
+    if watch is not None:
+        watcher = threading.Thread(target=watch, args=(timed, lambda: proc.poll() is None), daemon=True)
+        watcher.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise RuntimeError(f"{' '.join(map(str, cmd[:3]))} ran past {timeout:.0f} s") from None
+    timed.wall = time.perf_counter() - t0
+    timed.stdout, timed.stderr, timed.returncode = out, err, proc.returncode
+    if watcher is not None:
+        watcher.join(timeout=30)
+    return timed
+
+
+def check_ok(timed: Timed, what: str) -> Timed:
+    if timed.returncode != 0:
+        tail = "\n".join((timed.stderr or timed.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"{what} exited {timed.returncode}:\n{tail}")
+    return timed
+
+
+def write_sweep(folder: Path, name: str, body: str) -> Path:
+    """A sweep file as a user writes one (Hydra's global package, a defaults list, the blocks)."""
+    folder = Path(folder) / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text("# @package _global_\n" + body.strip() + "\n")
+    return path
+
+
+def sweeplab_sweep(sweep: str | Path, overrides: Sequence[str], cwd: Path, watch=None, timeout: float = 3600,
+                   driver: Path | None = None) -> Timed:
+    """`sweeplab sweep SWEEP OVERRIDES --quiet`, timed from the command's start (start-up included).
+    With ``driver``: through benchmarks/driver.py, which records the driver's CPU there."""
+    if driver is None:
+        cmd = [SWEEPLAB, "sweep", str(sweep), *overrides, "--quiet"]
+    else:
+        cmd = [sys.executable, BENCH_DIR / "driver.py", driver, "sweep", str(sweep), *overrides, "--quiet"]
+    return check_ok(run_timed(cmd, cwd, watch=watch, timeout=timeout), f"sweeplab sweep {sweep}")
+
+
+@dataclass
+class StudyTimes:
+    """When the trials of a sweep's Optuna study ran, as seconds from the command's start."""
+
+    first_start: float
+    last_complete: float
+    trials: list[dict[str, Any]]  # number, state, start, complete, epochs, value, intermediate
+
+    @property
+    def steady(self) -> float:
+        return self.last_complete - self.first_start
+
+
+def study_times(output_dir: Path, started_at: float) -> StudyTimes:
+    """Read the (only) study of a sweep's own Optuna SQLite store."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{Path(output_dir).resolve() / 'optuna.db'}"
+    names = optuna.get_all_study_names(storage)
+    if len(names) != 1:
+        raise RuntimeError(f"expected one study in {storage}, found {names}")
+    study = optuna.load_study(study_name=names[0], storage=storage)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.datetime_start is None:
+            continue
+        complete = t.datetime_complete.timestamp() - started_at if t.datetime_complete else None
+        rows.append({"number": t.number, "state": t.state.name, "status": t.user_attrs.get("status"),
+                     "start": t.datetime_start.timestamp() - started_at, "complete": complete,
+                     "epochs": t.user_attrs.get("epochs"),
+                     "value": t.value if t.values is not None and len(t.values) == 1 else None,
+                     "intermediate": dict(sorted(t.intermediate_values.items()))})
+    if not rows:
+        raise RuntimeError(f"no trial started in {storage}")
+    done = [r["complete"] for r in rows if r["complete"] is not None]
+    return StudyTimes(min(r["start"] for r in rows), max(done) if done else float("nan"), rows)
+
+
+def mlflow_first_metric_watcher(db: Path, metric: str, poll_s: float = 0.25):
+    """A ``watch`` for run_timed: records ``first_metric`` (seconds from start) when the store first
+    holds ``metric`` for any run, read through MlflowClient as a user's tool would.
+    The client opens the store only after the sweep created it (its first run exists), so the two
+    processes never race to create the tables."""
+
+    def ready() -> bool:
+        if not db.exists():
+            return False
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                return con.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
+        except sqlite3.Error:
+            return False
+
+    def watch(timed: Timed, running: Callable[[], bool]) -> None:
+        client = None
+        while running():
+            try:
+                if client is None and ready():
+                    from mlflow import MlflowClient
+
+                    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+                if client is not None:
+                    experiments = [e.experiment_id for e in client.search_experiments()]
+                    for run in client.search_runs(experiments, max_results=1000):
+                        if metric in run.data.metrics and client.get_metric_history(run.info.run_id, metric):
+                            timed.events["first_metric"] = time.time() - timed.started_at
+                            return
+            except Exception:  # noqa: BLE001 - a locked or half-written store: try again
+                pass
+            time.sleep(poll_s)
+
+    return watch
+
+
+def median(values: Sequence[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def print_json(result: Result, env: dict[str, Any]) -> str:
+    line = json.dumps(result.record(env), default=str)
+    print("BENCH_JSON " + line, flush=True)
+    return line
