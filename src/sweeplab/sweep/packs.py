@@ -30,7 +30,7 @@ from ray import tune
 
 from sweeplab.errors import ConfigError
 from sweeplab.fused import MEMBER_KEYS, TRAINING_GROUPS, fusable, fusion_key, should_fuse
-from sweeplab.train import Reporter, StopTraining, TrainingDiverged
+from sweeplab.train import Reporter, StopTraining, TrainingDiverged, TrainResult
 
 if TYPE_CHECKING:
     from sweeplab.sweep.plan import SweepPlan
@@ -60,7 +60,7 @@ def check_fusable_plan(cfg: DictConfig, dims: list, overrides: list[str], sweep_
                               f"none can share a pack (members may differ only in {', '.join(MEMBER_KEYS)}); "
                               f"search {dim.key} as categorical choices, or set sweep.fuse=1")
     groups = [d for d in dims if d.is_group]
-    choices = [[]] + [[f"{d.key}={c}"] for d in groups for c in d.choices] if groups else [[]]
+    choices: list[list[str]] = [[f"{d.key}={c}"] for d in groups for c in d.choices] or [[]]
     reasons = []
     for extra in choices:
         probe = compose([*overrides, *extra], sweep_file) if extra else cfg
@@ -123,6 +123,7 @@ def train_in_pack(manager_name: str, cfg: DictConfig, reporter: Reporter, resume
     trial_id, order = context.get_trial_id(), _natural(context.get_trial_name())
     manager = ray.get_actor(manager_name, namespace=NAMESPACE)
     key, refused = _key(cfg), None
+    pack: Any
     while True:  # a pack that started training meanwhile refuses; the manager then seats the trial anew
         pack = ray.get(manager.join.remote(trial_id, key, resume is not None, refused))
         if ray.get(pack.add.remote(trial_id, order, cfg, resume)):
@@ -249,6 +250,7 @@ class _PackActor:
         seats = self._form()
         cfgs = [seat.cfg for _, seat in seats]
         reporters = [self._reporter(seat, len(seats)) for _, seat in seats]
+        outcomes: list[TrainResult | TrainingDiverged]
         try:
             if seats[0][1].resume is not None:  # the manager seats a resuming trial alone
                 try:
@@ -285,16 +287,16 @@ class _Manager:
             self._release(trial_id)  # a retried trial rejoins under its id
             if refused is not None:
                 self.forming = {k: p for k, p in self.forming.items() if p is not refused}
-            shared = key is not None and not resumes
-            pack = self.forming.get(key) if shared else None
+            shared = None if resumes else key  # the key of the packs this trial may share
+            pack = self.forming.get(shared) if shared is not None else None
             if pack is None:
-                pack = self._new_pack(self.size if shared else 1)
-                if shared:
-                    self.forming[key] = pack
+                pack = self._new_pack(self.size if shared is not None else 1)
+                if shared is not None:
+                    self.forming[shared] = pack
             self.pack_of[trial_id] = pack
             self.members[self._id(pack)].add(trial_id)
-            if shared and len(self.members[self._id(pack)]) >= self.size:
-                del self.forming[key]
+            if shared is not None and len(self.members[self._id(pack)]) >= self.size:
+                del self.forming[shared]
             return pack
 
     def leave(self, trial_id: str) -> None:

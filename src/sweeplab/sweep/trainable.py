@@ -12,6 +12,7 @@ import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         if crash_after and metrics["epoch"] == crash_after:
             _inject_fault_once(cfg.output_dir, tune.get_context().get_trial_id())
 
-    fit = train
+    fit: Callable[..., object] = train
     if spec.pack_manager is not None:  # sweep.fuse: a pack trains this trial, which reports each epoch
         from sweeplab.sweep.packs import train_in_pack
 
