@@ -173,6 +173,12 @@ class SweepConfig:
     checkpoint_interval_s: float = 60.0  # a trial saves its state at most this often (also at the last epoch
     #                                      and where the scheduler may stop it); 0: every epoch
     space: Any = field(default_factory=dict)  # {config.path: ParamSpec}; checked by sweeplab.sweep.space
+    fuse: int = 1  # train up to this many trials that share an architecture as one vmapped model (GPU only); 1: off
+    fuse_on_cpu: bool = False  # fuse on CPUs too, where it does not pay: for tests and benchmarks
+
+    def check(self) -> None:
+        if self.fuse < 1:
+            raise out_of_range("sweep.fuse", self.fuse, ">= 1 (1: every trial trains alone)")
 
 
 @dataclass

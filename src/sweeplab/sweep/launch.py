@@ -144,13 +144,14 @@ def stopping_epochs(scheduler: DictConfig, epochs: int) -> frozenset[int]:
 
 def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False) -> SweepOutcome:
     """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna."""
+    from sweeplab.sweep.packs import start_packs
     from sweeplab.sweep.results import load_outcome
 
     plan, sweep_id = _plan(ref, overrides, resume)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     started_ray = _start_ray_and_store(plan.cfg)
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
-    spec = trial_spec(plan)
+    spec = start_packs(plan, sweep_id, trial_spec(plan))
     storage_path = plan.cfg.cluster.storage_path or str(plan.output_dir / "ray")
     callbacks = _callbacks(plan, sweep_id, spec, quiet)
     if resume:
@@ -215,15 +216,20 @@ def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> 
         from sweeplab.sweep.tracker import MlflowSweepTracker
 
         callbacks.append(MlflowSweepTracker(plan.cfg, plan, sweep_id, spec))
+    if spec.pack_manager is not None:
+        from sweeplab.sweep.packs import PackCallback
+
+        callbacks.append(PackCallback(spec.pack_manager))
     return callbacks
 
 
 def _trainable(spec: TrialSpec, resources: DictConfig):
     from ray import tune
 
+    from sweeplab.sweep.packs import member_resources
     from sweeplab.sweep.trainable import run_trial
 
-    return tune.with_resources(partial(run_trial, spec=spec), {"cpu": resources.cpu, "gpu": resources.gpu})
+    return tune.with_resources(partial(run_trial, spec=spec), member_resources(spec, resources))
 
 
 def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, storage_path: str, callbacks: list):

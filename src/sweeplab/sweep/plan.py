@@ -9,8 +9,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.compose import compose, conf_dir, resolve_sweep_file
+from sweeplab.config.schema import SweepConfig
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS
+from sweeplab.structured import typed
 from sweeplab.sweep.space import GROUPS, Dimension, grid_size, parse_space
 
 
@@ -71,6 +73,10 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         raise ConfigError(f"sweep.resources.gpu in {sweep_file}: a share above 1 must be a whole number of GPUs")
     if not sc.seeds:
         raise ConfigError(f"sweep.seeds in {sweep_file} is empty: give at least one seed, e.g. [0]")
+    try:
+        typed(sc, SweepConfig, "sweep").check()
+    except ConfigError as err:
+        raise ConfigError(f"{err} (in {sweep_file})") from None
     if sc.num_trials < 1 or sc.max_concurrent < 1:
         raise ConfigError(f"sweep.num_trials and sweep.max_concurrent in {sweep_file} must be >= 1")
     from sweeplab.sweep.samplers import make_sampler
@@ -81,6 +87,9 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         raise ConfigError(f"{err} (in {sweep_file})") from None
     _check_run_settings(cfg, objectives, sweep_file)
     _probe_space(dims, overrides, sweep_file)
+    from sweeplab.sweep.packs import check_fusable_plan
+
+    check_fusable_plan(cfg, dims, list(overrides), sweep_file)
     num_configs = grid_size(dims) if sc.sampler == "grid" else sc.num_trials
     return SweepPlan(sweep_file, list(overrides), cfg, dims, objectives, num_configs,
                      Path(cfg.output_dir).resolve(), optuna_storage_url(cfg))

@@ -185,8 +185,9 @@ class MlflowSweepTracker(tune.Callback):
         self._last_step[name] = step
         if name not in self._placed:
             self._placed.add(name)
+            pack = f", pack {result['pack']}" if "pack" in result else ""  # sweep.fuse
             self._submit(self._set_tag, name, "sweeplab.placement",
-                         f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]")
+                         f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]{pack}")
         self._submit(self._log_epoch, name, runs.epoch_metrics(result))
 
     def _log_epoch(self, name: str, metrics: list[Any]) -> None:

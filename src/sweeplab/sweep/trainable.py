@@ -12,6 +12,7 @@ import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class TrialSpec:
     checkpoint_interval_s: float = 60.0  # otherwise a checkpoint at most this often, for retries
     # categorical keys whose choices travel through Optuna encoded (a list as its text): encoded -> value
     decoded: dict[str, dict[Any, Any]] = field(default_factory=dict, hash=False)
+    pack_manager: str | None = None  # sweep.fuse: the actor that seats trials in packs (sweeplab.sweep.packs)
 
 
 @functools.lru_cache(maxsize=16)
@@ -115,7 +117,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     checkpoints = _Checkpoints(spec, int(cfg.train.epochs))
 
     def reporter(metrics: dict, state) -> None:
-        result = {**metrics, **placement}
+        result = {**placement, **metrics}  # a pack's metrics name the pack's placement
         if not checkpoints.due(int(metrics["epoch"])):
             tune.report(result)
         else:
@@ -129,8 +131,13 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         if crash_after and metrics["epoch"] == crash_after:
             _inject_fault_once(cfg.output_dir, tune.get_context().get_trial_id())
 
+    fit: Callable[..., object] = train
+    if spec.pack_manager is not None:  # sweep.fuse: a pack trains this trial, which reports each epoch
+        from sweeplab.sweep.packs import train_in_pack
+
+        fit = functools.partial(train_in_pack, spec.pack_manager)
     try:
-        train(cfg, reporter=reporter, resume=resume)
+        fit(cfg, reporter=reporter, resume=resume)
     except UserError as err:  # diverged, unreadable data: retrying would fail the same way
         tune.report({"invalid": 1, "invalid_reason": str(err), "epoch": 0})
 
