@@ -32,7 +32,7 @@ RAY_ENV = {
     "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # the live view prints each error's last line
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "RAY_DEDUP_LOGS": "1",
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # we checkpoint every epoch on purpose
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # forced snapshots are few and expected
 }
 
 
@@ -258,7 +258,10 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, storage_path: st
             name=sweep_id,
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=sc.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Ray snapshots the whole experiment (O(trials)) after every num_to_keep-th checkpoint of a trial:
+            # with 1 that was after every trial's last epoch, O(trials^2) in all. A trial checkpoints at its
+            # last epoch, its scheduler rungs and every checkpoint_interval_s, so with 3 most trials force none.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
             callbacks=callbacks,
             verbose=0,
         ),
