@@ -38,7 +38,7 @@ RAY_ENV = {
 
 def start_ray(cfg: DictConfig) -> bool:
     """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray.
-    False when this process is already connected to a Ray."""
+    True when it started a local Ray of its own (the sweep shuts it down at the end)."""
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -54,6 +54,7 @@ def start_ray(cfg: DictConfig) -> bool:
     runtime_env = {"env_vars": env_vars}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
+        return False  # a cluster outlives the sweep; the connection stays for the caller
     else:
         # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
         ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
