@@ -47,7 +47,7 @@ lint: venv
 	@status=0; $(BIN)/ruff check src tests benchmarks || status=1; $(BIN)/lint-imports || status=1; \
 	$(BIN)/mypy || status=1; exit $$status
 
-test: venv lint system-deps services
+test: venv lint system-deps services bench-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
