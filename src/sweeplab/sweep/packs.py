@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from omegaconf import DictConfig
 from ray import tune
+from ray.tune.experiment import Trial
 
 from sweeplab.errors import ConfigError
 from sweeplab.fused import MEMBER_KEYS, TRAINING_GROUPS, fusable, fusion_key, should_fuse
@@ -338,21 +339,21 @@ class PackCallback(tune.Callback):
     def __init__(self, manager_name: str) -> None:
         self.manager_name = manager_name
 
-    def _ended(self, trial) -> None:
+    def _ended(self, trial: Trial) -> None:
         manager = _MANAGERS.get(self.manager_name)
         if manager is not None:
             manager.leave.remote(trial.trial_id)
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended(trial)
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended(trial)
 
-    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._ended(trial)  # its retry resumes from its checkpoint, in a pack of its own
 
-    def on_experiment_end(self, trials, **info) -> None:
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         manager = _MANAGERS.pop(self.manager_name, None)
         if manager is not None:
             ray.kill(manager)  # and with it every pack it made

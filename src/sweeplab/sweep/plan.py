@@ -87,9 +87,10 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         raise ConfigError(f"{err} (in {sweep_file})") from None
     _check_run_settings(cfg, objectives, sweep_file)
     _probe_space(dims, overrides, sweep_file)
-    from sweeplab.sweep.packs import check_fusable_plan
+    if sc.fuse > 1:  # packs import Ray and torch: planning an ordinary sweep does not
+        from sweeplab.sweep.packs import check_fusable_plan
 
-    check_fusable_plan(cfg, dims, list(overrides), sweep_file)
+        check_fusable_plan(cfg, dims, list(overrides), sweep_file)
     num_configs = grid_size(dims) if sc.sampler == "grid" else sc.num_trials
     return SweepPlan(sweep_file, list(overrides), cfg, dims, objectives, num_configs,
                      Path(cfg.output_dir).resolve(), optuna_storage_url(cfg))
