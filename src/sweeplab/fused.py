@@ -37,6 +37,7 @@ from sweeplab.train import (
     TrainingDiverged,
     TrainResult,
     evaluate,
+    input_shape,
     loss_fn,
     resolve_device,
     seed_everything,
@@ -99,9 +100,7 @@ def fusable(cfgs: Sequence[DictConfig]) -> str | None:
 
 def _model_reason(cfg: DictConfig) -> str | None:
     """Why this architecture cannot run as a vmapped pack, or None."""
-    shape = DATASETS.get(cfg.data.name).input_shape
-    if cfg.data.get("resize"):
-        shape = (shape[0], cfg.data.resize, cfg.data.resize)
+    shape = input_shape(cfg)
     model = build_model(cfg.model, shape, DATASETS.get(cfg.data.name).num_classes)
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._NormBase):

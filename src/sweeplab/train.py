@@ -78,14 +78,19 @@ def validate(cfg: DictConfig, shapes: bool = True) -> None:
     at composition)."""
     check_ranges(cfg)
     OPTIMIZERS.get(cfg.optimizer.name)
-    entry = dataset_entry(cfg.data)
+    dataset_entry(cfg.data)
     if not shapes:
         check_model(cfg.model)
         return
-    shape = entry.input_shape
+    check_architecture(cfg.model, input_shape(cfg))
+
+
+def input_shape(cfg: DictConfig) -> tuple[int, int, int]:
+    """(channels, height, width) of the images a model of ``cfg`` sees: the dataset's, after data.resize."""
+    channels, height, width = dataset_entry(cfg.data).input_shape
     if cfg.data.get("resize"):
-        shape = (shape[0], cfg.data.resize, cfg.data.resize)
-    check_architecture(cfg.model, shape)
+        return channels, cfg.data.resize, cfg.data.resize
+    return channels, height, width
 
 
 @torch.no_grad()

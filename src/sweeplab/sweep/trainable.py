@@ -158,10 +158,10 @@ def _summary(cfg, snapshot: dict) -> str:
     from sweeplab.data import DATASETS
     from sweeplab.models import build_model
     from sweeplab.models.summary import summarize
+    from sweeplab.train import input_shape
 
-    entry = DATASETS.get(cfg.data.name)
-    shape = entry.input_shape if not cfg.data.resize else (entry.input_shape[0], cfg.data.resize, cfg.data.resize)
+    shape = input_shape(cfg)
     with torch.random.fork_rng(devices=[]):  # initialising a model draws from torch's RNG: dropout needs it untouched
-        model = build_model(cfg.model, shape, entry.num_classes)
+        model = build_model(cfg.model, shape, DATASETS.get(cfg.data.name).num_classes)
     model.load_state_dict(snapshot["model"])
     return summarize(model, shape)
