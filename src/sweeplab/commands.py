@@ -121,9 +121,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from sweeplab.sweep.launch import launch_sweep
     from sweeplab.sweep.summary import format_summary
 
-    outcome = launch_sweep(args.sweep, args.overrides, resume=args.resume, quiet=args.quiet)
-    print()
-    print(format_summary(outcome))
+    outcome = launch_sweep(args.sweep, args.overrides, resume=args.resume, quiet=args.quiet,
+                           on_outcome=lambda outcome: print(f"\n{format_summary(outcome)}", flush=True))
     if outcome.unfinished:
         print(f"\nsweep {outcome.sweep_id} was interrupted; continue it with:\n"
               f"  sweeplab sweep {outcome.sweep_id} --resume {' '.join(args.overrides)}".rstrip())

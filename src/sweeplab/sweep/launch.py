@@ -5,8 +5,10 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +38,11 @@ RAY_ENV = {
 }
 
 
+# What a trial's worker imports (seconds of it torch's): Ray's pre-started workers import them before
+# taking work, so the first trials do not wait for them.
+TRIAL_IMPORTS = ("torch", "ray.tune", "sweeplab.train", "sweeplab.compose", "sweeplab.sweep.trainable")
+
+
 def start_ray(cfg: DictConfig) -> bool:
     """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray.
     True when it started a local Ray of its own (the sweep shuts it down at the end)."""
@@ -51,15 +58,18 @@ def start_ray(cfg: DictConfig) -> bool:
     env_vars = {k: os.environ[k] for k in RAY_ENV} | {"SWEEPLAB_HOME": str(project_root())}
     if "SWEEPLAB_FAULT_AFTER_EPOCH" in os.environ:  # the retry tests' fault injection
         env_vars["SWEEPLAB_FAULT_AFTER_EPOCH"] = os.environ["SWEEPLAB_FAULT_AFTER_EPOCH"]
-    runtime_env = {"env_vars": env_vars}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
-        return False  # a cluster outlives the sweep; the connection stays for the caller
-    else:
-        # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
-        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
-                 include_dashboard=cfg.cluster.dashboard, runtime_env=runtime_env, log_to_driver=False,
+    if address:  # a cluster's workers get the environment through the job's runtime_env
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False,
                  logging_level=logging.WARNING)
+        return False  # a cluster outlives the sweep; the connection stays for the caller
+    # A local Ray's workers inherit this process's environment, so no runtime_env: with one, Ray starts a
+    # fresh worker process for each trial actor; without, the actors take the workers Ray starts as the
+    # driver connects, which import what trials import (TRIAL_IMPORTS) while the driver is still planning.
+    os.environ.update(env_vars)
+    # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
+    ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
+             include_dashboard=cfg.cluster.dashboard, log_to_driver=False, logging_level=logging.WARNING,
+             _system_config={"preload_python_modules": list(TRIAL_IMPORTS)})
     return True
 
 
@@ -143,8 +153,10 @@ def stopping_epochs(scheduler: DictConfig, epochs: int) -> frozenset[int]:
     return frozenset()
 
 
-def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False) -> SweepOutcome:
-    """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna."""
+def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False,
+                 on_outcome: Callable[[SweepOutcome], object] | None = None) -> SweepOutcome:
+    """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna.
+    ``on_outcome`` (the summary) runs while a Ray of our own shuts down and the tracker draws the report."""
     from sweeplab.sweep.packs import start_packs
     from sweeplab.sweep.results import load_outcome
 
@@ -166,15 +178,29 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     try:
         tuner.fit()
         outcome = load_outcome(plan.optuna_storage, sweep_id)
-        if started_ray:  # a Ray of our own goes down while the tracker draws the report
-            import ray
-
-            ray.shutdown()
+        with _shutting_down(started_ray):
+            if on_outcome is not None:
+                on_outcome(outcome)
     finally:
         for callback in callbacks:
             if hasattr(callback, "finish"):
                 callback.finish()
     return outcome
+
+
+@contextmanager
+def _shutting_down(started_ray: bool) -> Iterator[None]:
+    """A Ray of our own goes down (a second or two) on a thread while the body runs."""
+    import ray
+
+    stopper = threading.Thread(target=ray.shutdown, name="sweeplab-ray-shutdown") if started_ray else None
+    if stopper is not None:
+        stopper.start()
+    try:
+        yield
+    finally:
+        if stopper is not None:
+            stopper.join()
 
 
 def _start_ray_and_store(cfg: DictConfig) -> bool:

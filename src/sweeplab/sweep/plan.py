@@ -86,7 +86,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     except ConfigError as err:
         raise ConfigError(f"{err} (in {sweep_file})") from None
     _check_run_settings(cfg, objectives, sweep_file)
-    _probe_space(dims, overrides, sweep_file)
+    _probe_space(dims, overrides, sweep_file, cfg)
     if sc.fuse > 1:  # packs import Ray and torch: planning an ordinary sweep does not
         from sweeplab.sweep.packs import check_fusable_plan
 
@@ -128,7 +128,7 @@ def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], swee
                                    "or add data.download=true on a machine with internet.")
 
 
-def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:
+def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path, cfg: DictConfig) -> None:
     """Set the edges of every dimension (low, high, each choice) in the composed config and check
     them, so a mistyped choice or a range of the wrong type fails now rather than in every trial.
     Group choices are composed (a few Hydra calls); values are set on a copy (milliseconds)."""
@@ -148,17 +148,17 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
                 validate(compose([*overrides, f"{dim.key}={choice}"], sweep_file), shapes=False)
             except UserError as err:
                 raise fails(dim, choice, err) from None
-    base = compose([*overrides, *(f"{d.key}={d.choices[0]}" for d in groups)], sweep_file)
+    base = compose([*overrides, *(f"{d.key}={d.choices[0]}" for d in groups)], sweep_file) if groups else cfg
     for dim in (d for d in dims if not d.is_group):
         if dim.type == "categorical":
             probes = [OmegaConf.to_container(c) if OmegaConf.is_config(c) else c for c in dim.choices]
         else:
             probes = [int(v) if dim.type == "int" else float(v) for v in dim.bounds]
         for value in probes:
-            cfg = copy.deepcopy(base)
+            probe = copy.deepcopy(base)
             try:
-                OmegaConf.update(cfg, dim.key, value, merge=False)
-                validate(cfg, shapes=False)
+                OmegaConf.update(probe, dim.key, value, merge=False)
+                validate(probe, shapes=False)
             except OmegaConfBaseException as err:
                 raise fails(dim, value, str(err).splitlines()[0]) from None
             except UserError as err:
