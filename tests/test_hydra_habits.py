@@ -172,7 +172,7 @@ def test_multirun_runs_the_grid_as_a_tracked_sweep(tmp_path):
     finally:
         ray.shutdown()
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "progress: 2/2 trials, 2/2 epochs of the budget" in done.stdout
+    assert any("2/2 trials, 2/2 epochs of the budget" in line for line in done.stdout.splitlines())
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("multirun")

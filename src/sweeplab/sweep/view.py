@@ -128,9 +128,8 @@ class LiveView(tune.Callback):
         for status in self.ended.values():
             counts[status] = counts.get(status, 0) + 1
         running = sum(1 for t in trials if t.status == "RUNNING" and t.trial_id not in self.ended)
-        done = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        done = "".join(f", {n} {s}" for s, n in sorted(counts.items()))
         best = f"; best {self.metric} {format_metric(self.metric, self.best[0])} ({self.best[1]})" if self.best else ""
-        self._print(f"progress: {running} running, {done}{best}")
-        self._print(f"progress: {self.progress.line()}")
+        self._print(f"progress: {running} running{done}{best}; {self.progress.line()}")
         self.last_line = time.monotonic()
         self._show_progress()
