@@ -110,6 +110,12 @@ def test_multirun_turns_sweep_overrides_into_a_grid(tmp_path):
     assert list(sweep.seeds) == [3, 4]
 
 
+def test_multirun_glob_picks_the_matching_options_of_a_group(tmp_path):
+    path, _ = multirun_sweep([f"output_dir={tmp_path}", "model=glob(*net*)"])
+    expected = sorted(p.stem for p in (conf_dir() / "model").glob("*net*.yaml"))
+    assert yaml.safe_load(path.read_text())["sweep"]["space"]["model"]["choices"] == expected
+
+
 @pytest.mark.parametrize("override, named", [("optimizer.lr=interval(0.01,0.1)", "interval()"),
                                              ("+optimizer.nosuch=1,2", "+optimizer.nosuch")])
 def test_multirun_refuses_what_has_no_grid(override, named, tmp_path):
