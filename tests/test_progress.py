@@ -66,6 +66,14 @@ def test_sweep_progress_counts_ended_trials_as_their_whole_budget():
     assert progress.line(now=8.0).startswith("1/4 trials, 12/40 epochs of the budget, 30.0 epochs/min, eta 00:56")
 
 
+def test_the_rate_clock_starts_with_the_first_trial_not_with_ray():
+    progress = SweepProgress(total_trials=2, max_epochs=1, started=0.0)
+    progress.begin(now=60.0)  # Ray took a minute to start
+    progress.begin(now=90.0)  # a later trial start changes nothing
+    progress.epoch("a", 1)
+    assert progress.rate(now=70.0) == pytest.approx(0.1)
+
+
 def test_a_retried_epoch_is_not_counted_twice():
     progress = SweepProgress(total_trials=1, max_epochs=3, started=0.0)
     progress.epoch("a", 2)

@@ -23,6 +23,12 @@ class SweepProgress:
     epochs: dict[str, int] = field(default_factory=dict)  # trial id -> epochs trained so far
     ended: set[str] = field(default_factory=set)
     trained: int = 0  # epochs actually trained in this launch: the rate's numerator
+    begun: bool = False
+
+    def begin(self, now: float | None = None) -> None:
+        """The first trial started: the rate's clock starts here, not while Ray itself starts."""
+        if not self.begun:
+            self.started, self.begun = now or time.monotonic(), True
 
     @property
     def budget(self) -> int:

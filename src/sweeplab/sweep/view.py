@@ -76,6 +76,7 @@ class LiveView(tune.Callback):
         return " ".join(f"{k}={format_param(v)}" for k, v in shown.items())
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.progress.begin()
         self._print(f"{trial} started   {self._params(trial)}")
 
     def on_trial_result(
