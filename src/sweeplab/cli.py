@@ -10,6 +10,8 @@ from sweeplab.errors import UserError
 
 EXAMPLES = """examples:
   sweeplab train model=lenet
+  sweeplab train -m optimizer.lr=0.01,0.1 model=lenet,mlp   (a grid sweep: Ray, Optuna, MLflow)
+  sweeplab train model=mlp --cfg job
   sweeplab train model=vgg data=cifar10 optimizer.lr=0.01 model.activation=tanh
   sweeplab sweep default
   sweeplab sweep activations train.epochs=3
@@ -25,10 +27,19 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="store_true", help="print sweeplab's version")
+    parser.add_argument("-sc", "--shell-completion", metavar="install=bash|zsh",
+                        help='shell completion: eval "$(sweeplab --shell-completion install=bash)"')
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one model from conf/ plus Hydra overrides")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=mlp optimizer.lr=0.1")
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help="run every combination of comma lists, range() and choice() as a grid sweep")
+    p.add_argument("-c", "--cfg", choices=("job", "hydra", "all"),
+                   help="print the composed config (job), Hydra's record (hydra) or both, then exit")
+    p.add_argument("--info", nargs="?", const="all", choices=("all", "searchpath", "defaults", "config"),
+                   help="print the config search path, config groups and their options, the config; then exit")
 
     p = sub.add_parser("sweep", help="run a sweep file from sweeps/ (by name) or a path")
     p.add_argument("sweep", help="sweep name (sweeps/<name>.yaml) or path to a sweep file")
@@ -64,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # overrides may follow a flag: sweep x --resume a=b
+    if args.version:
+        from sweeplab import __version__
+
+        print(f"sweeplab {__version__}")
+        return 0
+    if args.shell_completion:
+        return _shell_completion(parser, args.shell_completion)
     if args.command is None:
         parser.print_help()
         return 2
@@ -83,6 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sweeplab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _shell_completion(parser: argparse.ArgumentParser, request: str) -> int:
+    from sweeplab.completion import shell_completion
+
+    commands = {"": [o for a in parser._actions for o in a.option_strings]}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                commands[name] = [o for a in sub._actions for o in a.option_strings]
+    try:
+        print(shell_completion(request, commands, os.environ))
+    except UserError as err:
+        print(f"sweeplab: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from sweeplab.metrics import format_metric, ranked_label
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from sweeplab.hydra_habits import TrainLine
     from sweeplab.train import TrainResult
 
 
@@ -29,9 +30,8 @@ def format_metrics(m: dict[str, Any], epochs: int | None = None) -> str:
 
 
 def run_folder(output_dir: str, kind: str, label: str) -> Path:
-    path = Path(output_dir) / kind / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Where a run's files go (not created): <output_dir>/<kind>/<time>-<label>."""
+    return Path(output_dir) / kind / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
 
 
 def save_run(folder: Path, cfg: DictConfig, result: TrainResult) -> None:
@@ -49,23 +49,44 @@ def save_run(folder: Path, cfg: DictConfig, result: TrainResult) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sweeplab.compose import compose
+    from sweeplab import hydra_habits
+    from sweeplab.compose import compose_with_choices
+
+    if args.multirun:
+        return _multirun(args)
+    hydra_habits.refuse_sweeps_without_multirun(args.overrides)
+    line = hydra_habits.train_line(args.overrides)
+    cfg, choices = compose_with_choices(line.overrides)
+    folder = line.run_dir or run_folder(cfg.output_dir, "train", f"{cfg.model.name}-{cfg.data.name}")
+    if args.info:
+        print(hydra_habits.info_text(cfg, choices, args.overrides, args.info), end="")
+        return 0
+    if args.cfg:
+        print(hydra_habits.config_text(cfg, args.cfg, choices, line, folder), end="")
+        return 0
+    return _train(cfg, choices, line, folder)
+
+
+def _train(cfg: DictConfig, choices: dict[str, str], line: TrainLine, folder: Path) -> int:
+    from sweeplab.hydra_habits import write_record
+    from sweeplab.progress import EpochBar
     from sweeplab.train import train, validate
 
-    cfg = compose(args.overrides)
     validate(cfg)  # shapes and names, before any data is loaded
     if cfg.tracking.enabled:  # an unreachable store fails now, not after training
         from sweeplab.tracking.store import client_for, tracking_uri
 
         client_for(tracking_uri(cfg))
-    folder = run_folder(cfg.output_dir, "train", f"{cfg.model.name}-{cfg.data.name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_record(folder, cfg, choices, line)
     print(f"sweeplab train: {cfg.model.name} on {cfg.data.name}, {cfg.optimizer.name} lr={cfg.optimizer.lr}, "
           f"{cfg.train.epochs} epochs, seed {cfg.train.seed} -> {folder}", flush=True)
 
     def report(metrics, _checkpoint):
         print(format_metrics(metrics, cfg.train.epochs), flush=True)
 
-    result = train(cfg, reporter=report)
+    with EpochBar(int(cfg.train.epochs)) as bar:
+        result = train(cfg, reporter=report, on_batch=bar.on_batch if bar.enabled else None)
     save_run(folder, cfg, result)
     if cfg.tracking.enabled:
         from sweeplab.tracking.runs import log_single_run
@@ -76,6 +97,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     print("final: " + "  ".join(f"{k} {format_metric(k, final[k])}" for k in shown)
           + f"  params {result.num_params:,}  run folder {folder}")
     return 0
+
+
+def _multirun(args: argparse.Namespace) -> int:
+    """``train -m``: the overrides' grid as a sweep (Ray, Optuna's grid sampler, MLflow parent and child runs)."""
+    from sweeplab.sweep.multirun import multirun_sweep
+
+    if args.cfg or args.info:
+        raise UserError("--cfg and --info show one run's config: drop -m (--multirun) to see it")
+    path, fixed = multirun_sweep(args.overrides)
+    print(f"sweeplab train -m: a grid sweep, written to {path}", flush=True)
+    return _run_sweep(str(path), fixed, resume=False, quiet=False)
 
 
 def _override_text(value) -> str:
@@ -118,14 +150,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    return _run_sweep(args.sweep, args.overrides, resume=args.resume, quiet=args.quiet)
+
+
+def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool) -> int:
     from sweeplab.sweep.launch import launch_sweep
     from sweeplab.sweep.summary import format_summary
 
-    outcome = launch_sweep(args.sweep, args.overrides, resume=args.resume, quiet=args.quiet,
+    outcome = launch_sweep(ref, overrides, resume=resume, quiet=quiet,
                            on_outcome=lambda outcome: print(f"\n{format_summary(outcome)}", flush=True))
     if outcome.unfinished:
         print(f"\nsweep {outcome.sweep_id} was interrupted; continue it with:\n"
-              f"  sweeplab sweep {outcome.sweep_id} --resume {' '.join(args.overrides)}".rstrip())
+              f"  sweeplab sweep {outcome.sweep_id} --resume {' '.join(overrides)}".rstrip())
         return 130
     return 0
 

@@ -96,6 +96,7 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
     """The config and the option picked in every group, e.g. {'model': 'vgg16', ...}."""
     register_configs()
     overrides = list(overrides)
+    _refuse_hydra_keys(overrides)
     if sweep_file is not None:
         # A sweep file is an option of a config group (package _global_): staged under a fixed group
         # name, so any folder name or path works.
@@ -122,6 +123,17 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
 
 
 SWEEP_GROUP = "sweeplab_sweep_file"
+RUN_DIR_KEY = "hydra.run.dir"  # the one hydra.* key sweeplab honours: the run folder of `sweeplab train`
+
+
+def _refuse_hydra_keys(overrides: Sequence[str]) -> None:
+    """Hydra's own settings (hydra.job.chdir, hydra.sweeper...) do nothing under the compose API: say so
+    instead of ignoring them."""
+    for text in overrides:
+        key = text.split("=", 1)[0].lstrip("+~")
+        if key == "hydra" or key.startswith("hydra."):
+            raise ConfigError(f"{key} is a Hydra setting that sweeplab does not use ({text}); the one it honours is "
+                              f"{RUN_DIR_KEY}=<folder>, the run folder of 'sweeplab train'. Remove {key}=...")
 
 
 def _stage(sweep_file: Path, text: str | None = None) -> Path:

@@ -29,6 +29,9 @@ from sweeplab.structured import typed
 # state to save, only when the reporter wants it (Ray Tune does, the CLI at the end).
 Reporter = Callable[[dict[str, float], Callable[[], dict[str, Any]]], None]
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> mean loss
+# on_batch(epoch, batches_done, batches_total) after each training step: the CLI's progress bar;
+# None (Ray trials, benchmarks) costs one comparison per batch.
+BatchCallback = Callable[[int, int, int], None]
 
 
 class StopTraining(Exception):
@@ -139,7 +142,8 @@ class TrainState:
 class _Run:
     """One training run's pieces, built once from the config (or restored from a TrainState)."""
 
-    def __init__(self, cfg: DictConfig, bundle: DatasetBundle | None) -> None:
+    def __init__(self, cfg: DictConfig, bundle: DatasetBundle | None, on_batch: BatchCallback | None = None) -> None:
+        self.on_batch = on_batch
         self.data_cfg: DataConfig = typed(cfg.data, DataConfig)
         self.train_cfg: TrainConfig = typed(cfg.train, TrainConfig)
         self.opt_cfg: OptimizerConfig = typed(cfg.optimizer, OptimizerConfig)
@@ -190,15 +194,17 @@ class _Run:
             class_names=list(self.bundle.class_names),
         ).as_dict()
 
-    def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def train_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """One pass over the training split; sums stay on the device (no host sync per step)."""
-        model, optimizer, criterion = self.model, self.optimizer, self.criterion
+        model, optimizer, criterion, on_batch = self.model, self.optimizer, self.criterion, self.on_batch
+        batch_size = self.train_cfg.batch_size
+        total = -(-len(self.bundle.train) // batch_size)
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        batches = self.source.batches("train", self.train_cfg.batch_size, self.generator, augment=self.data_cfg.augment)
-        for x, y in batches:
+        batches = self.source.batches("train", batch_size, self.generator, augment=self.data_cfg.augment)
+        for done, (x, y) in enumerate(batches, 1):
             logits = model(x)
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -207,13 +213,15 @@ class _Run:
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
+            if on_batch is not None:
+                on_batch(epoch, done, total)
         return loss_sum, correct, seen
 
     def epoch(self, epoch: int) -> dict[str, float]:
         """Train, step the schedule, validate; the epoch's metrics."""
         started = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
-        loss_sum, correct, seen = self.train_epoch()
+        loss_sum, correct, seen = self.train_epoch(epoch)
         train_seconds = time.perf_counter() - started
         if self.schedule is not None:
             self.schedule.step()
@@ -253,9 +261,11 @@ def train(
     reporter: Reporter | None = None,
     resume: dict[str, Any] | None = None,
     bundle: DatasetBundle | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data``; ``resume`` (a saved state) continues exactly where it stopped."""
-    run = _Run(cfg, bundle)
+    """Train ``cfg.model`` on ``cfg.data``; ``resume`` (a saved state) continues exactly where it stopped;
+    ``on_batch`` hears of every training step (a progress bar)."""
+    run = _Run(cfg, bundle, on_batch)
     if resume is not None:
         run.restore(resume)
     for epoch in range(len(run.history) + 1, run.train_cfg.epochs + 1):

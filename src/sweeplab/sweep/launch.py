@@ -237,7 +237,8 @@ def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> 
 
     metric, mode = plan.objectives[0]
     sc = plan.cfg.sweep
-    view = LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet)
+    view = LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet,
+                    total_trials=plan.num_trials)
     callbacks: list[Callback] = [view]
     if plan.cfg.tracking.enabled:
         from sweeplab.sweep.tracker import MlflowSweepTracker

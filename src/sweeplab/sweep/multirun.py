@@ -1,0 +1,71 @@
+"""``sweeplab train -m a=1,2 model=lenet,mlp``: Hydra's multirun as a grid sweep file the sweep engine runs.
+
+Every sweep override becomes a categorical dimension of a grid (``range(...)`` and ``glob(...)`` are
+enumerated first); ``train.seed=0,1`` becomes ``sweep.seeds``. The file is written beside the sweep's outputs
+(``<output_dir>/multirun/<time>/multirun.yaml``), so ``sweeplab sweep <id> --resume`` finds it again.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.types import Glob, Override
+
+from sweeplab.compose import compose, conf_dir
+from sweeplab.errors import ConfigError
+from sweeplab.hydra_habits import parse
+from sweeplab.sweep.space import to_override
+
+NAME = "multirun"
+SEED_KEY = "train.seed"
+
+
+def _values(text: str, o: Override) -> list[Any]:
+    """The values a sweep override names, in order."""
+    value = o.value()
+    if isinstance(value, Glob):
+        folder = conf_dir() / o.key_or_group
+        if not folder.is_dir():
+            raise ConfigError(f"{text}: glob() picks options of a config group; {o.key_or_group} is not one")
+        return list(value.filter(sorted(p.stem for p in folder.glob("*.yaml"))))
+    try:
+        return list(o.sweep_iterator())
+    except Exception:  # interval(): a continuous range has no grid points
+        raise ConfigError(f"{text}: -m runs a grid, and interval() has no grid points; list the values "
+                          f"({o.key_or_group}=a,b,c), use range(start,stop,step), or search it with a sweep file "
+                          "(sweeps/*.yaml, sweep.space)") from None
+
+
+def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str]]:
+    """Write the grid sweep file for a multirun command line; (its path, the overrides every trial shares)."""
+    parsed = parse(overrides)
+    if not parsed:  # an override Hydra cannot read: compose names it
+        compose(overrides)
+    fixed = [text for text, o in zip(overrides, parsed, strict=True) if not o.is_sweep_override()]
+    swept = [(text, o) for text, o in zip(overrides, parsed, strict=True) if o.is_sweep_override()]
+    if not swept:
+        raise ConfigError(f"-m (--multirun) needs an override with several values, e.g. optimizer.lr=0.01,0.1; "
+                          f"got {' '.join(overrides) or 'none'}")
+    for text, o in swept:
+        if o.is_add() or o.is_delete() or o.is_force_add():
+            raise ConfigError(f"{text}: -m sweeps keys that exist in the config; drop the "
+                              f"'{text[0]}' or add the key to a config in conf/")
+    values = {o.key_or_group: _values(text, o) for text, o in swept}
+    seeds = values.pop(SEED_KEY, None)
+    if not values:
+        raise ConfigError(f"-m with only {SEED_KEY} swept: sweep another key too (e.g. optimizer.lr=0.01,0.1), "
+                          "or run one 'sweeplab train' per seed")
+    first = [to_override(k, v[0]) for k, v in values.items()]
+    cfg = compose([*fixed, *first])  # a mistake in the shared overrides fails here, named
+    space = {key: {"type": "categorical", "choices": choices} for key, choices in values.items()}
+    sweep = {"name": NAME, "sampler": "grid", "seeds": list(seeds or [int(cfg.train.seed)]),
+             "scheduler": {"kind": "none"}, "space": space}
+    folder = Path(cfg.output_dir) / NAME / time.strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{NAME}.yaml"
+    header = f"# @package _global_\n# sweeplab train -m {' '.join(overrides)}\n"
+    path.write_text(header + yaml.safe_dump({"sweep": sweep}, sort_keys=False))
+    return path, fixed

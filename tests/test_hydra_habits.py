@@ -1,0 +1,194 @@
+"""What Hydra users type at `sweeplab train`: --cfg, --info, -m, hydra.run.dir, .hydra/, --version,
+python -m sweeplab and shell completion."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from sweep_helpers import cli
+
+import sweeplab
+from sweeplab.completion import candidates, install_script
+from sweeplab.compose import compose, conf_dir
+from sweeplab.errors import ConfigError
+from sweeplab.sweep.multirun import multirun_sweep
+
+COMMANDS = {"": ["--version", "--shell-completion"], "train": ["--cfg", "--info", "--multirun"], "sweep": ["--resume"],
+            "status": [], "models": []}
+
+
+def test_version_prints_the_package_version(tmp_path):
+    done = cli("--version", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, f"sweeplab {sweeplab.__version__}\n")
+
+
+def test_python_dash_m_sweeplab_is_the_same_command(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(sweeplab.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-m", "sweeplab", "--version"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=60)
+    assert (done.returncode, done.stdout) == (0, f"sweeplab {sweeplab.__version__}\n"), done.stderr
+
+
+@pytest.mark.parametrize("flag", ["--cfg", "-c"])
+def test_cfg_job_prints_the_composed_config_and_trains_nothing(flag, tmp_path):
+    done = cli("train", "model=mlp", "optimizer.lr=0.2", flag, "job", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed == yaml.safe_load(yaml.safe_dump(_plain(compose(["model=mlp", "optimizer.lr=0.2"]))))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _plain(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def test_cfg_all_adds_hydra_record_with_the_picked_options_and_run_dir(tmp_path):
+    done = cli("train", "model=mlp", f"hydra.run.dir={tmp_path / 'here'}", "--cfg", "all", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed["model"]["name"] == "mlp"
+    assert printed["hydra"]["runtime"]["choices"]["model"] == "mlp"
+    assert printed["hydra"]["run"]["dir"] == str(tmp_path / "here")
+    assert not (tmp_path / "here").exists()
+
+
+def test_info_lists_search_path_groups_and_their_options(tmp_path):
+    done = cli("train", "model=mlp", "--info", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert conf_dir().as_uri() in done.stdout
+    for group in ("model", "optimizer", "data"):
+        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        assert any(line.split()[:1] == [group] and ", ".join(options) in line for line in done.stdout.splitlines())
+    model_line = next(line for line in done.stdout.splitlines() if line.split()[:1] == ["model"])
+    assert model_line.split()[1] == "mlp"
+
+
+def test_a_comma_list_without_multirun_says_to_add_m(tmp_path):
+    done = cli("train", "optimizer.lr=0.01,0.1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("sweeplab train: error: optimizer.lr=0.01,0.1") and "add -m" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_hydra_settings_other_than_the_run_dir_are_refused_by_name(tmp_path):
+    done = cli("train", "hydra.job.chdir=true", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "hydra.job.chdir" in done.stderr and "hydra.run.dir" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_hydra_run_dir_is_the_run_folder_and_holds_hydras_record(run_cli, tmp_path):
+    folder = tmp_path / "my run"
+    done = run_cli("train", "model=mlp", "data=digits", "train.epochs=1", f"hydra.run.dir={folder}")
+    assert done.returncode == 0, done.stderr
+    assert (folder / "weights.pt").is_file() and not (tmp_path / "outputs" / "train").exists()
+    record = folder / ".hydra"
+    assert yaml.safe_load((record / "config.yaml").read_text())["model"]["name"] == "mlp"
+    overrides = yaml.safe_load((record / "overrides.yaml").read_text())
+    assert overrides[:3] == ["model=mlp", "data=digits", "train.epochs=1"]
+    hydra = yaml.safe_load((record / "hydra.yaml").read_text())["hydra"]
+    assert hydra["runtime"]["choices"]["data"] == "digits" and hydra["run"]["dir"] == str(folder)
+
+
+# --- -m: the grid as a sweep file ---------------------------------------------------------------------------
+def test_multirun_turns_sweep_overrides_into_a_grid(tmp_path):
+    path, fixed = multirun_sweep([f"output_dir={tmp_path}", "model=mlp,lenet", "optimizer.lr=0.01,0.1",
+                                  "train.epochs=range(1,3)", "train.seed=3,4", "data=digits"])
+    assert path.parent.parent == tmp_path / "multirun"
+    assert fixed == [f"output_dir={tmp_path}", "data=digits"]
+    sweep = compose(fixed, path).sweep
+    assert sweep.sampler == "grid" and sweep.name == "multirun" and sweep.scheduler.kind == "none"
+    assert {key: list(spec.choices) for key, spec in sweep.space.items()} == {
+        "model": ["mlp", "lenet"], "optimizer.lr": [0.01, 0.1], "train.epochs": [1, 2]}
+    assert list(sweep.seeds) == [3, 4]
+
+
+def test_multirun_glob_picks_the_matching_options_of_a_group(tmp_path):
+    path, _ = multirun_sweep([f"output_dir={tmp_path}", "model=glob(*net*)"])
+    expected = sorted(p.stem for p in (conf_dir() / "model").glob("*net*.yaml"))
+    assert yaml.safe_load(path.read_text())["sweep"]["space"]["model"]["choices"] == expected
+
+
+@pytest.mark.parametrize("override, named", [("optimizer.lr=interval(0.01,0.1)", "interval()"),
+                                             ("+optimizer.nosuch=1,2", "+optimizer.nosuch")])
+def test_multirun_refuses_what_has_no_grid(override, named, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        multirun_sweep([f"output_dir={tmp_path}", override])
+
+
+# --- shell completion -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("words, current, expected", [
+    ([], "tr", ["train"]),
+    ([], "--v", ["--version"]),
+    (["train"], "--c", ["--cfg"]),
+    (["train"], "model=l", ["model=lenet"]),
+    (["train"], "optim", ["optimizer.", "optimizer="]),
+    (["sweep"], "sm", ["smoke"]),
+])
+def test_completion_offers_commands_options_and_sweeps(words, current, expected):
+    assert candidates(words, current, COMMANDS) == expected
+
+
+def test_completion_offers_the_keys_of_the_picked_model():
+    mlp = candidates(["train", "model=mlp"], "model.", COMMANDS)
+    lenet = candidates(["train"], "model.", COMMANDS)
+    assert "model.hidden_sizes=" in mlp and "model.hidden_sizes=" not in lenet
+    assert "model.conv1_filters=" in lenet
+    assert "optimizer.lr=" in candidates(["train"], "optimizer.", COMMANDS)
+
+
+@pytest.mark.slow
+def test_the_installed_bash_script_completes_on_tab(tmp_path):
+    """The script as `eval "$(sweeplab --shell-completion install=bash)"` installs it, asked as bash asks on TAB."""
+    script = cli("--shell-completion", "install=bash", cwd=tmp_path).stdout
+    assert script == install_script("bash") + "\n"
+
+    def tab(line: str) -> list[str]:
+        words = line.split(" ")
+        program = (f'{script}\nCOMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}; COMP_WORDS=({" ".join(words)}); '
+                   f'COMP_CWORD={len(words) - 1}; _sweeplab_complete; printf "%s\\n" "${{COMPREPLY[@]}}"')
+        env = {**os.environ, "PYTHONPATH": str(Path(sweeplab.__file__).parents[1])}
+        done = subprocess.run(["bash", "-c", program], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert tab("sweeplab tr") == ["train"]
+    assert tab("sweeplab train model=mlp optimizer=ad") == ["optimizer=adam", "optimizer=adamw"]
+
+
+@pytest.mark.slow
+def test_multirun_runs_the_grid_as_a_tracked_sweep(tmp_path):
+    """`sweeplab train -m ... optimizer.lr=0.01,0.1`: two trials through Ray, Optuna's grid sampler, and an
+    MLflow parent run with a child per grid point."""
+    import optuna
+    import ray
+    from mlflow import MlflowClient
+
+    out = tmp_path / "outputs"
+    try:
+        done = cli("train", "-m", "model=mlp", "data=digits", "train.epochs=1", "train.num_threads=1",
+                   "optimizer.lr=0.01,0.1", f"output_dir={out}", cwd=tmp_path)
+    finally:
+        ray.shutdown()
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert any("2/2 trials, 2/2 epochs of the budget" in line for line in done.stdout.splitlines())
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("multirun")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`sweeplab.kind` = 'sweep'")
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(float(c.data.params["optimizer.lr"]) for c in children) == [0.01, 0.1]
+    assert {c.data.params["model.name"] for c in children} == {"mlp"}
+
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert study.user_attrs["sampler"] == "grid" and summary.study_name.startswith("multirun-")
+    assert len(study.trials) == 2 and all("grid_id" in t.system_attrs for t in study.trials)  # GridSampler's mark
