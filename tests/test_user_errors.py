@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from servers import free_port
-from sweep_helpers import cli, sweeplab
+from sweep_helpers import cli, sweeplab, write_sweep
 
 from sweeplab.sweep.plan import plan_sweep
 
@@ -111,6 +111,7 @@ CASES = [
     Case("unknown-model", _train("model=nosuch"), "nosuch"),
     Case("plus-unknown-key", _train("+optimizer.lrr=0.1"), "optimizer.lrr"),
     Case("removed-group", _train("~model"), "~model"),
+    Case("unquoted-accents", _train("data.root=/tmp/données"), "quote a value"),
     # stores and folders
     Case("server-down", _train("tracking=server", "tracking.uri=http://127.0.0.1:9"), "http://127.0.0.1:9"),
     Case("postgres-refused", lambda tmp: [*TRAIN, f"tracking.uri=postgresql+psycopg://u:pw@127.0.0.1:{_closed_port()}/x"],
@@ -175,6 +176,30 @@ def test_a_mistake_ends_in_one_line_naming_it_and_leaves_nothing_behind(case, tm
     assert "pw@" not in done.stdout + done.stderr  # no password on the console
     after = sorted(output_dir.rglob("*")) if output_dir.is_dir() else None
     assert after == before  # no run folder, no mlflow.db, no Ray folder
+
+
+TINY_SWEEP = ("data: {subset: 200}\ntrain: {epochs: 1}\nsweep:\n  sampler: random\n  num_trials: 2\n"
+              "  max_concurrent: 2\n  space: {optimizer.lr: {type: float, low: LOW, high: HIGH, log: true}}\n")
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_from_a_folder_whose_name_has_accents_and_spaces(tmp_path):
+    """Paths travel to the trials as Hydra overrides: quoted, they are data, not syntax."""
+    folder = tmp_path / "mes données, été"
+    path = write_sweep(folder, "accents", TINY_SWEEP.replace("LOW", "0.01").replace("HIGH", "0.1"))
+    done = cli("sweep", str(path), "data=mnist5k", "--quiet", cwd=folder)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 completed" in done.stdout, done.stdout[-2000:]
+    assert (folder / "outputs" / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_end_invalid_exits_non_zero_and_says_so(tmp_path):
+    path = write_sweep(tmp_path, "diverges", TINY_SWEEP.replace("LOW", "1.0e8").replace("HIGH", "1.0e9"))
+    done = cli("sweep", str(path), "data=mnist5k", f"output_dir={tmp_path / 'out'}", "--quiet", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("sweeplab sweep: error: no trial of diverges-") and "2 invalid" in error, done.stderr
 
 
 @pytest.mark.slow

@@ -240,6 +240,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not uri.startswith("sqlite:"):
         print(f"the tracking store is a server already: open {redact(uri)}")
         return 0
+    if not args.allowed_hosts and not _is_loopback(args.host):
+        print(f"sweeplab ui: warning: serving on {args.host} without --allowed-hosts: a page on any site can reach "
+              "this server through a DNS name that points here (DNS rebinding); pass --allowed-hosts with the "
+              "names people use to open it", file=sys.stderr, flush=True)
     check_port_free(args.host, args.port)
     client = existing_client(uri)
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
@@ -253,10 +257,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
     if args.allowed_hosts:
         command += ["--allowed-hosts", args.allowed_hosts]
-    elif not _is_loopback(args.host):
-        print(f"sweeplab ui: warning: serving on {args.host} without --allowed-hosts: a page on any site can reach "
-              "this server through a DNS name that points here (DNS rebinding); pass --allowed-hosts with the "
-              "names people use to open it", file=sys.stderr, flush=True)
     # GenAI job workers (eight processes) are of no use for training runs; exec so that a signal
     # to `sweeplab ui` reaches the server itself.
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

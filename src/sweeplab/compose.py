@@ -17,7 +17,7 @@ import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -102,15 +102,19 @@ def read_sweep_text(path: Path) -> str:
         raise ConfigError(f"cannot read sweep file {path}: {err.strerror}") from None
 
 
+def _invalid_yaml(err: yaml.YAMLError, path: Path) -> str:
+    where = getattr(err, "problem_mark", None)
+    return (f"invalid YAML{f' at line {where.line + 1}' if where else ''}: "
+            f"{getattr(err, 'problem', None) or err} (in {path})")
+
+
 def check_sweep_text(path: Path, text: str) -> None:
     """The shape Hydra needs to compose a file as a sweep, checked first so that a wrong file (an empty one,
     /etc/passwd) is named as such rather than as a key Hydra could not place."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        raise ConfigError(f"invalid YAML{f' at line {where.line + 1}' if where else ''}: "
-                          f"{getattr(err, 'problem', None) or err} (in {path})") from None
+        raise ConfigError(_invalid_yaml(err, path)) from None
     if not isinstance(data, dict) or not data:
         what = "empty" if data is None else f"a YAML {type(data).__name__}, not a mapping"
         raise ConfigError(f"sweep file {path} is {what}; a sweep file is {_SWEEP_FILE_SHAPE}")
@@ -148,12 +152,13 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
         _check_complete(cfg, overrides)
     except MissingConfigException as err:
         raise ConfigError(_missing_option(err, overrides)) from None
+    except OverrideParseException as err:
+        raise ConfigError(f"cannot parse the override {err.override!r}: quote a value holding spaces, commas, "
+                          "quotes or non-ASCII letters for Hydra, e.g. \"output_dir='/data/mes données'\"") from None
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_explain(err, sweep_file)) from None
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        raise ConfigError(f"invalid YAML{f' at line {where.line + 1}' if where else ''}: "
-                          f"{getattr(err, 'problem', None) or err} (in {sweep_file or conf_dir()})") from None
+        raise ConfigError(_invalid_yaml(err, sweep_file or conf_dir())) from None
     if sweep_file is not None and cfg.sweep.name == "sweep":
         cfg.sweep.name = sweep_file.stem
     return cfg, choices
