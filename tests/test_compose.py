@@ -4,10 +4,12 @@ run as local processes in test_cluster.py (no Docker engine here)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from servers import require
 
@@ -16,29 +18,64 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
 
-def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
+SECRETS = {  # what the stack refuses to start without, and a stand-in value for each
+    "RAY_AUTH_TOKEN": "ray-token-for-tests",
+    "POSTGRES_PASSWORD": "pg-password-for-tests",
+    "MLFLOW_ADMIN_USER": "mlflow-admin-for-tests",
+    "MLFLOW_ADMIN_PASSWORD": "mlflow-password-for-tests",
+    "MLFLOW_SECRET_KEY": "flask-key-for-tests",
+}
+
+
+def _compose_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     require(shutil.which("docker-compose") is not None or shutil.which("docker") is not None,
             "neither docker-compose nor docker is installed (make system-deps installs docker-compose)")
     tool = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
-    run = subprocess.run([*tool, "-f", str(ROOT / "docker-compose.yml"), "--profile", "run", "config", "--services"],
+    run = subprocess.run([*tool, "-f", str(ROOT / "docker-compose.yml"), "--profile", "run", "config", *args],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     require(run.returncode == 0 or "unknown command" not in run.stderr,
             "this docker client has no compose plugin (make system-deps installs docker-compose)")
     return run
 
 
+def _without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in SECRETS} | {k: v for k, v in SECRETS.items()
+                                                                       if k not in names}
+
+
 def test_compose_file_validates_with_docker_compose():
-    run = _compose_config({**os.environ, "RAY_AUTH_TOKEN": "test-token"})
+    run = _compose_config(_without(), "--services")
     assert run.returncode == 0, run.stderr
     assert set(run.stdout.split()) == {"postgres", "mlflow", "ray-head", "ray-worker", "sweeplab"}
 
 
-def test_compose_refuses_to_start_without_a_ray_token():
-    # an unauthenticated Ray cluster runs anyone's code: without the token the stack does not start
-    run = _compose_config({k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"})
+@pytest.mark.parametrize("secret", list(SECRETS))
+def test_compose_refuses_to_start_without_each_secret(secret):
+    # no default password, token or key: without one of them the stack does not start, and says which
+    run = _compose_config(_without(secret), "--services")
     assert run.returncode != 0
-    assert "RAY_AUTH_TOKEN" in run.stderr
-    assert SERVICES["ray-head"]["environment"]["RAY_AUTH_MODE"] == "token"
+    assert secret in run.stderr, run.stderr
+
+
+def test_each_service_gets_only_the_secrets_it_uses():
+    run = _compose_config(_without())
+    assert run.returncode == 0, run.stderr
+    resolved = yaml.safe_load(run.stdout)["services"]
+    holders = {name: {k for k, v in SECRETS.items() if v in yaml.safe_dump(service)}
+               for name, service in resolved.items()}
+    assert holders == {
+        "postgres": {"POSTGRES_PASSWORD"},
+        "mlflow": {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_USER", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY"},
+        "ray-head": {"RAY_AUTH_TOKEN"},
+        "ray-worker": {"RAY_AUTH_TOKEN"},
+        "sweeplab": {"RAY_AUTH_TOKEN", "POSTGRES_PASSWORD", "MLFLOW_ADMIN_USER", "MLFLOW_ADMIN_PASSWORD"},
+    }
+    mlflow = resolved["mlflow"]
+    assert "--app-name basic-auth" in mlflow["command"] and "--allowed-hosts" in mlflow["command"]
+    driver = resolved["sweeplab"]["environment"]
+    assert driver["MLFLOW_TRACKING_USERNAME"] == SECRETS["MLFLOW_ADMIN_USER"]
+    assert driver["MLFLOW_TRACKING_PASSWORD"] == SECRETS["MLFLOW_ADMIN_PASSWORD"]
+    assert resolved["ray-head"]["environment"]["RAY_AUTH_MODE"] == "token"
 
 
 def test_published_ports_listen_on_loopback_only():
@@ -78,7 +115,7 @@ def test_the_driver_runs_the_cifar10_sweep_in_cluster_mode(monkeypatch, tmp_path
 
     env = SERVICES["sweeplab"]["environment"]
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "SWEEPLAB_STORAGE"):
-        monkeypatch.setenv(key, env[key].replace("${POSTGRES_PASSWORD:-sweeplab}", "sweeplab"))
+        monkeypatch.setenv(key, re.sub(r"\$\{POSTGRES_PASSWORD:\?[^}]*\}", "sweeplab", env[key]))
     command = SERVICES["sweeplab"]["command"]
     assert command[:2] == ["sweep", "cifar10"]
     plan = plan_sweep(command[1], [*command[2:], f"data.root={tmp_path}"])

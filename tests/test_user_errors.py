@@ -2,34 +2,19 @@
 right: no traceback, nothing started, nothing created where it should not be."""
 from __future__ import annotations
 
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sweep_helpers import cli, sweeplab
+import torch
+from servers import free_port
+from sweep_helpers import cli, sweeplab, write_sweep
 
-from sweeplab.errors import UserError
 from sweeplab.sweep.plan import plan_sweep
-
-
-@pytest.mark.parametrize(
-    "override, named",
-    [
-        ("optimizer.momentum=-0.5", "optimizer.momentum"),
-        ("optimizer.betas=[1.5,0.9]", "optimizer.betas"),
-        ("train.device=gpu", "train.device"),
-        ("train.eval_batch_size=0", "train.eval_batch_size"),
-        ("model=mlp model.hidden_sizes=[-5]", "model.hidden_sizes"),
-        ("model=vgg model.stages=[]", "model.stages"),
-        ("model=alexnet model.dropout=1.5", "model.dropout"),
-        ("model=rnn model.cell=transformer", "model.cell"),
-        ("tracking=server tracking.uri=http://127.0.0.1:9", "http://127.0.0.1:9"),
-    ],
-)
-def test_train_rejects_bad_values_before_any_training(override, named, tmp_path):
-    done = cli("train", *override.split(), f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
-    assert done.returncode == 2
-    assert named in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert not (tmp_path / "out" / "train").exists()  # rejected before a run folder was made
 
 
 def _sweep_file(folder: Path, body: str, name: str = "mine.yaml") -> Path:
@@ -40,26 +25,197 @@ def _sweep_file(folder: Path, body: str, name: str = "mine.yaml") -> Path:
 
 
 SPACE = "  space: {optimizer.lr: {type: float, low: 0.01, high: 0.1, log: true}}\n"
+TRAIN = ["train", "model=mlp", "data=digits", "train.epochs=1", "train.num_threads=1"]
 
 
-@pytest.mark.parametrize(
-    "body, named",
-    [
-        ("sweep:\n  metric: val/accuracy\n" + SPACE, "val/accuracy"),
-        ("sweep:\n  seeds: [0, 0]\n" + SPACE, "sweep.seeds"),
-        ("train: {epochs: 2}\nsweep:\n  scheduler: {kind: asha, grace_period: 5}\n" + SPACE, "grace_period"),
-        ("sweep:\n  space: {model.activation: {type: categorical, choices: [relu, nosuch]}}\n", "nosuch"),
-        ("sweep:\n  space: {model.hidden_sizes: {type: int, low: 8, high: 64}}\n", "model.hidden_sizes"),
-        ("sweep:\n  space: {optimizer.lr: {type: float, low: 0.0, high: 0.1}}\n", "optimizer.lr"),
-        ("sweep:\n  space: {optimizer.lr: {type: float, low: 0.1, high: 0.01}\n", "YAML"),
-        ("data: {name: cifar10, root: /nonexistent}\nmodel: {name: mlp}\nsweep:\n" + SPACE, "cifar-10-batches-py"),
-    ],
-)
-def test_bad_sweep_files_are_rejected_with_the_key_named(body, named, tmp_path):
-    path = _sweep_file(tmp_path, body)
-    with pytest.raises(UserError) as err:
-        plan_sweep(str(path), [f"output_dir={tmp_path}"])
-    assert named in str(err.value)
+def _closed_port() -> int:
+    """A loopback port nothing listens on (the connection is refused at once)."""
+    return free_port()
+
+
+def _silent_server() -> socket.socket:
+    """A loopback port that accepts connections and never answers (a hung database)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    return s
+
+
+def _sweep_body(body: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["sweep", str(_sweep_file(tmp, body))]
+
+
+def _latin1_sweep(tmp: Path) -> list[str]:
+    path = tmp / "latin1.yaml"
+    path.write_bytes(("# @package _global_\n# café\nsweep:\n" + SPACE).encode("latin-1"))
+    return ["sweep", str(path)]
+
+
+def _empty_sweep(tmp: Path) -> list[str]:
+    (tmp / "empty.yaml").write_text("")
+    return ["sweep", str(tmp / "empty.yaml")]
+
+
+def _a_file_in_the_way(tmp: Path) -> Path:
+    (tmp / "a-file").write_text("not a folder")
+    return tmp / "a-file" / "out"
+
+
+def _not_a_database(tmp: Path) -> Path:
+    (tmp / "broken").mkdir()
+    (tmp / "broken" / "mlflow.db").write_text("this is not SQLite")
+    return tmp / "broken"
+
+
+def _bad_cifar_files(tmp: Path) -> list[str]:
+    from sweeplab.data.datasets import _EXPECTED
+
+    for name in _EXPECTED["cifar10"]:
+        (tmp / "cifar" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "cifar" / name).write_bytes(b"not a pickle")
+    return ["train", "data=cifar10", "model=mlp", f"data.root={tmp / 'cifar'}", "train.num_threads=1"]
+
+
+def _busy_port(tmp: Path, held: list) -> list[str]:
+    server = _silent_server()
+    held.append(server)
+    return ["ui", "--port", str(server.getsockname()[1])]
+
+
+@dataclass
+class Case:
+    """A user's mistake: the command (a function of the tmp folder), the text its one error line must hold."""
+
+    id: str
+    args: Callable[..., list[str]]
+    named: str
+    code: int = 2
+    output_dir: Callable[[Path], Path] = lambda tmp: tmp / "out"
+    marks: tuple = ()
+
+
+def _train(*extra: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: [*TRAIN, *extra]
+
+
+CASES = [
+    # values out of range or of the wrong kind, before any data loads
+    Case("momentum", _train("optimizer.momentum=-0.5"), "optimizer.momentum"),
+    Case("betas", _train("optimizer=adam", "optimizer.betas=[1.5,0.9]"), "optimizer.betas"),
+    Case("device-name", _train("train.device=gpu"), "train.device"),
+    Case("eval-batch", _train("train.eval_batch_size=0"), "train.eval_batch_size"),
+    Case("hidden-sizes", _train("model.hidden_sizes=[-5]"), "model.hidden_sizes"),
+    Case("vgg-stages", _train("model=vgg", "model.stages=[]"), "model.stages"),
+    Case("dropout", _train("model=alexnet", "model.dropout=1.5"), "model.dropout"),
+    Case("rnn-cell", _train("model=rnn", "model.cell=transformer"), "model.cell"),
+    Case("unknown-model", _train("model=nosuch"), "nosuch"),
+    Case("plus-unknown-key", _train("+optimizer.lrr=0.1"), "optimizer.lrr"),
+    Case("removed-group", _train("~model"), "~model"),
+    Case("unquoted-accents", _train("data.root=/tmp/données"), "quote a value"),
+    # stores and folders
+    Case("server-down", _train("tracking=server", "tracking.uri=http://127.0.0.1:9"), "http://127.0.0.1:9"),
+    Case("postgres-refused", lambda tmp: [*TRAIN, f"tracking.uri=postgresql+psycopg://u:pw@127.0.0.1:{_closed_port()}/x"],
+         "does not answer"),
+    Case("output-dir-unwritable", _train(), "is a file, not a folder", output_dir=_a_file_in_the_way),
+    Case("mlflow-db-not-a-database", _train(), "not an MLflow SQLite store", output_dir=_not_a_database),
+    # data and devices that only training finds out about: nothing is left behind
+    Case("cifar-files-invalid", _bad_cifar_files, "cannot be read"),
+    Case("cuda-without-cuda", _train("train.device=cuda"), "no CUDA device",
+         marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
+    # sweep files
+    Case("sweep-metric", _sweep_body("sweep:\n  metric: val/accuracy\n" + SPACE), "val/accuracy"),
+    Case("sweep-seeds", _sweep_body("sweep:\n  seeds: [0, 0]\n" + SPACE), "sweep.seeds"),
+    Case("grace-period",
+         _sweep_body("train: {epochs: 2}\nsweep:\n  scheduler: {kind: asha, grace_period: 5}\n" + SPACE),
+         "grace_period"),
+    Case("unknown-choice",
+         _sweep_body("sweep:\n  space: {model.activation: {type: categorical, choices: [relu, nosuch]}}\n"), "nosuch"),
+    Case("list-key-as-int", _sweep_body("sweep:\n  space: {model.hidden_sizes: {type: int, low: 8, high: 64}}\n"),
+         "model.hidden_sizes"),
+    Case("zero-lr", _sweep_body("sweep:\n  space: {optimizer.lr: {type: float, low: 0.0, high: 0.1}}\n"),
+         "optimizer.lr"),
+    Case("low-not-a-number", _sweep_body("sweep:\n  space: {optimizer.lr: {type: float, low: a, high: 0.1}}\n"),
+         "low must be a number"),
+    Case("yaml-syntax", _sweep_body("sweep:\n  space: {optimizer.lr: {type: float, low: 0.1, high: 0.01}\n"),
+         "invalid YAML"),
+    Case("not-utf8", _latin1_sweep, "not UTF-8"),
+    Case("etc-passwd", lambda tmp: ["sweep", os.path.relpath("/etc/passwd", tmp)], "/etc/passwd is a YAML str"),
+    Case("empty-file", _empty_sweep, "empty.yaml is empty"),
+    Case("missing-dataset",
+         _sweep_body("data: {name: cifar10, root: /nonexistent}\nmodel: {name: mlp}\nsweep:\n" + SPACE),
+         "cifar-10-batches-py"),
+    Case("unknown-sweep", lambda tmp: ["sweep", "nosuch"], "unknown sweep 'nosuch'"),
+    Case("max-failures", lambda tmp: ["sweep", "smoke", "sweep.max_failures=-5"], "sweep.max_failures"),
+    Case("sweep-plus-unknown-key", lambda tmp: ["sweep", "smoke", "+optimizer.lrr=0.1"], "optimizer.lrr"),
+    Case("sweep-output-dir-unwritable", lambda tmp: ["sweep", "smoke"], "is a file, not a folder",
+         output_dir=_a_file_in_the_way),
+    Case("optuna-postgres-refused",
+         lambda tmp: ["sweep", "smoke", f"cluster.optuna_storage=postgresql+psycopg://u:pw@127.0.0.1:{_closed_port()}/x"],
+         "postgresql+psycopg://u:***@127.0.0.1"),
+    # sweeplab ui
+    Case("ui-port-range", lambda tmp: ["ui", "--port", "99999"], "between 1 and 65535"),
+    Case("ui-port-busy", _busy_port, "already in use"),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_a_mistake_ends_in_one_line_naming_it_and_leaves_nothing_behind(case, tmp_path):
+    held: list[socket.socket] = []
+    args = case.args(tmp_path, held) if case.args is _busy_port else case.args(tmp_path)
+    output_dir = case.output_dir(tmp_path)
+    before = sorted(output_dir.rglob("*")) if output_dir.is_dir() else None
+    try:
+        done = cli(*args, f"output_dir={output_dir}", cwd=tmp_path)
+    finally:
+        for server in held:
+            server.close()
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == case.code, done.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"sweeplab {args[0]}: error:"), done.stderr
+    assert case.named in lines[0] and "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert "pw@" not in done.stdout + done.stderr  # no password on the console
+    after = sorted(output_dir.rglob("*")) if output_dir.is_dir() else None
+    assert after == before  # no run folder, no mlflow.db, no Ray folder
+
+
+TINY_SWEEP = ("data: {subset: 200}\ntrain: {epochs: 1}\nsweep:\n  sampler: random\n  num_trials: 2\n"
+              "  max_concurrent: 2\n  space: {optimizer.lr: {type: float, low: LOW, high: HIGH, log: true}}\n")
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_from_a_folder_whose_name_has_accents_and_spaces(tmp_path):
+    """Paths travel to the trials as Hydra overrides: quoted, they are data, not syntax."""
+    folder = tmp_path / "mes données, été"
+    path = write_sweep(folder, "accents", TINY_SWEEP.replace("LOW", "0.01").replace("HIGH", "0.1"))
+    done = cli("sweep", str(path), "data=mnist5k", "--quiet", cwd=folder)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 completed" in done.stdout, done.stdout[-2000:]
+    assert (folder / "outputs" / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_end_invalid_exits_non_zero_and_says_so(tmp_path):
+    path = write_sweep(tmp_path, "diverges", TINY_SWEEP.replace("LOW", "1.0e8").replace("HIGH", "1.0e9"))
+    done = cli("sweep", str(path), "data=mnist5k", f"output_dir={tmp_path / 'out'}", "--quiet", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("sweeplab sweep: error: no trial of diverges-") and "2 invalid" in error, done.stderr
+
+
+@pytest.mark.slow
+def test_a_database_that_never_answers_is_named_within_seconds(tmp_path):
+    """MLflow retries a database for over a minute and psycopg waits forever on a server that accepts and
+    stays silent: sweeplab gives up after a few seconds, naming it."""
+    server = _silent_server()
+    uri = f"postgresql+psycopg://u:pw@127.0.0.1:{server.getsockname()[1]}/x"
+    started = time.monotonic()
+    try:
+        done = cli(*TRAIN, f"tracking.uri={uri}", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 15
+    assert done.returncode == 2 and "does not answer" in done.stderr and "timeout" in done.stderr, done.stderr
+    assert "pw@" not in done.stderr and not (tmp_path / "out").exists()
 
 
 def test_a_sweep_file_may_live_in_a_folder_named_like_a_config_group(tmp_path):

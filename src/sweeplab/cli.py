@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the store")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--allowed-hosts", help="Host headers the server answers, comma-separated "
+                                           "(mlflow server --allowed-hosts); set it when --host is not loopback")
 
     sub.add_parser("models", help="list registered models with their keys and defaults")
     sub.add_parser("datasets", help="list registered datasets")

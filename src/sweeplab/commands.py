@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import sys
 import time
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweeplab.errors import UserError
 from sweeplab.metrics import format_metric, ranked_label
+from sweeplab.redact import redact
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -30,7 +32,7 @@ def format_metrics(m: dict[str, Any], epochs: int | None = None) -> str:
 
 
 def run_folder(output_dir: str, kind: str, label: str) -> Path:
-    """Where a run's files go (not created): <output_dir>/<kind>/<time>-<label>."""
+    """Where a run's files go; made by ``save_run`` once there is something to save."""
     return Path(output_dir) / kind / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
 
 
@@ -40,6 +42,7 @@ def save_run(folder: Path, cfg: DictConfig, result: TrainResult) -> None:
     from sweeplab.models.summary import summarize
     from sweeplab.run_files import write_run_files
 
+    folder.mkdir(parents=True, exist_ok=True)
     write_run_files(folder, to_yaml(cfg), summarize(result.model, result.input_shape), result.state)
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(result.history[0]))
@@ -70,15 +73,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(cfg: DictConfig, choices: dict[str, str], line: TrainLine, folder: Path) -> int:
     from sweeplab.hydra_habits import write_record
     from sweeplab.progress import EpochBar
+    from sweeplab.tracking.store import check_writable
     from sweeplab.train import train, validate
 
     validate(cfg)  # shapes and names, before any data is loaded
-    if cfg.tracking.enabled:  # an unreachable store fails now, not after training
-        from sweeplab.tracking.store import client_for, tracking_uri
+    check_writable(Path(cfg.output_dir), "output_dir")
+    if cfg.tracking.enabled:  # an unreachable or broken store fails now, not after training
+        from sweeplab.tracking.store import check_store, tracking_uri
 
-        client_for(tracking_uri(cfg))
-    folder.mkdir(parents=True, exist_ok=True)
-    write_record(folder, cfg, choices, line)
+        check_store(tracking_uri(cfg))
     print(f"sweeplab train: {cfg.model.name} on {cfg.data.name}, {cfg.optimizer.name} lr={cfg.optimizer.lr}, "
           f"{cfg.train.epochs} epochs, seed {cfg.train.seed} -> {folder}", flush=True)
 
@@ -87,7 +90,8 @@ def _train(cfg: DictConfig, choices: dict[str, str], line: TrainLine, folder: Pa
 
     with EpochBar(int(cfg.train.epochs)) as bar:
         result = train(cfg, reporter=report, on_batch=bar.on_batch if bar.enabled else None)
-    save_run(folder, cfg, result)
+    save_run(folder, cfg, result)  # the run folder exists only once there is something in it
+    write_record(folder, cfg, choices, line)
     if cfg.tracking.enabled:
         from sweeplab.tracking.runs import log_single_run
 
@@ -161,8 +165,13 @@ def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool) -> int
                            on_outcome=lambda outcome: print(f"\n{format_summary(outcome)}", flush=True))
     if outcome.unfinished:
         print(f"\nsweep {outcome.sweep_id} was interrupted; continue it with:\n"
-              f"  sweeplab sweep {outcome.sweep_id} --resume {' '.join(overrides)}".rstrip())
+              f"  sweeplab sweep {outcome.sweep_id} --resume {' '.join(map(redact, overrides))}".rstrip())
         return 130
+    if not outcome.completed():  # nothing to rank: a sweep that produced no result has failed
+        print(f"sweeplab sweep: error: no trial of {outcome.sweep_id} ran to the end ({outcome.counts_text()}); "
+              "the reasons are above and in 'sweeplab status'. Fix the config or the space and run it again",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -190,7 +199,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append([record["sweep_id"], record["started"], outcome.counts_text(),
                      f"{ranked_label(metric)} {format_metric(metric, best.value())}" if best else "-"])
     if not rows:
-        print(f"no sweeps in {storage} yet: run 'sweeplab sweep default'")
+        print(f"no sweeps in {redact(storage)} yet: run 'sweeplab sweep default'")
         return 0
     print(format_table(["sweep", "started", "trials", "best"], rows))
     return 0
@@ -230,6 +239,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """``port`` is a TCP port that a server can listen on at ``host``, or a UserError saying what would be right."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is not a TCP port: give one between 1 and 65535, e.g. --port 5000")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is already in use (another 'sweeplab ui' or server?): "
+                            "stop it or choose another with --port") from None
+        raise UserError(f"cannot listen on {host}:{port} ({err.strerror or err}): check --host and --port") from None
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
 
@@ -239,8 +273,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cfg = compose(args.overrides)
     uri = tracking_uri(cfg)
     if not uri.startswith("sqlite:"):
-        print(f"the tracking store is a server already: open {uri}")
+        print(f"the tracking store is a server already: open {redact(uri)}")
         return 0
+    if not args.allowed_hosts and not _is_loopback(args.host):
+        print(f"sweeplab ui: warning: serving on {args.host} without --allowed-hosts: a page on any site can reach "
+              "this server through a DNS name that points here (DNS rebinding); pass --allowed-hosts with the "
+              "names people use to open it", file=sys.stderr, flush=True)
+    check_port_free(args.host, args.port)
     client = existing_client(uri)
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
     url = f"http://{args.host}:{args.port}"
@@ -251,6 +290,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--default-artifact-root", artifacts.as_uri(),
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    if args.allowed_hosts:
+        command += ["--allowed-hosts", args.allowed_hosts]
     # GenAI job workers (eight processes) are of no use for training runs; exec so that a signal
     # to `sweeplab ui` reaches the server itself.
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

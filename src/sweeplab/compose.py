@@ -17,13 +17,14 @@ import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeplab.config import schema
 from sweeplab.errors import ConfigError
 from sweeplab.models import MODELS
+from sweeplab.redact import redact
 from sweeplab.structured import plain
 
 _registered = False
@@ -74,14 +75,54 @@ def resolve_sweep_file(ref: str) -> Path:
     if path.suffix in (".yaml", ".yml") or os.sep in ref:
         if not path.is_file():
             raise ConfigError(f"sweep file {ref!r} does not exist")
-        return path.resolve()
-    candidate = sweeps_dir() / f"{ref}.yaml"
-    if not candidate.is_file():
-        known = sorted(p.stem for p in sweeps_dir().glob("*.yaml"))
-        raise ConfigError(
-            f"unknown sweep {ref!r}. Known sweeps in {sweeps_dir()}: {', '.join(known)}; or give a path to a .yaml file"
-        )
-    return candidate
+        path = path.resolve()
+    else:
+        path = sweeps_dir() / f"{ref}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in sweeps_dir().glob("*.yaml"))
+            raise ConfigError(f"unknown sweep {ref!r}. Known sweeps in {sweeps_dir()}: {', '.join(known)}; "
+                              "or give a path to a .yaml file")
+    check_sweep_text(path, read_sweep_text(path))
+    return path
+
+
+_GLOBAL_PACKAGE = re.compile(r"\A(?:[ \t]*(?:#[^\n]*)?\n)*?[ \t]*#\s*@package\s+_global_\b")
+_SWEEP_FILE_SHAPE = ("a YAML file that starts with '# @package _global_' and has a sweep: block "
+                     "with a space (see sweeps/smoke.yaml)")
+
+
+def read_sweep_text(path: Path) -> str:
+    """A sweep file's text: UTF-8, as YAML and Hydra read it."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"sweep file {path} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                          "save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read sweep file {path}: {err.strerror}") from None
+
+
+def _invalid_yaml(err: yaml.YAMLError, path: Path) -> str:
+    where = getattr(err, "problem_mark", None)
+    return (f"invalid YAML{f' at line {where.line + 1}' if where else ''}: "
+            f"{getattr(err, 'problem', None) or err} (in {path})")
+
+
+def check_sweep_text(path: Path, text: str) -> None:
+    """The shape Hydra needs to compose a file as a sweep, checked first so that a wrong file (an empty one,
+    /etc/passwd) is named as such rather than as a key Hydra could not place."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(_invalid_yaml(err, path)) from None
+    if not isinstance(data, dict) or not data:
+        what = "empty" if data is None else f"a YAML {type(data).__name__}, not a mapping"
+        raise ConfigError(f"sweep file {path} is {what}; a sweep file is {_SWEEP_FILE_SHAPE}")
+    if not _GLOBAL_PACKAGE.match(text):
+        raise ConfigError(f"sweep file {path} does not start with '# @package _global_'; a sweep file is "
+                          f"{_SWEEP_FILE_SHAPE}")
+    if not isinstance(data.get("sweep"), dict):
+        raise ConfigError(f"sweep file {path} has no sweep: block; a sweep file is {_SWEEP_FILE_SHAPE}")
 
 
 def compose(overrides: Sequence[str] = (), sweep_file: Path | None = None,
@@ -109,14 +150,16 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
         with open_dict(cfg):
             del cfg["hydra"]
         OmegaConf.resolve(cfg)
+        _check_complete(cfg, overrides)
     except MissingConfigException as err:
         raise ConfigError(_missing_option(err, overrides)) from None
+    except OverrideParseException as err:
+        raise ConfigError(f"cannot parse the override {err.override!r}: quote a value holding spaces, commas, "
+                          "quotes or non-ASCII letters for Hydra, e.g. \"output_dir='/data/mes données'\"") from None
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_explain(err, sweep_file)) from None
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        raise ConfigError(f"invalid YAML{f' at line {where.line + 1}' if where else ''}: "
-                          f"{getattr(err, 'problem', None) or err} (in {sweep_file or conf_dir()})") from None
+        raise ConfigError(_invalid_yaml(err, sweep_file or conf_dir())) from None
     if sweep_file is not None and cfg.sweep.name == "sweep":
         cfg.sweep.name = sweep_file.stem
     return cfg, choices
@@ -136,9 +179,20 @@ def _refuse_hydra_keys(overrides: Sequence[str]) -> None:
                               f"{RUN_DIR_KEY}=<folder>, the run folder of 'sweeplab train'. Remove {key}=...")
 
 
+def _check_complete(cfg: DictConfig, overrides: list[str]) -> None:
+    """Every mandatory value is set: a group removed with ~model is named, not a traceback later."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        removed = [o for o in overrides if o.split("=")[0] in (f"~{key}", f"~{key.split('.')[0]}")]
+        cause = f" ({removed[0]} removed it)" if removed else ""
+        hint = f"choose one with {key}=<option>" if "." not in key else f"set {key}=<value>"
+        raise ConfigError(f"{key} has no value{cause}; {hint}")
+
+
 def _stage(sweep_file: Path, text: str | None = None) -> Path:
     """A copy of the sweep file at <tmp>/<digest>/sweeplab_sweep_file/sweep.yaml (same content, same copy)."""
-    text = sweep_file.read_text() if text is None else text
+    text = read_sweep_text(sweep_file) if text is None else text
     digest = hashlib.sha1(f"{sweep_file}\n{text}".encode()).hexdigest()[:16]
     staged = Path(tempfile.gettempdir()) / "sweeplab-sweeps" / digest / SWEEP_GROUP / "sweep.yaml"
     if not staged.exists():
@@ -185,7 +239,7 @@ def _explain(err: Exception, sweep_file: Path | None) -> str:
 
 
 def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    return redact(OmegaConf.to_yaml(cfg, resolve=True))  # a run's config.yaml never holds a password
 
 
 def flatten(cfg: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, object]:

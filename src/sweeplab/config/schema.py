@@ -179,6 +179,8 @@ class SweepConfig:
     def check(self) -> None:
         if self.fuse < 1:
             raise out_of_range("sweep.fuse", self.fuse, ">= 1 (1: every trial trains alone)")
+        if self.max_failures < 0:  # Ray reads a negative count as "retry forever"
+            raise out_of_range("sweep.max_failures", self.max_failures, ">= 0 (0: a crashed trial is not retried)")
 
 
 @dataclass

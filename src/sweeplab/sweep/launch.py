@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.compose import compose, project_root
+from sweeplab.compose import compose, project_root, read_sweep_text
 from sweeplab.errors import ConfigError
+from sweeplab.redact import MASK, redact
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
-from sweeplab.sweep.space import encode_choice
+from sweeplab.sweep.space import encode_choice, to_override
 
 if TYPE_CHECKING:
     from ray.tune import Callback
@@ -92,7 +93,7 @@ def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
         "sweep_id": sweep_id,
         "name": plan.name,
         "sweep_file": str(plan.sweep_file),
-        "overrides": plan.overrides,
+        "overrides": [redact(o) for o in plan.overrides],  # resume takes secrets from its own command line
         "space": OmegaConf.to_container(plan.cfg.sweep.space),
         "sampler": plan.cfg.sweep.sampler,
         "scheduler": OmegaConf.to_container(plan.cfg.sweep.scheduler),
@@ -112,9 +113,11 @@ def trial_spec(plan: SweepPlan) -> TrialSpec:
     cfg = plan.cfg
     return TrialSpec(
         sweep_file=str(plan.sweep_file),
-        sweep_text=plan.sweep_file.read_text(),
+        sweep_text=read_sweep_text(plan.sweep_file),
         # relative paths would resolve inside each worker: pin them to where the sweep was started
-        overrides=(*plan.overrides, f"data.root={Path(cfg.data.root).resolve()}", f"output_dir={plan.output_dir}"),
+        # (trials never open the stores: a password stays in the driver)
+        overrides=(*(redact(o) for o in plan.overrides), to_override("data.root", str(Path(cfg.data.root).resolve())),
+                   to_override("output_dir", str(plan.output_dir))),
         space_keys=tuple(d.key for d in plan.dims),
         group_keys=tuple(d.key for d in plan.dims if d.is_group),
         project_root=str(project_root()),
@@ -159,8 +162,12 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     ``on_outcome`` (the summary) runs while a Ray of our own shuts down and the tracker draws the report."""
     from sweeplab.sweep.packs import start_packs
     from sweeplab.sweep.results import load_outcome
+    from sweeplab.tracking.store import check_database, check_writable
 
     plan, sweep_id = _plan(ref, overrides, resume)
+    check_writable(plan.output_dir, "output_dir")
+    if plan.optuna_storage.startswith("postgresql"):  # Optuna would wait on it after Ray has started
+        check_database(plan.optuna_storage, "cluster.optuna_storage / OPTUNA_STORAGE")
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     started_ray = _start_ray_and_store(plan.cfg)
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
@@ -227,9 +234,15 @@ def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, 
         from sweeplab.sweep.results import find_sweep
 
         record = find_sweep(optuna_storage_url(compose(overrides)), ref)
-        return plan_sweep(record["sweep_file"], record["overrides"]), record["sweep_id"]
+        return plan_sweep(record["sweep_file"], _with_secrets(record["overrides"], overrides)), record["sweep_id"]
     plan = plan_sweep(ref, overrides)
     return plan, f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _with_secrets(recorded: Sequence[str], given: Sequence[str]) -> list[str]:
+    """The recorded overrides, each masked one replaced by the same key's override on this command line."""
+    by_key = {o.split("=", 1)[0]: o for o in given}
+    return [by_key.get(o.split("=", 1)[0], o) if f":{MASK}@" in o else o for o in recorded]
 
 
 def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> list[Callback]:

@@ -12,6 +12,7 @@ from sweeplab.compose import compose, conf_dir, resolve_sweep_file
 from sweeplab.config.schema import SweepConfig
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS
+from sweeplab.redact import hide
 from sweeplab.structured import typed
 from sweeplab.sweep.space import GROUPS, Dimension, grid_size, parse_space
 
@@ -28,6 +29,9 @@ class SweepPlan:
     num_configs: int
     output_dir: Path
     optuna_storage: str
+
+    def __post_init__(self) -> None:
+        hide(self.optuna_storage)  # a resumed searcher holds the masked URL: reveal() maps it back in this process
 
     @property
     def name(self) -> str:

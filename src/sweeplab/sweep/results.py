@@ -9,8 +9,8 @@ import optuna
 
 from sweeplab.errors import UserError
 from sweeplab.metrics import TrialStatus
+from sweeplab.redact import redact
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
-from sweeplab.tracking.store import redact
 
 __all__ = ["SweepOutcome", "find_sweep", "list_sweeps", "load_outcome"]
 

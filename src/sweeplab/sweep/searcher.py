@@ -20,6 +20,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from sweeplab.metrics import TrialStatus, trial_end
+from sweeplab.redact import hide, reveal
 from sweeplab.sweep.samplers import make_sampler, open_storage
 from sweeplab.sweep.space import Dimension
 
@@ -47,7 +48,7 @@ class OptunaSearcher(Searcher):
         super().__init__(metric=objectives[0][0], mode=objectives[0][1])
         self.dims = dims
         self.sampler_name, self.sampler_seed = sampler, sampler_seed
-        self.storage, self.study_name = storage, study_name
+        self.storage, self.study_name = hide(storage), study_name  # pickled into Ray's folder: masked
         self.objectives, self.seeds = objectives, list(seeds)
         self.num_configs, self.max_epochs = num_configs, max_epochs
         self._backend: optuna.storages.BaseStorage | None = None
@@ -66,7 +67,7 @@ class OptunaSearcher(Searcher):
         """The study's storage. Writing to a trial by its number after ask() (user attributes,
         intermediate values of several objectives) has no Study-level API; BaseStorage's has."""
         if self._backend is None:
-            self._backend = open_storage(self.storage)
+            self._backend = open_storage(reveal(self.storage))
         return self._backend
 
     @property

@@ -160,6 +160,10 @@ def _check_dimension(dim: Dimension, where: str) -> None:
         return
     if dim.low is None or dim.high is None:
         raise ConfigError(f"{where}: {dim.type} needs both 'low' and 'high'")
+    for field_ in ("low", "high", "step"):
+        value = getattr(dim, field_)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{where}: {field_} must be a number, got {value!r}")
     if not dim.low < dim.high:
         raise ConfigError(f"{where}: empty or inverted range low={dim.low} >= high={dim.high}; low must be below high")
     if dim.log and dim.low <= 0:

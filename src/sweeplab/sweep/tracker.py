@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from sweeplab.metrics import TrialEnd, TrialStatus, error_line, trial_end
+from sweeplab.redact import hide, redact, reveal
 from sweeplab.tracking import runs
 
 if TYPE_CHECKING:
@@ -38,13 +39,13 @@ class MlflowSweepTracker(tune.Callback):
 
         from sweeplab.tracking.store import artifact_root, tracking_uri
 
-        self.uri = tracking_uri(cfg)
+        self.uri = hide(tracking_uri(cfg))  # Tune pickles callbacks into tuner.pkl: no password there
         self.artifact_root = artifact_root(cfg)
         self.experiment_name = cfg.tracking.experiment or plan.name
         self.background = bool(cfg.tracking.async_logging)
         self.sweep_id = sweep_id
         self.sweep_file = str(plan.sweep_file)
-        self.optuna_storage = plan.optuna_storage
+        self.optuna_storage = hide(plan.optuna_storage)
         self.plan_info = {
             "sweep_id": sweep_id,
             "sweep_name": plan.name,
@@ -55,8 +56,8 @@ class MlflowSweepTracker(tune.Callback):
             "seeds": json.dumps(list(plan.cfg.sweep.seeds)),
             "num_configs": str(plan.num_configs),
             "max_epochs": str(plan.cfg.train.epochs),
-            "overrides": json.dumps(plan.overrides),
-            "optuna_storage": plan.optuna_storage,
+            "overrides": json.dumps([redact(o) for o in plan.overrides]),
+            "optuna_storage": redact(plan.optuna_storage),
         }
         self.spec = spec  # the TrialSpec: composes a trial's config for its params
         self._client: MlflowClient | None = None
@@ -77,7 +78,7 @@ class MlflowSweepTracker(tune.Callback):
         if self._client is None:
             from sweeplab.tracking.store import client_for
 
-            self._client = client_for(self.uri)
+            self._client = client_for(reveal(self.uri))
         return self._client
 
     def _submit(self, call: Callable[..., Any], *args: Any) -> None:
@@ -242,7 +243,7 @@ class MlflowSweepTracker(tune.Callback):
         from sweeplab.tracking.report import build_report
 
         try:
-            self._run(log_best_trial_figures, self.client, parent, self.optuna_storage, self.sweep_id)
+            self._run(log_best_trial_figures, self.client, parent, reveal(self.optuna_storage), self.sweep_id)
             self._run(build_report, self.client, parent, None, True)
         finally:
             self.client.set_terminated(parent, "FINISHED")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweeplab.errors import UserError
+from sweeplab.redact import redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -35,18 +36,47 @@ def client_for(uri: str) -> MlflowClient:
 
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
+        check_writable(path.parent, "the MLflow store's folder (output_dir or tracking.uri)")
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             _new_sqlite_store(path)
-        with sqlite3.connect(path) as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        try:
+            with sqlite3.connect(path) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as err:
+            raise UserError(f"{path} is not an MLflow SQLite store ({err}): move it away, or choose another "
+                            "output_dir=... / tracking.uri=...") from None
     check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # creates and migrates the schema before anyone else writes
     except Exception as err:  # a database URL that is wrong or down
         raise UserError(f"cannot open the MLflow store {redact(uri)}: {str(err).splitlines()[0][:300]}") from None
     return client
+
+
+def check_store(uri: str) -> None:
+    """The store at ``uri`` can be written, without creating it: a run that fails leaves no mlflow.db behind."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        check_writable(Path(uri[len("sqlite:///"):]).parent, "the MLflow store's folder (output_dir or tracking.uri)")
+    else:
+        client_for(uri)
+
+
+def check_writable(path: Path, what: str) -> None:
+    """``path`` is, or could be made as, a folder this process writes in; nothing is created."""
+    import os
+
+    path = path.resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        reason = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"{existing} is read-only"
+    else:
+        return
+    raise UserError(f"cannot write {what} at {path}: {reason}; choose a folder you can write, "
+                    "e.g. output_dir=./outputs")
 
 
 def _new_sqlite_store(path: Path) -> None:
@@ -92,23 +122,32 @@ def existing_client(uri: str) -> MlflowClient:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """A tracking server answers its health check (other stores: nothing to check)."""
+    """A tracking server answers its health check, a database server a connection, within ``timeout``
+    seconds (MLflow itself retries a database for over a minute). A local file: nothing to check."""
     import urllib.request
 
-    if not uri.startswith(("http://", "https://")):
-        return
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
+        except OSError as err:
+            raise UserError(f"the MLflow server {redact(uri)} does not answer ({getattr(err, 'reason', err)}). "
+                            "Start it, fix tracking.uri / MLFLOW_TRACKING_URI, or run with tracking=none") from None
+    elif uri.startswith("postgresql"):
+        check_database(uri, "tracking.uri / MLFLOW_TRACKING_URI", timeout)
+
+
+def check_database(url: str, setting: str, timeout: float = 5.0) -> None:
+    """A PostgreSQL server at ``url`` accepts a connection within ``timeout`` seconds, or a UserError names it."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": max(2, int(timeout))})
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
-    except OSError as err:
-        raise UserError(f"the MLflow server {uri} does not answer ({getattr(err, 'reason', err)}). Start it, fix "
-                        "tracking.uri / MLFLOW_TRACKING_URI, or run with tracking=none") from None
-
-
-def redact(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
-    import re
-
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+        engine.connect().close()
+    except Exception as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:300]
+        raise UserError(f"the database {redact(url)} does not answer ({reason}). Start it, or fix {setting}") from None
+    finally:
+        engine.dispose()
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:

@@ -1,0 +1,75 @@
+"""No secret is written down: a password in the Optuna storage URL or the tracking URI never reaches
+MLflow (params, tags, artifacts), Optuna's attributes, Ray's experiment folder or the console."""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from servers import require
+from sweep_helpers import sweeplab
+from test_cluster import PG, _pg_ready
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture
+def secret_role():
+    """A PostgreSQL role with a password and two databases it owns (Optuna's and MLflow's)."""
+    require(_pg_ready(), f"PostgreSQL is not reachable at {PG} (make services starts it)")
+    import psycopg
+
+    tag = uuid.uuid4().hex[:8]
+    role, secret = f"sweeplab_secret_{tag}", f"SECRET{tag}pw"
+    names = [f"sweeplab_secret_optuna_{tag}", f"sweeplab_secret_mlflow_{tag}"]
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+        for name in names:
+            admin.execute(f"CREATE DATABASE {name} OWNER {role}")
+    urls = [f"postgresql+psycopg://{role}:{secret}@127.0.0.1:5432/{name}" for name in names]
+    yield secret, urls[0], urls[1]
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
+        for name in names:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_password_in_the_storage_urls_is_written_nowhere(secret_role, tmp_path):
+    import optuna
+    from mlflow import MlflowClient
+
+    secret, optuna_url, mlflow_url = secret_role
+    stores = [f"cluster.optuna_storage={optuna_url}", f"tracking.uri={mlflow_url}", f"output_dir={tmp_path / 'out'}"]
+    done = sweeplab("sweep", "smoke", "train.epochs=1", "sweep.num_trials=2", "data.subset=300", *stores,
+                    cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    best = sweeplab("best", "smoke", *stores, cwd=tmp_path, timeout=120)
+    assert best.returncode == 0, best.stderr
+    assert best.stdout.startswith("sweeplab train")
+    console = done.stdout + done.stderr + best.stdout + best.stderr
+    assert secret not in console
+
+    summaries = optuna.get_all_study_summaries(storage=optuna_url)
+    assert summaries
+    for summary in summaries:
+        study = optuna.load_study(study_name=summary.study_name, storage=optuna_url)
+        assert secret not in json.dumps(study.user_attrs, default=str)
+        for trial in study.trials:
+            assert secret not in json.dumps([trial.params, trial.user_attrs, trial.system_attrs], default=str)
+        recorded = " ".join(study.user_attrs["overrides"])
+        assert "cluster.optuna_storage=postgresql+psycopg://" in recorded and ":***@" in recorded
+
+    client = MlflowClient(tracking_uri=mlflow_url)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) >= 3  # the parent and a child per trial
+    for run in runs:
+        assert secret not in json.dumps([run.data.params, run.data.tags]), run.info.run_name
+        folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl" / run.info.run_id)))
+        for path in folder.rglob("*"):
+            assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "dl" not in p.relative_to(tmp_path).parts]
+    assert any("ray" in p.parts for p in written)  # Ray's experiment folder: trials, tuner.pkl, searcher state
+    leaks = [str(p) for p in written if secret.encode() in p.read_bytes()]
+    assert leaks == []
