@@ -33,15 +33,22 @@ def client_for(uri: str) -> MlflowClient:
     (the UI, sweeplab report) work while a sweep writes."""
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if not uri.startswith("sqlite:///"):
+        check_reachable(uri)
+        return _opened(MlflowClient(tracking_uri=uri), uri)
+    from filelock import FileLock
+
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # two sweeps starting in a fresh folder would both create the schema
         if not path.exists():
             _new_sqlite_store(path)
         with sqlite3.connect(path) as db:
             db.execute("PRAGMA journal_mode=WAL")
-    check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
+        return _opened(MlflowClient(tracking_uri=uri), uri)
+
+
+def _opened(client: MlflowClient, uri: str) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)  # creates and migrates the schema before anyone else writes
     except Exception as err:  # a database URL that is wrong or down
@@ -112,13 +119,17 @@ def redact(url: str) -> str:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = f"{artifact_location}/{name}" if artifact_location else None
-        experiment_id = client.create_experiment(name, artifact_location=location,
-                                                 tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
-    else:
-        experiment_id = experiment.experiment_id
-        if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
-            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
-    return experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+        except MlflowException:  # another sweep created it a moment ago
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return experiment.experiment_id
