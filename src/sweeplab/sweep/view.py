@@ -43,6 +43,8 @@ class LiveView(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
+        if result.get("warning"):  # e.g. an unreadable checkpoint the trial fell back from
+            self._print(f"{trial} warning: {result['warning']}")
         if result.get("invalid") or self.quiet:
             return
         self._print(
