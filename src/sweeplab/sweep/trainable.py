@@ -177,7 +177,8 @@ def readable_state(checkpoint: tune.Checkpoint) -> tuple[dict[str, Any] | None, 
     try:
         return _load_state(checkpoint), ""
     except Exception as err:  # truncated, missing, not a torch file: any of them means unreadable
-        problem = f"checkpoint {checkpoint.path}/{STATE_FILE} is unreadable ({str(err).splitlines()[0][:120]})"
+        reason = str(err).splitlines()[0].split(". ")[0][:160]  # torch's first sentence says it
+        problem = f"checkpoint {checkpoint.path}/{STATE_FILE} is unreadable ({reason})"
     for earlier in _earlier_checkpoints(checkpoint):
         try:
             state = _load_state(earlier)
