@@ -125,9 +125,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print()
     print(format_summary(outcome))
     if outcome.unfinished:
+        from sweeplab.sweep.launch import resume_command
+        from sweeplab.sweep.stop import interrupted_exit_code
+
         print(f"\nsweep {outcome.sweep_id} was interrupted; continue it with:\n"
-              f"  sweeplab sweep {outcome.sweep_id} --resume {' '.join(args.overrides)}".rstrip())
-        return 130
+              f"  {resume_command(outcome.sweep_id, args.overrides)}", flush=True)
+        return interrupted_exit_code()
     return 0
 
 
