@@ -1,56 +1,113 @@
-"""Ctrl+C in the middle of a sweep, then `sweeplab sweep <id> --resume`: the Optuna study, the Ray
-experiment and the MLflow runs all continue; nothing runs twice and nothing is logged twice."""
+"""Ctrl+C or SIGTERM in the middle of a sweep, then the printed `sweeplab sweep <id> --resume ...`: the Optuna
+study, the Ray experiment and the MLflow runs all continue; nothing runs twice and nothing is logged twice,
+also when a trial's checkpoint was damaged in between."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
 SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+TINY = ["sweep.max_concurrent=1", "train.epochs=3", "sweep.scheduler.kind=none", "data.subset=300"]
+
+
+def _interrupt(overrides: list[str], at_line: str, sig: signal.Signals) -> tuple[str, int, str, list[str]]:
+    """A real `sweeplab sweep smoke` sent ``sig`` by PID once it prints ``at_line``: its output, exit status,
+    sweep id and the resume command it printed (as argv for this interpreter)."""
+    first = subprocess.Popen([*SWEEPLAB, "sweep", "smoke", *overrides], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=ENV)
+    seen = []
+    assert first.stdout is not None
+    for line in first.stdout:
+        seen.append(line)
+        if at_line in line:
+            os.kill(first.pid, sig)
+            break
+    output = "".join(seen) + first.communicate(timeout=300)[0]
+    lines = output.splitlines()
+    hint = [i for i, line in enumerate(lines) if "continue it with:" in line]
+    assert hint, output[-3000:]
+    command = shlex.split(lines[hint[0] + 1])
+    sweep_id = command[2]
+    assert command[:4] == ["sweeplab", "sweep", sweep_id, "--resume"], output[-3000:]
+    return output, first.returncode, sweep_id, [*SWEEPLAB, *command[1:]]
+
+
+def _runs(out: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    parents = client.search_runs([experiment.experiment_id], "tags.`sweeplab.kind` = 'sweep'")
+    assert len(parents) == 1
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    return client, parents[0], children
+
+
+def _assert_complete(out: Path, sweep_id: str, num_trials: int, epochs: int = 3) -> None:
+    """Every trial COMPLETE in Optuna and FINISHED in MLflow, every epoch logged once and equal to what Optuna
+    holds for that epoch (a trial that restarted left no stale step behind)."""
+    import optuna
+
+    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
+    trials = study.get_trials()
+    assert len(trials) == num_trials and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == num_trials  # the resumed sampler drew new points
+    client, parent, children = _runs(out)
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == [f"trial_00{i}_seed0" for i in range(num_trials)]
+    for run in children:
+        history = client.get_metric_history(run.info.run_id, "val/acc")
+        assert [m.step for m in history] == list(range(1, epochs + 1))
+        optuna_curve = study.trials[int(run.data.tags["sweeplab.optuna_trial"])].intermediate_values
+        assert {m.step: m.value for m in history} == pytest.approx(optuna_curve)
+        assert run.info.status == "FINISHED"
 
 
 def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
-    import optuna
-    from mlflow import MlflowClient
+    output, code, sweep_id, resume = _interrupt([f"output_dir={tmp_path}", "sweep.num_trials=4", *TINY],
+                                                "trial_001_seed0 epoch  1/3", signal.SIGINT)  # the 2nd trial half-way
+    assert code == 130, output[-3000:]
+    assert "Traceback" not in output
+    _, parent, children = _runs(tmp_path)
+    assert parent.info.status == "KILLED"  # not FINISHED: the sweep did not end
+    assert {r.info.run_name: r.info.status for r in children}["trial_001_seed0"] == "KILLED"
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    overrides = [f"output_dir={tmp_path}", "sweep.num_trials=4", "sweep.max_concurrent=1", "train.epochs=3",
-                 "sweep.scheduler.kind=none", "data.subset=300"]
-    first = subprocess.Popen([*SWEEPLAB, "sweep", "smoke", *overrides], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env)
-    seen = []
-    for line in first.stdout:
-        seen.append(line)
-        if "trial_001_seed0 epoch  1/3" in line:  # the second trial is half-way
-            first.send_signal(signal.SIGINT)
-            break
-    output = "".join(seen) + first.communicate(timeout=180)[0]
-    assert first.returncode == 130, output[-3000:]
-    assert "--resume" in output
-    sweep_id = next(line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("sweep smoke-"))
-
-    second = subprocess.run([*SWEEPLAB, "sweep", sweep_id, "--resume", f"output_dir={tmp_path}"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    second = subprocess.run(resume, capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-
-    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    trials = study.get_trials()
-    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # the resumed sampler drew new points
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("smoke")
-    parents = client.search_runs([experiment.experiment_id], "tags.`sweeplab.kind` = 'sweep'")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == [f"trial_00{i}_seed0" for i in range(4)]
-    for run in children:
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2, 3]
-        assert run.info.status == "FINISHED"
+    _assert_complete(tmp_path, sweep_id, 4)
+    _, _, children = _runs(tmp_path)
     interrupted = next(r for r in children if r.info.run_name == "trial_001_seed0")
     assert interrupted.data.tags["sweeplab.restarts"] == "1"
+
+
+def test_sigterm_stops_a_sweep_like_ctrl_c_and_it_resumes_past_a_truncated_checkpoint(tmp_path):
+    """SIGTERM (docker stop, a batch scheduler) ends the sweep as Ctrl-C does; then every checkpoint of every
+    trial is truncated, so the interrupted trial has no intact one to fall back to and restarts from epoch 1."""
+    overrides = [f"output_dir={tmp_path}", "sweep.num_trials=2", "sweep.checkpoint_interval_s=0", *TINY]
+    output, code, sweep_id, resume = _interrupt(overrides, "trial_000_seed0 epoch  2/3", signal.SIGTERM)
+    assert code == 143, output[-3000:]
+    assert "Traceback" not in output and "SIGTERM received" not in output  # no Python or C++ stack dump
+    _, parent, children = _runs(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert [r.info.status for r in children] == ["KILLED"]
+    states = sorted((tmp_path / "ray" / sweep_id).glob("trial_*/checkpoint_*/state.pt"))
+    assert states, "the interrupted trial saved a checkpoint"
+    for state in states:
+        state.write_bytes(state.read_bytes()[:100])
+
+    second = subprocess.run(resume, capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "Traceback" not in second.stdout + second.stderr
+    warnings = [line for line in second.stdout.splitlines() if "warning: checkpoint" in line]
+    assert warnings and all("state.pt is unreadable" in w and "restarting the trial from epoch 1" in w
+                            for w in warnings), second.stdout[-3000:]
+    _assert_complete(tmp_path, sweep_id, 2)

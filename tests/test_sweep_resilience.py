@@ -71,3 +71,90 @@ def test_gpu_shares_pack_eight_concurrent_trials_without_losing_metrics(tmp_path
         placement = run.data.tags["sweeplab.placement"]
         gpus.add(placement.split("GPUs [")[1].rstrip("]"))
     assert gpus <= {"0", "1"} and gpus, gpus  # Ray handed each trial one of the two GPUs
+
+
+# --- a cluster.address where no Ray head answers: one line in seconds, not minutes of retries ----------------
+@pytest.fixture
+def plain_tcp_listener():
+    """A port that accepts TCP connections and never says a word: not a Ray head."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:  # closed at the end of the test
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in accepted:
+        connection.close()
+
+
+@pytest.mark.parametrize("kind", ["closed port", "not ray"])
+def test_a_dead_cluster_address_fails_fast_with_one_line(kind, tmp_path, request):
+    import time
+
+    from servers import free_port
+    from sweep_helpers import cli
+
+    address = request.getfixturevalue("plain_tcp_listener") if kind == "not ray" else f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = cli("sweep", "smoke", f"cluster.address={address}", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"sweeplab sweep: error: cluster.address={address}: ")
+    assert "ray start --head" in result.stderr and "leave cluster.address empty" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert elapsed < 60  # planning included; minutes before
+    assert not (tmp_path / "out").exists()  # no store was created for a sweep that cannot run
+
+
+# --- two sweeps launched together in one fresh folder ---------------------------------------------------------
+def test_sweep_ids_claimed_in_the_same_second_are_distinct(tmp_path):
+    from sweeplab.sweep.sweep_id import claim_sweep_id
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ids = [claim_sweep_id(storage, "smoke", [("val/acc", "max")]) for _ in range(3)]
+    assert len(set(ids)) == 3 and all(i.startswith("smoke-") for i in ids)
+
+
+def test_two_sweeps_started_together_in_a_fresh_folder_both_complete(tmp_path):
+    """Both join one loopback Ray head (two local Rays starting at once on 2 busy cores outrun Ray's fixed 30 s
+    raylet start-up wait); what they race on is the folder: the sweep id and the first use of both stores."""
+    import subprocess
+    import sys
+
+    import optuna
+    from mlflow import MlflowClient
+    from ray.cluster_utils import Cluster
+
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    command = [sys.executable, "-m", "sweeplab.cli", "sweep", "smoke", f"output_dir={tmp_path / 'out'}", *TINY,
+               "sweep.num_trials=1", "train.epochs=1", "sweep.max_concurrent=1", f"cluster.address={head.address}",
+               "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        sweeps = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                  for _ in range(2)]
+        outputs = [p.communicate(timeout=600)[0] for p in sweeps]
+    finally:
+        head.shutdown()
+    for p, output in zip(sweeps, outputs, strict=True):
+        assert p.returncode == 0, output[-3000:]
+
+    storage = f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
+    studies = optuna.get_all_study_summaries(storage)
+    assert len(studies) == 2 and all(s.n_trials == 1 for s in studies)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    parents = client.search_runs([experiment.experiment_id], "tags.`sweeplab.kind` = 'sweep'")
+    assert sorted(r.data.tags["sweeplab.sweep_id"] for r in parents) == sorted(s.study_name for s in studies)
+    assert all(r.info.status == "FINISHED" for r in parents)

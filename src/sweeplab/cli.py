@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from sweeplab.errors import UserError
+from sweeplab.sweep.stop import interrupted_exit_code, watch_sigterm
 
 EXAMPLES = """examples:
   sweeplab train model=lenet
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like key=value)")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    watch_sigterm()  # SIGTERM ends a command as Ctrl-C does (exit 143), not midway through a write
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial MLflow database tables" chatter
     try:
         from sweeplab import commands
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"sweeplab {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return interrupted_exit_code()
 
 
 def _shell_completion(parser: argparse.ArgumentParser, request: str) -> int:

@@ -164,9 +164,12 @@ def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool) -> int
     outcome = launch_sweep(ref, overrides, resume=resume, quiet=quiet,
                            on_outcome=lambda outcome: print(f"\n{format_summary(outcome)}", flush=True))
     if outcome.unfinished:
+        from sweeplab.sweep.launch import resume_command
+        from sweeplab.sweep.stop import interrupted_exit_code
+
         print(f"\nsweep {outcome.sweep_id} was interrupted; continue it with:\n"
-              f"  sweeplab sweep {outcome.sweep_id} --resume {' '.join(map(redact, overrides))}".rstrip())
-        return 130
+              f"  {resume_command(outcome.sweep_id, overrides)}", flush=True)
+        return interrupted_exit_code()
     if not outcome.completed():  # nothing to rank: a sweep that produced no result has failed
         print(f"sweeplab sweep: error: no trial of {outcome.sweep_id} ran to the end ({outcome.counts_text()}); "
               "the reasons are above and in 'sweeplab status'. Fix the config or the space and run it again",

@@ -20,6 +20,7 @@ from sweeplab.errors import ConfigError
 from sweeplab.redact import MASK, redact
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
 from sweeplab.sweep.space import encode_choice, to_override
+from sweeplab.sweep.stop import watch_sigterm
 
 if TYPE_CHECKING:
     from ray.tune import Callback
@@ -48,6 +49,8 @@ def start_ray(cfg: DictConfig) -> bool:
     """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray.
     True when it started a local Ray of its own (the sweep shuts it down at the end)."""
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:  # a head that stops answering mid-connect: ray.init gives up after this many ~1 s tries
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if not address:
@@ -72,6 +75,16 @@ def start_ray(cfg: DictConfig) -> bool:
              include_dashboard=cfg.cluster.dashboard, log_to_driver=False, logging_level=logging.WARNING,
              _system_config={"preload_python_modules": list(TRIAL_IMPORTS)})
     return True
+
+
+def _check_cluster_address(cfg: DictConfig) -> None:
+    """A cluster.address / RAY_ADDRESS where no Ray head answers: say so now, not after minutes of ray.init retries."""
+    from sweeplab.sweep.address import check_ray_address
+
+    if cfg.cluster.address:
+        check_ray_address(cfg.cluster.address, "cluster.address")
+    elif os.environ.get("RAY_ADDRESS"):
+        check_ray_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
 
 
 def _check_resources(resources, sweep_file: Path) -> None:
@@ -165,11 +178,17 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     from sweeplab.tracking.store import check_database, check_writable
 
     plan, sweep_id = _plan(ref, overrides, resume)
+    _check_cluster_address(plan.cfg)  # before any store is created: a dead address fails in seconds
     check_writable(plan.output_dir, "output_dir")
     if plan.optuna_storage.startswith("postgresql"):  # Optuna would wait on it after Ray has started
         check_database(plan.optuna_storage, "cluster.optuna_storage / OPTUNA_STORAGE")
     plan.output_dir.mkdir(parents=True, exist_ok=True)
+    if sweep_id is None:
+        from sweeplab.sweep.sweep_id import claim_sweep_id
+
+        sweep_id = claim_sweep_id(plan.optuna_storage, plan.name, plan.objectives)
     started_ray = _start_ray_and_store(plan.cfg)
+    watch_sigterm()
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     storage_path = plan.cfg.cluster.storage_path or str(plan.output_dir / "ray")
@@ -210,6 +229,21 @@ def _shutting_down(started_ray: bool) -> Iterator[None]:
             stopper.join()
 
 
+def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
+    """The command that continues an interrupted sweep: its id and the overrides that locate its stores
+    (the absolute output_dir, the cluster settings; secrets redacted); the rest is recorded with the sweep."""
+    import shlex
+
+    from sweeplab.redact import redact
+
+    def key(override: str) -> str:
+        return override.split("=")[0].lstrip("+~")
+
+    locating = [redact(o) for o in overrides if key(o) == "cluster" or key(o).startswith("cluster.")]
+    output_dir = Path(compose(overrides).output_dir).resolve()
+    return shlex.join(["sweeplab", "sweep", sweep_id, "--resume", f"output_dir={output_dir}", *locating])
+
+
 def _start_ray_and_store(cfg: DictConfig) -> bool:
     """Ray starts while MLflow is imported and its store opened on a thread (each takes seconds);
     a tracking server that does not answer is named before either starts."""
@@ -228,15 +262,15 @@ def _start_ray_and_store(cfg: DictConfig) -> bool:
     return started
 
 
-def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, str]:
-    """A new sweep's plan and id, or an interrupted one's (recorded file and overrides: trials compose as before)."""
+def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, str | None]:
+    """A new sweep's plan (its id is claimed later), or an interrupted one's plan and id (recorded file and
+    overrides: trials compose as before)."""
     if resume:
         from sweeplab.sweep.results import find_sweep
 
         record = find_sweep(optuna_storage_url(compose(overrides)), ref)
         return plan_sweep(record["sweep_file"], _with_secrets(record["overrides"], overrides)), record["sweep_id"]
-    plan = plan_sweep(ref, overrides)
-    return plan, f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return plan_sweep(ref, overrides), None
 
 
 def _with_secrets(recorded: Sequence[str], given: Sequence[str]) -> list[str]:

@@ -1,6 +1,9 @@
 """Optuna samplers by name (no Ray import: sweep files are checked before Ray loads)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 import optuna
 
 from sweeplab.errors import ConfigError
@@ -23,15 +26,24 @@ def make_sampler(
     return optuna.samplers.NSGAIISampler(seed=seed)  # nsga2: the schema's Sampler enum allows no other name
 
 
+def study_directions(objectives: list[tuple[str, str]]) -> list[Literal["maximize", "minimize"]]:
+    """Optuna's direction of each (metric, mode) objective."""
+    return ["maximize" if mode == "max" else "minimize" for _, mode in objectives]
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The study's storage. A local SQLite file runs in WAL mode with synchronous=NORMAL: every Optuna
     write is a transaction, and a full fsync per commit made the driver wait on the disk once per
     intermediate value and user attribute (a crash of the process still loses nothing committed)."""
     if not url.startswith("sqlite:///"):
         return optuna.storages.RDBStorage(url)
+    from filelock import FileLock
     from sqlalchemy import event
 
-    storage = optuna.storages.RDBStorage(url)
+    path = Path(url[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # two sweeps starting in a fresh folder would both create the schema
+        storage = optuna.storages.RDBStorage(url)
     engine = storage.engine
 
     def tune(connection, _record) -> None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import pickle
 import statistics
 from collections import deque
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from ray.tune.search import Searcher
 
 from sweeplab.metrics import TrialStatus, trial_end
 from sweeplab.redact import hide, reveal
-from sweeplab.sweep.samplers import make_sampler, open_storage
+from sweeplab.sweep.samplers import make_sampler, open_storage, study_directions
 from sweeplab.sweep.space import Dimension
 
 
@@ -73,9 +73,7 @@ class OptunaSearcher(Searcher):
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            directions: list[Literal["maximize", "minimize"]] = [
-                "maximize" if mode == "max" else "minimize" for _, mode in self.objectives
-            ]
+            directions = study_directions(self.objectives)
             seed = self.sampler_seed
             if seed is not None:  # a resumed sweep must not replay the random draws it already made
                 seed += _existing_trials(self.backend, self.study_name)

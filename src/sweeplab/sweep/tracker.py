@@ -69,6 +69,7 @@ class MlflowSweepTracker(tune.Callback):
         self._last_step: dict[str, int] = {}
         self._placed: set[str] = set()
         self._restarts: dict[str, int] = {}  # trial name -> restarts before this launch (resume)
+        self._ended: set[str] = set()  # trials whose run has its final status (the rest are open)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
         return {**self.__dict__, "_client": None, "_queue": None}
@@ -130,8 +131,10 @@ class MlflowSweepTracker(tune.Callback):
                                              max_results=5000):
             name = child.data.tags["sweeplab.trial_name"]
             self._children[name] = child.info.run_id
-            if child.info.status == "RUNNING":  # cut off by the interruption: it restarts
+            if child.info.status in ("RUNNING", "KILLED"):  # cut off by the interruption: it restarts
                 self._restarts[name] = int(child.data.tags.get("sweeplab.restarts", "0"))
+            else:
+                self._ended.add(name)
             history = self.client.get_metric_history(child.info.run_id, "val/loss")
             self._last_step[name] = max((m.step for m in history), default=0)
 
@@ -170,7 +173,11 @@ class MlflowSweepTracker(tune.Callback):
         self._submit(self._create_child, name, trial.trial_id, dict(trial.config))
         if name in self._restarts:  # continued by a resumed sweep
             self._restarts[name] += 1
+            self._submit(self._mark, name, "RUNNING")
             self._submit(self._set_tag, name, "sweeplab.restarts", str(self._restarts[name] + trial.num_failures))
+
+    def _mark(self, name: str, status: str) -> None:
+        self.client.update_run(self._children[name], status=status)
 
     def _set_tag(self, name: str, key: str, value: str) -> None:
         self.client.set_tag(self._children[name], key, value)
@@ -207,6 +214,7 @@ class MlflowSweepTracker(tune.Callback):
 
     def _finish(self, trial: Trial, end: TrialEnd) -> None:
         restarts = self._restarts.get(str(trial), 0) + trial.num_failures
+        self._ended.add(str(trial))
         self._submit(self._end_child, str(trial), end, restarts, trial.checkpoint)
 
     def _end_child(self, name: str, end: TrialEnd, restarts: int, checkpoint: tune.Checkpoint | None) -> None:
@@ -237,7 +245,18 @@ class MlflowSweepTracker(tune.Callback):
         self._drain()
         if self.parent_run_id is None:  # setup() never ran
             return
-        self._submit(self._conclude, self.parent_run_id)
+        open_runs = [name for name in self._children if name not in self._ended]
+        planned = int(self.plan_info["num_configs"]) * len(json.loads(self.plan_info["seeds"]))
+        if open_runs or len(trials) < planned:  # stopped (Ctrl-C, SIGTERM): --resume continues every run
+            self._submit(self._kill, self.parent_run_id, open_runs)
+        else:
+            self._submit(self._conclude, self.parent_run_id)
+
+    def _kill(self, parent: str, names: list[str]) -> None:
+        """An interrupted sweep: its parent and the runs of unfinished trials end KILLED, not FINISHED."""
+        for name in names:
+            self._run(self.client.set_terminated, self._children[name], "KILLED")
+        self.client.set_terminated(parent, "KILLED")
 
     def _conclude(self, parent: str) -> None:
         from sweeplab.tracking.report import build_report

@@ -15,12 +15,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.space import overrides_for
+
+if TYPE_CHECKING:
+    from ray import tune
+
+STATE_FILE = "state.pt"  # in each Ray checkpoint of a trial: what ``train(resume=...)`` continues from
 
 
 @dataclass(frozen=True)
@@ -105,19 +110,21 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         return
     torch.set_num_threads(max(1, int(cfg.sweep.resources.cpu)))  # one thread per granted CPU
 
-    resume = None
+    resume, warning = None, ""
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry or a resumed sweep: continue exactly where it stopped
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / "state.pt", weights_only=True)
+        resume, warning = readable_state(checkpoint)
     config_yaml = to_yaml(cfg)
     summary: list[str] = []
     placement = {"gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "node_ip": ray.util.get_node_ip_address()}
+    if warning:  # the first result carries it to the driver's live view (workers do not log to the driver)
+        placement["warning"] = warning
     crash_after = int(os.environ.get("SWEEPLAB_FAULT_AFTER_EPOCH", "0"))
     checkpoints = _Checkpoints(spec, int(cfg.train.epochs))
 
     def reporter(metrics: dict, state) -> None:
         result = {**placement, **metrics}  # a pack's metrics name the pack's placement
+        placement.pop("warning", None)
         if not checkpoints.due(int(metrics["epoch"])):
             tune.report(result)
         else:
@@ -125,7 +132,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             if not summary:
                 summary.append(_summary(cfg, snapshot))
             with tempfile.TemporaryDirectory() as folder:
-                torch.save(snapshot, Path(folder) / "state.pt")
+                torch.save(snapshot, Path(folder) / STATE_FILE)
                 write_run_files(Path(folder), config_yaml, summary[0], snapshot)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         if crash_after and metrics["epoch"] == crash_after:
@@ -140,6 +147,45 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         fit(cfg, reporter=reporter, resume=resume)
     except UserError as err:  # diverged, unreadable data: retrying would fail the same way
         tune.report({"invalid": 1, "invalid_reason": str(err), "epoch": 0})
+
+
+def _load_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
+    import torch
+
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, weights_only=True)
+
+
+def _earlier_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's other checkpoints Ray still keeps (sweep checkpoint_config.num_to_keep), newest first."""
+    from pyarrow.fs import FileSelector, FileType
+    from ray import tune
+
+    filesystem = checkpoint.filesystem
+    if filesystem is None:
+        return []
+    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
+    found = filesystem.get_file_info(FileSelector(parent))
+    names = sorted((f.base_name for f in found if f.type == FileType.Directory
+                    and f.base_name.startswith("checkpoint_") and f.base_name < name), reverse=True)
+    return [tune.Checkpoint(f"{parent}/{n}", filesystem=filesystem) for n in names]
+
+
+def readable_state(checkpoint: tune.Checkpoint) -> tuple[dict[str, Any] | None, str]:
+    """The trial's newest state that loads, and a one-line warning when that is not the registered one:
+    a truncated or missing state.pt falls back to an earlier checkpoint, else to a fresh start (None)."""
+    try:
+        return _load_state(checkpoint), ""
+    except Exception as err:  # truncated, missing, not a torch file: any of them means unreadable
+        reason = str(err).splitlines()[0].split(". ")[0][:160]  # torch's first sentence says it
+        problem = f"checkpoint {checkpoint.path}/{STATE_FILE} is unreadable ({reason})"
+    for earlier in _earlier_checkpoints(checkpoint):
+        try:
+            state = _load_state(earlier)
+        except Exception:
+            continue
+        return state, f"{problem}; continuing from the earlier {earlier.path} (epoch {state.get('epoch', '?')})"
+    return None, f"{problem}; restarting the trial from epoch 1"
 
 
 def _inject_fault_once(output_dir: str, trial_id: str) -> None:

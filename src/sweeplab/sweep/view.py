@@ -82,6 +82,8 @@ class LiveView(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
+        if result.get("warning"):  # e.g. an unreadable checkpoint the trial fell back from
+            self._print(f"{trial} warning: {result['warning']}")
         if not result.get("invalid"):
             self.progress.epoch(trial.trial_id, int(result.get("epoch", 0)))
         self._show_progress()

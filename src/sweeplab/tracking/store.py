@@ -32,21 +32,29 @@ def artifact_root(cfg: DictConfig) -> str | None:
 def client_for(uri: str) -> MlflowClient:
     """An MlflowClient; for SQLite the schema is created once here, and WAL lets readers
     (the UI, sweeplab report) work while a sweep writes."""
-    from mlflow import MlflowClient
-
     if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
         path = Path(uri[len("sqlite:///"):])
         check_writable(path.parent, "the MLflow store's folder (output_dir or tracking.uri)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            _new_sqlite_store(path)
-        try:
-            with sqlite3.connect(path) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError as err:
-            raise UserError(f"{path} is not an MLflow SQLite store ({err}): move it away, or choose another "
-                            "output_dir=... / tracking.uri=...") from None
+        with FileLock(f"{path}.lock"):  # two sweeps starting in a fresh folder would both create the schema
+            if not path.exists():
+                _new_sqlite_store(path)
+            try:
+                with sqlite3.connect(path) as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.DatabaseError as err:
+                raise UserError(f"{path} is not an MLflow SQLite store ({err}): move it away, or choose another "
+                                "output_dir=... / tracking.uri=...") from None
+            return _opened(uri)
     check_reachable(uri)
+    return _opened(uri)
+
+
+def _opened(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
     try:
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # creates and migrates the schema before anyone else writes
@@ -151,13 +159,17 @@ def check_database(url: str, setting: str, timeout: float = 5.0) -> None:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = f"{artifact_location}/{name}" if artifact_location else None
-        experiment_id = client.create_experiment(name, artifact_location=location,
-                                                 tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
-    else:
-        experiment_id = experiment.experiment_id
-        if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
-            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
-    return experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+        except MlflowException:  # another sweep created it a moment ago
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return experiment.experiment_id
