@@ -56,18 +56,19 @@ def test_a_storage_uri_pyarrow_cannot_open_is_one_line_before_ray_starts(run_cli
 # -- a real S3 API --------------------------------------------------------------------------------------------
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
-    """moto's S3 server on loopback with one bucket; this process (and so the Ray it starts, and the sweeps
-    it runs as subprocesses) reaches it through AWS_ENDPOINT_URL with dummy credentials."""
-    import shutil
+    """moto's S3 server on loopback (tests/s3_server.py) with one bucket; this process (and so the Ray it
+    starts, and the sweeps it runs as subprocesses) reaches it through AWS_ENDPOINT_URL with dummy credentials."""
+    import importlib.util
     import time
     import urllib.request
 
-    server = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    require(Path(server).exists(), "moto_server is not installed (pip install 'moto[server]')")
+    require(importlib.util.find_spec("moto.server") is not None, "moto's server is not installed "
+            "(pip install 'moto[server]')")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = (tmp_path / "moto.log").open("w")
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("s3_server.py")), str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 60
         while True:
