@@ -142,6 +142,7 @@ def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
     import json
     import shlex
     import time
+    import urllib.error
     import urllib.request
 
     import ray
@@ -155,21 +156,28 @@ def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
     extra = [f"--{flag}={free_port()}" for flag in ("ray-client-server-port", "dashboard-agent-listen-port",
                                                      "metrics-export-port", "runtime-env-agent-port")]
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"RAY_ADDRESS": ""}
+    token = uuid.uuid4().hex  # the stack's RAY_AUTH_TOKEN
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_TOKEN": token,
+           "RAY_AUTH_MODE": compose["x-sweeplab"]["environment"]["RAY_AUTH_MODE"]}
     with open(tmp_path / "head.log", "w") as log:
         head = subprocess.Popen([ray_cli, *command[1:], *extra], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
-    url, version = f"http://127.0.0.1:{moved['--dashboard-port']}/api/version", None
+    url, version, refused = f"http://127.0.0.1:{moved['--dashboard-port']}/api/version", None, None
     try:
         deadline = time.time() + 180
         while version is None and time.time() < deadline and head.poll() is None:
             try:
-                with urllib.request.urlopen(url, timeout=5) as answer:
-                    version = json.load(answer)
+                urllib.request.urlopen(url, timeout=5)
+            except urllib.error.HTTPError as err:
+                refused = err.code  # up, and asking for the token
             except OSError:
                 time.sleep(2)
+                continue
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
+                                        timeout=5) as answer:
+                version = json.load(answer)
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` takes its GCS, raylet and dashboard down with it
         head.wait(timeout=60)
     assert version is not None, (tmp_path / "head.log").read_text()[-3000:]
-    assert version["ray_version"] == ray.__version__
+    assert version["ray_version"] == ray.__version__ and refused == 401

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -53,21 +56,34 @@ def test_the_dashboard_answers_on_loopback_during_a_sweep(tmp_path):
          "sweep.num_trials=2", "sweep.max_concurrent=1", "train.epochs=2",
          "sweep.scheduler.kind=none", "data.subset=300"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    seen, version, port = [], None, None
+    seen, version, port, refused = [], None, None, None
     assert sweep.stdout is not None
     for line in sweep.stdout:
         seen.append(line)
-        if printed := re.search(r"Ray dashboard at http://127\.0\.0\.1:(\d+)$", line.strip()):
+        if printed := re.search(r"Ray dashboard at http://127\.0\.0\.1:(\d+) \(sign in with the token", line):
             port = int(printed.group(1))  # 8265, or the next free port when another Ray holds it
-            deadline = time.time() + 60
-            while version is None and time.time() < deadline:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=5) as answer:
+            url = f"http://127.0.0.1:{port}/api/version"
+            sweep.send_signal(signal.SIGSTOP)  # the driver waits while we ask, so the tiny sweep cannot end first
+            try:
+                token = subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token"],
+                                       capture_output=True, text=True, env=env, timeout=120).stdout.strip()
+                deadline = time.time() + 120
+                while version is None and time.time() < deadline:
+                    try:
+                        urllib.request.urlopen(url, timeout=5)
+                        refused = None
+                    except urllib.error.HTTPError as err:
+                        refused = err.code  # the dashboard is up and asks for the token
+                    except OSError:
+                        time.sleep(1)
+                        continue
+                    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+                    with urllib.request.urlopen(request, timeout=5) as answer:
                         version = json.load(answer)
-                except OSError:
-                    time.sleep(1)
-            listening = {c.laddr.ip for c in psutil.net_connections("tcp")
-                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+                listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                             if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+            finally:
+                sweep.send_signal(signal.SIGCONT)
             break
     output = "".join(seen) + sweep.communicate(timeout=600)[0]
     assert sweep.returncode == 0, output[-3000:]
@@ -76,3 +92,4 @@ def test_the_dashboard_answers_on_loopback_during_a_sweep(tmp_path):
 
     assert version["ray_version"] == ray.__version__
     assert listening == {"127.0.0.1"}  # never beyond loopback
+    assert refused == 401  # nor without Ray's token

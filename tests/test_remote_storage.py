@@ -107,7 +107,7 @@ def test_a_sweep_on_s3_is_interrupted_resumes_from_s3_and_reports(s3, tmp_path):
 
     storage = f"s3://{BUCKET}/ray"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    overrides = [f"output_dir={tmp_path}", f"cluster.storage_path={storage}", "sweep.num_trials=3",
+    overrides = [f"output_dir={tmp_path}", f"cluster.storage_path={storage}", "sweep.num_trials=2",
                  "sweep.max_concurrent=1", "train.epochs=2", "sweep.scheduler.kind=none", "data.subset=300"]
     first = subprocess.Popen([*SWEEPLAB, "sweep", "smoke", *overrides], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env)
@@ -135,9 +135,9 @@ def test_a_sweep_on_s3_is_interrupted_resumes_from_s3_and_reports(s3, tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"resuming from {experiment}" in second.stdout
     trials = optuna.load_study(study_name=sweep_id, storage=study_storage).get_trials()
-    assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"ray/{sweep_id}/")["Contents"]]
-    for number in range(3):  # every trial's last checkpoint is on S3
+    for number in range(2):  # every trial's last checkpoint is on S3
         assert any(k.startswith(f"ray/{sweep_id}/trial_{number:03d}_seed0/checkpoint_") and k.endswith("state.pt")
                    for k in keys), (number, keys)
 

@@ -1,6 +1,7 @@
 """The Ray dashboard of a local sweep (cluster.dashboard=true): on 127.0.0.1 only, its URL printed."""
 from __future__ import annotations
 
+import os
 import socket
 
 from omegaconf import DictConfig
@@ -28,7 +29,13 @@ def check_dashboard(cluster: DictConfig) -> None:
                           "pip install 'ray[default]', or set cluster.dashboard=false") from None
 
 
-def dashboard_url(context) -> str | None:
-    """http://host:port of the dashboard ray.init started or found, None without one."""
+def dashboard_line(context) -> str | None:
+    """Where the dashboard ray.init started or found answers, and how to sign in when Ray's token
+    authentication is on (Ray turns it on for a local Ray unless RAY_AUTH_MODE says otherwise); None without one."""
     address = getattr(context, "dashboard_url", None)
-    return f"http://{address}" if address else None
+    if not address:
+        return None
+    line = f"Ray dashboard at http://{address}"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        line += " (sign in with the token `ray get-auth-token` prints)"
+    return line

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeplab.compose import compose, project_root
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.dashboard import HOST as DASHBOARD_HOST
-from sweeplab.sweep.dashboard import check_dashboard, dashboard_url
+from sweeplab.sweep.dashboard import check_dashboard, dashboard_line
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
 from sweeplab.sweep.space import encode_choice
 from sweeplab.sweep.storage import check_storage, endpoint_env, experiment_path, storage_root
@@ -66,8 +66,8 @@ def start_ray(cfg: DictConfig) -> bool:
                            include_dashboard=cfg.cluster.dashboard, dashboard_host=DASHBOARD_HOST,
                            dashboard_port=cfg.cluster.dashboard_port, runtime_env=runtime_env,
                            log_to_driver=False, logging_level=logging.WARNING)
-    if cfg.cluster.dashboard and (url := dashboard_url(context)):
-        print(f"sweeplab sweep: Ray dashboard at {url}", flush=True)
+    if cfg.cluster.dashboard and (line := dashboard_line(context)):
+        print(f"sweeplab sweep: {line}", flush=True)
     return not address  # a cluster outlives the sweep; the connection stays for the caller
 
 
