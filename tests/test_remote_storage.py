@@ -103,6 +103,7 @@ def test_a_missing_bucket_is_named_before_any_trial_starts(s3, run_cli, tmp_path
 @pytest.mark.slow
 def test_a_sweep_on_s3_is_interrupted_resumes_from_s3_and_reports(s3, tmp_path):
     import optuna
+    from mlflow import MlflowClient
     from ray import tune
 
     storage = f"s3://{BUCKET}/ray"
@@ -145,3 +146,7 @@ def test_a_sweep_on_s3_is_interrupted_resumes_from_s3_and_reports(s3, tmp_path):
                             capture_output=True, text=True, env=env, timeout=300)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert (tmp_path / "reports" / sweep_id / "report.html").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("smoke").experiment_id
+    (parent,) = client.search_runs([experiment_id], "tags.`sweeplab.kind` = 'sweep'")
+    assert parent.data.params["ray_path"] == experiment  # where Tuner.restore finds it, from MLflow too

@@ -19,7 +19,7 @@ from sweeplab.sweep.dashboard import HOST as DASHBOARD_HOST
 from sweeplab.sweep.dashboard import check_dashboard, dashboard_line
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
 from sweeplab.sweep.space import encode_choice
-from sweeplab.sweep.storage import check_storage, endpoint_env, experiment_path, storage_root
+from sweeplab.sweep.storage import check_storage, endpoint_env, experiment_path, ray_root
 
 if TYPE_CHECKING:
     from ray.tune import Callback
@@ -158,16 +158,16 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
 
     plan, sweep_id = _plan(ref, overrides, resume)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
-    ray_root = storage_root(plan.cfg.cluster.storage_path, plan.output_dir)
-    check_storage(ray_root)
+    root = ray_root(plan)
+    check_storage(root)
     started_ray = _start_ray_and_store(plan.cfg)
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     callbacks = _callbacks(plan, sweep_id, spec, quiet)
     if resume:
-        tuner = _restored_tuner(experiment_path(ray_root, sweep_id), spec, plan, callbacks)
+        tuner = _restored_tuner(experiment_path(root, sweep_id), spec, plan, callbacks)
     else:
-        tuner = _new_tuner(plan, sweep_id, spec, ray_root, callbacks)
+        tuner = _new_tuner(plan, sweep_id, spec, root, callbacks)
     sc = plan.cfg.sweep
     print(f"sweeplab sweep: {sweep_id}: {plan.num_configs} configurations x {len(sc.seeds)} seed(s), "
           f"sampler {sc.sampler}, scheduler {sc.scheduler.kind}, {sc.max_concurrent} at a time, "
@@ -242,7 +242,7 @@ def _trainable(spec: TrialSpec, resources: DictConfig):
     return tune.with_resources(partial(run_trial, spec=spec), member_resources(spec, resources))
 
 
-def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, ray_root: str, callbacks: list):
+def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, root: str, callbacks: list):
     from ray import tune
 
     from sweeplab.sweep.searcher import OptunaSearcher
@@ -251,7 +251,7 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, ray_root: str, c
     metric, mode = plan.objectives[0]
     searcher = OptunaSearcher(plan.dims, sc.sampler, sc.sampler_seed, plan.optuna_storage, sweep_id,
                               plan.objectives, list(sc.seeds), plan.num_configs, epochs)
-    for key, value in sweep_record(plan, sweep_id, experiment_path(ray_root, sweep_id)).items():
+    for key, value in sweep_record(plan, sweep_id, experiment_path(root, sweep_id)).items():
         searcher.study.set_user_attr(key, value)
     return tune.Tuner(
         _trainable(spec, sc.resources),
@@ -266,7 +266,7 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, ray_root: str, c
         ),
         run_config=tune.RunConfig(
             name=sweep_id,
-            storage_path=ray_root,
+            storage_path=root,
             failure_config=tune.FailureConfig(max_failures=sc.max_failures),
             # Ray snapshots the whole experiment (O(trials)) after every num_to_keep-th checkpoint of a trial:
             # with 1 that was after every trial's last epoch, O(trials^2) in all. A trial checkpoints at its

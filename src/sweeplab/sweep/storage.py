@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sweeplab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sweeplab.sweep.plan import SweepPlan
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -27,6 +31,11 @@ def storage_root(configured: str | None, output_dir: Path) -> str:
     if not configured:
         return str(output_dir / "ray")
     return configured.rstrip("/") if is_uri(configured) else str(Path(configured).expanduser().resolve())
+
+
+def ray_root(plan: SweepPlan) -> str:
+    """A planned sweep's ``storage_root``."""
+    return storage_root(plan.cfg.cluster.storage_path, plan.output_dir)
 
 
 def experiment_path(root: str, sweep_id: str) -> str:

@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from sweeplab.metrics import TrialEnd, TrialStatus, error_line, trial_end
+from sweeplab.sweep.storage import experiment_path, ray_root
 from sweeplab.tracking import runs
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class MlflowSweepTracker(tune.Callback):
             "max_epochs": str(plan.cfg.train.epochs),
             "overrides": json.dumps(plan.overrides),
             "optuna_storage": plan.optuna_storage,
+            "ray_path": experiment_path(ray_root(plan), sweep_id),  # what Tuner.restore / ExperimentAnalysis open
         }
         self.spec = spec  # the TrialSpec: composes a trial's config for its params
         self._client: MlflowClient | None = None
