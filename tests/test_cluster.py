@@ -134,3 +134,50 @@ def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, 
     )
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "reports" / outcome.sweep_id / "report.html").stat().st_size > 10_000
+
+
+def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
+    """docker-compose's ray-head command, run as it is on loopback (its ports moved to free ones and the
+    dashboard bound to 127.0.0.1 instead of the container's 0.0.0.0): the dashboard answers HTTP."""
+    import json
+    import shlex
+    import time
+    import urllib.error
+    import urllib.request
+
+    import ray
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    words = shlex.split(compose["services"]["ray-head"]["command"])
+    moved = {"--port": free_port(), "--dashboard-port": free_port(), "--dashboard-host": "127.0.0.1", "--num-cpus": 1}
+    command = [f"{w.split('=')[0]}={moved[w.split('=')[0]]}" if w.split("=")[0] in moved else w for w in words]
+    assert command[:3] == ["ray", "start", "--head"] and "--include-dashboard=true" in command and "--block" in command
+    extra = [f"--{flag}={free_port()}" for flag in ("ray-client-server-port", "dashboard-agent-listen-port",
+                                                     "metrics-export-port", "runtime-env-agent-port")]
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    token = uuid.uuid4().hex  # the stack's RAY_AUTH_TOKEN
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_TOKEN": token,
+           "RAY_AUTH_MODE": compose["x-sweeplab"]["environment"]["RAY_AUTH_MODE"]}
+    with open(tmp_path / "head.log", "w") as log:
+        head = subprocess.Popen([ray_cli, *command[1:], *extra], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+    url, version, refused = f"http://127.0.0.1:{moved['--dashboard-port']}/api/version", None, None
+    try:
+        deadline = time.time() + 180
+        while version is None and time.time() < deadline and head.poll() is None:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+            except urllib.error.HTTPError as err:
+                refused = err.code  # up, and asking for the token
+            except OSError:
+                time.sleep(2)
+                continue
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
+                                        timeout=5) as answer:
+                version = json.load(answer)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` takes its GCS, raylet and dashboard down with it
+        head.wait(timeout=60)
+    assert version is not None, (tmp_path / "head.log").read_text()[-3000:]
+    assert version["ray_version"] == ray.__version__ and refused == 401

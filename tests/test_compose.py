@@ -131,3 +131,18 @@ def test_the_image_carries_configs_and_sweeps():
     for folder in ("conf", "sweeps", "src"):
         assert f"COPY {folder} ./{folder}" in dockerfile
     assert "SWEEPLAB_HOME=/app" in dockerfile
+
+
+def test_the_ray_head_serves_its_dashboard_on_the_published_port():
+    import shlex
+    import tomllib
+
+    words = shlex.split(SERVICES["ray-head"]["command"])
+    flags = dict(w[2:].split("=", 1) for w in words if w.startswith("--") and "=" in w)
+    assert flags["include-dashboard"] == "true" and flags["dashboard-host"] == "0.0.0.0"  # inside the container
+    assert SERVICES["ray-head"]["ports"] == [f"127.0.0.1:{flags['dashboard-port']}:{flags['dashboard-port']}"]
+    # the image installs sweeplab's dependencies, and with them the dashboard's (ray[default])
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray = next(d for d in dependencies if d.startswith("ray["))
+    assert "default" in ray[ray.index("[") + 1:ray.index("]")].split(",")
+    assert "pip install --no-cache-dir -e ." in (ROOT / "Dockerfile").read_text()

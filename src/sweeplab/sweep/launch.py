@@ -18,9 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from sweeplab.compose import compose, project_root, read_sweep_text
 from sweeplab.errors import ConfigError
 from sweeplab.redact import MASK, redact
+from sweeplab.sweep.dashboard import HOST as DASHBOARD_HOST
+from sweeplab.sweep.dashboard import check_dashboard, dashboard_line
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
 from sweeplab.sweep.space import encode_choice, to_override
 from sweeplab.sweep.stop import watch_sigterm
+from sweeplab.sweep.storage import check_storage, endpoint_env, experiment_path, ray_root
 
 if TYPE_CHECKING:
     from ray.tune import Callback
@@ -59,22 +62,28 @@ def start_ray(cfg: DictConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    env_vars = {k: os.environ[k] for k in RAY_ENV} | {"SWEEPLAB_HOME": str(project_root())}
+    env_vars = {k: os.environ[k] for k in RAY_ENV} | {"SWEEPLAB_HOME": str(project_root())} | endpoint_env()
     if "SWEEPLAB_FAULT_AFTER_EPOCH" in os.environ:  # the retry tests' fault injection
         env_vars["SWEEPLAB_FAULT_AFTER_EPOCH"] = os.environ["SWEEPLAB_FAULT_AFTER_EPOCH"]
     if address:  # a cluster's workers get the environment through the job's runtime_env
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False,
-                 logging_level=logging.WARNING)
-        return False  # a cluster outlives the sweep; the connection stays for the caller
-    # A local Ray's workers inherit this process's environment, so no runtime_env: with one, Ray starts a
-    # fresh worker process for each trial actor; without, the actors take the workers Ray starts as the
-    # driver connects, which import what trials import (TRIAL_IMPORTS) while the driver is still planning.
-    os.environ.update(env_vars)
-    # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
-    ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
-             include_dashboard=cfg.cluster.dashboard, log_to_driver=False, logging_level=logging.WARNING,
-             _system_config={"preload_python_modules": list(TRIAL_IMPORTS)})
-    return True
+        context = ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False,
+                           logging_level=logging.WARNING)
+    else:
+        if cfg.cluster.dashboard:
+            check_dashboard(cfg.cluster)
+        # A local Ray's workers inherit this process's environment, so no runtime_env: with one, Ray starts a
+        # fresh worker process for each trial actor; without, the actors take the workers Ray starts as the
+        # driver connects, which import what trials import (TRIAL_IMPORTS) while the driver is still planning.
+        os.environ.update(env_vars)
+        # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
+        context = ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
+                           include_dashboard=cfg.cluster.dashboard, dashboard_host=DASHBOARD_HOST,
+                           dashboard_port=cfg.cluster.dashboard_port, log_to_driver=False,
+                           logging_level=logging.WARNING,
+                           _system_config={"preload_python_modules": list(TRIAL_IMPORTS)})
+    if cfg.cluster.dashboard and (line := dashboard_line(context)):
+        print(f"sweeplab sweep: {line}", flush=True)
+    return not address  # a cluster outlives the sweep; the connection stays for the caller
 
 
 def _check_cluster_address(cfg: DictConfig) -> None:
@@ -183,6 +192,8 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     if plan.optuna_storage.startswith("postgresql"):  # Optuna would wait on it after Ray has started
         check_database(plan.optuna_storage, "cluster.optuna_storage / OPTUNA_STORAGE")
     plan.output_dir.mkdir(parents=True, exist_ok=True)
+    root = ray_root(plan)
+    check_storage(root)
     if sweep_id is None:
         from sweeplab.sweep.sweep_id import claim_sweep_id
 
@@ -191,12 +202,11 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     watch_sigterm()
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
-    storage_path = plan.cfg.cluster.storage_path or str(plan.output_dir / "ray")
     callbacks = _callbacks(plan, sweep_id, spec, quiet)
     if resume:
-        tuner = _restored_tuner(str(Path(storage_path) / sweep_id), spec, plan, callbacks)
+        tuner = _restored_tuner(experiment_path(root, sweep_id), spec, plan, callbacks)
     else:
-        tuner = _new_tuner(plan, sweep_id, spec, storage_path, callbacks)
+        tuner = _new_tuner(plan, sweep_id, spec, root, callbacks)
     sc = plan.cfg.sweep
     print(f"sweeplab sweep: {sweep_id}: {plan.num_configs} configurations x {len(sc.seeds)} seed(s), "
           f"sampler {sc.sampler}, scheduler {sc.scheduler.kind}, {sc.max_concurrent} at a time, "
@@ -307,7 +317,7 @@ def _trainable(spec: TrialSpec, resources: DictConfig):
     return tune.with_resources(partial(run_trial, spec=spec), member_resources(spec, resources))
 
 
-def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, storage_path: str, callbacks: list):
+def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, root: str, callbacks: list):
     from ray import tune
 
     from sweeplab.sweep.searcher import OptunaSearcher
@@ -316,7 +326,7 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, storage_path: st
     metric, mode = plan.objectives[0]
     searcher = OptunaSearcher(plan.dims, sc.sampler, sc.sampler_seed, plan.optuna_storage, sweep_id,
                               plan.objectives, list(sc.seeds), plan.num_configs, epochs)
-    for key, value in sweep_record(plan, sweep_id, str(Path(storage_path) / sweep_id)).items():
+    for key, value in sweep_record(plan, sweep_id, experiment_path(root, sweep_id)).items():
         searcher.study.set_user_attr(key, value)
     return tune.Tuner(
         _trainable(spec, sc.resources),
@@ -331,7 +341,7 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, storage_path: st
         ),
         run_config=tune.RunConfig(
             name=sweep_id,
-            storage_path=storage_path,
+            storage_path=root,
             failure_config=tune.FailureConfig(max_failures=sc.max_failures),
             # Ray snapshots the whole experiment (O(trials)) after every num_to_keep-th checkpoint of a trial:
             # with 1 that was after every trial's last epoch, O(trials^2) in all. A trial checkpoints at its

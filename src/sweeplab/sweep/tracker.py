@@ -23,6 +23,7 @@ from ray.tune.experiment import Trial
 
 from sweeplab.metrics import TrialEnd, TrialStatus, error_line, trial_end
 from sweeplab.redact import hide, redact, reveal
+from sweeplab.sweep.storage import experiment_path, ray_root
 from sweeplab.tracking import runs
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class MlflowSweepTracker(tune.Callback):
             "max_epochs": str(plan.cfg.train.epochs),
             "overrides": json.dumps([redact(o) for o in plan.overrides]),
             "optuna_storage": redact(plan.optuna_storage),
+            "ray_path": experiment_path(ray_root(plan), sweep_id),  # what Tuner.restore / ExperimentAnalysis open
         }
         self.spec = spec  # the TrialSpec: composes a trial's config for its params
         self._client: MlflowClient | None = None
