@@ -8,6 +8,8 @@ when every seed has ended, the study is told the outcome:
   with several, so a one-epoch value never enters NSGA-II's population or the Pareto front;
 - invalid or crashed: FAIL.
 The status and reason are kept as trial attributes, so `optuna` / optuna-dashboard show why.
+Optuna's params are the values it asked for; where Population Based Training changed them during the
+run, each seed's final values are kept beside its outcome (``seeds.<seed>.final_params``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from ray.tune.search import Searcher
 
 from sweeplab.metrics import TrialStatus, trial_end
 from sweeplab.sweep.samplers import make_sampler, open_storage
-from sweeplab.sweep.space import Dimension
+from sweeplab.sweep.space import Dimension, sample
 
 
 def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
@@ -35,7 +37,7 @@ class OptunaSearcher(Searcher):
     def __init__(
         self,
         dims: list[Dimension],
-        sampler: str,
+        sampler: Any,  # sweep.sampler as plain data: a name or {_target_: ..., arguments}
         sampler_seed: int | None,
         storage: str,
         study_name: str,
@@ -93,14 +95,15 @@ class OptunaSearcher(Searcher):
             if self._asked >= self.num_configs:
                 # Ray documents Searcher.FINISHED (a str) as suggest's end signal but types the return Optional[Dict]
                 return Searcher.FINISHED  # type: ignore[return-value]
-            trial = self.study.ask({d.key: d.distribution() for d in self.dims})
+            trial = self.study.ask()
+            params = sample(self.dims, trial)  # define-by-run: a conditional key only where it applies
             self._asked += 1
             study_id = self.backend.get_study_id_from_name(self.study_name)
             self._storage_ids[trial.number] = self.backend.get_trial_id_from_study_id_trial_number(
                 study_id, trial.number
             )
             self._outcomes[trial.number], self._curves[trial.number] = {}, {}
-            self._pending.extend((trial.number, dict(trial.params), seed) for seed in self.seeds)
+            self._pending.extend((trial.number, params, seed) for seed in self.seeds)
         number, params, seed = self._pending.popleft()
         self._live[trial_id] = (number, seed)
         return {**params, "seed": seed, "optuna_trial": number}
@@ -117,6 +120,9 @@ class OptunaSearcher(Searcher):
         end = trial_end(result, self.max_epochs, [metric for metric, _ in self.objectives],
                         error="the trial crashed (see its error.txt)" if error else None)
         outcome: dict[str, Any] = {"status": end.status.value, "epoch": end.epoch, "ray_trial": trial_id}
+        final = self._mutated(number, result.get("config") or {})
+        if final:
+            outcome["final_params"] = final
         if end.status in (TrialStatus.COMPLETED, TrialStatus.STOPPED):
             outcome["values"] = [float(result[metric]) for metric, _ in self.objectives]  # the final epoch's
         elif end.reason:
@@ -124,6 +130,13 @@ class OptunaSearcher(Searcher):
         self._outcomes[number][seed] = outcome
         if len(self._outcomes[number]) == len(self.seeds):
             self._tell(number, self._outcomes.pop(number))
+
+    def _mutated(self, number: int, config: dict) -> dict[str, Any]:
+        """The searched values a scheduler (PBT) changed during the run: key -> final value."""
+        if not config or number not in self._storage_ids:
+            return {}
+        asked = self.backend.get_trial(self._storage_ids[number]).params
+        return {k: v for k, v in config.items() if k in asked and v != asked[k]}
 
     # -- intermediate values ----------------------------------------------------------
     def _record_epoch(self, trial_id: str, result: dict | None) -> None:
