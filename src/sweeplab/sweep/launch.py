@@ -296,7 +296,9 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, storage_path: st
             # Ray snapshots the whole experiment (O(trials)) after every num_to_keep-th checkpoint of a trial:
             # with 1 that was after every trial's last epoch, O(trials^2) in all. A trial checkpoints at its
             # last epoch, its scheduler rungs and every checkpoint_interval_s, so with 3 most trials force none.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            # PBT: every checkpoint is kept (Ray's PBT restarts a trial's checkpoint numbering after an exploit,
+            # and pruning by number then deletes a folder that a newer checkpoint still names)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if sc.scheduler.kind == "pbt" else 3),
             callbacks=callbacks,
             verbose=0,
         ),

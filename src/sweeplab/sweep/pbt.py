@@ -57,10 +57,10 @@ def clip_to_space(dims: list[Dimension], config: dict[str, Any]) -> dict[str, An
 
 
 def make_pbt(scheduler: DictConfig, dims: list[Dimension], metric: str, mode: str) -> PopulationBasedTraining:
-    from ray.tune.schedulers import PopulationBasedTraining
+    from sweeplab.sweep.searched_pbt import SearchedPBT
 
     mutated = mutated_dims(scheduler, dims)
-    return PopulationBasedTraining(
+    return SearchedPBT(
         time_attr="epoch", metric=metric, mode=mode,
         perturbation_interval=scheduler.perturbation_interval,
         hyperparam_mutations={d.key: _mutation(d) for d in mutated},

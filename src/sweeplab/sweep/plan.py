@@ -182,11 +182,13 @@ def _check_group_choices(dims: list[Dimension], overrides: Sequence[str], sweep_
     it applies to: all of them, or those its ``when`` names."""
     for group in (d for d in dims if d.is_group):
         under = [d for d in dims if d.key.startswith(f"{group.key}.")]
-        for option in group.choices if under else ():
-            cfg = compose([*overrides, f"{group.key}={option}"], sweep_file)
-            for dim in (d for d in under if d.allows(group.key, option)):
-                if OmegaConf.select(cfg, dim.key, default="__missing__") == "__missing__":
-                    have = [c for c in group.choices if c != option]
-                    raise ConfigError(f"sweep.space.{dim.key} in {sweep_file}: {group.key}={option} has no key "
-                                      f"{dim.key!r}; search {dim.key} only with {group.key} choices that have it, "
-                                      f"e.g. when: {{{group.key}: [{', '.join(map(str, have))}]}}")
+        composed = {option: compose([*overrides, f"{group.key}={option}"], sweep_file)
+                    for option in (group.choices if under else ())}
+        for dim in under:
+            have = [o for o, cfg in composed.items()
+                    if OmegaConf.select(cfg, dim.key, default="__missing__") != "__missing__"]
+            missing = [o for o in composed if o not in have and dim.allows(group.key, o)]
+            if missing:
+                hint = f"e.g. when: {{{group.key}: [{', '.join(map(str, have))}]}}" if have else "no choice has it"
+                raise ConfigError(f"sweep.space.{dim.key} in {sweep_file}: {group.key}={missing[0]} has no key "
+                                  f"{dim.key!r}; search {dim.key} only with {group.key} choices that have it, {hint}")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +112,9 @@ def make_sampler(
     if "seed" in accepted and "seed" not in args:
         args["seed"] = seed
     try:
-        return cls(**args)
+        with warnings.catch_warnings():  # TPE's group, GP and QMC are marked experimental: sweeplab chose them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(**args)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"sweep.sampler={sampler_label(spec)}: {cls.__name__} refuses its arguments: "
                           f"{str(err).splitlines()[0]}") from None

@@ -26,6 +26,14 @@ from sweeplab.sweep.samplers import make_sampler, open_storage
 from sweeplab.sweep.space import Dimension, sample
 
 
+def _config_of(result: dict) -> dict[str, Any]:
+    """The trial's config as its last result holds it (Tune flattens it to config/<key> for searchers)."""
+    nested = result.get("config")
+    if isinstance(nested, dict):
+        return nested
+    return {k[len("config/"):]: v for k, v in result.items() if k.startswith("config/")}
+
+
 def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
     try:
         return len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
@@ -120,7 +128,7 @@ class OptunaSearcher(Searcher):
         end = trial_end(result, self.max_epochs, [metric for metric, _ in self.objectives],
                         error="the trial crashed (see its error.txt)" if error else None)
         outcome: dict[str, Any] = {"status": end.status.value, "epoch": end.epoch, "ray_trial": trial_id}
-        final = self._mutated(number, result.get("config") or {})
+        final = self._mutated(number, _config_of(result))
         if final:
             outcome["final_params"] = final
         if end.status in (TrialStatus.COMPLETED, TrialStatus.STOPPED):

@@ -159,6 +159,7 @@ def parse_space(
     if not space:
         raise ConfigError(f"sweep.space in {source} is empty: add at least one key to search, e.g. optimizer.lr")
     dims: list[Dimension] = []
+    searched_groups = {key for key in space if key in GROUPS}  # keys under them are checked per choice (plan)
     for key, spec in space.items():
         where = f"sweep.space.{key} in {source}"
         if not isinstance(spec, dict):
@@ -178,8 +179,8 @@ def parse_space(
             if bad:
                 raise ConfigError(f"{where}: unknown {key} {bad[0]!r}; options: {', '.join(group_options[key])}")
         when = _parse_when(spec.get("when"), dims, where)
-        on_group = any(k in GROUPS for k, _ in when)  # the key exists in some group choices: checked per choice
-        if key not in GROUPS and not on_group and OmegaConf.select(base, key, default="__missing__") == "__missing__":
+        per_choice = key.split(".")[0] in searched_groups or any(k in GROUPS for k, _ in when)
+        if key not in GROUPS and not per_choice and OmegaConf.select(base, key, default="__missing__") == "__missing__":
             raise ConfigError(f"{where}: {key!r} is not a key of the composed config (check the spelling; a key "
                               "that only some choices have takes e.g. when: {model: lenet})")
         dim = Dimension(key, kind, spec.get("low"), spec.get("high"), bool(spec.get("log", False)), spec.get("step"),
