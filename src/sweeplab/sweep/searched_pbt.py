@@ -6,7 +6,7 @@ values PBT left a trial with as ``final_params`` beside its outcome (sweeplab.sw
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ray.tune.schedulers import PopulationBasedTraining
 
@@ -25,4 +25,4 @@ class _WithoutSearcher:
 
 class SearchedPBT(PopulationBasedTraining):
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_add(_WithoutSearcher(tune_controller), trial)
+        super().on_trial_add(cast(Any, _WithoutSearcher(tune_controller)), trial)
