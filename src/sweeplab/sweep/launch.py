@@ -136,7 +136,7 @@ def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int,
     if scheduler.kind == "pbt":
         from sweeplab.sweep.pbt import make_pbt
 
-        return make_pbt(scheduler, list(dims), metric, mode)
+        return make_pbt(scheduler, list(dims), metric, mode, epochs)
     return FIFOScheduler()
 
 

@@ -56,7 +56,9 @@ def clip_to_space(dims: list[Dimension], config: dict[str, Any]) -> dict[str, An
     return config
 
 
-def make_pbt(scheduler: DictConfig, dims: list[Dimension], metric: str, mode: str) -> PopulationBasedTraining:
+def make_pbt(
+    scheduler: DictConfig, dims: list[Dimension], metric: str, mode: str, epochs: int
+) -> PopulationBasedTraining:
     from sweeplab.sweep.searched_pbt import SearchedPBT
 
     mutated = mutated_dims(scheduler, dims)
@@ -67,4 +69,5 @@ def make_pbt(scheduler: DictConfig, dims: list[Dimension], metric: str, mode: st
         quantile_fraction=scheduler.quantile_fraction,
         resample_probability=scheduler.resample_probability,
         custom_explore_fn=functools.partial(clip_to_space, mutated),
+        last_epoch=epochs,
     )

@@ -24,5 +24,21 @@ class _WithoutSearcher:
 
 
 class SearchedPBT(PopulationBasedTraining):
+    def __init__(self, *args: Any, last_epoch: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_epoch = last_epoch
+
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(cast(Any, _WithoutSearcher(tune_controller)), trial)
+
+    def _quantiles(self) -> tuple[list, list]:
+        """Ray's ranking without the trials at their last epoch: a copy made there, or of one of them,
+        would have no epoch left to train with its new values."""
+        lower, upper = super()._quantiles()
+
+        def going(trial: Any) -> bool:
+            result: dict[str, Any] = self._trial_state[trial].last_result or {}
+            return int(result.get(self._time_attr, 0)) < self.last_epoch
+
+        lower, upper = [t for t in lower if going(t)], [t for t in upper if going(t)]
+        return (lower, upper) if lower and upper else ([], [])
