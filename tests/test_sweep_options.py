@@ -217,3 +217,26 @@ def test_restored_optimizer_takes_the_configs_lr_and_momentum_in_place_on_its_sc
         restored_schedule.step()
         # the cosine schedule goes on from the copied epoch, scaled to the new lr
         assert restored_schedule.get_last_lr()[0] == pytest.approx(lr * (1 + math.cos(3 * math.pi / 4)) / 2)
+
+
+# --- what Optuna records when a scheduler changes or pauses a trial --------------------------------
+def test_optuna_keeps_the_asked_values_and_the_values_pbt_left_a_trial_with(tmp_path):
+    from sweeplab.sweep.searcher import OptunaSearcher
+
+    searcher = OptunaSearcher([LR, MOMENTUM], "random", 0, f"sqlite:///{tmp_path / 'optuna.db'}", "s-1",
+                              [("val/acc", "max")], [0], 2, 3)
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_result("a", {"epoch": 1, "val/acc": 0.5})
+    # PBT copied b's values into a, then perturbed lr; Tune hands searchers the config flattened
+    copied = {"config/optimizer.lr": second["optimizer.lr"] * 1.2,
+              "config/optimizer.momentum": second["optimizer.momentum"], "config/seed": 0, "config/optuna_trial": 1}
+    searcher.on_trial_complete("a", {"epoch": 3, "val/acc": 0.8, **copied})
+    # HyperBand ends a paused trial with no result: its last reported epoch stands
+    searcher.on_trial_result("b", {"epoch": 1, "val/acc": 0.4})
+    searcher.on_trial_complete("b", None)
+    a, b = searcher.study.trials
+    assert a.params == {k: first[k] for k in ("optimizer.lr", "optimizer.momentum")} and a.value == 0.8
+    assert a.user_attrs["seeds"]["0"]["final_params"] == {
+        "optimizer.lr": second["optimizer.lr"] * 1.2, "optimizer.momentum": second["optimizer.momentum"]}
+    assert b.state == optuna.trial.TrialState.PRUNED and b.user_attrs["status"] == "stopped"
+    assert b.user_attrs["epochs"] == 1 and "final_params" not in b.user_attrs["seeds"]["0"]

@@ -69,6 +69,7 @@ class OptunaSearcher(Searcher):
         self._curves: dict[int, dict[int, dict[int, float]]] = {}  # number -> seed -> epoch -> first objective
         self._reported: dict[int, int] = {}  # number -> last epoch given to Optuna as intermediate value
         self._storage_ids: dict[int, int] = {}  # number -> optuna storage trial id
+        self._last: dict[str, dict] = {}  # ray trial id -> its last result (HyperBand ends paused trials without one)
 
     # -- the study ---------------------------------------------------------------
     @property
@@ -117,12 +118,14 @@ class OptunaSearcher(Searcher):
         return {**params, "seed": seed, "optuna_trial": number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._live:
+            self._last[trial_id] = result
         self._record_epoch(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._live:
             return
-        result = result or {}
+        result = {**self._last.pop(trial_id, {}), **(result or {})}
         self._record_epoch(trial_id, result)  # Ray hands a trial's last epoch to on_trial_complete only
         number, seed = self._live.pop(trial_id)
         end = trial_end(result, self.max_epochs, [metric for metric, _ in self.objectives],
@@ -210,7 +213,7 @@ class OptunaSearcher(Searcher):
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_curves": {}, "_reported": {}, "_backend": None, **state})
+        self.__dict__.update({"_curves": {}, "_reported": {}, "_last": {}, "_backend": None, **state})
 
     __getstate__ = get_state  # Tune pickles the searcher into tuner.pkl: never the open study
     __setstate__ = set_state
