@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sweeplab.compose import compose, flatten, to_yaml
-from sweeplab.config.schema import Loss, LrSchedule, Mode, Sampler, SchedulerKind, TrainConfig
+from sweeplab.config.schema import Loss, LrSchedule, Mode, SchedulerKind, TrainConfig
 from sweeplab.errors import ConfigError
 from sweeplab.models import MODELS
 from sweeplab.models.layers import WeightInit
@@ -146,8 +146,7 @@ NAME_SETS = [
     (["train.lr_schedule=linear"], "train.lr_schedule", LrSchedule),
     (["model=rnn", "model.cell=transformer"], "model.cell", RnnCell),
     (["model=mlp", "model.weight_init=glorot"], "model.weight_init", WeightInit),
-    (["sweep.sampler=bayes"], "sweep.sampler", Sampler),
-    (["sweep.scheduler.kind=hyperband"], "sweep.scheduler.kind", SchedulerKind),
+    (["sweep.scheduler.kind=bohb"], "sweep.scheduler.kind", SchedulerKind),
     (["sweep.mode=maximise"], "sweep.mode", Mode),
 ]
 

@@ -247,10 +247,10 @@ sweep:
 """, "sweep.space"),
     "unknown_scheduler": ("""
 sweep:
-  scheduler: {kind: hyperband}
+  scheduler: {kind: bohb}
   space:
     optimizer.lr: {type: float, low: 0.01, high: 0.1}
-""", "hyperband"),
+""", "bohb"),
 }
 
 

@@ -42,3 +42,24 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
     if cfg.lr_schedule == LrSchedule.step:
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     return None  # LrSchedule.none
+
+
+def apply_hyperparameters(
+    optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler | None, cfg: OptimizerConfig
+) -> None:
+    """Set ``cfg``'s lr, momentum and weight decay on an optimizer restored from a checkpoint that was trained
+    with other values (Population Based Training copies a trial's state, then changes its values).
+    The lr keeps its place on the schedule: scaled by new/old base lr, so a retry with the same config
+    changes nothing and a cosine schedule goes on from where the copied trial was."""
+    for group in optimizer.param_groups:
+        base = group.get("initial_lr", group["lr"])  # a schedule keeps the configured lr as initial_lr
+        if base != cfg.lr:
+            group["lr"] = group["lr"] * cfg.lr / base
+            if "initial_lr" in group:
+                group["initial_lr"] = cfg.lr
+        if "momentum" in group:  # SGD
+            group["momentum"] = cfg.momentum
+        if "weight_decay" in group:
+            group["weight_decay"] = cfg.weight_decay
+    if schedule is not None:
+        schedule.base_lrs = [cfg.lr for _ in schedule.base_lrs]

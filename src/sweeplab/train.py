@@ -22,7 +22,7 @@ from sweeplab.data.batches import BatchSource
 from sweeplab.data.datasets import DatasetBundle, dataset_entry, load_dataset
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.models import build_model, check_architecture, check_model, count_parameters
-from sweeplab.optim import OPTIMIZERS, build_optimizer, build_schedule
+from sweeplab.optim import OPTIMIZERS, apply_hyperparameters, build_optimizer, build_schedule
 from sweeplab.structured import typed
 
 # reporter(metrics, checkpoint): metrics of one finished epoch; checkpoint() builds the
@@ -170,6 +170,7 @@ class _Run:
         self.optimizer.load_state_dict(state.optimizer)
         if self.schedule is not None and state.schedule:
             self.schedule.load_state_dict(state.schedule)
+        apply_hyperparameters(self.optimizer, self.schedule, self.opt_cfg)  # PBT: the config's values, not the copy's
         self.generator.set_state(state.rng["generator"])
         torch.set_rng_state(state.rng["torch"])
         if torch.cuda.is_available() and state.rng.get("cuda") is not None:

@@ -28,17 +28,11 @@ class LrSchedule(Choice):
     step = "step"
 
 
-class Sampler(Choice):
-    tpe = "tpe"
-    random = "random"
-    grid = "grid"
-    cmaes = "cmaes"
-    nsga2 = "nsga2"
-
-
 class SchedulerKind(Choice):
     asha = "asha"
     median = "median"
+    hyperband = "hyperband"
+    pbt = "pbt"  # Population Based Training: weak trials copy a strong one's checkpoint, then perturb its values
     none = "none"
 
 
@@ -147,7 +141,11 @@ class Objective:
 class SchedulerConfig:
     kind: SchedulerKind = SchedulerKind.asha
     grace_period: int = 1  # epochs every trial runs before it can be stopped
-    reduction_factor: float = 2.0  # asha: keep 1/reduction_factor at each rung
+    reduction_factor: float = 2.0  # asha, hyperband: keep 1/reduction_factor at each rung
+    perturbation_interval: int = 1  # pbt: epochs between exploit/explore steps (a checkpoint at each)
+    quantile_fraction: float = 0.25  # pbt: the bottom fraction copies the top fraction
+    resample_probability: float = 0.25  # pbt: a perturbed value is drawn afresh from its range this often
+    mutate: list[str] = field(default_factory=list)  # pbt: searched keys it perturbs; empty: every number key
 
 
 @dataclass
@@ -159,7 +157,7 @@ class ResourcesConfig:
 @dataclass
 class SweepConfig:
     name: str = "sweep"  # a sweep file's name replaces it
-    sampler: Sampler = Sampler.tpe
+    sampler: Any = "tpe"  # a name (sweeplab.sweep.samplers.SAMPLERS) or {_target_: optuna.samplers.X, arg: value}
     sampler_seed: int | None = 0
     num_trials: int = 10  # configurations to try (grid ignores it: every grid point runs)
     max_concurrent: int = 2
@@ -169,6 +167,7 @@ class SweepConfig:
     objectives: list[Objective] = field(default_factory=list)  # several: multi-objective (nsga2)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    time_budget_s: float | None = None  # no trial starts or continues after this many seconds; None: no limit
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
     checkpoint_interval_s: float = 60.0  # a trial saves its state at most this often (also at the last epoch
     #                                      and where the scheduler may stop it); 0: every epoch
@@ -181,6 +180,15 @@ class SweepConfig:
             raise out_of_range("sweep.fuse", self.fuse, ">= 1 (1: every trial trains alone)")
         if self.max_failures < 0:  # Ray reads a negative count as "retry forever"
             raise out_of_range("sweep.max_failures", self.max_failures, ">= 0 (0: a crashed trial is not retried)")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise out_of_range("sweep.time_budget_s", self.time_budget_s, "> 0 seconds (or null for no limit)")
+        sc = self.scheduler
+        if sc.perturbation_interval < 1:
+            raise out_of_range("sweep.scheduler.perturbation_interval", sc.perturbation_interval, ">= 1 epoch")
+        if not 0 < sc.quantile_fraction <= 0.5:
+            raise out_of_range("sweep.scheduler.quantile_fraction", sc.quantile_fraction, "in (0, 0.5]")
+        if not 0 <= sc.resample_probability <= 1:
+            raise out_of_range("sweep.scheduler.resample_probability", sc.resample_probability, "in [0, 1]")
 
 
 @dataclass

@@ -21,7 +21,8 @@ from sweeplab.redact import MASK, redact
 from sweeplab.sweep.dashboard import HOST as DASHBOARD_HOST
 from sweeplab.sweep.dashboard import check_dashboard, dashboard_line
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
-from sweeplab.sweep.space import encode_choice, to_override
+from sweeplab.sweep.samplers import sampler_label
+from sweeplab.sweep.space import Dimension, encode_choice, to_override
 from sweeplab.sweep.stop import watch_sigterm
 from sweeplab.sweep.storage import check_storage, endpoint_env, experiment_path, ray_root
 
@@ -117,7 +118,7 @@ def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
         "sweep_file": str(plan.sweep_file),
         "overrides": [redact(o) for o in plan.overrides],  # resume takes secrets from its own command line
         "space": OmegaConf.to_container(plan.cfg.sweep.space),
-        "sampler": plan.cfg.sweep.sampler,
+        "sampler": _plain(plan.cfg.sweep.sampler),
         "scheduler": OmegaConf.to_container(plan.cfg.sweep.scheduler),
         "objectives": plan.objectives,
         "seeds": list(plan.cfg.sweep.seeds),
@@ -154,8 +155,9 @@ def _plain(value):
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
-def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int) -> TrialScheduler:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int,
+                   dims: Sequence[Dimension] = ()) -> TrialScheduler:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 
     if scheduler.kind == "asha":
         return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
@@ -163,18 +165,31 @@ def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int) -
     if scheduler.kind == "median":
         return MedianStoppingRule(time_attr="epoch", metric=metric, mode=mode,
                                   grace_period=scheduler.grace_period, min_samples_required=3)
+    if scheduler.kind == "hyperband":
+        return HyperBandScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
+                                  reduction_factor=scheduler.reduction_factor)
+    if scheduler.kind == "pbt":
+        from sweeplab.sweep.pbt import make_pbt
+
+        return make_pbt(scheduler, list(dims), metric, mode, epochs)
     return FIFOScheduler()
 
 
 def stopping_epochs(scheduler: DictConfig, epochs: int) -> frozenset[int]:
-    """The epochs after which ``make_scheduler``'s scheduler may stop a trial: ASHA's rungs
+    """The epochs after which ``make_scheduler``'s scheduler may stop, pause or copy a trial: ASHA's rungs
     (grace_period * reduction_factor**k, as Ray computes them), every epoch from the grace period
-    for the median rule, none without a scheduler."""
+    for the median rule, every epoch for HyperBand (its rungs differ by bracket; a paused trial resumes
+    from its checkpoint), every perturbation_interval for PBT (a weak trial copies a strong one's
+    checkpoint), none without a scheduler."""
     if scheduler.kind == "asha":
         rungs = int(math.log(epochs / scheduler.grace_period) / math.log(scheduler.reduction_factor) + 1)
         return frozenset(math.ceil(scheduler.grace_period * scheduler.reduction_factor**k) for k in range(rungs))
     if scheduler.kind == "median":
         return frozenset(range(scheduler.grace_period, epochs + 1))
+    if scheduler.kind == "hyperband":
+        return frozenset(range(1, epochs + 1))
+    if scheduler.kind == "pbt":
+        return frozenset(range(scheduler.perturbation_interval, epochs + 1, scheduler.perturbation_interval))
     return frozenset()
 
 
@@ -209,11 +224,13 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
         tuner = _new_tuner(plan, sweep_id, spec, root, callbacks)
     sc = plan.cfg.sweep
     print(f"sweeplab sweep: {sweep_id}: {plan.num_configs} configurations x {len(sc.seeds)} seed(s), "
-          f"sampler {sc.sampler}, scheduler {sc.scheduler.kind}, {sc.max_concurrent} at a time, "
+          f"sampler {sampler_label(sc.sampler)}, scheduler {sc.scheduler.kind}, {sc.max_concurrent} at a time, "
           f"{sc.resources.cpu:g} CPU + {sc.resources.gpu:g} GPU each", flush=True)
     try:
+        started = time.monotonic()
         tuner.fit()
         outcome = load_outcome(plan.optuna_storage, sweep_id)
+        _note_time_budget(plan, outcome, time.monotonic() - started)
         with _shutting_down(started_ray):
             if on_outcome is not None:
                 on_outcome(outcome)
@@ -252,6 +269,22 @@ def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
     locating = [redact(o) for o in overrides if key(o) == "cluster" or key(o).startswith("cluster.")]
     output_dir = Path(compose(overrides).output_dir).resolve()
     return shlex.join(["sweeplab", "sweep", sweep_id, "--resume", f"output_dir={output_dir}", *locating])
+
+
+def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) -> None:
+    """Tune ends a sweep at sweep.time_budget_s without saying so: when the budget ran out before every
+    configuration ended, the study records it (``ended_by``), and the summary says so."""
+    budget = plan.cfg.sweep.time_budget_s
+    if budget is None or elapsed < budget or not outcome.unfinished:
+        return
+    import optuna
+
+    from sweeplab.sweep.samplers import open_storage
+
+    ended_by = f"sweep.time_budget_s={budget:g} (after {elapsed:.0f} s)"
+    optuna.load_study(study_name=outcome.sweep_id, storage=open_storage(plan.optuna_storage)).set_user_attr(
+        "ended_by", ended_by)
+    outcome.record["ended_by"] = ended_by
 
 
 def _start_ray_and_store(cfg: DictConfig) -> bool:
@@ -324,7 +357,7 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, root: str, callb
 
     sc, epochs = plan.cfg.sweep, int(plan.cfg.train.epochs)
     metric, mode = plan.objectives[0]
-    searcher = OptunaSearcher(plan.dims, sc.sampler, sc.sampler_seed, plan.optuna_storage, sweep_id,
+    searcher = OptunaSearcher(plan.dims, _plain(sc.sampler), sc.sampler_seed, plan.optuna_storage, sweep_id,
                               plan.objectives, list(sc.seeds), plan.num_configs, epochs)
     for key, value in sweep_record(plan, sweep_id, experiment_path(root, sweep_id)).items():
         searcher.study.set_user_attr(key, value)
@@ -332,9 +365,10 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, root: str, callb
         _trainable(spec, sc.resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=make_scheduler(sc.scheduler, metric, mode, epochs),
+            scheduler=make_scheduler(sc.scheduler, metric, mode, epochs, plan.dims),
             num_samples=plan.num_trials,
             max_concurrent_trials=sc.max_concurrent,
+            time_budget_s=sc.time_budget_s,
             reuse_actors=True,  # no new Python process (torch import, data load) per trial
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
@@ -346,7 +380,9 @@ def _new_tuner(plan: SweepPlan, sweep_id: str, spec: TrialSpec, root: str, callb
             # Ray snapshots the whole experiment (O(trials)) after every num_to_keep-th checkpoint of a trial:
             # with 1 that was after every trial's last epoch, O(trials^2) in all. A trial checkpoints at its
             # last epoch, its scheduler rungs and every checkpoint_interval_s, so with 3 most trials force none.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+            # PBT: every checkpoint is kept (Ray's PBT restarts a trial's checkpoint numbering after an exploit,
+            # and pruning by number then deletes a folder that a newer checkpoint still names)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if sc.scheduler.kind == "pbt" else 3),
             callbacks=callbacks,
             verbose=0,
         ),

@@ -83,10 +83,17 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         raise ConfigError(f"{err} (in {sweep_file})") from None
     if sc.num_trials < 1 or sc.max_concurrent < 1:
         raise ConfigError(f"sweep.num_trials and sweep.max_concurrent in {sweep_file} must be >= 1")
-    from sweeplab.sweep.samplers import make_sampler
+    from sweeplab.sweep.samplers import is_grid, make_sampler
 
     try:
         make_sampler(sc.sampler, dims, sc.sampler_seed, len(objectives) > 1)  # grid without steps etc.
+        if is_grid(sc.sampler) and any(d.when for d in dims):
+            raise ConfigError("sweep.sampler=grid cannot search a space with conditional keys ('when'); "
+                              "use tpe or random, or one sweep per choice")
+        if sc.scheduler.kind == "pbt":
+            from sweeplab.sweep.pbt import mutated_dims
+
+            mutated_dims(sc.scheduler, dims)
     except ConfigError as err:
         raise ConfigError(f"{err} (in {sweep_file})") from None
     _check_run_settings(cfg, objectives, sweep_file)
@@ -95,7 +102,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         from sweeplab.sweep.packs import check_fusable_plan
 
         check_fusable_plan(cfg, dims, list(overrides), sweep_file)
-    num_configs = grid_size(dims) if sc.sampler == "grid" else sc.num_trials
+    num_configs = grid_size(dims) if is_grid(sc.sampler) else sc.num_trials
     return SweepPlan(sweep_file, list(overrides), cfg, dims, objectives, num_configs,
                      Path(cfg.output_dir).resolve(), optuna_storage_url(cfg))
 
@@ -152,8 +159,14 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
                 validate(compose([*overrides, f"{dim.key}={choice}"], sweep_file), shapes=False)
             except UserError as err:
                 raise fails(dim, choice, err) from None
-    base = compose([*overrides, *(f"{d.key}={d.choices[0]}" for d in groups)], sweep_file) if groups else cfg
+    # each group at its first choice that a key applies to; without groups, the plan's own config
+    bases: dict[tuple[str, ...], DictConfig] = {} if groups else {(): cfg}
     for dim in (d for d in dims if not d.is_group):
+        # when: {model: lenet} probes lenet
+        picks = tuple(f"{g.key}={next(c for c in g.choices if dim.allows(g.key, c))}" for g in groups)
+        if picks not in bases:
+            bases[picks] = compose([*overrides, *picks], sweep_file)
+        base = bases[picks]
         if dim.type == "categorical":
             probes = [OmegaConf.to_container(c) if OmegaConf.is_config(c) else c for c in dim.choices]
         else:
@@ -170,12 +183,17 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
 
 
 def _check_group_choices(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path) -> None:
-    """A key under a searched group (model.hidden_sizes with model: [mlp, lenet]) must exist in every choice."""
+    """A key under a searched group (model.hidden_sizes with model: [mlp, lenet]) must exist in every choice
+    it applies to: all of them, or those its ``when`` names."""
     for group in (d for d in dims if d.is_group):
-        keys = [d.key for d in dims if d.key.startswith(f"{group.key}.")]
-        for option in group.choices if keys else ():
-            cfg = compose([*overrides, f"{group.key}={option}"], sweep_file)
-            for key in keys:
-                if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-                    raise ConfigError(f"sweep.space.{key} in {sweep_file}: {group.key}={option} has no key {key!r}; "
-                                      f"search {key} only with {group.key} choices that have it")
+        under = [d for d in dims if d.key.startswith(f"{group.key}.")]
+        composed = {option: compose([*overrides, f"{group.key}={option}"], sweep_file)
+                    for option in (group.choices if under else ())}
+        for dim in under:
+            have = [o for o, cfg in composed.items()
+                    if OmegaConf.select(cfg, dim.key, default="__missing__") != "__missing__"]
+            missing = [o for o in composed if o not in have and dim.allows(group.key, o)]
+            if missing:
+                hint = f"e.g. when: {{{group.key}: [{', '.join(map(str, have))}]}}" if have else "no choice has it"
+                raise ConfigError(f"sweep.space.{dim.key} in {sweep_file}: {group.key}={missing[0]} has no key "
+                                  f"{dim.key!r}; search {dim.key} only with {group.key} choices that have it, {hint}")

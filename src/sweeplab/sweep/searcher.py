@@ -8,6 +8,8 @@ when every seed has ended, the study is told the outcome:
   with several, so a one-epoch value never enters NSGA-II's population or the Pareto front;
 - invalid or crashed: FAIL.
 The status and reason are kept as trial attributes, so `optuna` / optuna-dashboard show why.
+Optuna's params are the values it asked for; where Population Based Training changed them during the
+run, each seed's final values are kept beside its outcome (``seeds.<seed>.final_params``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,15 @@ from ray.tune.search import Searcher
 from sweeplab.metrics import TrialStatus, trial_end
 from sweeplab.redact import hide, reveal
 from sweeplab.sweep.samplers import make_sampler, open_storage, study_directions
-from sweeplab.sweep.space import Dimension
+from sweeplab.sweep.space import Dimension, sample
+
+
+def _config_of(result: dict) -> dict[str, Any]:
+    """The trial's config as its last result holds it (Tune flattens it to config/<key> for searchers)."""
+    nested = result.get("config")
+    if isinstance(nested, dict):
+        return nested
+    return {k[len("config/"):]: v for k, v in result.items() if k.startswith("config/")}
 
 
 def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
@@ -36,7 +46,7 @@ class OptunaSearcher(Searcher):
     def __init__(
         self,
         dims: list[Dimension],
-        sampler: str,
+        sampler: Any,  # sweep.sampler as plain data: a name or {_target_: ..., arguments}
         sampler_seed: int | None,
         storage: str,
         study_name: str,
@@ -60,6 +70,7 @@ class OptunaSearcher(Searcher):
         self._curves: dict[int, dict[int, dict[int, float]]] = {}  # number -> seed -> epoch -> first objective
         self._reported: dict[int, int] = {}  # number -> last epoch given to Optuna as intermediate value
         self._storage_ids: dict[int, int] = {}  # number -> optuna storage trial id
+        self._last: dict[str, dict] = {}  # ray trial id -> its last result (HyperBand ends paused trials without one)
 
     # -- the study ---------------------------------------------------------------
     @property
@@ -92,30 +103,36 @@ class OptunaSearcher(Searcher):
             if self._asked >= self.num_configs:
                 # Ray documents Searcher.FINISHED (a str) as suggest's end signal but types the return Optional[Dict]
                 return Searcher.FINISHED  # type: ignore[return-value]
-            trial = self.study.ask({d.key: d.distribution() for d in self.dims})
+            trial = self.study.ask()
+            params = sample(self.dims, trial)  # define-by-run: a conditional key only where it applies
             self._asked += 1
             study_id = self.backend.get_study_id_from_name(self.study_name)
             self._storage_ids[trial.number] = self.backend.get_trial_id_from_study_id_trial_number(
                 study_id, trial.number
             )
             self._outcomes[trial.number], self._curves[trial.number] = {}, {}
-            self._pending.extend((trial.number, dict(trial.params), seed) for seed in self.seeds)
+            self._pending.extend((trial.number, params, seed) for seed in self.seeds)
         number, params, seed = self._pending.popleft()
         self._live[trial_id] = (number, seed)
         return {**params, "seed": seed, "optuna_trial": number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._live:
+            self._last[trial_id] = result
         self._record_epoch(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._live:
             return
-        result = result or {}
+        result = {**self._last.pop(trial_id, {}), **(result or {})}
         self._record_epoch(trial_id, result)  # Ray hands a trial's last epoch to on_trial_complete only
         number, seed = self._live.pop(trial_id)
         end = trial_end(result, self.max_epochs, [metric for metric, _ in self.objectives],
                         error="the trial crashed (see its error.txt)" if error else None)
         outcome: dict[str, Any] = {"status": end.status.value, "epoch": end.epoch, "ray_trial": trial_id}
+        final = self._mutated(number, _config_of(result))
+        if final:
+            outcome["final_params"] = final
         if end.status in (TrialStatus.COMPLETED, TrialStatus.STOPPED):
             outcome["values"] = [float(result[metric]) for metric, _ in self.objectives]  # the final epoch's
         elif end.reason:
@@ -123,6 +140,13 @@ class OptunaSearcher(Searcher):
         self._outcomes[number][seed] = outcome
         if len(self._outcomes[number]) == len(self.seeds):
             self._tell(number, self._outcomes.pop(number))
+
+    def _mutated(self, number: int, config: dict) -> dict[str, Any]:
+        """The searched values a scheduler (PBT) changed during the run: key -> final value."""
+        if not config or number not in self._storage_ids:
+            return {}
+        asked = self.backend.get_trial(self._storage_ids[number]).params
+        return {k: v for k, v in config.items() if k in asked and v != asked[k]}
 
     # -- intermediate values ----------------------------------------------------------
     def _record_epoch(self, trial_id: str, result: dict | None) -> None:
@@ -188,7 +212,7 @@ class OptunaSearcher(Searcher):
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_curves": {}, "_reported": {}, "_backend": None, **state})
+        self.__dict__.update({"_curves": {}, "_reported": {}, "_last": {}, "_backend": None, **state})
 
     __getstate__ = get_state  # Tune pickles the searcher into tuner.pkl: never the open study
     __setstate__ = set_state

@@ -27,6 +27,8 @@ class Dimension:
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()  # categorical only
+    # a conditional key: sampled only when each named dimension took one of these choices (when: {model: lenet})
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     @property
     def is_group(self) -> bool:
@@ -39,6 +41,14 @@ class Dimension:
             raise ValueError(f"sweep.space.{self.key} is a {self.type} dimension without a range")
         return self.low, self.high
 
+    def allows(self, key: str, value: Any) -> bool:
+        """Whether this key's condition (if it names ``key``) admits ``key=value``."""
+        return all(encode_choice(value) in {encode_choice(c) for c in values} for k, values in self.when if k == key)
+
+    def active(self, params: dict[str, Any]) -> bool:
+        """Whether this key is sampled for a trial with these ``params`` (the values sampled so far)."""
+        return all(params.get(key, _ABSENT) in {encode_choice(c) for c in values} for key, values in self.when)
+
     def distribution(self) -> optuna.distributions.BaseDistribution:
         if self.type == "float":
             low, high = self.bounds
@@ -48,6 +58,16 @@ class Dimension:
             return optuna.distributions.IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
         # Optuna stores categorical choices as None/bool/int/float/str: lists travel as YAML text.
         return optuna.distributions.CategoricalDistribution([encode_choice(c) for c in self.choices])
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
+        """This dimension's value for ``trial``, asked of Optuna through its public suggest API."""
+        dist = self.distribution()
+        if isinstance(dist, optuna.distributions.FloatDistribution):
+            return trial.suggest_float(self.key, dist.low, dist.high, log=dist.log, step=dist.step)
+        if isinstance(dist, optuna.distributions.IntDistribution):
+            return trial.suggest_int(self.key, dist.low, dist.high, log=dist.log, step=dist.step)
+        assert isinstance(dist, optuna.distributions.CategoricalDistribution)
+        return trial.suggest_categorical(self.key, dist.choices)
 
     def grid_values(self) -> list[Any]:
         if self.type == "categorical":
@@ -61,6 +81,19 @@ class Dimension:
         count = int(math.floor((high - low) / step + 1e-9)) + 1
         values = [low + i * step for i in range(count)]
         return [int(v) for v in values] if self.type == "int" else [round(v, 12) for v in values]
+
+
+_ABSENT = object()
+
+
+def sample(dims: list[Dimension], trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    """Optuna's define-by-run sampling of a space: each dimension in order, a conditional one only when
+    its condition holds, so a trial's params hold exactly the keys that apply to it."""
+    params: dict[str, Any] = {}
+    for dim in dims:
+        if dim.active(params):
+            params[dim.key] = dim.suggest(trial)
+    return params
 
 
 def encode_choice(value: Any) -> Any:
@@ -125,15 +158,16 @@ def parse_space(
     space = plain(space or {})
     if not space:
         raise ConfigError(f"sweep.space in {source} is empty: add at least one key to search, e.g. optimizer.lr")
-    dims = []
+    dims: list[Dimension] = []
+    searched_groups = {key for key in space if key in GROUPS}  # keys under them are checked per choice (plan)
     for key, spec in space.items():
         where = f"sweep.space.{key} in {source}"
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 0.001, high: 0.1}}, got {spec!r}")
-        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
         if unknown:
             raise ConfigError(
-                f"{where}: unknown field {sorted(unknown)[0]!r}; fields are type, low, high, log, step, choices"
+                f"{where}: unknown field {sorted(unknown)[0]!r}; fields are type, low, high, log, step, choices, when"
             )
         kind = spec.get("type")
         if kind not in TYPES:
@@ -144,13 +178,42 @@ def parse_space(
             bad = [c for c in spec.get("choices") or [] if c not in group_options[key]]
             if bad:
                 raise ConfigError(f"{where}: unknown {key} {bad[0]!r}; options: {', '.join(group_options[key])}")
-        elif OmegaConf.select(base, key, default="__missing__") == "__missing__":
-            raise ConfigError(f"{where}: {key!r} is not a key of the composed config (check the spelling)")
+        when = _parse_when(spec.get("when"), dims, where)
+        per_choice = key.split(".")[0] in searched_groups or any(k in GROUPS for k, _ in when)
+        if key not in GROUPS and not per_choice and OmegaConf.select(base, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"{where}: {key!r} is not a key of the composed config (check the spelling; a key "
+                              "that only some choices have takes e.g. when: {model: lenet})")
         dim = Dimension(key, kind, spec.get("low"), spec.get("high"), bool(spec.get("log", False)), spec.get("step"),
-                        tuple(spec["choices"]) if spec.get("choices") is not None else ())
+                        tuple(spec["choices"]) if spec.get("choices") is not None else (), when)
         _check_dimension(dim, where)
         dims.append(dim)
     return dims
+
+
+def _parse_when(when: Any, earlier: list[Dimension], where: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """``when: {model: lenet}`` or ``{model: [lenet, alexnet]}``: each key a categorical dimension listed
+    before this one, each value among its choices."""
+    if when is None:
+        return ()
+    if not isinstance(when, dict) or not when:
+        raise ConfigError(f"{where}: 'when' must map a categorical key of the space to its choice(s), "
+                          f"e.g. when: {{model: lenet}}, got {when!r}")
+    by_key = {d.key: d for d in earlier}
+    out = []
+    for key, values in when.items():
+        dim = by_key.get(key)
+        if dim is None or dim.type != "categorical":
+            listed = ", ".join(d.key for d in earlier if d.type == "categorical") or "none"
+            raise ConfigError(f"{where}: when.{key}: {key!r} must be a categorical dimension listed before this one "
+                              f"in sweep.space (categorical dimensions before it: {listed})")
+        values = values if isinstance(values, list) else [values]
+        choices = [encode_choice(c) for c in dim.choices]
+        bad = [v for v in values if encode_choice(v) not in choices]
+        if bad or not values:
+            raise ConfigError(f"{where}: when.{key}={bad[0] if bad else values!r} is not a choice of {key}; "
+                              f"its choices: {', '.join(map(str, choices))}")
+        out.append((key, tuple(values)))
+    return tuple(out)
 
 
 def _check_dimension(dim: Dimension, where: str) -> None:

@@ -52,9 +52,14 @@ def format_summary(outcome: SweepOutcome) -> str:
         extra = [format_metric(m, t.values[i] if t.values else None)
                  for i, (m, _) in enumerate(outcome.objectives[1:], 1)]
         status = t.status if not t.reason else f"{t.status}: {t.reason[:80]}"
-        rows.append([str(t.number), *(format_param(t.params.get(k)) for k in keys), value, *extra,
+        rows.append([str(t.number), *(format_param(t.params[k]) if k in t.params else "-" for k in keys), value, *extra,
                      str(t.epochs or "-"), status])
-    parts = [f"sweep {outcome.sweep_id}: {outcome.counts_text()}", format_table(headers, rows), *_rankings(outcome)]
+    head = f"sweep {outcome.sweep_id}: {outcome.counts_text()}"
+    if outcome.record.get("ended_by"):
+        ran = len([t for t in outcome.trials if t.status != TrialStatus.RUNNING])
+        head += (f"\nended by the time budget, {outcome.record['ended_by']}: {ran} of "
+                 f"{outcome.record.get('num_configs', '?')} configurations ran")
+    parts = [head, format_table(headers, rows), *_rankings(outcome)]
     best = outcome.best()
     if best:
         parts.append(f"best: trial {best.number}  {ranked_label(metric)} {format_metric(metric, best.value())}  "

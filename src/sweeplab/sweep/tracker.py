@@ -23,6 +23,7 @@ from ray.tune.experiment import Trial
 
 from sweeplab.metrics import TrialEnd, TrialStatus, error_line, trial_end
 from sweeplab.redact import hide, redact, reveal
+from sweeplab.sweep.samplers import sampler_label
 from sweeplab.sweep.storage import experiment_path, ray_root
 from sweeplab.tracking import runs
 
@@ -50,7 +51,7 @@ class MlflowSweepTracker(tune.Callback):
         self.plan_info = {
             "sweep_id": sweep_id,
             "sweep_name": plan.name,
-            "sampler": plan.cfg.sweep.sampler,
+            "sampler": sampler_label(plan.cfg.sweep.sampler),
             "scheduler": json.dumps(OmegaConf.to_container(plan.cfg.sweep.scheduler)),
             "space": json.dumps(OmegaConf.to_container(plan.cfg.sweep.space)),
             "objectives": json.dumps(plan.objectives),

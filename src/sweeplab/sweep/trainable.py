@@ -58,10 +58,10 @@ def compose_trial(spec: TrialSpec, config: dict[str, Any]) -> DictConfig:
     (typed by the schema, as a command-line override would be)."""
     from omegaconf.errors import OmegaConfBaseException
 
-    groups = overrides_for({key: config[key] for key in spec.group_keys})
+    groups = overrides_for({key: config[key] for key in spec.group_keys if key in config})
     cfg = copy.deepcopy(_composed(spec.sweep_file, spec.sweep_text, (*spec.overrides, *groups), spec.project_root))
     values = {key: spec.decoded.get(key, {}).get(config[key], config[key])
-              for key in spec.space_keys if key not in spec.group_keys}
+              for key in spec.space_keys if key not in spec.group_keys and key in config}  # conditional keys: some
     for key, value in {**values, "train.seed": config["seed"]}.items():
         try:
             OmegaConf.update(cfg, key, value, merge=False)
@@ -72,7 +72,7 @@ def compose_trial(spec: TrialSpec, config: dict[str, Any]) -> DictConfig:
 
 def trial_overrides(spec: TrialSpec, config: dict[str, Any]) -> list[str]:
     """The same trial as command-line overrides (for people: `sweeplab train ...`)."""
-    params = {key: config[key] for key in spec.space_keys}
+    params = {key: config[key] for key in spec.space_keys if key in config}
     return [*spec.overrides, *overrides_for(params), f"train.seed={config['seed']}"]
 
 

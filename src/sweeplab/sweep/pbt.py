@@ -1,0 +1,73 @@
+"""Population Based Training over a sweep's space: which searched keys PBT perturbs, and how.
+
+PBT copies a strong trial's checkpoint into a weak one (exploit) and perturbs the copied values
+(explore); the trainable restores the model and optimizer state and applies the new values
+(``sweeplab.optim.apply_hyperparameters``). Only keys that change no weight's shape can travel:
+numbers and categorical values, never a config group or a key that only some choices have.
+"""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+
+from sweeplab.errors import ConfigError
+from sweeplab.sweep.space import Dimension, encode_choice
+
+if TYPE_CHECKING:
+    from ray.tune.schedulers import PopulationBasedTraining
+
+
+def mutated_dims(scheduler: DictConfig, dims: list[Dimension]) -> list[Dimension]:
+    """The dimensions PBT perturbs: ``scheduler.mutate``, or every float/int one of the space."""
+    by_key = {d.key: d for d in dims}
+    keys = list(scheduler.mutate) or [d.key for d in dims if d.type in ("float", "int") and not d.when]
+    for key in keys:
+        dim = by_key.get(key)
+        if dim is None or dim.is_group or dim.when:
+            fit = ", ".join(d.key for d in dims if not d.is_group and not d.when) or "none"
+            raise ConfigError(f"sweep.scheduler.mutate: {key!r} cannot be perturbed by PBT; it must "
+                              f"be a key of sweep.space that every trial has and that is not a config group ({fit})")
+    if not keys:
+        raise ConfigError("sweep.scheduler.kind=pbt: the space has no number to perturb; "
+                          "search e.g. optimizer.lr, or name keys in sweep.scheduler.mutate")
+    return [by_key[k] for k in keys]
+
+
+def _mutation(dim: Dimension) -> Any:
+    from ray import tune
+
+    if dim.type == "categorical":
+        return [encode_choice(c) for c in dim.choices]  # PBT shifts to a neighbouring choice
+    low, high = dim.bounds
+    if dim.type == "int":
+        return tune.lograndint(int(low), int(high) + 1) if dim.log else tune.randint(int(low), int(high) + 1)
+    return tune.loguniform(low, high) if dim.log else tune.uniform(low, high)
+
+
+def clip_to_space(dims: list[Dimension], config: dict[str, Any]) -> dict[str, Any]:
+    """PBT multiplies a value by 0.8 or 1.2 without bounds: keep it inside its range (momentum < 1)."""
+    for dim in dims:
+        if dim.type != "categorical" and dim.key in config:
+            low, high = dim.bounds
+            value = min(max(config[dim.key], low), high)
+            config[dim.key] = int(round(value)) if dim.type == "int" else float(value)
+    return config
+
+
+def make_pbt(
+    scheduler: DictConfig, dims: list[Dimension], metric: str, mode: str, epochs: int
+) -> PopulationBasedTraining:
+    from sweeplab.sweep.searched_pbt import SearchedPBT
+
+    mutated = mutated_dims(scheduler, dims)
+    return SearchedPBT(
+        time_attr="epoch", metric=metric, mode=mode,
+        perturbation_interval=scheduler.perturbation_interval,
+        hyperparam_mutations={d.key: _mutation(d) for d in mutated},
+        quantile_fraction=scheduler.quantile_fraction,
+        resample_probability=scheduler.resample_probability,
+        custom_explore_fn=functools.partial(clip_to_space, mutated),
+        last_epoch=epochs,
+    )

@@ -1,0 +1,159 @@
+"""Real sweeps with Ray's and Optuna's own machinery beyond ASHA and TPE: Population Based Training,
+HyperBand, samplers by name and by _target_, a time budget, a conditional space. One local Ray for the
+module; each sweep is an MLP (or LeNet) on 500 MNIST digits for 2-4 epochs."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: loopback only
+
+import optuna  # noqa: E402
+import pytest  # noqa: E402
+from sweep_helpers import TINY, write_sweep  # noqa: E402
+
+from sweeplab.compose import project_root  # noqa: E402
+from sweeplab.sweep.space import Dimension, sample  # noqa: E402
+from sweeplab.sweep.summary import format_summary  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+
+LR = Dimension("optimizer.lr", "float", 0.01, 0.1, log=True)
+MOMENTUM = Dimension("optimizer.momentum", "float", 0.5, 0.9)
+SPACE = """
+  space:
+    optimizer.lr: {type: float, low: 0.01, high: 0.1, log: true}
+    optimizer.momentum: {type: float, low: 0.5, high: 0.9}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray (started as a sweep starts it) that every sweep of the module joins."""
+    import ray
+
+    from sweeplab.compose import compose
+    from sweeplab.sweep.launch import start_ray
+
+    ray.shutdown()
+    start_ray(compose(["cluster.num_cpus=2"]))
+    yield
+    ray.shutdown()
+
+
+def run(ref, out: Path, *overrides: str):
+    from sweeplab.sweep.launch import launch_sweep
+
+    started = time.monotonic()
+    outcome = launch_sweep(str(ref), [f"output_dir={out}", *TINY, *overrides], quiet=True)
+    print(f"sweep {outcome.sweep_id}: {time.monotonic() - started:.0f}s")
+    return outcome
+
+
+def study_of(out: Path, outcome) -> optuna.Study:
+    return optuna.load_study(study_name=outcome.sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
+
+
+def children(out: Path) -> dict[str, object]:
+    """Trial name -> MLflow child run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`sweeplab.kind` = 'trial'")
+    return {r.data.tags["sweeplab.trial_name"]: r for r in runs}
+
+
+def lr_history(out: Path, run) -> list[float]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
+
+
+def qmc_points(n: int, **args) -> list[dict]:
+    """What Optuna's QMCSampler (seed 0, as sweep.sampler_seed) asks for first over SPACE."""
+    study = optuna.create_study(sampler=optuna.samplers.QMCSampler(seed=0, **args))
+    return [sample([LR, MOMENTUM], study.ask()) for _ in range(n)]
+
+
+def test_pbt_copies_a_strong_trials_checkpoint_and_trains_on_with_perturbed_values(ray_session, tmp_path):
+    outcome = run(project_root() / "sweeps" / "pbt.yaml", tmp_path)
+    assert {t.status for t in outcome.trials} == {"completed"}
+    # Ray's record of each exploit: [trial, donor, trial's epoch, donor's epoch, donor's config, new config]
+    exploits = [json.loads(line) for line in (Path(outcome.record["ray_path"]) / "pbt_global.txt").read_text()
+                .splitlines()]
+    assert exploits and all(e[0] != e[1] for e in exploits)
+    # Optuna keeps the values it asked for; the values PBT left a trial with are kept beside them
+    study = study_of(tmp_path, outcome)
+    mutated = {t.number: seed["final_params"] for t in study.trials for seed in t.user_attrs["seeds"].values()
+               if "final_params" in seed}
+    assert mutated
+    runs = children(tmp_path)
+    for number, final in mutated.items():
+        asked = study.trials[number].params
+        assert final["optimizer.lr"] != asked["optimizer.lr"]
+        # the trial trained on with the new lr: its MLflow child shows the lr schedule PBT gave it
+        history = lr_history(tmp_path, runs[f"trial_{number:03d}_seed0"])
+        assert history[0] == pytest.approx(asked["optimizer.lr"])
+        assert history[-1] == pytest.approx(final["optimizer.lr"]) and len(set(history)) > 1
+
+
+def test_hyperband_with_a_named_sampler_stops_the_weaker_trial_of_its_halving_bracket(ray_session, tmp_path):
+    path = write_sweep(tmp_path, "hyperband", """
+train: {epochs: 2}
+sweep:
+  name: hyperband
+  sampler: qmc
+  num_trials: 4
+  max_concurrent: 4
+  resources: {cpu: 0.5}
+  scheduler: {kind: hyperband, reduction_factor: 2}
+""" + SPACE)
+    outcome = run(path, tmp_path)
+    # max_t 2, eta 2: Ray's first bracket runs 2 trials to the end; the second runs 2 for one epoch,
+    # pausing the first to finish until the other has, and keeps the better one
+    assert sorted(t.epochs for t in outcome.trials) == [1, 2, 2, 2]
+    assert sorted(t.status for t in outcome.trials) == ["completed", "completed", "completed", "stopped"]
+    asked = [t.params for t in sorted(study_of(tmp_path, outcome).trials, key=lambda t: t.number)]
+    assert asked == qmc_points(4)  # the sampler the name picks, with the sweep seed
+
+
+def test_a_target_sampler_with_arguments_and_a_time_budget_that_ends_the_sweep(ray_session, tmp_path):
+    path = write_sweep(tmp_path, "budget", """
+train: {epochs: 2}
+sweep:
+  name: budget
+  sampler: {_target_: optuna.samplers.QMCSampler, scramble: true}
+  num_trials: 60
+  time_budget_s: 20
+  scheduler: {kind: none}
+""" + SPACE)
+    outcome = run(path, tmp_path)
+    ended = [t for t in outcome.trials if t.status != "running"]
+    assert len(ended) < 60  # a trial that the budget cut off stays running, as in an interrupted sweep
+    assert outcome.record["ended_by"].startswith("sweep.time_budget_s=20")
+    assert "ended by the time budget, sweep.time_budget_s=20" in format_summary(outcome)
+    assert study_of(tmp_path, outcome).user_attrs["ended_by"] == outcome.record["ended_by"]
+    asked = [t.params for t in sorted(study_of(tmp_path, outcome).trials, key=lambda t: t.number)]
+    assert asked[:2] == qmc_points(2, scramble=True)
+
+
+def test_a_conditional_space_gives_each_trial_only_the_keys_of_its_choice(ray_session, tmp_path):
+    outcome = run(project_root() / "sweeps" / "conditional.yaml", tmp_path, "sweep.num_trials=4")
+    assert {t.status for t in outcome.trials} == {"completed"}
+    runs = children(tmp_path)
+    models = set()
+    for trial in study_of(tmp_path, outcome).trials:
+        params, model = trial.params, trial.params["model"]
+        models.add(model)
+        assert ("model.hidden_sizes" in params) == (model == "mlp")
+        assert ("model.conv1_filters" in params) == (model == "lenet")
+        logged = runs[f"trial_{trial.number:03d}_seed0"].data.params  # the config the trial trained with
+        assert logged["model.name"] == model
+        if model == "lenet":
+            assert logged["model.conv1_filters"] == str(params["model.conv1_filters"])
+        else:
+            assert "model.conv1_filters" not in logged
+    assert models == {"mlp", "lenet"}
