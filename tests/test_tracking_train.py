@@ -8,6 +8,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import torch
 from sweep_helpers import sweeplab
 
@@ -30,6 +31,7 @@ def git(*args: str, cwd: Path) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow  # it trains, then builds and saves its MLflow Model
 def test_a_train_run_is_logged_to_the_local_mlflow_store(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
