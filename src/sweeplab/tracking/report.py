@@ -218,6 +218,7 @@ def optuna_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
     import warnings
 
     from optuna import visualization
+    from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -236,7 +237,9 @@ def optuna_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
         for name, (_, function) in OPTUNA_FIGURES.items():
             if not wanted[name]:
                 continue
-            kwargs = {} if name == "intermediate_values" else {"target": target, "target_name": metric}
+            kwargs: dict[str, Any] = {} if name == "intermediate_values" else {"target": target, "target_name": metric}
+            if name == "param_importances":  # PED-ANOVA: no random forest to fit (fANOVA's took seconds)
+                kwargs["evaluator"] = PedAnovaImportanceEvaluator()
             try:
                 out[name] = getattr(visualization, function)(study, **kwargs)
             except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importance of a constant objective
