@@ -622,6 +622,7 @@ def test_dashboard_serves_the_study_on_loopback(smoke, tmp_path):
     assert f"/dashboard/studies/{study['study_id']}" in printed and "127.0.0.1" in printed
 
 
+@pytest.mark.slow  # plotly and optuna.visualization take seconds to import and draw the first figure
 def test_report_draws_the_optuna_figures_from_the_study_itself(tmp_path):
     """The study in the Optuna storage, not a copy rebuilt from MLflow: a pruned (stopped) trial's epochs
     are drawn beside the completed ones, and a study that is not at hand is said so, not drawn."""
