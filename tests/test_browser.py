@@ -82,3 +82,27 @@ def test_mlflow_ui_shows_the_sweep_with_nested_trials_and_compares_two(ui, finis
         page.screenshot(path=str(shots / "mlflow_compare_trials.png"), full_page=True)
         browser.close()
     assert (shots / "mlflow_sweep_runs.png").stat().st_size > 20_000
+
+
+def test_the_report_draws_its_interactive_study_figures_without_internet(finished_sweep, tmp_path):
+    """report.html from the parent run, opened from disk with every network request refused: plotly.js is
+    inside the page, so each Optuna figure of the study is drawn (an SVG per figure)."""
+    from mlflow import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(f"sqlite:///{finished_sweep / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    parent = client.search_runs([experiment.experiment_id], "tags.`sweeplab.kind` = 'sweep'")[0]
+    report = Path(client.download_artifacts(parent.info.run_id, "report/report.html", str(tmp_path)))
+    refused: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.route("http*://**", lambda route: (refused.append(route.request.url), route.abort()))
+        page.goto(report.as_uri())
+        page.wait_for_selector("div.optuna .main-svg", timeout=60_000)
+        figures = page.locator("div.optuna").count()
+        drawn = page.locator("div.optuna .js-plotly-plot").count()
+        browser.close()
+    assert figures >= 3 and drawn == figures, (figures, drawn)
+    assert refused == []  # nothing was fetched from outside the page

@@ -134,6 +134,24 @@ def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, 
     )
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "reports" / outcome.sweep_id / "report.html").stat().st_size > 10_000
+    page = (tmp_path / "reports" / outcome.sweep_id / "report.html").read_text()
+    assert 'id="plot-optimization_history"' in page  # the Optuna figures come from the study in PostgreSQL
+
+    # the best trial's MLflow Model, registered through the server, predicts class scores from the registry
+    stores = [f"cluster.optuna_storage={databases['optuna']}", "tracking=server", f"tracking.uri={mlflow_server}",
+              f"output_dir={tmp_path}"]
+    best = subprocess.run([sys.executable, "-m", "sweeplab.cli", "best", "smoke", "--register", "smoke-server",
+                           *stores], capture_output=True, text=True, timeout=300)
+    assert best.returncode == 0, best.stderr
+    assert "registered model smoke-server version 1: models:/smoke-server/1" in best.stdout
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(mlflow_server)
+    version = client.get_model_version("smoke-server", "1")
+    assert client.get_run(version.run_id).data.tags["sweeplab.optuna_trial"] == str(outcome.best().number)
+    scores = mlflow.pyfunc.load_model("models:/smoke-server/1").predict(np.zeros((3, 1, 28, 28), np.float32))
+    assert scores.shape == (3, 10)
 
 
 def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
@@ -158,7 +176,7 @@ def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
     ray_cli = str(Path(sys.executable).with_name("ray"))
     token = uuid.uuid4().hex  # the stack's RAY_AUTH_TOKEN
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_TOKEN": token,
-           "RAY_AUTH_MODE": compose["x-sweeplab"]["environment"]["RAY_AUTH_MODE"]}
+           "RAY_AUTH_MODE": compose["services"]["ray-head"]["environment"]["RAY_AUTH_MODE"]}
     with open(tmp_path / "head.log", "w") as log:
         head = subprocess.Popen([ray_cli, *command[1:], *extra], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)

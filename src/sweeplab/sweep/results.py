@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -12,7 +12,11 @@ from sweeplab.metrics import TrialStatus
 from sweeplab.redact import redact
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
 
-__all__ = ["SweepOutcome", "find_sweep", "list_sweeps", "load_outcome"]
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+__all__ = ["SweepOutcome", "best_trial_runs", "find_sweep", "list_sweeps", "load_outcome"]
 
 
 def _studies(storage: str) -> list[optuna.study.StudySummary]:
@@ -59,3 +63,17 @@ def load_outcome(storage: str, sweep_id: str) -> SweepOutcome:
                              attrs.get("epochs"), attrs.get("reason", ""), attrs.get("seeds", {})))
     return SweepOutcome({**study.user_attrs, "storage": storage}, rows)
 
+
+def best_trial_runs(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str,
+                    count: int = 1) -> list[Run]:
+    """The child runs of the sweep's ``count`` best completed configurations, best first (for a trial
+    run with several seeds, the run of its first completed seed: the one `sweeplab best` reruns)."""
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    found: list[Run] = []
+    for trial in load_outcome(optuna_storage, sweep_id).ranked()[:count]:
+        seeds = trial.completed_seeds()
+        seed = f" and params.`train.seed` = '{seeds[0]}'" if seeds else ""
+        found += client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                                    f"and tags.`sweeplab.optuna_trial` = '{trial.number}' "
+                                    f"and tags.`sweeplab.status` = 'completed'{seed}", max_results=1)
+    return found

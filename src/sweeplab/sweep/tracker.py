@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +49,7 @@ class MlflowSweepTracker(tune.Callback):
         self.sweep_id = sweep_id
         self.sweep_file = str(plan.sweep_file)
         self.optuna_storage = hide(plan.optuna_storage)
+        self.log_models = int(cfg.tracking.log_models)
         self.plan_info = {
             "sweep_id": sweep_id,
             "sweep_name": plan.name,
@@ -73,6 +75,7 @@ class MlflowSweepTracker(tune.Callback):
         self._placed: set[str] = set()
         self._restarts: dict[str, int] = {}  # trial name -> restarts before this launch (resume)
         self._ended: set[str] = set()  # trials whose run has its final status (the rest are open)
+        self._source_tags: dict[str, str] = {}  # MLflow's source/user/commit tags, for every child run too
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
         return {**self.__dict__, "_client": None, "_queue": None}
@@ -118,7 +121,9 @@ class MlflowSweepTracker(tune.Callback):
         if found:  # a resumed sweep keeps its parent run
             self._reopen(self.experiment_id, found[0].info.run_id)
             return
-        tags = {"sweeplab.kind": "sweep", "sweeplab.sweep_id": self.sweep_id, **runs.provenance_tags()}
+        provenance = runs.provenance_tags()
+        self._source_tags = {k: v for k, v in provenance.items() if k.startswith("mlflow.")}
+        tags = {"sweeplab.kind": "sweep", "sweeplab.sweep_id": self.sweep_id, **provenance}
         run = self.client.create_run(self.experiment_id, run_name=self.sweep_id, tags=tags)
         self.parent_run_id = run.info.run_id
         params = [Param(k, runs.param_value(v)) for k, v in self.plan_info.items()]
@@ -129,6 +134,7 @@ class MlflowSweepTracker(tune.Callback):
 
     def _reopen(self, experiment_id: str, parent_run_id: str) -> None:
         self.parent_run_id = parent_run_id
+        self._source_tags = {k: v for k, v in runs.provenance_tags().items() if k.startswith("mlflow.")}
         self.client.update_run(parent_run_id, status="RUNNING")
         for child in self.client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                              max_results=5000):
@@ -155,6 +161,7 @@ class MlflowSweepTracker(tune.Callback):
         except UserError:  # the trial itself will end invalid with the reason; log what was sampled
             params = [Param(k, runs.param_value(v)) for k, v in config.items()]
         tags = {
+            **self._source_tags,
             "mlflow.parentRunId": str(self.parent_run_id),
             "sweeplab.kind": "trial",
             "sweeplab.sweep_id": self.sweep_id,
@@ -233,13 +240,16 @@ class MlflowSweepTracker(tune.Callback):
         self.client.set_terminated(run_id, "FAILED" if end.status == TrialStatus.ERROR else "FINISHED")
 
     def _log_checkpoint(self, run_id: str, checkpoint: tune.Checkpoint) -> None:
-        """The trial's files, as its last checkpoint (in Ray's shared storage) holds them."""
-        from sweeplab.run_files import RUN_FILES
+        """The trial's files, as its last checkpoint (in Ray's shared storage) holds them, and its dataset."""
+        from sweeplab.run_files import RUN_FILES, read_dataset
 
         with checkpoint.as_directory() as folder:
             for name in RUN_FILES:
                 if (Path(folder) / name).exists():
                     self.client.log_artifact(run_id, str(Path(folder) / name))
+            dataset = Path(folder) / "dataset.json"
+            if dataset.exists():
+                self.client.log_inputs(run_id, datasets=runs.dataset_inputs(read_dataset(dataset)))
 
     # -- the end: figures of the best trial, the report on the parent -------------------------
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
@@ -265,8 +275,10 @@ class MlflowSweepTracker(tune.Callback):
         from sweeplab.tracking.report import build_report
 
         try:
+            self._run(log_sweep_metrics, self.client, parent, reveal(self.optuna_storage), self.sweep_id)
             self._run(log_best_trial_figures, self.client, parent, reveal(self.optuna_storage), self.sweep_id)
-            self._run(build_report, self.client, parent, None, True)
+            self._run(log_best_models, self.client, parent, reveal(self.optuna_storage), self.sweep_id, self.log_models)
+            self._run(build_report, self.client, parent, None, True, reveal(self.optuna_storage))
         finally:
             self.client.set_terminated(parent, "FINISHED")
 
@@ -279,6 +291,35 @@ class MlflowSweepTracker(tune.Callback):
             self._failed.clear()
 
 
+def log_sweep_metrics(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> None:
+    """The sweep's best value and its trials by status as metrics of the parent run, so sweeps sort and
+    compare in the MLflow UI (``best/val/acc``, ``trials/completed``, ...)."""
+    from mlflow.entities import Metric
+
+    from sweeplab.sweep.results import load_outcome
+
+    outcome = load_outcome(optuna_storage, sweep_id)
+    stamp = int(time.time() * 1000)
+    counts = {status.value: 0 for status in TrialStatus} | outcome.counts()
+    metrics = [Metric(f"trials/{status}", float(n), stamp, 0) for status, n in counts.items()]
+    best = outcome.best()
+    if best is not None:
+        metrics += [Metric(f"best/{metric}", best.value(i), stamp, 0)
+                    for i, (metric, _) in enumerate(outcome.objectives)]
+    client.log_batch(parent_run_id, metrics=metrics)
+
+
+def log_best_models(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str,
+                    count: int) -> list[str]:
+    """MLflow Models (runs:/<id>/model) for the ``count`` best trials, built once at the end from their
+    logged files (sweeplab.tracking.models says why not per trial)."""
+    from sweeplab.sweep.results import best_trial_runs
+    from sweeplab.tracking.models import log_model
+
+    return [log_model(client, run.info.run_id)
+            for run in best_trial_runs(client, parent_run_id, optuna_storage, sweep_id, count)]
+
+
 def log_best_trial_figures(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> str | None:
     """Learning curves and confusion matrix of the sweep's best trial, drawn once at the end of the sweep
     (not per trial: MLflow already charts every run's metrics) and logged to that trial's run.
@@ -286,16 +327,10 @@ def log_best_trial_figures(client: MlflowClient, parent_run_id: str, optuna_stor
     import tempfile
 
     from sweeplab.run_files import read_confusion
-    from sweeplab.sweep.results import load_outcome
+    from sweeplab.sweep.results import best_trial_runs
     from sweeplab.tracking.artifacts import figures
 
-    best = load_outcome(optuna_storage, sweep_id).best()
-    if best is None:
-        return None
-    found = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
-                               f"and tags.`sweeplab.optuna_trial` = '{best.number}' "
-                               "and tags.`sweeplab.status` = 'completed'", max_results=1)
+    found = best_trial_runs(client, parent_run_id, optuna_storage, sweep_id)
     if not found:
         return None
     run = found[0]

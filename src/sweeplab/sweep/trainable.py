@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.space import overrides_for
+from sweeplab.sweep.system import SystemSampler
 
 if TYPE_CHECKING:
     from ray import tune
@@ -100,7 +101,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     from sweeplab.compose import to_yaml
     from sweeplab.errors import UserError
     from sweeplab.run_files import write_run_files
-    from sweeplab.train import train, validate
+    from sweeplab.train import run_dataset, train, validate
 
     try:
         cfg = compose_trial(spec, config)
@@ -116,14 +117,16 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         resume, warning = readable_state(checkpoint)
     config_yaml = to_yaml(cfg)
     summary: list[str] = []
+    dataset: list[dict[str, Any]] = []
     placement = {"gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "node_ip": ray.util.get_node_ip_address()}
     if warning:  # the first result carries it to the driver's live view (workers do not log to the driver)
         placement["warning"] = warning
     crash_after = int(os.environ.get("SWEEPLAB_FAULT_AFTER_EPOCH", "0"))
     checkpoints = _Checkpoints(spec, int(cfg.train.epochs))
+    system = SystemSampler()
 
     def reporter(metrics: dict, state) -> None:
-        result = {**placement, **metrics}  # a pack's metrics name the pack's placement
+        result = {**placement, **metrics, **system.sample()}  # a pack's metrics name the pack's placement
         placement.pop("warning", None)
         if not checkpoints.due(int(metrics["epoch"])):
             tune.report(result)
@@ -131,9 +134,10 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             snapshot = state()
             if not summary:
                 summary.append(_summary(cfg, snapshot))
+                dataset.append(run_dataset(cfg))
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(snapshot, Path(folder) / STATE_FILE)
-                write_run_files(Path(folder), config_yaml, summary[0], snapshot)
+                write_run_files(Path(folder), config_yaml, summary[0], snapshot, dataset[0])
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         if crash_after and metrics["epoch"] == crash_after:
             _inject_fault_once(cfg.output_dir, tune.get_context().get_trial_id())

@@ -28,11 +28,12 @@ from sweeplab.metrics import (
     ranked_label,
 )
 from sweeplab.tracking.artifacts import pyplot
+from sweeplab.tracking.store import redact
 
 if TYPE_CHECKING:
+    import optuna
     from mlflow import MlflowClient
     from mlflow.entities import Run
-    from optuna.distributions import BaseDistribution
 
 # run id -> metric -> [(epoch, value)]
 Histories = dict[str, dict[str, list[tuple[int, float]]]]
@@ -186,64 +187,94 @@ def params_vs_metric(frame: pd.DataFrame, metric: str, folder: Path) -> Path | N
     return _png(fig, folder, "params_vs_metric.png")
 
 
-def optuna_plots(frame: pd.DataFrame, space: dict[str, Any], metric: str, mode: str, folder: Path) -> list[Path]:
-    """Parameter importance and parallel coordinates from an in-memory study rebuilt from the runs."""
-    import warnings
+# optuna.visualization's plotly figures of the real study: file name -> (title, function)
+OPTUNA_FIGURES = {
+    "optimization_history": ("optimization history", "plot_optimization_history"),
+    "intermediate_values": ("every trial's objective by epoch, stopped trials included", "plot_intermediate_values"),
+    "param_importances": ("parameter importance", "plot_param_importances"),
+    "parallel_coordinate": ("parallel coordinates", "plot_parallel_coordinate"),
+    "slice": ("objective vs each parameter", "plot_slice"),
+    "contour": ("objective over pairs of parameters", "plot_contour"),
+}
 
+
+def load_study(storage: str | None, sweep_id: str) -> optuna.Study | None:
+    """The sweep's own Optuna study, or None where its storage is not at hand (only the MLflow store
+    travelled, or the database is down): the report then goes without the Optuna figures."""
     import optuna
 
-    col = ranked_label(metric)
-    done = _completed(frame)
-    keys = [k if k != "model" else "model.name" for k in space]
-    if col not in done or len(done) < 2 or not all(k in done for k in keys):
-        return []
-    dists: dict[str, BaseDistribution] = {}
-    for key, spec in space.items():
-        column = key if key != "model" else "model.name"
-        if spec["type"] == "categorical":
-            dists[column] = optuna.distributions.CategoricalDistribution(sorted({str(v) for v in done[column]}))
-        elif spec["type"] == "int":
-            dists[column] = optuna.distributions.IntDistribution(
-                int(spec["low"]), int(spec["high"]), log=spec.get("log", False)
-            )
-        else:
-            dists[column] = optuna.distributions.FloatDistribution(
-                spec["low"], spec["high"], log=spec.get("log", False)
-            )
+    if not storage or (storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).exists()):
+        return None
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    for _, row in done.iterrows():
-        params = {k: (str(row[k]) if isinstance(d, optuna.distributions.CategoricalDistribution) else row[k])
-                  for k, d in dists.items()}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[col])))
-    out = []
-    plt = pyplot()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from optuna.visualization import matplotlib as ovm
+    try:
+        return optuna.load_study(study_name=sweep_id, storage=storage)
+    except Exception:  # a study that is not there, a database that does not answer
+        return None
 
-        if len(dists) > 1 and len({tuple(sorted(t.params.items())) for t in study.trials}) > 2:
+
+def optuna_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
+    """Interactive (plotly) figures of the study, each only where it has something to show: history and
+    intermediate values (stopped trials included), importance, parallel coordinates, slice, contour."""
+    import warnings
+
+    from optuna import visualization
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    params = {name for t in complete for name in t.params}
+    multi = len(study.directions) > 1
+    target = (lambda t: t.values[0]) if multi else None  # noqa: E731  (the first objective ranks, as everywhere)
+    wanted = {"optimization_history": len(complete) >= 1,
+              "intermediate_values": any(t.intermediate_values for t in study.get_trials(deepcopy=False)),
+              "param_importances": len(complete) >= 3 and len(params) >= 2,
+              "parallel_coordinate": len(complete) >= 2 and len(params) >= 1,
+              "slice": len(complete) >= 1 and len(params) >= 1,
+              "contour": len(complete) >= 3 and len(params) >= 2}
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna's ExperimentalWarning and empty-plot warnings
+        for name, (_, function) in OPTUNA_FIGURES.items():
+            if not wanted[name]:
+                continue
+            kwargs: dict[str, Any] = {} if name == "intermediate_values" else {"target": target, "target_name": metric}
+            if name == "param_importances":  # PED-ANOVA: no random forest to fit (fANOVA's took seconds)
+                kwargs["evaluator"] = PedAnovaImportanceEvaluator()
             try:
-                ax = ovm.plot_param_importances(study, target_name=metric)
-                out.append(_png(ax.figure, folder, "param_importance.png"))
-            except (ValueError, RuntimeError, ZeroDivisionError):
-                plt.close("all")
-        ax = ovm.plot_parallel_coordinate(study, target_name=metric)
-        # matplotlib types Axes.figure as Figure | SubFigure; optuna draws on a top-level Figure
-        ax.figure.set_size_inches(9, 4.5)  # type: ignore[union-attr]
-        out.append(_png(ax.figure, folder, "parallel_coordinate.png"))
+                out[name] = getattr(visualization, function)(study, **kwargs)
+            except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importance of a constant objective
+                continue
     return out
 
 
+def plotly_js() -> str:
+    """plotly.js itself, inlined once per page: the report opens without internet."""
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def study_table(study: optuna.Study) -> pd.DataFrame:
+    """Every trial of the study as Optuna holds it (state, values, params, sweeplab's status)."""
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs"))
+    keep = [c for c in frame.columns if not c.startswith("user_attrs_") or c in ("user_attrs_status",
+                                                                                 "user_attrs_epochs")]
+    frame = frame[keep].rename(columns=lambda c: c.removeprefix("user_attrs_").removeprefix("params_"))
+    return frame.astype({c: str for c in frame.columns if frame[c].dtype == object})
+
+
 def build_report(
-    client: MlflowClient, parent_run_id: str, out_dir: Path | None = None, log_to_parent: bool = False
+    client: MlflowClient, parent_run_id: str, out_dir: Path | None = None, log_to_parent: bool = False,
+    optuna_storage: str | None = None,
 ) -> Path:
-    """Write report.html (+ PNGs and trials.csv) to out_dir and/or the parent run's artifacts."""
+    """Write report.html (+ PNGs and trials.csv) to out_dir and/or the parent run's artifacts. The Optuna
+    figures come from the sweep's study in ``optuna_storage`` (default: the storage the sweep recorded);
+    with ``log_to_parent`` they are also logged one by one (``mlflow.log_figure``), with the study's trials
+    as a table (``mlflow.log_table``)."""
     parent = client.get_run(parent_run_id)
     p = parent.data.params
     objectives = json.loads(p.get("objectives", '[["val/acc", "max"]]'))
     metric, mode = objectives[0]
-    space = json.loads(p.get("space", "{}"))
     frame, histories = collect_trials(client, parent)
     if not frame.empty:  # each run's value as the sweep ranks it (metrics.RANKED_BY)
         frame[ranked_label(metric)] = [
@@ -270,13 +301,18 @@ def build_report(
         for title, path in [(f"parameter count vs {metric}", params_vs_metric(frame, metric, folder))]:
             if path:
                 figures.append((title, path))
-        for path in optuna_plots(frame, space, metric, mode, folder):
-            figures.append((path.stem.replace("_", " "), path))
+    sweep_id = parent.data.tags.get("sweeplab.sweep_id", p.get("sweep_id", parent.info.run_name))
+    study = load_study(optuna_storage or p.get("optuna_storage"), sweep_id)
+    interactive = optuna_figures(study, metric) if study is not None else {}
 
-    page = _html(parent, frame, tables, figures, metric, mode)
+    page = _html(parent, frame, tables, figures, metric, mode, interactive, study is not None)
     (folder / "report.html").write_text(page)
     if log_to_parent:
         client.log_artifacts(parent_run_id, str(folder), "report")
+        for name, figure in interactive.items():
+            client.log_figure(parent_run_id, figure, f"report/optuna/{name}.html")
+        if study is not None:
+            client.log_table(parent_run_id, study_table(study), "report/optuna/trials.json")
     return folder / "report.html"
 
 
@@ -285,7 +321,8 @@ def _img(path: Path) -> str:
 
 
 def _html(parent: Run, frame: pd.DataFrame, tables: list[tuple[str, pd.DataFrame]],
-          figures: list[tuple[str, Path]], metric: str, mode: str) -> str:
+          figures: list[tuple[str, Path]], metric: str, mode: str, interactive: dict[str, Any],
+          study_found: bool) -> str:
     p = parent.data.params
     esc = html.escape
     parts = [f"<h1>sweep {esc(p.get('sweep_id', parent.info.run_name))}</h1>",
@@ -308,6 +345,14 @@ def _html(parent: Run, frame: pd.DataFrame, tables: list[tuple[str, pd.DataFrame
         parts.append(f"<h2>{esc(title)}</h2><table><tr>{head}</tr>{rows}</table>")
     for title, path in figures:
         parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='{_img(path)}'>")
+    if interactive:
+        parts.append("<h2>the Optuna study</h2>")
+    elif not study_found:
+        parts.append("<p>The sweep's Optuna study is not reachable from here "
+                     f"({esc(redact(p.get('optuna_storage', 'none recorded')))}): no Optuna figures.</p>")
+    for name, figure in interactive.items():
+        parts.append(f"<h3>{esc(OPTUNA_FIGURES[name][0])}</h3><div class='optuna' id='optuna-{name}'>"
+                     + figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{name}") + "</div>")
     col = ranked_label(metric)
     if not frame.empty and col in frame:
         always = ("trial", "status", col, "final params", "model.name", "model.activation")
@@ -320,5 +365,6 @@ def _html(parent: Run, frame: pd.DataFrame, tables: list[tuple[str, pd.DataFrame
             float_format=lambda v: f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"))
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;margin:.5em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} img{max-width:100%} code{font-size:90%}")
-    head = f"<meta charset='utf-8'><title>sweeplab report</title><style>{style}</style>"
+    script = f"<script>{plotly_js()}</script>" if interactive else ""
+    head = f"<meta charset='utf-8'><title>sweeplab report</title><style>{style}</style>{script}"
     return f"<!doctype html><html><head>{head}</head><body>{''.join(parts)}</body></html>"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeplab.compose import flatten, project_root
-from sweeplab.metrics import METRIC_KEYS
+from sweeplab.metrics import METRIC_KEYS, SYSTEM_PREFIX
 
 if TYPE_CHECKING:
     from mlflow.entities import Param
@@ -40,7 +40,8 @@ def epoch_metrics(result: dict[str, float]) -> list:
 
     step = int(result["epoch"])
     stamp = int(time.time() * 1000)
-    out = [Metric(k, float(result[k]), stamp, step) for k in METRIC_KEYS if k in result]
+    out = [Metric(k, float(v), stamp, step) for k, v in result.items()
+           if k in METRIC_KEYS or k.startswith(SYSTEM_PREFIX)]
     if "params" in result:
         out.append(Metric("params", float(result["params"]), stamp, step))
     return out
@@ -82,13 +83,29 @@ def _git_tags(root: Path) -> dict[str, str]:
     return {MLFLOW_GIT_COMMIT: commit, "git.dirty": str(bool(status)).lower()}
 
 
+def dataset_inputs(record: dict[str, Any], context: str = "training") -> list[Any]:
+    """A run's dataset (its dataset.json, sweeplab.data.dataset_record) as an MLflow run input: name, digest,
+    source (data.root as a local source, or the package that ships it) and the split sizes as its profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    source = record["source"]
+    local = source.startswith("/")
+    dataset = Dataset(name=record["name"], digest=record["digest"], source_type="local" if local else "code",
+                      source=json.dumps({"uri": Path(source).as_uri()} if local
+                                        else {"tags": {"mlflow.source.name": source}}),
+                      profile=json.dumps({"num_train": record["num_train"], "num_val": record["num_val"]}))
+    return [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+
+
 def log_single_run(cfg: DictConfig, result: TrainResult, folder: Path) -> str:
     """`sweeplab train` logs one run (experiment 'train' unless tracking.experiment says otherwise):
-    its metrics, params, the files of its run folder and its two figures."""
+    its metrics, params, dataset, the files of its run folder, its two figures and its MLflow Model."""
     from mlflow.entities import RunTag
 
-    from sweeplab.run_files import RUN_FILES
+    from sweeplab.run_files import RUN_FILES, read_dataset
     from sweeplab.tracking.artifacts import figures
+    from sweeplab.tracking.models import log_model
     from sweeplab.tracking.store import artifact_root, client_for, get_or_create_experiment, tracking_uri
 
     client = client_for(tracking_uri(cfg))
@@ -98,10 +115,12 @@ def log_single_run(cfg: DictConfig, result: TrainResult, folder: Path) -> str:
     metrics = [m for h in result.history for m in epoch_metrics(h)]
     client.log_batch(run_id, metrics=metrics, params=config_params(cfg),
                      tags=[RunTag("sweeplab.status", "completed"), RunTag("sweeplab.run_folder", str(folder))])
+    client.log_inputs(run_id, datasets=dataset_inputs(read_dataset(folder / "dataset.json")))
     for name in RUN_FILES:
         client.log_artifact(run_id, str(folder / name))
     with tempfile.TemporaryDirectory() as tmp:
         figures(Path(tmp), result.history, result.confusion, result.class_names, folder.name)
         client.log_artifacts(run_id, tmp)
+    log_model(client, run_id, folder)
     client.set_terminated(run_id, "FINISHED")
     return run_id
