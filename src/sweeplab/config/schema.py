@@ -187,6 +187,7 @@ class TrackingConfig:
     uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db ; or http://host:5000
     experiment: str | None = None  # None: the sweep's name (or "train")
     async_logging: bool = True  # MLflow calls on one background thread of the driver; false: inline
+    flush_wait_s: float = 30.0  # at a sweep's end, how long to wait for a store that does not answer (then: sync)
 
 
 @dataclass

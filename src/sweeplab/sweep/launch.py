@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import socket
 import time
 from collections.abc import Sequence
@@ -154,7 +155,8 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     storage_path = plan.cfg.cluster.storage_path or str(plan.output_dir / "ray")
-    callbacks = _callbacks(plan, sweep_id, spec, quiet)
+    sync = shlex.join(["sweeplab", "sync", sweep_id, *overrides])
+    callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
     if resume:
         tuner = _restored_tuner(str(Path(storage_path) / sweep_id), spec, plan, callbacks)
     else:
@@ -198,15 +200,21 @@ def _start_ray_and_store(cfg: DictConfig) -> bool:
 def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, str]:
     """A new sweep's plan and id, or an interrupted one's (recorded file and overrides: trials compose as before)."""
     if resume:
-        from sweeplab.sweep.results import find_sweep
-
-        record = find_sweep(optuna_storage_url(compose(overrides)), ref)
-        return plan_sweep(record["sweep_file"], record["overrides"]), record["sweep_id"]
+        return recorded_plan(ref, overrides)
     plan = plan_sweep(ref, overrides)
     return plan, f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> list[Callback]:
+def recorded_plan(ref: str, overrides: Sequence[str]) -> tuple[SweepPlan, str]:
+    """An earlier sweep's plan and id, from the file and overrides its study recorded (``overrides`` only locate
+    the Optuna storage)."""
+    from sweeplab.sweep.results import find_sweep
+
+    record = find_sweep(optuna_storage_url(compose(overrides)), ref)
+    return plan_sweep(record["sweep_file"], record["overrides"]), record["sweep_id"]
+
+
+def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool, sync_command: str) -> list[Callback]:
     from sweeplab.sweep.view import LiveView
 
     metric, mode = plan.objectives[0]
@@ -216,7 +224,7 @@ def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> 
     if plan.cfg.tracking.enabled:
         from sweeplab.sweep.tracker import MlflowSweepTracker
 
-        callbacks.append(MlflowSweepTracker(plan.cfg, plan, sweep_id, spec))
+        callbacks.append(MlflowSweepTracker(plan.cfg, plan, sweep_id, spec, sync_command))
     if spec.pack_manager is not None:
         from sweeplab.sweep.packs import PackCallback
 

@@ -8,13 +8,18 @@ artifacts are the files its last checkpoint holds (sweeplab.run_files), logged
 as they are: nothing is rendered per trial; the best trial's figures are drawn
 once, at the end. A retried or resumed trial finds its own child run again (tag
 sweeplab.trial_name) and skips epochs already logged.
+
+A tracking store that goes down does not stop the sweep: every call is journaled on disk before it is
+tried (sweeplab.tracking.outbox) and sent when the store answers again; what is still unsent at the end
+is sent by ``sweeplab sync`` (or a resumed sweep). Each call therefore takes JSON arguments and, when it
+may have reached the store before, first checks what is there, so that nothing is logged twice.
 """
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +28,8 @@ from ray.tune.experiment import Trial
 
 from sweeplab.metrics import TrialEnd, TrialStatus, error_line, trial_end
 from sweeplab.tracking import runs
+from sweeplab.tracking.journal import Journal, journal_path
+from sweeplab.tracking.outbox import Outbox
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -32,8 +39,19 @@ if TYPE_CHECKING:
     from sweeplab.sweep.trainable import TrialSpec
 
 
+class Call(enum.StrEnum):
+    """The tracking calls a sweep journals; each is the tracker method ``_<value>``."""
+
+    CREATE_CHILD = "create_child"
+    SET_TAG = "set_tag"
+    LOG_EPOCH = "log_epoch"
+    END_CHILD = "end_child"
+    CONCLUDE = "conclude"
+
+
 class MlflowSweepTracker(tune.Callback):
-    def __init__(self, cfg: DictConfig, plan: SweepPlan, sweep_id: str, spec: TrialSpec) -> None:
+    def __init__(self, cfg: DictConfig, plan: SweepPlan, sweep_id: str, spec: TrialSpec,
+                 sync_command: str | None = None) -> None:
         from omegaconf import OmegaConf
 
         from sweeplab.tracking.store import artifact_root, tracking_uri
@@ -42,6 +60,9 @@ class MlflowSweepTracker(tune.Callback):
         self.artifact_root = artifact_root(cfg)
         self.experiment_name = cfg.tracking.experiment or plan.name
         self.background = bool(cfg.tracking.async_logging)
+        self.flush_wait_s = float(cfg.tracking.flush_wait_s)
+        self.journal_file = journal_path(cfg.output_dir, sweep_id)
+        self.sync_command = sync_command or f"sweeplab sync {sweep_id}"  # sends what a down store missed
         self.sweep_id = sweep_id
         self.sweep_file = str(plan.sweep_file)
         self.optuna_storage = plan.optuna_storage
@@ -60,8 +81,7 @@ class MlflowSweepTracker(tune.Callback):
         }
         self.spec = spec  # the TrialSpec: composes a trial's config for its params
         self._client: MlflowClient | None = None
-        self._queue: ThreadPoolExecutor | None = None
-        self._failed: list[str] = []
+        self._outbox: Outbox | None = None
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._children: dict[str, str] = {}  # trial name -> run id
@@ -70,7 +90,7 @@ class MlflowSweepTracker(tune.Callback):
         self._restarts: dict[str, int] = {}  # trial name -> restarts before this launch (resume)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
-        return {**self.__dict__, "_client": None, "_queue": None}
+        return {**self.__dict__, "_client": None, "_outbox": None}
 
     @property
     def client(self) -> MlflowClient:
@@ -80,25 +100,31 @@ class MlflowSweepTracker(tune.Callback):
             self._client = client_for(self.uri)
         return self._client
 
-    def _submit(self, call: Callable[..., Any], *args: Any) -> None:
-        """Run ``call(*args)`` on the tracking thread, after every call submitted before it."""
-        if not self.background:
-            self._run(call, *args)
-            return
-        if self._queue is None:
-            self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-mlflow")
-        self._queue.submit(self._run, call, *args)
+    @property
+    def outbox(self) -> Outbox:
+        """The journal of this sweep's calls and the thread that sends them (an earlier launch's unsent calls
+        first)."""
+        if self._outbox is None:
+            self._outbox = Outbox(Journal(self.journal_file), self._send, self._store_answers, self.background)
+        return self._outbox
 
-    def _run(self, call: Callable[..., Any], *args: Any) -> None:
+    def _submit(self, call: Call, **args: Any) -> None:
+        """Journal ``call(**args)``, then run it on the tracking thread after every call submitted before it."""
+        self.outbox.put(call.value, args)
+
+    def _send(self, op: str, args: dict[str, Any], retry: bool) -> None:
+        getattr(self, f"_{Call(op).value}")(retry=retry, **args)
+
+    def _store_answers(self) -> bool:
+        """Whether the tracking store is up: a failed call then failed for a reason of its own."""
+        from sweeplab.tracking.store import check_reachable
+
         try:
-            call(*args)
-        except Exception as err:  # a tracking failure must not end the sweep; it is reported at the end
-            self._failed.append(f"{getattr(call, '__name__', call)}: {str(err).splitlines()[0][:300]}")
-
-    def _drain(self) -> None:
-        if self._queue is not None:
-            self._queue.shutdown(wait=True)
-            self._queue = None
+            check_reachable(self.uri, timeout=3.0)
+            self.client.search_experiments(max_results=1)
+        except Exception:  # UserError included: the server's health check does not answer
+            return False
+        return True
 
     # -- the sweep's parent run ----------------------------------------------------------
     def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
@@ -108,10 +134,11 @@ class MlflowSweepTracker(tune.Callback):
         from sweeplab.tracking.store import get_or_create_experiment
 
         self.experiment_id = get_or_create_experiment(self.client, self.experiment_name, self.artifact_root)
-        found = self.client.search_runs([self.experiment_id], f"tags.`sweeplab.sweep_id` = '{self.sweep_id}' "
-                                        "and tags.`sweeplab.kind` = 'sweep'", max_results=1)
-        if found:  # a resumed sweep keeps its parent run
-            self._reopen(self.experiment_id, found[0].info.run_id)
+        found = self._find_parent()
+        if found:  # a resumed sweep keeps its parent run, and first sends what its last launch could not
+            self.parent_run_id = found
+            self.outbox.flush()
+            self._reopen(self.experiment_id, found)
             return
         tags = {"sweeplab.kind": "sweep", "sweeplab.sweep_id": self.sweep_id, **runs.provenance_tags()}
         run = self.client.create_run(self.experiment_id, run_name=self.sweep_id, tags=tags)
@@ -121,6 +148,23 @@ class MlflowSweepTracker(tune.Callback):
                               tags=[RunTag("mlflow.note.content", f"sweeplab sweep {self.plan_info['sweep_name']}: "
                                            f"sampler {self.plan_info['sampler']}, space {self.plan_info['space']}")])
         self.client.log_artifact(self.parent_run_id, self.sweep_file, "sweep")
+
+    def _find_parent(self) -> str | None:
+        """This sweep's parent run, made by an earlier launch, if any."""
+        assert self.experiment_id is not None
+        found = self.client.search_runs([self.experiment_id], f"tags.`sweeplab.sweep_id` = '{self.sweep_id}' "
+                                        "and tags.`sweeplab.kind` = 'sweep'", max_results=1)
+        return found[0].info.run_id if found else None
+
+    def attach(self) -> bool:
+        """Find the sweep's experiment and parent run without changing them (``sweeplab sync``); False when
+        the store has neither."""
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return False
+        self.experiment_id = experiment.experiment_id
+        self.parent_run_id = self._find_parent()
+        return self.parent_run_id is not None
 
     def _reopen(self, experiment_id: str, parent_run_id: str) -> None:
         self.parent_run_id = parent_run_id
@@ -133,10 +177,26 @@ class MlflowSweepTracker(tune.Callback):
                 self._restarts[name] = int(child.data.tags.get("sweeplab.restarts", "0"))
             history = self.client.get_metric_history(child.info.run_id, "val/loss")
             self._last_step[name] = max((m.step for m in history), default=0)
+        for entry in self.outbox.journal.pending():  # epochs still unsent (the store went down again) count too
+            if entry.op == Call.LOG_EPOCH:
+                step = max(int(m[3]) for m in entry.args["metrics"])
+                self._last_step[entry.args["name"]] = max(self._last_step.get(entry.args["name"], 0), step)
 
     # -- one child run per trial -------------------------------------------------------------
-    def _create_child(self, name: str, trial_id: str, config: dict[str, Any]) -> None:
-        if name in self._children:
+    def _child(self, name: str) -> str | None:
+        """The run id of a trial's child run: known, or found by its tags (it may have been created by a call
+        whose answer was lost, or by an earlier launch)."""
+        if name not in self._children:
+            found = self.client.search_runs(
+                [str(self.experiment_id)], f"tags.`sweeplab.sweep_id` = '{self.sweep_id}' "
+                f"and tags.`sweeplab.kind` = 'trial' and tags.`sweeplab.trial_name` = '{name}'", max_results=1)
+            if not found:
+                return None
+            self._children[name] = found[0].info.run_id
+        return self._children[name]
+
+    def _create_child(self, name: str, trial_id: str, config: dict[str, Any], retry: bool = False) -> None:
+        if name in self._children or (retry and self._child(name) is not None):
             return
         from mlflow.entities import Param
 
@@ -166,13 +226,20 @@ class MlflowSweepTracker(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         name = str(trial)
-        self._submit(self._create_child, name, trial.trial_id, dict(trial.config))
+        self._submit(Call.CREATE_CHILD, name=name, trial_id=trial.trial_id, config=dict(trial.config))
         if name in self._restarts:  # continued by a resumed sweep
             self._restarts[name] += 1
-            self._submit(self._set_tag, name, "sweeplab.restarts", str(self._restarts[name] + trial.num_failures))
+            self._submit(Call.SET_TAG, name=name, key="sweeplab.restarts",
+                         value=str(self._restarts[name] + trial.num_failures))
 
-    def _set_tag(self, name: str, key: str, value: str) -> None:
-        self.client.set_tag(self._children[name], key, value)
+    def _set_tag(self, name: str, key: str, value: str, retry: bool = False) -> None:
+        self.client.set_tag(self._run_id(name), key, value)
+
+    def _run_id(self, name: str) -> str:
+        run_id = self._child(name)
+        if run_id is None:  # only if its create_child call was refused; that failure is reported already
+            raise LookupError(f"trial {name} has no MLflow run")
+        return run_id
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
@@ -186,16 +253,26 @@ class MlflowSweepTracker(tune.Callback):
         if name not in self._placed:
             self._placed.add(name)
             pack = f", pack {result['pack']}" if "pack" in result else ""  # sweep.fuse
-            self._submit(self._set_tag, name, "sweeplab.placement",
-                         f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]{pack}")
-        self._submit(self._log_epoch, name, runs.epoch_metrics(result))
+            self._submit(Call.SET_TAG, name=name, key="sweeplab.placement",
+                         value=f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]{pack}")
+        metrics = [[m.key, m.value, m.timestamp, m.step] for m in runs.epoch_metrics(result)]
+        self._submit(Call.LOG_EPOCH, name=name, metrics=metrics)
 
-    def _log_epoch(self, name: str, metrics: list[Any]) -> None:
-        self.client.log_batch(self._children[name], metrics=metrics)
+    def _log_epoch(self, name: str, metrics: list[list[Any]], retry: bool = False) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self._run_id(name)
+        batch = [Metric(key, value, timestamp, step) for key, value, timestamp, step in metrics]
+        if retry:  # it may have gone through before the store stopped answering: skip what is there
+            keys = {m.key for m in batch}
+            logged = {key: {m.step for m in self.client.get_metric_history(run_id, key)} for key in keys}
+            batch = [m for m in batch if m.step not in logged[m.key]]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._submit(self._set_tag, str(trial), "sweeplab.restarts",
-                     str(self._restarts.get(str(trial), 0) + trial.num_failures))
+        self._submit(Call.SET_TAG, name=str(trial), key="sweeplab.restarts",
+                     value=str(self._restarts.get(str(trial), 0) + trial.num_failures))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         objectives = [metric for metric, _ in json.loads(self.plan_info["objectives"])]
@@ -206,54 +283,88 @@ class MlflowSweepTracker(tune.Callback):
 
     def _finish(self, trial: Trial, end: TrialEnd) -> None:
         restarts = self._restarts.get(str(trial), 0) + trial.num_failures
-        self._submit(self._end_child, str(trial), end, restarts, trial.checkpoint)
+        checkpoint = trial.checkpoint
+        where = None
+        if checkpoint is not None:  # journaled as its place in Ray's storage
+            fs = checkpoint.filesystem.type_name if checkpoint.filesystem is not None else "local"
+            where = {"path": checkpoint.path, "fs": fs}
+        self._submit(Call.END_CHILD, name=str(trial), status=end.status.value, reason=end.reason,
+                     restarts=restarts, checkpoint=where)
 
-    def _end_child(self, name: str, end: TrialEnd, restarts: int, checkpoint: tune.Checkpoint | None) -> None:
+    def _end_child(self, name: str, status: str, reason: str, restarts: int, checkpoint: dict[str, str] | None,
+                   retry: bool = False) -> None:
         from mlflow.entities import RunTag
 
-        run_id = self._children[name]
-        tags = [RunTag("sweeplab.status", end.status.value), RunTag("sweeplab.restarts", str(restarts))]
-        if end.reason:
-            tags.append(RunTag("sweeplab.failure_reason", end.reason[:5000]))
+        run_id = self._run_id(name)
+        tags = [RunTag("sweeplab.status", status), RunTag("sweeplab.restarts", str(restarts))]
+        if reason:
+            tags.append(RunTag("sweeplab.failure_reason", reason[:5000]))
         self.client.log_batch(run_id, tags=tags)
         if checkpoint is not None:
             self._log_checkpoint(run_id, checkpoint)
-        self.client.set_terminated(run_id, "FAILED" if end.status == TrialStatus.ERROR else "FINISHED")
+        self.client.set_terminated(run_id, "FAILED" if status == TrialStatus.ERROR else "FINISHED")
 
-    def _log_checkpoint(self, run_id: str, checkpoint: tune.Checkpoint) -> None:
+    def _log_checkpoint(self, run_id: str, where: dict[str, str]) -> None:
         """The trial's files, as its last checkpoint (in Ray's shared storage) holds them."""
         from sweeplab.run_files import RUN_FILES
 
-        with checkpoint.as_directory() as folder:
+        path = where["path"] if where["fs"] == "local" else f"{where['fs']}://{where['path']}"
+        with tune.Checkpoint(path).as_directory() as folder:
             for name in RUN_FILES:
                 if (Path(folder) / name).exists():
                     self.client.log_artifact(run_id, str(Path(folder) / name))
 
     # -- the end: figures of the best trial, the report on the parent -------------------------
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """Every trial's calls are done; the best trial's figures and the report are drawn on the tracking
+        """After every trial's calls, the best trial's figures and the report are drawn on the tracking
         thread while the driver shuts Ray down (``finish`` waits for them)."""
-        self._drain()
         if self.parent_run_id is None:  # setup() never ran
             return
-        self._submit(self._conclude, self.parent_run_id)
+        self._submit(Call.CONCLUDE)
 
-    def _conclude(self, parent: str) -> None:
+    def _conclude(self, retry: bool = False) -> None:
         from sweeplab.tracking.report import build_report
 
-        try:
-            self._run(log_best_trial_figures, self.client, parent, self.optuna_storage, self.sweep_id)
-            self._run(build_report, self.client, parent, None, True)
-        finally:
-            self.client.set_terminated(parent, "FINISHED")
+        parent = str(self.parent_run_id)
+        self._drawing("figures",
+                      lambda: log_best_trial_figures(self.client, parent, self.optuna_storage, self.sweep_id))
+        self._drawing("report", lambda: build_report(self.client, parent, None, True))
+        self.client.set_terminated(parent, "FINISHED")
 
-    def finish(self) -> None:
-        """Wait for every MLflow call, the report included; say what failed."""
-        self._drain()
-        if self._failed:
-            print(f"sweeplab sweep: {len(self._failed)} MLflow call(s) failed; first: {self._failed[0]}",
+    def _drawing(self, what: str, draw: Callable[[], object]) -> None:
+        """A figure or report that cannot be drawn is reported and leaves the runs as they are; a store that
+        went down meanwhile fails the whole call, which is tried again."""
+        try:
+            draw()
+        except Exception as err:
+            if not self._store_answers():
+                raise
+            self.outbox.failed.append(f"{what}: {str(err).splitlines()[0][:300]}")
+
+    def finish(self, command: str = "sweep") -> None:
+        """Wait for every MLflow call, the report included, or for at most tracking.flush_wait_s while the store
+        does not answer; say what failed and what is left to send, and how."""
+        if self._outbox is None:
+            return
+        outbox, self._outbox = self._outbox, None
+
+        def waiting(pending: int) -> None:
+            print(f"sweeplab {command}: the MLflow store {self._shown_uri()} does not answer; waiting up to "
+                  f"{self.flush_wait_s:g} s to send {pending} tracking call(s)", file=sys.stderr, flush=True)
+
+        left = outbox.close(self.flush_wait_s, waiting)
+        if outbox.failed:
+            print(f"sweeplab {command}: {len(outbox.failed)} MLflow call(s) failed; first: {outbox.failed[0]}",
                   file=sys.stderr, flush=True)
-            self._failed.clear()
+        if left:
+            print(f"sweeplab {command}: {left} tracking call(s) not sent (the MLflow store {self._shown_uri()} does "
+                  f"not answer), kept in {self.journal_file}; send them with: {self.sync_command}",
+                  file=sys.stderr, flush=True)
+
+    def _shown_uri(self) -> str:
+        from sweeplab.tracking.store import redact
+
+        return redact(self.uri)
 
 
 def log_best_trial_figures(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> str | None:
