@@ -23,12 +23,20 @@ TRIALS = 2
 BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
 
 
-@pytest.fixture
-def server(tmp_path):
-    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "mlartifacts", tmp_path / "mlflow.log")
-    server.start()
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow")
+    server = MlflowServer(f"sqlite:///{folder / 'server.db'}", folder / "mlartifacts", folder / "mlflow.log")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def server(shared_server):
+    """The module's server, up (a test kills it and starts it again on the same port and store)."""
+    if shared_server.proc is None:
+        shared_server.start()
+    return shared_server
 
 
 def _start_sweep(server: MlflowServer, out: Path, *extra: str) -> subprocess.Popen:

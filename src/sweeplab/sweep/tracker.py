@@ -196,7 +196,7 @@ class MlflowSweepTracker(tune.Callback):
         return self._children[name]
 
     def _create_child(self, name: str, trial_id: str, config: dict[str, Any], retry: bool = False) -> None:
-        if name in self._children or (retry and self._child(name) is not None):
+        if name in self._children and not retry:
             return
         from mlflow.entities import Param
 
@@ -218,11 +218,13 @@ class MlflowSweepTracker(tune.Callback):
             "sweeplab.restarts": "0",
         }
         assert self.experiment_id is not None, "setup() creates the experiment before any trial starts"
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run_id = self._child(name) if retry else None  # made before the store stopped answering: params again
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         number = Param("optuna_trial", str(config.get("optuna_trial")))
         params = [p for p in params if p.key != "optuna_trial"] + [number]
-        self.client.log_batch(run.info.run_id, params=params)  # the client splits it into batches of 100
-        self._children[name] = run.info.run_id
+        self.client.log_batch(run_id, params=params)  # the client splits it into batches of 100; same values: no-op
+        self._children[name] = run_id
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         name = str(trial)

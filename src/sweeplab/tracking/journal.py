@@ -75,7 +75,10 @@ class Journal:
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = self.path.exists() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the journal's life)
+            if torn:  # a line cut off by a killed driver ends here, so that the next one is whole
+                self._file.write("\n")
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._file.flush()
 

@@ -59,13 +59,21 @@ class Outbox:
         ``waiting(pending)`` is told once when that wait begins. Returns how many calls are left unsent
         (kept in the journal for a later flush)."""
         deadline: float | None = None
-        while self.pending():
-            if self.down_since is None:
+        down, probed, last = False, time.monotonic(), self.pending()
+        while pending := self.pending():
+            if pending < last:  # calls go through
+                down, last = False, pending
+            if self.down_since is not None:
+                down = True
+            elif time.monotonic() - probed >= 2.0:  # a call may sit in the client's own retries for minutes
+                probed = time.monotonic()
+                down = not self._answers()
+            if not down:
                 deadline = None
             elif deadline is None:
                 deadline = time.monotonic() + wait_s
                 if waiting is not None:
-                    waiting(self.pending())
+                    waiting(pending)
             elif time.monotonic() >= deadline:
                 break
             if self._thread is None:
