@@ -1,4 +1,5 @@
-"""The tracking journal on disk: what a killed driver or a down store left unsent is read back, in order."""
+"""The tracking journal on disk: what a killed driver or a down store left unsent is read back, in order;
+`sweeplab sync` sends it."""
 from __future__ import annotations
 
 from sweeplab.tracking.journal import Journal, journal_path
@@ -29,3 +30,13 @@ def test_unsent_calls_survive_the_process_and_a_torn_last_line(tmp_path):
     last.mark_done(4)
     last.close()
     assert not path.exists()  # nothing left to send
+
+
+def test_sync_of_a_sweep_that_never_ran_here_says_so_in_one_line(tmp_path):
+    from sweep_helpers import cli
+
+    done = cli("sync", "smoke", f"output_dir={tmp_path / 'outputs'}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("sweeplab sync: error: no sweep has run here yet"), done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()  # a mistyped output_dir gets no stores and no journal
