@@ -2,6 +2,7 @@
 and a two-node Ray cluster — the services docker-compose starts, as local processes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -124,11 +125,13 @@ def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, 
 def test_a_lost_worker_node_s_trial_is_retried_on_another_node_from_its_checkpoint(databases, mlflow_server,
                                                                                     ray_cluster, tmp_path):
     """A third node joins; once each node runs a trial and every trial has checkpointed an epoch, that node's
-    raylet is SIGKILLed. Its trial is retried on a surviving node from its checkpoint; nothing is lost."""
+    raylet and the workers it started are SIGKILLed. Its trial is retried on a surviving node from its
+    checkpoint; nothing is lost."""
     import json
     import threading
     import time
 
+    import psutil
     from mlflow import MlflowClient
     from ray._private import ray_constants
 
@@ -138,19 +141,20 @@ def test_a_lost_worker_node_s_trial_is_retried_on_another_node_from_its_checkpoi
     doomed = ray_cluster.add_node(num_cpus=1)
     ray_cluster.wait_for_nodes()
     raylet = doomed.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
-    client, epochs, trials = MlflowClient(mlflow_server), 4, 3
+    client, epochs, trials = MlflowClient(mlflow_server), 10, 3
     killed = threading.Event()
 
     def kill_when_every_node_trains() -> None:  # 3 one-CPU trials on 3 one-CPU nodes: one trial per node
         deadline = time.time() + 300
-        while time.time() < deadline:
-            experiment = client.get_experiment_by_name("nodeloss")
-            runs = client.search_runs([experiment.experiment_id], "metrics.`val/loss` > -1") if experiment else []
-            if len(runs) == trials:
-                os.kill(raylet.pid, signal.SIGKILL)
+        while time.time() < deadline:  # each trial has saved a checkpoint into the shared storage
+            if len({path.parent for path in (tmp_path / "shared").glob("*/trial_*/checkpoint_*")}) == trials:
+                started = psutil.Process(raylet.pid).children(recursive=True)  # the node's workers
+                for pid in [raylet.pid, *(p.pid for p in started)]:  # the machine is gone: all of it, at once
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 killed.set()
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     watcher = threading.Thread(target=kill_when_every_node_trains, daemon=True)
     watcher.start()

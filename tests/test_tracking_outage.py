@@ -39,22 +39,23 @@ def server(shared_server):
     return shared_server
 
 
-def _start_sweep(server: MlflowServer, out: Path, *extra: str) -> subprocess.Popen:
-    overrides = [f"output_dir={out}", "tracking=server", f"tracking.uri={server.url}", "data.subset=300",
+def _start_sweep(server: MlflowServer, out: Path, experiment: str, *extra: str) -> subprocess.Popen:
+    overrides = [f"output_dir={out}", "tracking=server", f"tracking.uri={server.url}",
+                 f"tracking.experiment={experiment}", "data.subset=300",
                  f"train.epochs={EPOCHS}", f"sweep.num_trials={TRIALS}", "sweep.scheduler.kind=none", *extra]
     env = {**os.environ, **BUDGET, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "sweeplab.cli", "sweep", "smoke", "--quiet", *overrides],
                             cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _kill_after_first_epoch(server: MlflowServer, sweep: subprocess.Popen) -> None:
+def _kill_after_first_epoch(server: MlflowServer, sweep: subprocess.Popen, experiment_name: str) -> None:
     """SIGKILL the server (and its workers) as soon as a trial's first epoch reached it."""
     from mlflow import MlflowClient
 
     client = MlflowClient(server.url)
     deadline = time.time() + 240
     while time.time() < deadline and sweep.poll() is None:
-        experiment = client.get_experiment_by_name("smoke")
+        experiment = client.get_experiment_by_name(experiment_name)
         if experiment and client.search_runs([experiment.experiment_id], "metrics.`val/loss` > -1"):
             server.stop(signal.SIGKILL)
             return
@@ -68,13 +69,13 @@ def _pending(out: Path) -> int:
     return sum(len(Journal(path).pending()) for path in (out / "tracking").glob("*.jsonl"))
 
 
-def _assert_every_epoch_once(server: MlflowServer, sweep_id: str) -> None:
+def _assert_every_epoch_once(server: MlflowServer, experiment_name: str, sweep_id: str) -> None:
     from mlflow import MlflowClient
 
     from sweeplab.metrics import METRIC_KEYS
 
     client = MlflowClient(server.url)
-    experiment = client.get_experiment_by_name("smoke")
+    experiment = client.get_experiment_by_name(experiment_name)
     parents = client.search_runs([experiment.experiment_id], f"tags.`sweeplab.sweep_id` = '{sweep_id}' "
                                  "and tags.`sweeplab.kind` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -96,8 +97,8 @@ def _sweep_id(stdout: str) -> str:
 
 def test_a_server_back_before_the_sweep_ends_gets_every_call_the_sweep_journaled(server, tmp_path):
     out = tmp_path / "outputs"
-    sweep = _start_sweep(server, out, "tracking.flush_wait_s=300")
-    _kill_after_first_epoch(server, sweep)
+    sweep = _start_sweep(server, out, "outage-back-in-time", "tracking.flush_wait_s=300")
+    _kill_after_first_epoch(server, sweep, "outage-back-in-time")
     down = time.time()
     while _pending(out) < 3 or time.time() - down < 10:  # trials train on; their calls pile up on disk
         assert time.time() - down < 240, "no tracking call was journaled while the server was down"
@@ -109,13 +110,13 @@ def test_a_server_back_before_the_sweep_ends_gets_every_call_the_sweep_journaled
     assert "Traceback" not in stdout + stderr
     assert "not sent" not in stderr and "MLflow call(s) failed" not in stderr, stderr[-3000:]
     assert not list((out / "tracking").glob("*.jsonl"))  # everything went through: nothing left to sync
-    _assert_every_epoch_once(server, _sweep_id(stdout))
+    _assert_every_epoch_once(server, "outage-back-in-time", _sweep_id(stdout))
 
 
 def test_a_server_down_past_the_sweep_end_gets_every_call_from_sweeplab_sync(server, tmp_path):
     out = tmp_path / "outputs"
-    sweep = _start_sweep(server, out, "tracking.flush_wait_s=2")
-    _kill_after_first_epoch(server, sweep)
+    sweep = _start_sweep(server, out, "outage-past-the-end", "tracking.flush_wait_s=2")
+    _kill_after_first_epoch(server, sweep, "outage-past-the-end")
     stdout, stderr = sweep.communicate(timeout=300)
 
     assert sweep.returncode == 0, stderr[-3000:]  # the sweep completed: its results are in Optuna
@@ -130,8 +131,8 @@ def test_a_server_down_past_the_sweep_end_gets_every_call_from_sweeplab_sync(ser
     done = subprocess.run(sync, cwd=out.parent, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "sent" in done.stdout, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
-    _assert_every_epoch_once(server, _sweep_id(stdout))
+    _assert_every_epoch_once(server, "outage-past-the-end", _sweep_id(stdout))
 
     again = subprocess.run(sync, cwd=out.parent, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "no tracking call is waiting" in again.stdout, again.stdout + again.stderr
-    _assert_every_epoch_once(server, _sweep_id(stdout))
+    _assert_every_epoch_once(server, "outage-past-the-end", _sweep_id(stdout))
