@@ -18,6 +18,7 @@ from sweeplab.compose import compose, project_root
 from sweeplab.errors import ConfigError
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
 from sweeplab.sweep.space import encode_choice
+from sweeplab.tracking.store import redact
 
 if TYPE_CHECKING:
     from ray.tune import Callback
@@ -155,7 +156,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     storage_path = plan.cfg.cluster.storage_path or str(plan.output_dir / "ray")
-    sync = shlex.join(["sweeplab", "sync", sweep_id, *overrides])
+    sync = shlex.join(["sweeplab", "sync", sweep_id, *map(redact, overrides)])  # a password is retyped, not printed
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
     if resume:
         tuner = _restored_tuner(str(Path(storage_path) / sweep_id), spec, plan, callbacks)

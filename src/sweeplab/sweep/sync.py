@@ -16,7 +16,7 @@ def sync_sweep(ref: str, overrides: Sequence[str] = ()) -> tuple[str, int, int]:
 
     plan, sweep_id = recorded_plan(ref, overrides)
     tracker = MlflowSweepTracker(plan.cfg, plan, sweep_id, trial_spec(plan),
-                                 sync_command=shlex.join(["sweeplab", "sync", sweep_id, *overrides]))
+                                 sync_command=shlex.join(["sweeplab", "sync", sweep_id, *map(redact, overrides)]))
     pending = len(tracker.outbox.journal.pending())
     if not pending:
         tracker.outbox.journal.close()
