@@ -1,10 +1,15 @@
 """Servers the integration tests start as real local processes, on loopback."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -39,3 +44,37 @@ def require(available: bool, what: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI must run this test but {what}")
     pytest.skip(what)
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1:port over a backend store, proxying artifacts from a folder; it can
+    be killed (its whole process group, as a crash would) and started again on the same port and store."""
+
+    def __init__(self, backend_uri: str, artifacts: Path, log: Path, port: int | None = None) -> None:
+        self.backend_uri, self.artifacts, self.log = backend_uri, artifacts, log
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
+                 "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )
+        try:
+            wait_healthy(self.url, self.proc)
+        except AssertionError as err:
+            raise AssertionError(f"{err}: {self.log.read_text()[-2000:]}") from None
+        return self.url
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the server and its uvicorn workers, and wait until they are gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+        self.proc = None

@@ -2,6 +2,7 @@
 and a two-node Ray cluster — the services docker-compose starts, as local processes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from servers import free_port, require, wait_healthy
+from servers import MlflowServer, free_port, require
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray node on 127.0.0.1
 
@@ -48,24 +49,10 @@ def databases():
 
 @pytest.fixture(scope="module")
 def mlflow_server(databases, tmp_path_factory):
-    port = free_port()
-    artifacts = tmp_path_factory.mktemp("mlartifacts")
-    with open(tmp_path_factory.mktemp("logs") / "mlflow.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", databases["mlflow"],
-             "--artifacts-destination", str(artifacts), "--serve-artifacts",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(url, proc)
-        except AssertionError as err:
-            pytest.fail(f"{err}: {Path(log.name).read_text()[-2000:]}")
-        yield url
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers
-        proc.wait(timeout=30)
+    server = MlflowServer(databases["mlflow"], tmp_path_factory.mktemp("mlartifacts"),
+                          tmp_path_factory.mktemp("logs") / "mlflow.log")
+    yield server.start()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +186,72 @@ def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
         head.wait(timeout=60)
     assert version is not None, (tmp_path / "head.log").read_text()[-3000:]
     assert version["ray_version"] == ray.__version__ and refused == 401
+
+
+def test_a_lost_worker_node_s_trial_is_retried_on_another_node_from_its_checkpoint(databases, mlflow_server,
+                                                                                    ray_cluster, tmp_path):
+    """A third node joins; once each node runs a trial and every trial has checkpointed an epoch, that node's
+    raylet and the workers it started are SIGKILLed. Its trial is retried on a surviving node from its
+    checkpoint; nothing is lost."""
+    import json
+    import threading
+    import time
+
+    import psutil
+    from mlflow import MlflowClient
+    from ray._private import ray_constants
+
+    from sweeplab.metrics import METRIC_KEYS
+    from sweeplab.sweep.launch import launch_sweep
+
+    doomed = ray_cluster.add_node(num_cpus=1)
+    ray_cluster.wait_for_nodes()
+    raylet = doomed.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+    client, epochs, trials = MlflowClient(mlflow_server), 10, 3
+    killed = threading.Event()
+
+    def kill_when_every_node_trains() -> None:  # 3 one-CPU trials on 3 one-CPU nodes: one trial per node
+        deadline = time.time() + 300
+        while time.time() < deadline:  # each trial has saved a checkpoint into the shared storage
+            if len({path.parent for path in (tmp_path / "shared").glob("*/trial_*/checkpoint_*")}) == trials:
+                started = psutil.Process(raylet.pid).children(recursive=True)  # the node's workers
+                for pid in [raylet.pid, *(p.pid for p in started)]:  # the machine is gone: all of it, at once
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=kill_when_every_node_trains, daemon=True)
+    watcher.start()
+    overrides = [
+        f"output_dir={tmp_path}", f"cluster.address={ray_cluster.address}",
+        f"cluster.optuna_storage={databases['optuna']}", f"cluster.storage_path={tmp_path / 'shared'}",
+        "tracking=server", f"tracking.uri={mlflow_server}", "tracking.experiment=nodeloss",
+        "data.subset=500", f"train.epochs={epochs}", f"sweep.num_trials={trials}", f"sweep.max_concurrent={trials}",
+        "sweep.scheduler.kind=none", "sweep.checkpoint_interval_s=0",  # a checkpoint every epoch
+    ]
+    try:
+        outcome = launch_sweep("smoke", overrides, quiet=True)
+    finally:
+        watcher.join(timeout=5)
+        ray_cluster.remove_node(doomed, allow_graceful=False)
+    assert killed.is_set(), "the trials ended before the node could be killed"
+
+    assert outcome.counts() == {"completed": trials}
+    experiment = client.get_experiment_by_name("nodeloss")
+    children = client.search_runs([experiment.experiment_id], "tags.`sweeplab.kind` = 'trial'")
+    assert len(children) == trials
+    restarted = [run for run in children if run.data.tags["sweeplab.restarts"] != "0"]
+    assert len(restarted) == 1, [run.data.tags["sweeplab.restarts"] for run in children]
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["sweeplab.status"] == "completed"
+        for key in METRIC_KEYS:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (run.info.run_name, key, steps)
+    # Ray's own record of the retried trial: it went on from its checkpoint, so epoch 1 was trained once
+    name = restarted[0].data.tags["sweeplab.trial_name"]
+    results = [json.loads(line) for line in (tmp_path / "shared" / outcome.sweep_id / name / "result.json")
+               .read_text().splitlines()]
+    trained = [r["epoch"] for r in results]
+    assert trained.count(1) == 1 and max(trained) == epochs, trained

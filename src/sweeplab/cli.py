@@ -1,4 +1,4 @@
-"""The ``sweeplab`` command: train, sweep, status, best, report, dashboard, ui, models, datasets."""
+"""The ``sweeplab`` command: train, sweep, sync, status, best, report, dashboard, ui, models, datasets."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue an interrupted sweep: the latest of this name, "
                         "or the sweep id given instead of a name")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines, only trial ends and the summary")
+
+    p = sub.add_parser("sync", help="send the MLflow calls a sweep kept while its tracking store was down")
+    p.add_argument("sweep", help="sweep name or id")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores (output_dir=..., cluster=...)")
 
     p = sub.add_parser("status", help="trials by state and the best so far")
     p.add_argument("sweep", nargs="?", help="sweep name or id (default: all sweeps)")

@@ -179,6 +179,17 @@ def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool) -> int
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from sweeplab.sweep.sync import sync_sweep
+
+    sweep_id, sent, left = sync_sweep(args.sweep, args.overrides)
+    if not sent and not left:
+        print(f"sweep {sweep_id}: no tracking call is waiting to be sent")
+        return 0
+    print(f"sweep {sweep_id}: sent {sent} tracking call(s) to MLflow" + (f", {left} still unsent" if left else ""))
+    return 1 if left else 0
+
+
 def _storage(overrides) -> str:
     from sweeplab.compose import compose
     from sweeplab.sweep.plan import optuna_storage_url

@@ -198,6 +198,7 @@ class TrackingConfig:
     experiment: str | None = None  # None: the sweep's name (or "train")
     async_logging: bool = True  # MLflow calls on one background thread of the driver; false: inline
     log_models: int = 1  # a sweep logs an MLflow Model (runs:/<id>/model) for this many of its best trials
+    flush_wait_s: float = 30.0  # at a sweep's end, how long to wait for a store that does not answer (then: sync)
 
 
 @dataclass

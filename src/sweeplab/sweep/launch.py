@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import socket
 import threading
 import time
@@ -217,7 +218,8 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     watch_sigterm()
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
-    callbacks = _callbacks(plan, sweep_id, spec, quiet)
+    sync = shlex.join(["sweeplab", "sync", sweep_id, *map(redact, overrides)])  # a password is retyped, not printed
+    callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
     if resume:
         tuner = _restored_tuner(experiment_path(root, sweep_id), spec, plan, callbacks)
     else:
@@ -259,7 +261,6 @@ def _shutting_down(started_ray: bool) -> Iterator[None]:
 def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
     """The command that continues an interrupted sweep: its id and the overrides that locate its stores
     (the absolute output_dir, the cluster settings; secrets redacted); the rest is recorded with the sweep."""
-    import shlex
 
     from sweeplab.redact import redact
 
@@ -309,10 +310,7 @@ def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, 
     """A new sweep's plan (its id is claimed later), or an interrupted one's plan and id (recorded file and
     overrides: trials compose as before)."""
     if resume:
-        from sweeplab.sweep.results import find_sweep
-
-        record = find_sweep(optuna_storage_url(compose(overrides)), ref)
-        return plan_sweep(record["sweep_file"], _with_secrets(record["overrides"], overrides)), record["sweep_id"]
+        return recorded_plan(ref, overrides)
     return plan_sweep(ref, overrides), None
 
 
@@ -322,7 +320,16 @@ def _with_secrets(recorded: Sequence[str], given: Sequence[str]) -> list[str]:
     return [by_key.get(o.split("=", 1)[0], o) if f":{MASK}@" in o else o for o in recorded]
 
 
-def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> list[Callback]:
+def recorded_plan(ref: str, overrides: Sequence[str]) -> tuple[SweepPlan, str]:
+    """An earlier sweep's plan and id, from the file and overrides its study recorded (``overrides`` only locate
+    the Optuna storage)."""
+    from sweeplab.sweep.results import find_sweep
+
+    record = find_sweep(optuna_storage_url(compose(overrides)), ref)
+    return plan_sweep(record["sweep_file"], _with_secrets(record["overrides"], overrides)), record["sweep_id"]
+
+
+def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool, sync_command: str) -> list[Callback]:
     from sweeplab.sweep.view import LiveView
 
     metric, mode = plan.objectives[0]
@@ -333,7 +340,7 @@ def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool) -> 
     if plan.cfg.tracking.enabled:
         from sweeplab.sweep.tracker import MlflowSweepTracker
 
-        callbacks.append(MlflowSweepTracker(plan.cfg, plan, sweep_id, spec))
+        callbacks.append(MlflowSweepTracker(plan.cfg, plan, sweep_id, spec, sync_command))
     if spec.pack_manager is not None:
         from sweeplab.sweep.packs import PackCallback
 

@@ -8,14 +8,19 @@ artifacts are the files its last checkpoint holds (sweeplab.run_files), logged
 as they are: nothing is rendered per trial; the best trial's figures are drawn
 once, at the end. A retried or resumed trial finds its own child run again (tag
 sweeplab.trial_name) and skips epochs already logged.
+
+A tracking store that goes down does not stop the sweep: every call is journaled on disk before it is
+tried (sweeplab.tracking.outbox) and sent when the store answers again; what is still unsent at the end
+is sent by ``sweeplab sync`` (or a resumed sweep). Each call therefore takes JSON arguments and, when it
+may have reached the store before, first checks what is there, so that nothing is logged twice.
 """
 from __future__ import annotations
 
+import enum
 import json
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +32,8 @@ from sweeplab.redact import hide, redact, reveal
 from sweeplab.sweep.samplers import sampler_label
 from sweeplab.sweep.storage import experiment_path, ray_root
 from sweeplab.tracking import runs
+from sweeplab.tracking.journal import Journal, journal_path
+from sweeplab.tracking.outbox import Outbox
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -36,8 +43,21 @@ if TYPE_CHECKING:
     from sweeplab.sweep.trainable import TrialSpec
 
 
+class Call(enum.StrEnum):
+    """The tracking calls a sweep journals; each is the tracker method ``_<value>``."""
+
+    CREATE_CHILD = "create_child"
+    SET_TAG = "set_tag"
+    LOG_EPOCH = "log_epoch"
+    END_CHILD = "end_child"
+    MARK = "mark"
+    KILL = "kill"
+    CONCLUDE = "conclude"
+
+
 class MlflowSweepTracker(tune.Callback):
-    def __init__(self, cfg: DictConfig, plan: SweepPlan, sweep_id: str, spec: TrialSpec) -> None:
+    def __init__(self, cfg: DictConfig, plan: SweepPlan, sweep_id: str, spec: TrialSpec,
+                 sync_command: str | None = None) -> None:
         from omegaconf import OmegaConf
 
         from sweeplab.tracking.store import artifact_root, tracking_uri
@@ -46,6 +66,9 @@ class MlflowSweepTracker(tune.Callback):
         self.artifact_root = artifact_root(cfg)
         self.experiment_name = cfg.tracking.experiment or plan.name
         self.background = bool(cfg.tracking.async_logging)
+        self.flush_wait_s = float(cfg.tracking.flush_wait_s)
+        self.journal_file = journal_path(cfg.output_dir, sweep_id)
+        self.sync_command = sync_command or f"sweeplab sync {sweep_id}"  # sends what a down store missed
         self.sweep_id = sweep_id
         self.sweep_file = str(plan.sweep_file)
         self.optuna_storage = hide(plan.optuna_storage)
@@ -66,8 +89,7 @@ class MlflowSweepTracker(tune.Callback):
         }
         self.spec = spec  # the TrialSpec: composes a trial's config for its params
         self._client: MlflowClient | None = None
-        self._queue: ThreadPoolExecutor | None = None
-        self._failed: list[str] = []
+        self._outbox: Outbox | None = None
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._children: dict[str, str] = {}  # trial name -> run id
@@ -78,7 +100,7 @@ class MlflowSweepTracker(tune.Callback):
         self._source_tags: dict[str, str] = {}  # MLflow's source/user/commit tags, for every child run too
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
-        return {**self.__dict__, "_client": None, "_queue": None}
+        return {**self.__dict__, "_client": None, "_outbox": None}
 
     @property
     def client(self) -> MlflowClient:
@@ -88,25 +110,31 @@ class MlflowSweepTracker(tune.Callback):
             self._client = client_for(reveal(self.uri))
         return self._client
 
-    def _submit(self, call: Callable[..., Any], *args: Any) -> None:
-        """Run ``call(*args)`` on the tracking thread, after every call submitted before it."""
-        if not self.background:
-            self._run(call, *args)
-            return
-        if self._queue is None:
-            self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-mlflow")
-        self._queue.submit(self._run, call, *args)
+    @property
+    def outbox(self) -> Outbox:
+        """The journal of this sweep's calls and the thread that sends them (an earlier launch's unsent calls
+        first)."""
+        if self._outbox is None:
+            self._outbox = Outbox(Journal(self.journal_file), self._send, self._store_answers, self.background)
+        return self._outbox
 
-    def _run(self, call: Callable[..., Any], *args: Any) -> None:
+    def _submit(self, call: Call, **args: Any) -> None:
+        """Journal ``call(**args)``, then run it on the tracking thread after every call submitted before it."""
+        self.outbox.put(call.value, args)
+
+    def _send(self, op: str, args: dict[str, Any], retry: bool) -> None:
+        getattr(self, f"_{Call(op).value}")(retry=retry, **args)
+
+    def _store_answers(self) -> bool:
+        """Whether the tracking store is up: a failed call then failed for a reason of its own."""
+        from sweeplab.tracking.store import check_reachable
+
         try:
-            call(*args)
-        except Exception as err:  # a tracking failure must not end the sweep; it is reported at the end
-            self._failed.append(f"{getattr(call, '__name__', call)}: {str(err).splitlines()[0][:300]}")
-
-    def _drain(self) -> None:
-        if self._queue is not None:
-            self._queue.shutdown(wait=True)
-            self._queue = None
+            check_reachable(reveal(self.uri), timeout=3.0)
+            self.client.search_experiments(max_results=1)
+        except Exception:  # UserError included: the server's health check does not answer
+            return False
+        return True
 
     # -- the sweep's parent run ----------------------------------------------------------
     def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
@@ -116,14 +144,14 @@ class MlflowSweepTracker(tune.Callback):
         from sweeplab.tracking.store import get_or_create_experiment
 
         self.experiment_id = get_or_create_experiment(self.client, self.experiment_name, self.artifact_root)
-        found = self.client.search_runs([self.experiment_id], f"tags.`sweeplab.sweep_id` = '{self.sweep_id}' "
-                                        "and tags.`sweeplab.kind` = 'sweep'", max_results=1)
-        if found:  # a resumed sweep keeps its parent run
-            self._reopen(self.experiment_id, found[0].info.run_id)
+        self._source_tags = {k: v for k, v in runs.provenance_tags().items() if k.startswith("mlflow.")}
+        found = self._find_parent()
+        if found:  # a resumed sweep keeps its parent run, and first sends what its last launch could not
+            self.parent_run_id = found
+            self.outbox.flush()
+            self._reopen(self.experiment_id, found)
             return
-        provenance = runs.provenance_tags()
-        self._source_tags = {k: v for k, v in provenance.items() if k.startswith("mlflow.")}
-        tags = {"sweeplab.kind": "sweep", "sweeplab.sweep_id": self.sweep_id, **provenance}
+        tags = {"sweeplab.kind": "sweep", "sweeplab.sweep_id": self.sweep_id, **runs.provenance_tags()}
         run = self.client.create_run(self.experiment_id, run_name=self.sweep_id, tags=tags)
         self.parent_run_id = run.info.run_id
         params = [Param(k, runs.param_value(v)) for k, v in self.plan_info.items()]
@@ -132,9 +160,25 @@ class MlflowSweepTracker(tune.Callback):
                                            f"sampler {self.plan_info['sampler']}, space {self.plan_info['space']}")])
         self.client.log_artifact(self.parent_run_id, self.sweep_file, "sweep")
 
+    def _find_parent(self) -> str | None:
+        """This sweep's parent run, made by an earlier launch, if any."""
+        assert self.experiment_id is not None
+        found = self.client.search_runs([self.experiment_id], f"tags.`sweeplab.sweep_id` = '{self.sweep_id}' "
+                                        "and tags.`sweeplab.kind` = 'sweep'", max_results=1)
+        return found[0].info.run_id if found else None
+
+    def attach(self) -> bool:
+        """Find the sweep's experiment and parent run without changing them (``sweeplab sync``); False when
+        the store has neither."""
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return False
+        self.experiment_id = experiment.experiment_id
+        self.parent_run_id = self._find_parent()
+        return self.parent_run_id is not None
+
     def _reopen(self, experiment_id: str, parent_run_id: str) -> None:
         self.parent_run_id = parent_run_id
-        self._source_tags = {k: v for k, v in runs.provenance_tags().items() if k.startswith("mlflow.")}
         self.client.update_run(parent_run_id, status="RUNNING")
         for child in self.client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                              max_results=5000):
@@ -146,10 +190,26 @@ class MlflowSweepTracker(tune.Callback):
                 self._ended.add(name)
             history = self.client.get_metric_history(child.info.run_id, "val/loss")
             self._last_step[name] = max((m.step for m in history), default=0)
+        for entry in self.outbox.journal.pending():  # epochs still unsent (the store went down again) count too
+            if entry.op == Call.LOG_EPOCH:
+                step = max(int(m[3]) for m in entry.args["metrics"])
+                self._last_step[entry.args["name"]] = max(self._last_step.get(entry.args["name"], 0), step)
 
     # -- one child run per trial -------------------------------------------------------------
-    def _create_child(self, name: str, trial_id: str, config: dict[str, Any]) -> None:
-        if name in self._children:
+    def _child(self, name: str) -> str | None:
+        """The run id of a trial's child run: known, or found by its tags (it may have been created by a call
+        whose answer was lost, or by an earlier launch)."""
+        if name not in self._children:
+            found = self.client.search_runs(
+                [str(self.experiment_id)], f"tags.`sweeplab.sweep_id` = '{self.sweep_id}' "
+                f"and tags.`sweeplab.kind` = 'trial' and tags.`sweeplab.trial_name` = '{name}'", max_results=1)
+            if not found:
+                return None
+            self._children[name] = found[0].info.run_id
+        return self._children[name]
+
+    def _create_child(self, name: str, trial_id: str, config: dict[str, Any], retry: bool = False) -> None:
+        if name in self._children and not retry:
             return
         from mlflow.entities import Param
 
@@ -161,7 +221,6 @@ class MlflowSweepTracker(tune.Callback):
         except UserError:  # the trial itself will end invalid with the reason; log what was sampled
             params = [Param(k, runs.param_value(v)) for k, v in config.items()]
         tags = {
-            **self._source_tags,
             "mlflow.parentRunId": str(self.parent_run_id),
             "sweeplab.kind": "trial",
             "sweeplab.sweep_id": self.sweep_id,
@@ -170,27 +229,37 @@ class MlflowSweepTracker(tune.Callback):
             "sweeplab.optuna_trial": str(config.get("optuna_trial")),
             "sweeplab.status": "running",
             "sweeplab.restarts": "0",
+            **self._source_tags,
         }
         assert self.experiment_id is not None, "setup() creates the experiment before any trial starts"
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run_id = self._child(name) if retry else None  # made before the store stopped answering: params again
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         number = Param("optuna_trial", str(config.get("optuna_trial")))
         params = [p for p in params if p.key != "optuna_trial"] + [number]
-        self.client.log_batch(run.info.run_id, params=params)  # the client splits it into batches of 100
-        self._children[name] = run.info.run_id
+        self.client.log_batch(run_id, params=params)  # the client splits it into batches of 100; same values: no-op
+        self._children[name] = run_id
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         name = str(trial)
-        self._submit(self._create_child, name, trial.trial_id, dict(trial.config))
-        if name in self._restarts:  # continued by a resumed sweep
+        self._submit(Call.CREATE_CHILD, name=name, trial_id=trial.trial_id, config=dict(trial.config))
+        if name in self._restarts:  # continued by a resumed sweep: its KILLED run is running again
             self._restarts[name] += 1
-            self._submit(self._mark, name, "RUNNING")
-            self._submit(self._set_tag, name, "sweeplab.restarts", str(self._restarts[name] + trial.num_failures))
+            self._submit(Call.MARK, name=name, status="RUNNING")
+            self._submit(Call.SET_TAG, name=name, key="sweeplab.restarts",
+                         value=str(self._restarts[name] + trial.num_failures))
 
-    def _mark(self, name: str, status: str) -> None:
-        self.client.update_run(self._children[name], status=status)
+    def _mark(self, name: str, status: str, retry: bool = False) -> None:
+        self.client.update_run(self._run_id(name), status=status)
 
-    def _set_tag(self, name: str, key: str, value: str) -> None:
-        self.client.set_tag(self._children[name], key, value)
+    def _set_tag(self, name: str, key: str, value: str, retry: bool = False) -> None:
+        self.client.set_tag(self._run_id(name), key, value)
+
+    def _run_id(self, name: str) -> str:
+        run_id = self._child(name)
+        if run_id is None:  # only if its create_child call was refused; that failure is reported already
+            raise LookupError(f"trial {name} has no MLflow run")
+        return run_id
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
@@ -204,16 +273,26 @@ class MlflowSweepTracker(tune.Callback):
         if name not in self._placed:
             self._placed.add(name)
             pack = f", pack {result['pack']}" if "pack" in result else ""  # sweep.fuse
-            self._submit(self._set_tag, name, "sweeplab.placement",
-                         f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]{pack}")
-        self._submit(self._log_epoch, name, runs.epoch_metrics(result))
+            self._submit(Call.SET_TAG, name=name, key="sweeplab.placement",
+                         value=f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]{pack}")
+        metrics = [[m.key, m.value, m.timestamp, m.step] for m in runs.epoch_metrics(result)]
+        self._submit(Call.LOG_EPOCH, name=name, metrics=metrics)
 
-    def _log_epoch(self, name: str, metrics: list[Any]) -> None:
-        self.client.log_batch(self._children[name], metrics=metrics)
+    def _log_epoch(self, name: str, metrics: list[list[Any]], retry: bool = False) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self._run_id(name)
+        batch = [Metric(key, value, timestamp, step) for key, value, timestamp, step in metrics]
+        if retry:  # it may have gone through before the store stopped answering: skip what is there
+            keys = {m.key for m in batch}
+            logged = {key: {m.step for m in self.client.get_metric_history(run_id, key)} for key in keys}
+            batch = [m for m in batch if m.step not in logged[m.key]]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._submit(self._set_tag, str(trial), "sweeplab.restarts",
-                     str(self._restarts.get(str(trial), 0) + trial.num_failures))
+        self._submit(Call.SET_TAG, name=str(trial), key="sweeplab.restarts",
+                     value=str(self._restarts.get(str(trial), 0) + trial.num_failures))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         objectives = [metric for metric, _ in json.loads(self.plan_info["objectives"])]
@@ -225,25 +304,33 @@ class MlflowSweepTracker(tune.Callback):
     def _finish(self, trial: Trial, end: TrialEnd) -> None:
         restarts = self._restarts.get(str(trial), 0) + trial.num_failures
         self._ended.add(str(trial))
-        self._submit(self._end_child, str(trial), end, restarts, trial.checkpoint)
+        checkpoint = trial.checkpoint
+        where = None
+        if checkpoint is not None:  # journaled as its place in Ray's storage
+            fs = checkpoint.filesystem.type_name if checkpoint.filesystem is not None else "local"
+            where = {"path": checkpoint.path, "fs": fs}
+        self._submit(Call.END_CHILD, name=str(trial), status=end.status.value, reason=end.reason,
+                     restarts=restarts, checkpoint=where)
 
-    def _end_child(self, name: str, end: TrialEnd, restarts: int, checkpoint: tune.Checkpoint | None) -> None:
+    def _end_child(self, name: str, status: str, reason: str, restarts: int, checkpoint: dict[str, str] | None,
+                   retry: bool = False) -> None:
         from mlflow.entities import RunTag
 
-        run_id = self._children[name]
-        tags = [RunTag("sweeplab.status", end.status.value), RunTag("sweeplab.restarts", str(restarts))]
-        if end.reason:
-            tags.append(RunTag("sweeplab.failure_reason", end.reason[:5000]))
+        run_id = self._run_id(name)
+        tags = [RunTag("sweeplab.status", status), RunTag("sweeplab.restarts", str(restarts))]
+        if reason:
+            tags.append(RunTag("sweeplab.failure_reason", reason[:5000]))
         self.client.log_batch(run_id, tags=tags)
         if checkpoint is not None:
             self._log_checkpoint(run_id, checkpoint)
-        self.client.set_terminated(run_id, "FAILED" if end.status == TrialStatus.ERROR else "FINISHED")
+        self.client.set_terminated(run_id, "FAILED" if status == TrialStatus.ERROR else "FINISHED")
 
-    def _log_checkpoint(self, run_id: str, checkpoint: tune.Checkpoint) -> None:
+    def _log_checkpoint(self, run_id: str, where: dict[str, str]) -> None:
         """The trial's files, as its last checkpoint (in Ray's shared storage) holds them, and its dataset."""
         from sweeplab.run_files import RUN_FILES, read_dataset
 
-        with checkpoint.as_directory() as folder:
+        path = where["path"] if where["fs"] == "local" else f"{where['fs']}://{where['path']}"
+        with tune.Checkpoint(path).as_directory() as folder:
             for name in RUN_FILES:
                 if (Path(folder) / name).exists():
                     self.client.log_artifact(run_id, str(Path(folder) / name))
@@ -253,42 +340,65 @@ class MlflowSweepTracker(tune.Callback):
 
     # -- the end: figures of the best trial, the report on the parent -------------------------
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """Every trial's calls are done; the best trial's figures and the report are drawn on the tracking
+        """After every trial's calls, the best trial's figures and the report are drawn on the tracking
         thread while the driver shuts Ray down (``finish`` waits for them)."""
-        self._drain()
         if self.parent_run_id is None:  # setup() never ran
             return
         open_runs = [name for name in self._children if name not in self._ended]
         planned = int(self.plan_info["num_configs"]) * len(json.loads(self.plan_info["seeds"]))
         if open_runs or len(trials) < planned:  # stopped (Ctrl-C, SIGTERM): --resume continues every run
-            self._submit(self._kill, self.parent_run_id, open_runs)
+            self._submit(Call.KILL, names=open_runs)
         else:
-            self._submit(self._conclude, self.parent_run_id)
+            self._submit(Call.CONCLUDE)
 
-    def _kill(self, parent: str, names: list[str]) -> None:
+    def _kill(self, names: list[str], retry: bool = False) -> None:
         """An interrupted sweep: its parent and the runs of unfinished trials end KILLED, not FINISHED."""
         for name in names:
-            self._run(self.client.set_terminated, self._children[name], "KILLED")
-        self.client.set_terminated(parent, "KILLED")
+            self.client.set_terminated(self._run_id(name), "KILLED")
+        self.client.set_terminated(str(self.parent_run_id), "KILLED")
 
-    def _conclude(self, parent: str) -> None:
+    def _conclude(self, retry: bool = False) -> None:
         from sweeplab.tracking.report import build_report
 
-        try:
-            self._run(log_sweep_metrics, self.client, parent, reveal(self.optuna_storage), self.sweep_id)
-            self._run(log_best_trial_figures, self.client, parent, reveal(self.optuna_storage), self.sweep_id)
-            self._run(log_best_models, self.client, parent, reveal(self.optuna_storage), self.sweep_id, self.log_models)
-            self._run(build_report, self.client, parent, None, True, reveal(self.optuna_storage))
-        finally:
-            self.client.set_terminated(parent, "FINISHED")
+        parent, storage = str(self.parent_run_id), reveal(self.optuna_storage)
+        self._drawing("sweep metrics", lambda: log_sweep_metrics(self.client, parent, storage, self.sweep_id))
+        self._drawing("figures", lambda: log_best_trial_figures(self.client, parent, storage, self.sweep_id))
+        self._drawing("models", lambda: log_best_models(self.client, parent, storage, self.sweep_id, self.log_models))
+        self._drawing("report", lambda: build_report(self.client, parent, None, True, storage))
+        self.client.set_terminated(parent, "FINISHED")
 
-    def finish(self) -> None:
-        """Wait for every MLflow call, the report included; say what failed."""
-        self._drain()
-        if self._failed:
-            print(f"sweeplab sweep: {len(self._failed)} MLflow call(s) failed; first: {self._failed[0]}",
+    def _drawing(self, what: str, draw: Callable[[], object]) -> None:
+        """A figure or report that cannot be drawn is reported and leaves the runs as they are; a store that
+        went down meanwhile fails the whole call, which is tried again."""
+        try:
+            draw()
+        except Exception as err:
+            if not self._store_answers():
+                raise
+            self.outbox.failed.append(f"{what}: {str(err).splitlines()[0][:300]}")
+
+    def finish(self, command: str = "sweep") -> None:
+        """Wait for every MLflow call, the report included, or for at most tracking.flush_wait_s while the store
+        does not answer; say what failed and what is left to send, and how."""
+        if self._outbox is None:
+            return
+        outbox, self._outbox = self._outbox, None
+
+        def waiting(pending: int) -> None:
+            print(f"sweeplab {command}: the MLflow store {self._shown_uri()} does not answer; waiting up to "
+                  f"{self.flush_wait_s:g} s to send {pending} tracking call(s)", file=sys.stderr, flush=True)
+
+        left = outbox.close(self.flush_wait_s, waiting)
+        if outbox.failed:
+            print(f"sweeplab {command}: {len(outbox.failed)} MLflow call(s) failed; first: {outbox.failed[0]}",
                   file=sys.stderr, flush=True)
-            self._failed.clear()
+        if left:
+            print(f"sweeplab {command}: {left} tracking call(s) not sent (the MLflow store {self._shown_uri()} does "
+                  f"not answer), kept in {self.journal_file}; send them with: {self.sync_command}",
+                  file=sys.stderr, flush=True)
+
+    def _shown_uri(self) -> str:
+        return redact(self.uri)
 
 
 def log_sweep_metrics(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> None:

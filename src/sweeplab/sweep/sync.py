@@ -1,0 +1,29 @@
+"""``sweeplab sync``: send the tracking calls a sweep journaled while its MLflow store did not answer."""
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+from sweeplab.errors import UserError
+
+
+def sync_sweep(ref: str, overrides: Sequence[str] = ()) -> tuple[str, int, int]:
+    """Replay the sweep's journal into its MLflow store, in order; a call that already went through is not
+    repeated. Returns (sweep id, calls sent, calls still unsent)."""
+    from sweeplab.sweep.launch import recorded_plan, trial_spec
+    from sweeplab.sweep.tracker import MlflowSweepTracker
+    from sweeplab.tracking.store import redact
+
+    plan, sweep_id = recorded_plan(ref, overrides)
+    tracker = MlflowSweepTracker(plan.cfg, plan, sweep_id, trial_spec(plan),
+                                 sync_command=shlex.join(["sweeplab", "sync", sweep_id, *map(redact, overrides)]))
+    pending = len(tracker.outbox.journal.pending())
+    if not pending:
+        tracker.outbox.journal.close()
+        return sweep_id, 0, 0
+    if not tracker.attach():
+        raise UserError(f"the MLflow store {redact(tracker.uri)} has no parent run of sweep {sweep_id} (experiment "
+                        f"{tracker.experiment_name!r}): pass the tracking.uri=... the sweep used")
+    left = tracker.outbox.flush()
+    tracker.finish(command="sync")
+    return sweep_id, pending - left, left

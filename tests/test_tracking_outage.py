@@ -1,0 +1,138 @@
+"""A tracking server that goes down mid-sweep for longer than the MLflow client's retry budget: the trials train
+on, every call waits in the sweep's journal on disk, and reaches the server once it is back, during the sweep or,
+when it is still down at the end, through the `sweeplab sync` command the sweep prints. Real `mlflow server`
+processes killed by PID and started again on the same port and store; a real sweep in its own process."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from servers import MlflowServer
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+EPOCHS = 3
+TRIALS = 2
+# the client gives up on a call within about a second: far less than the outages below
+BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow")
+    server = MlflowServer(f"sqlite:///{folder / 'server.db'}", folder / "mlartifacts", folder / "mlflow.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(shared_server):
+    """The module's server, up (a test kills it and starts it again on the same port and store)."""
+    if shared_server.proc is None:
+        shared_server.start()
+    return shared_server
+
+
+def _start_sweep(server: MlflowServer, out: Path, experiment: str, *extra: str) -> subprocess.Popen:
+    overrides = [f"output_dir={out}", "tracking=server", f"tracking.uri={server.url}",
+                 f"tracking.experiment={experiment}", "data.subset=300",
+                 f"train.epochs={EPOCHS}", f"sweep.num_trials={TRIALS}", "sweep.scheduler.kind=none", *extra]
+    env = {**os.environ, **BUDGET, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sweeplab.cli", "sweep", "smoke", "--quiet", *overrides],
+                            cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_after_first_epoch(server: MlflowServer, sweep: subprocess.Popen, experiment_name: str) -> None:
+    """SIGKILL the server (and its workers) as soon as a trial's first epoch reached it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.url)
+    deadline = time.time() + 240
+    while time.time() < deadline and sweep.poll() is None:
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment and client.search_runs([experiment.experiment_id], "metrics.`val/loss` > -1"):
+            server.stop(signal.SIGKILL)
+            return
+        time.sleep(0.2)
+    pytest.fail(f"no epoch reached the server (sweep exit {sweep.poll()})")
+
+
+def _pending(out: Path) -> int:
+    from sweeplab.tracking.journal import Journal
+
+    return sum(len(Journal(path).pending()) for path in (out / "tracking").glob("*.jsonl"))
+
+
+def _assert_every_epoch_once(server: MlflowServer, experiment_name: str, sweep_id: str) -> None:
+    from mlflow import MlflowClient
+
+    from sweeplab.metrics import METRIC_KEYS
+
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name(experiment_name)
+    parents = client.search_runs([experiment.experiment_id], f"tags.`sweeplab.sweep_id` = '{sweep_id}' "
+                                 "and tags.`sweeplab.kind` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "report" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert len(children) == TRIALS
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["sweeplab.status"] == "completed"
+        for key in METRIC_KEYS:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == list(range(1, EPOCHS + 1)), (run.info.run_name, key, steps)
+        assert "weights.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def _sweep_id(stdout: str) -> str:
+    return next(line.split(":")[1].strip() for line in stdout.splitlines() if line.startswith("sweeplab sweep: smoke-"))
+
+
+def test_a_server_back_before_the_sweep_ends_gets_every_call_the_sweep_journaled(server, tmp_path):
+    out = tmp_path / "outputs"
+    sweep = _start_sweep(server, out, "outage-back-in-time", "tracking.flush_wait_s=300")
+    _kill_after_first_epoch(server, sweep, "outage-back-in-time")
+    down = time.time()
+    while _pending(out) < 3 or time.time() - down < 10:  # trials train on; their calls pile up on disk
+        assert time.time() - down < 240, "no tracking call was journaled while the server was down"
+        time.sleep(0.5)
+    server.start()
+    stdout, stderr = sweep.communicate(timeout=300)
+
+    assert sweep.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stdout + stderr
+    assert "not sent" not in stderr and "MLflow call(s) failed" not in stderr, stderr[-3000:]
+    assert not list((out / "tracking").glob("*.jsonl"))  # everything went through: nothing left to sync
+    _assert_every_epoch_once(server, "outage-back-in-time", _sweep_id(stdout))
+
+
+def test_a_server_down_past_the_sweep_end_gets_every_call_from_sweeplab_sync(server, tmp_path):
+    out = tmp_path / "outputs"
+    sweep = _start_sweep(server, out, "outage-past-the-end", "tracking.flush_wait_s=2")
+    _kill_after_first_epoch(server, sweep, "outage-past-the-end")
+    stdout, stderr = sweep.communicate(timeout=300)
+
+    assert sweep.returncode == 0, stderr[-3000:]  # the sweep completed: its results are in Optuna
+    assert "Traceback" not in stdout + stderr
+    notes = [line for line in stderr.splitlines() if "not sent" in line]
+    assert len(notes) == 1 and _pending(out) > 0, stderr[-3000:]
+    command = shlex.split(notes[0].split("send them with: ")[1])
+    assert command[:3] == ["sweeplab", "sync", _sweep_id(stdout)]
+
+    server.start()
+    sync = [sys.executable, "-m", "sweeplab.cli", *command[1:]]
+    done = subprocess.run(sync, cwd=out.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "sent" in done.stdout, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    _assert_every_epoch_once(server, "outage-past-the-end", _sweep_id(stdout))
+
+    again = subprocess.run(sync, cwd=out.parent, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "no tracking call is waiting" in again.stdout, again.stdout + again.stderr
+    _assert_every_epoch_once(server, "outage-past-the-end", _sweep_id(stdout))
