@@ -132,12 +132,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     intermediate value and user attribute (a crash of the process still loses nothing committed)."""
     if not url.startswith("sqlite:///"):
         return optuna.storages.RDBStorage(url)
-    from filelock import FileLock
     from sqlalchemy import event
+
+    from sweeplab.tracking.store import creation_lock
 
     path = Path(url[len("sqlite:///"):])
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):  # two sweeps starting in a fresh folder would both create the schema
+    with creation_lock(path):  # two sweeps starting in a fresh folder would both create the schema
         storage = optuna.storages.RDBStorage(url)
     engine = storage.engine
 

@@ -33,12 +33,10 @@ def client_for(uri: str) -> MlflowClient:
     """An MlflowClient; for SQLite the schema is created once here, and WAL lets readers
     (the UI, sweeplab report) work while a sweep writes."""
     if uri.startswith("sqlite:///"):
-        from filelock import FileLock
-
         path = Path(uri[len("sqlite:///"):])
         check_writable(path.parent, "the MLflow store's folder (output_dir or tracking.uri)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{path}.lock"):  # two sweeps starting in a fresh folder would both create the schema
+        with creation_lock(path):  # two sweeps starting in a fresh folder would both create the schema
             if not path.exists():
                 _new_sqlite_store(path)
             try:
@@ -50,6 +48,19 @@ def client_for(uri: str) -> MlflowClient:
             return _opened(uri)
     check_reachable(uri)
     return _opened(uri)
+
+
+def creation_lock(path: Path):
+    """A lock around creating the SQLite store at ``path``, kept in the temp folder so that the output folder
+    holds only what the user asked for (and nothing at all when the store turns out to be broken)."""
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    folder = Path(tempfile.gettempdir()) / "sweeplab-locks"
+    folder.mkdir(exist_ok=True)
+    return FileLock(folder / f"{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]}.lock")
 
 
 def _opened(uri: str) -> MlflowClient:
