@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     watch_sigterm()  # SIGTERM ends a command as Ctrl-C does (exit 143), not midway through a write
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial MLflow database tables" chatter
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars after the summary
     try:
         from sweeplab import commands
 
