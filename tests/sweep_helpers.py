@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -59,3 +60,20 @@ def sweeplab(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Complete
     """Run the installed ``sweeplab`` command in ``cwd`` with one torch thread, in a process of its own."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     return subprocess.run([str(SWEEPLAB), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def interrupt_sweep(overrides: list[str], at_line: str, sig: signal.Signals = signal.SIGINT,
+                    timeout: float = 300) -> tuple[str, int]:
+    """A real `sweeplab sweep smoke` process sent ``sig`` by PID once it prints ``at_line``: its output and
+    exit status. The environment is read at the call, so a fixture's variables (an S3 endpoint) reach it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    sweep = subprocess.Popen([sys.executable, "-m", "sweeplab.cli", "sweep", "smoke", *overrides],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    assert sweep.stdout is not None
+    for line in sweep.stdout:
+        seen.append(line)
+        if at_line in line:
+            os.kill(sweep.pid, sig)
+            break
+    return "".join(seen) + sweep.communicate(timeout=timeout)[0], sweep.returncode

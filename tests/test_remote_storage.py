@@ -4,13 +4,13 @@ cannot be opened."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from servers import free_port, require
+from sweep_helpers import interrupt_sweep
 
 SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
 BUCKET = "sweeplab-test"
@@ -110,17 +110,8 @@ def test_a_sweep_on_s3_is_interrupted_resumes_from_s3_and_reports(s3, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     overrides = [f"output_dir={tmp_path}", f"cluster.storage_path={storage}", "sweep.num_trials=2",
                  "sweep.max_concurrent=1", "train.epochs=2", "sweep.scheduler.kind=none", "data.subset=300"]
-    first = subprocess.Popen([*SWEEPLAB, "sweep", "smoke", *overrides], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env)
-    seen = []
-    assert first.stdout is not None
-    for line in first.stdout:
-        seen.append(line)
-        if "trial_001_seed0 epoch  1/2" in line:  # the second trial is half-way
-            first.send_signal(signal.SIGINT)
-            break
-    output = "".join(seen) + first.communicate(timeout=180)[0]
-    assert first.returncode == 130, output[-3000:]
+    output, status = interrupt_sweep(overrides, "trial_001_seed0 epoch  1/2", timeout=180)  # the second trial half-way
+    assert status == 130, output[-3000:]
     sweep_id = next(line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("sweep smoke-"))
     experiment = f"{storage}/{sweep_id}"
 

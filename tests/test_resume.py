@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sweep_helpers import interrupt_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -22,23 +23,14 @@ TINY = ["sweep.max_concurrent=1", "train.epochs=3", "sweep.scheduler.kind=none",
 def _interrupt(overrides: list[str], at_line: str, sig: signal.Signals) -> tuple[str, int, str, list[str]]:
     """A real `sweeplab sweep smoke` sent ``sig`` by PID once it prints ``at_line``: its output, exit status,
     sweep id and the resume command it printed (as argv for this interpreter)."""
-    first = subprocess.Popen([*SWEEPLAB, "sweep", "smoke", *overrides], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=ENV)
-    seen = []
-    assert first.stdout is not None
-    for line in first.stdout:
-        seen.append(line)
-        if at_line in line:
-            os.kill(first.pid, sig)
-            break
-    output = "".join(seen) + first.communicate(timeout=300)[0]
+    output, status = interrupt_sweep(overrides, at_line, sig)
     lines = output.splitlines()
     hint = [i for i, line in enumerate(lines) if "continue it with:" in line]
     assert hint, output[-3000:]
     command = shlex.split(lines[hint[0] + 1])
     sweep_id = command[2]
     assert command[:4] == ["sweeplab", "sweep", sweep_id, "--resume"], output[-3000:]
-    return output, first.returncode, sweep_id, [*SWEEPLAB, *command[1:]]
+    return output, status, sweep_id, [*SWEEPLAB, *command[1:]]
 
 
 def _runs(out: Path):

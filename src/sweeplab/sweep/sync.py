@@ -10,9 +10,9 @@ from sweeplab.errors import UserError
 def sync_sweep(ref: str, overrides: Sequence[str] = ()) -> tuple[str, int, int]:
     """Replay the sweep's journal into its MLflow store, in order; a call that already went through is not
     repeated. Returns (sweep id, calls sent, calls still unsent)."""
+    from sweeplab.redact import redact
     from sweeplab.sweep.launch import recorded_plan, trial_spec
     from sweeplab.sweep.tracker import MlflowSweepTracker
-    from sweeplab.tracking.store import redact
 
     plan, sweep_id = recorded_plan(ref, overrides)
     tracker = MlflowSweepTracker(plan.cfg, plan, sweep_id, trial_spec(plan),

@@ -27,8 +27,8 @@ from sweeplab.metrics import (
     is_fraction,
     ranked_label,
 )
+from sweeplab.redact import redact
 from sweeplab.tracking.artifacts import pyplot
-from sweeplab.tracking.store import redact
 
 if TYPE_CHECKING:
     import optuna
