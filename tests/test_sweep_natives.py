@@ -126,13 +126,13 @@ train: {epochs: 2}
 sweep:
   name: budget
   sampler: {_target_: optuna.samplers.QMCSampler, scramble: true}
-  num_trials: 60
+  num_trials: 1000  # far more than 20 s can run, however fast the trials start
   time_budget_s: 20
   scheduler: {kind: none}
 """ + SPACE)
     outcome = run(path, tmp_path)
     ended = [t for t in outcome.trials if t.status != "running"]
-    assert len(ended) < 60  # a trial that the budget cut off stays running, as in an interrupted sweep
+    assert len(ended) < 1000  # a trial that the budget cut off stays running, as in an interrupted sweep
     assert outcome.record["ended_by"].startswith("sweep.time_budget_s=20")
     assert "ended by the time budget, sweep.time_budget_s=20" in format_summary(outcome)
     assert study_of(tmp_path, outcome).user_attrs["ended_by"] == outcome.record["ended_by"]
