@@ -62,11 +62,17 @@ def sweeplab(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Complete
     return subprocess.run([str(SWEEPLAB), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def sweep_env() -> dict[str, str]:
+    """The environment a `sweeplab` subprocess runs in: this one (read now, so a fixture's variables reach it),
+    one torch thread, a loopback-only Ray."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def interrupt_sweep(overrides: list[str], at_line: str, sig: signal.Signals = signal.SIGINT,
                     timeout: float = 300) -> tuple[str, int]:
     """A real `sweeplab sweep smoke` process sent ``sig`` by PID once it prints ``at_line``: its output and
-    exit status. The environment is read at the call, so a fixture's variables (an S3 endpoint) reach it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    exit status."""
+    env = sweep_env()
     sweep = subprocess.Popen([sys.executable, "-m", "sweeplab.cli", "sweep", "smoke", *overrides],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     seen = []

@@ -3,7 +3,6 @@ or with its port taken, one line says what to do instead of ray.init's traceback
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 from servers import free_port
+from sweep_helpers import sweep_env
 
 from sweeplab.errors import ConfigError
 
@@ -50,7 +50,7 @@ def test_a_taken_dashboard_port_names_the_key_and_what_to_do():
 def test_the_dashboard_answers_on_loopback_during_a_sweep(tmp_path):
     import psutil
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = sweep_env()
     sweep = subprocess.Popen(
         [*SWEEPLAB, "sweep", "smoke", f"output_dir={tmp_path}", "tracking=none", "cluster.dashboard=true",
          "sweep.num_trials=2", "sweep.max_concurrent=1", "train.epochs=2",

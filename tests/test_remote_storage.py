@@ -3,14 +3,13 @@ loopback), interrupted, resumed from S3, then reported; and the one-line errors 
 cannot be opened."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from servers import free_port, require
-from sweep_helpers import interrupt_sweep
+from sweep_helpers import interrupt_sweep, sweep_env
 
 SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
 BUCKET = "sweeplab-test"
@@ -107,7 +106,7 @@ def test_a_sweep_on_s3_is_interrupted_resumes_from_s3_and_reports(s3, tmp_path):
     from ray import tune
 
     storage = f"s3://{BUCKET}/ray"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = sweep_env()
     overrides = [f"output_dir={tmp_path}", f"cluster.storage_path={storage}", "sweep.num_trials=2",
                  "sweep.max_concurrent=1", "train.epochs=2", "sweep.scheduler.kind=none", "data.subset=300"]
     output, status = interrupt_sweep(overrides, "trial_001_seed0 epoch  1/2", timeout=180)  # the second trial half-way

@@ -3,7 +3,6 @@ study, the Ray experiment and the MLflow runs all continue; nothing runs twice a
 also when a trial's checkpoint was damaged in between."""
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import subprocess
@@ -11,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from sweep_helpers import interrupt_sweep
+from sweep_helpers import interrupt_sweep, sweep_env
 
 pytestmark = pytest.mark.slow
 
 SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+ENV = sweep_env()
 TINY = ["sweep.max_concurrent=1", "train.epochs=3", "sweep.scheduler.kind=none", "data.subset=300"]
 
 
