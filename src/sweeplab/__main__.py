@@ -1,6 +1,4 @@
 """``python -m sweeplab``: the same command as ``sweeplab``."""
-import sys
+from sweeplab.cli import run
 
-from sweeplab.cli import main
-
-sys.exit(main())
+run()

@@ -1,6 +1,7 @@
 """``launch_sweep``: a planned sweep -> an Optuna study whose trials Ray Tune runs."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -73,16 +74,18 @@ def start_ray(cfg: DictConfig) -> bool:
     else:
         if cfg.cluster.dashboard:
             check_dashboard(cfg.cluster)
-        # A local Ray's workers inherit this process's environment, so no runtime_env: with one, Ray starts a
-        # fresh worker process for each trial actor; without, the actors take the workers Ray starts as the
-        # driver connects, which import what trials import (TRIAL_IMPORTS) while the driver is still planning.
+        # A local Ray's workers inherit this process's environment, so no job runtime_env. No pre-started
+        # workers: Tune gives its trainable actors a runtime_env of their own (PL_DISABLE_FORK), so Ray never
+        # hands them a pre-started worker (checked: actor PIDs vs ray::IDLE); two unused workers importing torch
+        # beside the trials' only slowed them. The actors' workers import TRIAL_IMPORTS as they start.
         os.environ.update(env_vars)
         # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
         context = ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
                            include_dashboard=cfg.cluster.dashboard, dashboard_host=DASHBOARD_HOST,
                            dashboard_port=cfg.cluster.dashboard_port, log_to_driver=False,
                            logging_level=logging.WARNING,
-                           _system_config={"preload_python_modules": list(TRIAL_IMPORTS)})
+                           _system_config={"preload_python_modules": list(TRIAL_IMPORTS),
+                                           "enable_worker_prestart": False})
     if cfg.cluster.dashboard and (line := dashboard_line(context)):
         print(f"sweeplab sweep: {line}", flush=True)
     return not address  # a cluster outlives the sweep; the connection stays for the caller
@@ -289,21 +292,33 @@ def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) ->
 
 
 def _start_ray_and_store(cfg: DictConfig) -> bool:
-    """Ray starts while MLflow is imported and its store opened on a thread (each takes seconds);
-    a tracking server that does not answer is named before either starts."""
+    """Ray starts while, on a thread, MLflow is imported, its store opened and what the end of the sweep draws
+    with imported (seconds each, while the CPUs mostly wait for Ray's processes); a tracking server that does
+    not answer is named before either starts."""
     if not cfg.tracking.enabled:
         return start_ray(cfg)
     from concurrent.futures import ThreadPoolExecutor
 
+    from sweeplab.sweep.tracker import MlflowSweepTracker
     from sweeplab.tracking.store import check_reachable, client_for, tracking_uri
 
     uri = tracking_uri(cfg)
     check_reachable(uri)
+    threading.Thread(target=_idle_priority, args=(MlflowSweepTracker.warm_up,), name="sweeplab-warm-up",
+                     daemon=True).start()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
         store = pool.submit(client_for, uri)
         started = start_ray(cfg)
         store.result()  # a store that cannot be opened: its UserError, before any trial starts
     return started
+
+
+def _idle_priority(work: Callable[[], object]) -> None:
+    """Run ``work`` on this thread at the lowest CPU priority (Linux threads have their own nice value), so that
+    it takes only CPU time that Ray's start-up and the trials leave idle."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    work()
 
 
 def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, str | None]:

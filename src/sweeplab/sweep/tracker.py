@@ -357,6 +357,20 @@ class MlflowSweepTracker(tune.Callback):
             self.client.set_terminated(self._run_id(name), "KILLED")
         self.client.set_terminated(str(self.parent_run_id), "KILLED")
 
+    @staticmethod
+    def warm_up() -> None:
+        """Import what ``_conclude`` draws with (matplotlib, plotly, Optuna's figures, MLflow's pytorch flavor:
+        seconds of imports) while Ray starts and the CPUs wait for it, not after the last trial."""
+        import optuna.importance  # noqa: F401
+        import optuna.visualization  # noqa: F401
+
+        import sweeplab.tracking.report  # noqa: F401
+        from sweeplab.tracking import models
+        from sweeplab.tracking.artifacts import pyplot
+
+        models.warm_up()
+        pyplot()
+
     def _conclude(self, retry: bool = False) -> None:
         from sweeplab.tracking.report import build_report
 

@@ -88,6 +88,17 @@ def _requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in ("torch", "sweeplab")]
 
 
+def warm_up() -> None:
+    """MLflow's pytorch flavor, and the map of installed packages MLflow builds the first time it checks a model's
+    requirements against the environment (≈ 2 s, once per process), made ahead of the first ``save_model``."""
+    import mlflow.pytorch  # noqa: F401
+    from mlflow.utils import requirements_utils
+
+    build_map = getattr(requirements_utils, "_init_packages_to_modules_map", None)  # private: absent, it is built later
+    if build_map is not None:
+        build_map()
+
+
 def log_model(client: MlflowClient, run_id: str, folder: Path | None = None) -> str:
     """Log the run's MLflow Model under ``model``, built from ``folder`` (its run files) or from the run's
     own artifacts; returns ``runs:/<run id>/model``."""

@@ -288,7 +288,9 @@ def build_report(
     figures: list[tuple[str, Path]] = []
     tables: list[tuple[str, pd.DataFrame]] = []
     if not frame.empty:
-        for key, label in GROUPINGS:
+        # a grouping with one value (one activation) only repeats the all-runs curve: drawn once, by architecture
+        varied = [(key, label) for key, label in GROUPINGS if key in frame and frame[key].nunique() > 1]
+        for key, label in varied or GROUPINGS[-1:]:
             path = curves_by(frame, histories, key, label, metric, folder)
             if path:
                 figures.append((f"{metric} vs epoch by {label} (mean ± std over runs)", path))
