@@ -46,8 +46,8 @@ RAY_ENV = {
 }
 
 
-# What a trial's worker imports (seconds of it torch's): Ray's pre-started workers import them before
-# taking work, so the first trials do not wait for them.
+# What a trial's worker imports (seconds of it torch's): a worker Ray starts imports them before it registers,
+# so a trial actor's worker is ready to train when Tune is told it started.
 TRIAL_IMPORTS = ("torch", "ray.tune", "sweeplab.train", "sweeplab.compose", "sweeplab.sweep.trainable")
 
 
