@@ -181,6 +181,11 @@ def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
             with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
                                         timeout=5) as answer:
                 version = json.load(answer)
+        # a driver without the stack's token is told which settings carry it, without a traceback
+        tokenless = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"RAY_ADDRESS": ""}
+        refused_driver = subprocess.run(
+            [sys.executable, "-m", "sweeplab", "sweep", "smoke", f"cluster.address=127.0.0.1:{moved['--port']}",
+             f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, env=tokenless, timeout=300)
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` takes its GCS, raylet and dashboard down with it
         try:
@@ -190,6 +195,9 @@ def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
             head.wait(timeout=30)
     assert version is not None, (tmp_path / "head.log").read_text()[-3000:]
     assert version["ray_version"] == ray.__version__ and refused == 401
+    assert refused_driver.returncode == 2, refused_driver.stderr[-3000:]
+    assert "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in refused_driver.stderr
+    assert "Traceback" not in refused_driver.stderr
 
 
 def test_a_lost_worker_node_s_trial_is_retried_on_another_node_from_its_checkpoint(databases, mlflow_server,

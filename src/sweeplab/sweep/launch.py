@@ -1,7 +1,6 @@
 """``launch_sweep``: a planned sweep -> an Optuna study whose trials Ray Tune runs."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -69,8 +68,7 @@ def start_ray(cfg: DictConfig) -> bool:
     if "SWEEPLAB_FAULT_AFTER_EPOCH" in os.environ:  # the retry tests' fault injection
         env_vars["SWEEPLAB_FAULT_AFTER_EPOCH"] = os.environ["SWEEPLAB_FAULT_AFTER_EPOCH"]
     if address:  # a cluster's workers get the environment through the job's runtime_env
-        context = ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False,
-                           logging_level=logging.WARNING)
+        context = _join_cluster(address, env_vars)
     else:
         if cfg.cluster.dashboard:
             check_dashboard(cfg.cluster)
@@ -89,6 +87,25 @@ def start_ray(cfg: DictConfig) -> bool:
     if cfg.cluster.dashboard and (line := dashboard_line(context)):
         print(f"sweeplab sweep: {line}", flush=True)
     return not address  # a cluster outlives the sweep; the connection stays for the caller
+
+
+def _join_cluster(address: str, env_vars: dict[str, str]):
+    """``ray.init`` on a cluster's address; a head that refuses this driver's token is a ConfigError saying which
+    settings carry the token."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    try:
+        return ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False,
+                        logging_level=logging.WARNING)
+    except (ConnectionError, AuthenticationError) as err:
+        if not isinstance(err, AuthenticationError) and not isinstance(err.__cause__, AuthenticationError):
+            raise
+        mode = os.environ.get("RAY_AUTH_MODE") or "unset"
+        raise ConfigError(
+            f"the Ray head at {address} asks for an authentication token and refused this driver's (RAY_AUTH_MODE "
+            f"is {mode}): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's token (or RAY_AUTH_TOKEN_PATH "
+            "to a file holding it; docker-compose.yml's stack takes it from RAY_AUTH_TOKEN)") from None
 
 
 def _check_cluster_address(cfg: DictConfig) -> None:
@@ -292,9 +309,10 @@ def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) ->
 
 
 def _start_ray_and_store(cfg: DictConfig) -> bool:
-    """Ray starts while, on a thread, MLflow is imported, its store opened and what the end of the sweep draws
-    with imported (seconds each, while the CPUs mostly wait for Ray's processes); a tracking server that does
-    not answer is named before either starts."""
+    """Ray starts while, on threads, MLflow is imported and its store opened, and what the end of the sweep draws
+    with is imported (seconds each, while the driver waits for Ray's processes); a tracking server that does not
+    answer is named before either starts. The drawing imports are not waited for: the end of the sweep uses them.
+    (At idle priority they starved while holding the GIL, and the driver's threads waited for it: 10 s more.)"""
     if not cfg.tracking.enabled:
         return start_ray(cfg)
     from concurrent.futures import ThreadPoolExecutor
@@ -304,21 +322,12 @@ def _start_ray_and_store(cfg: DictConfig) -> bool:
 
     uri = tracking_uri(cfg)
     check_reachable(uri)
-    threading.Thread(target=_idle_priority, args=(MlflowSweepTracker.warm_up,), name="sweeplab-warm-up",
-                     daemon=True).start()
+    threading.Thread(target=MlflowSweepTracker.warm_up, name="sweeplab-warm-up", daemon=True).start()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
         store = pool.submit(client_for, uri)
         started = start_ray(cfg)
         store.result()  # a store that cannot be opened: its UserError, before any trial starts
     return started
-
-
-def _idle_priority(work: Callable[[], object]) -> None:
-    """Run ``work`` on this thread at the lowest CPU priority (Linux threads have their own nice value), so that
-    it takes only CPU time that Ray's start-up and the trials leave idle."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: normal priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    work()
 
 
 def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, str | None]:
