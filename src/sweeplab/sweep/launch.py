@@ -98,8 +98,12 @@ def _join_cluster(address: str, env_vars: dict[str, str]):
     try:
         return ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False,
                         logging_level=logging.WARNING)
-    except (ConnectionError, AuthenticationError) as err:
-        if not isinstance(err, AuthenticationError) and not isinstance(err.__cause__, AuthenticationError):
+    except (ConnectionError, RuntimeError, AuthenticationError) as err:
+        # ray.init wraps the head's refusal in a RuntimeError whose text holds the AuthenticationError's traceback
+        cause: BaseException | None = err
+        while cause is not None and not (isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
             raise
         mode = os.environ.get("RAY_AUTH_MODE") or "unset"
         raise ConfigError(
