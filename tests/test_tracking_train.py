@@ -41,8 +41,11 @@ def test_a_train_run_is_logged_to_the_local_mlflow_store(tmp_path, monkeypatch):
                       f"output_dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "INFO mlflow" not in result.stderr  # no store chatter in the user's terminal
+    # the command ends fast but leaves its store whole: no -wal beside it, so mlflow.db copied alone holds the run
+    assert not list(out.glob("*.db-wal")), sorted(p.name for p in out.iterdir())
+    shutil.copy(out / "mlflow.db", tmp_path / "copied.db")
 
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'copied.db'}")
     experiment = client.get_experiment_by_name("train")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     (run,) = client.search_runs([experiment.experiment_id])

@@ -145,9 +145,25 @@ def run() -> None:
 
     code = main()
     atexit._run_exitfuncs()
+    _close_sqlite()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _close_sqlite() -> None:
+    """Close the SQLite connections the stores' engines still hold: the last close folds a WAL store's -wal file
+    back into the database, so a copy of mlflow.db or optuna.db alone holds everything (teardown used to)."""
+    if "sqlite3" not in sys.modules:
+        return
+    import contextlib
+    import gc
+    import sqlite3
+
+    for obj in gc.get_objects():
+        if isinstance(obj, sqlite3.Connection):
+            with contextlib.suppress(sqlite3.Error):
+                obj.close()
 
 
 if __name__ == "__main__":
