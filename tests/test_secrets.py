@@ -44,6 +44,7 @@ def test_a_password_in_the_storage_urls_is_written_nowhere(secret_role, tmp_path
     done = sweeplab("sweep", "smoke", "train.epochs=1", "sweep.num_trials=2", "data.subset=300", *stores,
                     cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Token authentication is" not in done.stderr  # a local Ray's token auth is chosen, not warned about
     best = sweeplab("best", "smoke", *stores, cwd=tmp_path, timeout=120)
     assert best.returncode == 0, best.stderr
     assert best.stdout.startswith("sweeplab train")
