@@ -69,7 +69,8 @@ def ray_cluster():
     cluster.shutdown()
 
 
-def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, mlflow_server, ray_cluster, tmp_path):
+def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, mlflow_server, ray_cluster, tmp_path,
+                                                                    capfd):
     import optuna
     import ray
     from mlflow import MlflowClient
@@ -91,6 +92,7 @@ def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, 
         "sweep.scheduler.kind=none",
     ]
     outcome = launch_sweep("smoke", overrides, quiet=True)
+    assert "View run" not in capfd.readouterr().out  # no MLflow link per trial between the live view's lines
 
     # both nodes of the cluster offered their CPU to the sweep
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2

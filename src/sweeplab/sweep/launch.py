@@ -329,6 +329,7 @@ def _start_ray_and_store(cfg: DictConfig) -> bool:
 
     uri = tracking_uri(cfg)
     check_reachable(uri)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow prints a link as each run ends
     threading.Thread(target=MlflowSweepTracker.warm_up, name="sweeplab-warm-up", daemon=True).start()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
         store = pool.submit(client_for, uri)
