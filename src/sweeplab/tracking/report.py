@@ -135,7 +135,8 @@ def curves_by(
         ax.set(xlabel="epoch", ylabel=axis_label(metric),
                title=f"{metric} by {label}" + (f" — {model}" if model else ""))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no curve (every run invalid): no legend, no matplotlib warning
+            ax.legend(fontsize=8)
     return _png(fig, folder, f"curves_by_{label.split()[0]}.png")
 
 
