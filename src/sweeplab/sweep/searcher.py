@@ -70,6 +70,8 @@ class OptunaSearcher(Searcher):
         self._curves: dict[int, dict[int, dict[int, float]]] = {}  # number -> seed -> epoch -> first objective
         self._reported: dict[int, int] = {}  # number -> last epoch given to Optuna as intermediate value
         self._storage_ids: dict[int, int] = {}  # number -> optuna storage trial id
+        self._asked_params: dict[int, dict[str, Any]] = {}  # number -> the values Optuna asked for
+        self._study_id: int | None = None
         self._last: dict[str, dict] = {}  # ray trial id -> its last result (HyperBand ends paused trials without one)
 
     # -- the study ---------------------------------------------------------------
@@ -106,10 +108,12 @@ class OptunaSearcher(Searcher):
             trial = self.study.ask()
             params = sample(self.dims, trial)  # define-by-run: a conditional key only where it applies
             self._asked += 1
-            study_id = self.backend.get_study_id_from_name(self.study_name)
+            if self._study_id is None:
+                self._study_id = self.backend.get_study_id_from_name(self.study_name)
             self._storage_ids[trial.number] = self.backend.get_trial_id_from_study_id_trial_number(
-                study_id, trial.number
+                self._study_id, trial.number
             )
+            self._asked_params[trial.number] = dict(trial.params)
             self._outcomes[trial.number], self._curves[trial.number] = {}, {}
             self._pending.extend((trial.number, params, seed) for seed in self.seeds)
         number, params, seed = self._pending.popleft()
@@ -140,12 +144,15 @@ class OptunaSearcher(Searcher):
         self._outcomes[number][seed] = outcome
         if len(self._outcomes[number]) == len(self.seeds):
             self._tell(number, self._outcomes.pop(number))
+            self._asked_params.pop(number, None)
 
     def _mutated(self, number: int, config: dict) -> dict[str, Any]:
         """The searched values a scheduler (PBT) changed during the run: key -> final value."""
         if not config or number not in self._storage_ids:
             return {}
-        asked = self.backend.get_trial(self._storage_ids[number]).params
+        asked = self._asked_params.get(number)
+        if asked is None:  # asked by a launch before a resume that kept no record of it
+            asked = self.backend.get_trial(self._storage_ids[number]).params
         return {k: v for k, v in config.items() if k in asked and v != asked[k]}
 
     # -- intermediate values ----------------------------------------------------------
@@ -212,7 +219,8 @@ class OptunaSearcher(Searcher):
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_curves": {}, "_reported": {}, "_last": {}, "_backend": None, **state})
+        self.__dict__.update({"_curves": {}, "_reported": {}, "_last": {}, "_asked_params": {}, **state,
+                              "_backend": None, "_study_id": None})
 
     __getstate__ = get_state  # Tune pickles the searcher into tuner.pkl: never the open study
     __setstate__ = set_state
