@@ -40,7 +40,9 @@ def main(trials: int, epochs: int, subset: int | None, storage: str) -> None:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    ray.init()
+    # Ray's examples call ray.init(); "local" only keeps it from joining a `ray start` cluster this machine
+    # recorded earlier (a stale record made it wait for a GCS that was gone)
+    ray.init(address="local")
     tuner = tune.Tuner(
         tune.with_resources(train_lenet, {"cpu": 1}),
         param_space={"lr": tune.loguniform(0.005, 0.05), "epochs": epochs, "subset": subset},

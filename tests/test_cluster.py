@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -195,6 +196,10 @@ def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
         except subprocess.TimeoutExpired:  # a busy machine: what a minute of SIGTERM did not stop is killed
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
+        # `ray start` recorded this head as the machine's cluster; a later plain ray.init() would wait for it
+        recorded = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if recorded.exists() and recorded.read_text().strip().endswith(f":{moved['--port']}"):
+            recorded.unlink()
     assert version is not None, (tmp_path / "head.log").read_text()[-3000:]
     assert version["ray_version"] == ray.__version__ and refused == 401
     assert refused_driver.returncode == 2, refused_driver.stderr[-3000:]
