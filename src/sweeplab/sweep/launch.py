@@ -60,9 +60,9 @@ def start_ray(cfg: DictConfig) -> bool:
         os.environ.setdefault(key, value)
     if not address:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # binds every Ray service to 127.0.0.1
-        # Ray's own default for a local Ray (a token in ~/.ray/auth_token, made when missing), said explicitly so
-        # that Ray does not warn about choosing it at the start of every sweep; RAY_AUTH_MODE=disabled still wins
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray turns token authentication on for a local Ray (RAY_AUTH_MODE unset) and warns that it did, at the
+        # start of every sweep: the choice is Ray's default and the right one here, so the line is not shown
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     import ray
 
     if ray.is_initialized():
