@@ -161,7 +161,7 @@ def _close_sqlite() -> None:
     import sqlite3
 
     for obj in gc.get_objects():
-        if isinstance(obj, sqlite3.Connection):
+        if issubclass(type(obj), sqlite3.Connection):  # not isinstance: it reads __class__, which some proxies warn on
             with contextlib.suppress(sqlite3.Error):
                 obj.close()
 
