@@ -16,6 +16,7 @@ may have reached the store before, first checks what is there, so that nothing i
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import sys
@@ -360,16 +361,18 @@ class MlflowSweepTracker(tune.Callback):
     @staticmethod
     def warm_up() -> None:
         """Import what ``_conclude`` draws with (matplotlib, plotly, Optuna's figures, MLflow's pytorch flavor:
-        seconds of imports) while Ray starts and the CPUs wait for it, not after the last trial."""
-        import optuna.importance  # noqa: F401
-        import optuna.visualization  # noqa: F401
+        seconds of imports) while Ray starts and the CPUs wait for it, not after the last trial. Whatever fails
+        here fails again in ``_conclude``, which reports it; on this thread it would only print a traceback."""
+        with contextlib.suppress(Exception):
+            import optuna.importance  # noqa: F401
+            import optuna.visualization  # noqa: F401
 
-        import sweeplab.tracking.report  # noqa: F401
-        from sweeplab.tracking import models
-        from sweeplab.tracking.artifacts import pyplot
+            import sweeplab.tracking.report  # noqa: F401
+            from sweeplab.tracking import models
+            from sweeplab.tracking.artifacts import pyplot
 
-        models.warm_up()
-        pyplot()
+            models.warm_up()
+            pyplot()
 
     def _conclude(self, retry: bool = False) -> None:
         from sweeplab.tracking.report import build_report
