@@ -319,7 +319,7 @@ def _start_ray_and_store(cfg: DictConfig) -> bool:
     """Ray starts while, on threads, MLflow is imported and its store opened, and what the end of the sweep draws
     with is imported (seconds each, while the driver waits for Ray's processes); a tracking server that does not
     answer is named before either starts. The drawing imports are not waited for: the end of the sweep uses them.
-    (At idle priority they starved while holding the GIL, and the driver's threads waited for it: 10 s more.)"""
+    They run at normal priority: a starved thread would hold the GIL the driver's threads wait for."""
     if not cfg.tracking.enabled:
         return start_ray(cfg)
     from concurrent.futures import ThreadPoolExecutor
