@@ -656,3 +656,21 @@ def test_report_draws_the_optuna_figures_from_the_study_itself(tmp_path):
         assert all(f'"name":"Trial{n}"' in drawn for n in range(4))  # the pruned trial 2 too
         assert 'id="plot-optimization_history"' in page and 'id="plot-parallel_coordinate"' in page
         assert "plotly.js v" in page and not re.search(r"<script[^>]*\bsrc=", page)  # inlined: no CDN
+
+
+@pytest.mark.slow
+def test_a_sweep_from_the_command_line_keeps_its_ray_on_loopback(tmp_path):
+    """Nothing in the command's environment asks for loopback (Ray reads its switch once, as it is imported):
+    the local Ray the command starts still runs its trials on 127.0.0.1, not on the machine's address."""
+    import subprocess
+
+    from sweep_helpers import SWEEPLAB
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"} | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(SWEEPLAB), "sweep", "smoke", f"output_dir={tmp_path}", "sweep.num_trials=1",
+                           "train.epochs=1", "data.subset=300"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    client = mlflow_client(tmp_path)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    trials = client.search_runs(experiments, "tags.`sweeplab.kind` = 'trial'")
+    assert [r.data.tags["sweeplab.placement"] for r in trials] == ["node 127.0.0.1, GPUs []"]

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeplab.compose import compose, project_root, read_sweep_text
 from sweeplab.errors import ConfigError
 from sweeplab.redact import MASK, redact
+from sweeplab.sweep import workers
 from sweeplab.sweep.dashboard import HOST as DASHBOARD_HOST
 from sweeplab.sweep.dashboard import check_dashboard, dashboard_line
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
@@ -45,14 +46,9 @@ RAY_ENV = {
 }
 
 
-# What a trial's worker imports (seconds of it torch's): a worker Ray starts imports them before it registers,
-# so a trial actor's worker is ready to train when Tune is told it started.
-TRIAL_IMPORTS = ("torch", "ray.tune", "sweeplab.train", "sweeplab.compose", "sweeplab.sweep.trainable")
-
-
-def start_ray(cfg: DictConfig) -> bool:
-    """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray.
-    True when it started a local Ray of its own (the sweep shuts it down at the end)."""
+def ray_environment(cfg: DictConfig) -> str | None:
+    """Set what Ray reads from the environment, some of it as it is imported; the cluster's address, or None for
+    a local Ray."""
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:  # a head that stops answering mid-connect: ray.init gives up after this many ~1 s tries
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")
@@ -63,7 +59,19 @@ def start_ray(cfg: DictConfig) -> bool:
         # Ray turns token authentication on for a local Ray (RAY_AUTH_MODE unset) and warns that it did, at the
         # start of every sweep: the choice is Ray's default and the right one here, so the line is not shown
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    return address
+
+
+def start_ray(cfg: DictConfig) -> bool:
+    """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray.
+    True when it started a local Ray of its own (the sweep shuts it down at the end)."""
+    address = ray_environment(cfg)
     import ray
+
+    if not address:  # Ray read the variable as it was imported (its processes read it again as they start)
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
     if ray.is_initialized():
         return False
@@ -72,21 +80,20 @@ def start_ray(cfg: DictConfig) -> bool:
         env_vars["SWEEPLAB_FAULT_AFTER_EPOCH"] = os.environ["SWEEPLAB_FAULT_AFTER_EPOCH"]
     if address:  # a cluster's workers get the environment through the job's runtime_env
         context = _join_cluster(address, env_vars)
+        workers.forget_local_ray()
     else:
         if cfg.cluster.dashboard:
             check_dashboard(cfg.cluster)
-        # A local Ray's workers inherit this process's environment, so no job runtime_env. No pre-started
-        # workers: Tune gives its trainable actors a runtime_env of their own (PL_DISABLE_FORK), so Ray never
-        # hands them a pre-started worker (checked: actor PIDs vs ray::IDLE); two unused workers importing torch
-        # beside the trials' only slowed them. The actors' workers import TRIAL_IMPORTS as they start.
+        # A local Ray's workers inherit this process's environment, so no job runtime_env, and they import
+        # what trials import before they register (sweeplab.sweep.workers)
         os.environ.update(env_vars)
+        system_config = workers.local_ray_config(cfg)
         # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
         context = ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
                            include_dashboard=cfg.cluster.dashboard, dashboard_host=DASHBOARD_HOST,
                            dashboard_port=cfg.cluster.dashboard_port, log_to_driver=False,
-                           logging_level=logging.WARNING,
-                           _system_config={"preload_python_modules": list(TRIAL_IMPORTS),
-                                           "enable_worker_prestart": False})
+                           logging_level=logging.WARNING, _system_config=system_config)
+        workers.started_local_ray()
     if cfg.cluster.dashboard and (line := dashboard_line(context)):
         print(f"sweeplab sweep: {line}", flush=True)
     return not address  # a cluster outlives the sweep; the connection stays for the caller
@@ -225,7 +232,6 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
                  on_outcome: Callable[[SweepOutcome], object] | None = None) -> SweepOutcome:
     """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna.
     ``on_outcome`` (the summary) runs while a Ray of our own shuts down and the tracker draws the report."""
-    from sweeplab.sweep.packs import start_packs
     from sweeplab.sweep.results import load_outcome
     from sweeplab.tracking.store import check_database, check_writable
 
@@ -237,6 +243,9 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     root = ray_root(plan)
     check_storage(root)
+    ray_environment(plan.cfg)  # before anything imports ray
+    from sweeplab.sweep.packs import start_packs
+
     if sweep_id is None:
         from sweeplab.sweep.sweep_id import claim_sweep_id
 
@@ -275,7 +284,10 @@ def _shutting_down(started_ray: bool) -> Iterator[None]:
     """A Ray of our own goes down (a second or two) on a thread while the body runs."""
     import ray
 
-    stopper = threading.Thread(target=ray.shutdown, name="sweeplab-ray-shutdown") if started_ray else None
+    stopper = None
+    if started_ray:
+        workers.forget_local_ray()
+        stopper = threading.Thread(target=ray.shutdown, name="sweeplab-ray-shutdown")
     if stopper is not None:
         stopper.start()
     try:

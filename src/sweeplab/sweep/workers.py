@@ -1,0 +1,93 @@
+"""Trial actors on the workers a local Ray starts with itself, ready to train.
+
+A local Ray can pre-start one Python worker per CPU as it starts; each imports what a trial needs
+(``TRIAL_IMPORTS``, Ray's ``preload_python_modules``) while the driver sets up Tune and asks Optuna for the
+first trials. Ray hands a pre-started worker only to an actor without a ``runtime_env``, and Ray Tune registers
+every trainable with one: ``PL_DISABLE_FORK`` and the variables it propagates (ray/tune/execution/class_cache.py).
+Its trial actors then waited for new workers that imported torch on the trials' time. A local Ray's workers
+inherit the environment its raylet started with, so a runtime_env that only repeats that environment changes
+nothing: ``inherit_environment`` registers such trainables without one. A cluster's workers keep Tune's.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from omegaconf import DictConfig
+
+# What a trial's worker imports: torch (seconds of it), Ray Tune, sweeplab's training, and the torch._dynamo that
+# torch imports lazily in the first optimizer's constructor (a second of CPU; torch/_compile.py).
+TRIAL_IMPORTS = ("torch", "torch._dynamo", "ray.tune", "sweeplab.train", "sweeplab.compose",
+                 "sweeplab.sweep.trainable")
+# What Tune's runtime_env sets beyond the variables it propagates (its DEFAULT_ENV_VARS, checked as it is used;
+# importing Ray Tune to read it would cost a second before Ray starts)
+TUNE_ENV = {"PL_DISABLE_FORK": "1"}
+IDLE_WORKER_KEPT_MS = 60_000  # a pre-started worker waits this long for its trial (Ray's default: 1 s)
+_local_env: dict[str, str] | None = None  # the environment the local Ray of this process started with
+_installed = False
+
+
+def trial_actors(cfg: DictConfig, num_cpus: float) -> int:
+    """How many trial actors hold a worker at once: sweep.max_concurrent, as the CPUs (and GPUs) allow."""
+    res = cfg.sweep.resources
+    fits = math.floor(num_cpus / res.cpu) if res.cpu > 0 else cfg.sweep.max_concurrent
+    if res.gpu > 0:
+        fits = min(fits, math.floor((cfg.cluster.num_gpus or 0) / res.gpu))
+    return min(cfg.sweep.max_concurrent, fits)
+
+
+def local_ray_config(cfg: DictConfig) -> dict:
+    """A local Ray's ``_system_config``; sets Tune's own variables here first, for its workers to inherit.
+    Workers are pre-started (Ray starts one per CPU) only when every one of them will hold a trial: more
+    would import torch beside the trials and sit idle."""
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+    num_cpus = cfg.cluster.num_cpus or os.cpu_count() or 1
+    # Ray may end a worker idle for over a second (its default): it ended a pre-started one as the first trial
+    # started (once in four runs), and the second trial waited for a new worker to import torch
+    return {"preload_python_modules": list(TRIAL_IMPORTS),
+            "enable_worker_prestart": trial_actors(cfg, num_cpus) >= num_cpus,
+            "idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEPT_MS}
+
+
+def started_local_ray() -> None:
+    """Called right after this process started a local Ray: its workers have the environment we have now."""
+    global _local_env
+    _local_env = dict(os.environ)
+    _install()
+
+
+def forget_local_ray() -> None:
+    """A cluster joined, or our local Ray shut down: Tune's trainables get their runtime_env again."""
+    global _local_env
+    _local_env = None
+
+
+def _only_repeats_local_env() -> bool:
+    """Tune's runtime_env for a trainable would set nothing the local Ray's workers lack."""
+    from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
+
+    if _local_env is None:
+        return False
+    wanted = {**DEFAULT_ENV_VARS, **{k: os.environ[k] for k in ENV_VARS_TO_PROPAGATE if k in os.environ}}
+    return wanted.items() <= _local_env.items()
+
+
+def _install() -> None:
+    global _installed
+    if _installed:
+        return
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    original = _ActorClassCache.get
+
+    def get(cache: _ActorClassCache, trainable_cls: type) -> Any:
+        if trainable_cls not in cache._cache and _only_repeats_local_env():
+            import ray
+
+            cache._cache[trainable_cls] = ray.remote(trainable_cls)
+        return original(cache, trainable_cls)
+
+    setattr(_ActorClassCache, "get", get)  # noqa: B010 (Tune's controller looks it up on the class)
+    _installed = True

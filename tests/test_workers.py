@@ -1,0 +1,62 @@
+"""Trials on the workers a local Ray starts with itself (sweeplab.sweep.workers): how many Ray pre-starts, and a
+real sweep whose trials run in those very processes, so no trial waits for a new worker to import torch."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: loopback only
+
+import pytest  # noqa: E402
+from sweep_helpers import TINY, write_sweep  # noqa: E402
+
+from sweeplab.compose import compose  # noqa: E402
+from sweeplab.sweep.workers import local_ray_config, trial_actors  # noqa: E402
+
+
+@pytest.mark.parametrize(("overrides", "num_cpus", "actors"), [
+    ([], 2, 2),  # 2 at a time x 1 CPU
+    (["sweep.max_concurrent=8"], 2, 2),  # as many as the CPUs allow
+    (["sweep.max_concurrent=4", "sweep.resources.cpu=0.5"], 2, 4),
+    (["sweep.max_concurrent=4", "sweep.resources.gpu=0.5", "cluster.num_gpus=1"], 16, 2),  # as the GPU allows
+    (["sweep.max_concurrent=3", "sweep.resources.cpu=0"], 2, 3),
+])
+def test_trial_actors_is_what_runs_at_once(overrides, num_cpus, actors):
+    assert trial_actors(compose(overrides), num_cpus) == actors
+
+
+def test_workers_are_pre_started_only_when_every_one_holds_a_trial():
+    assert local_ray_config(compose(["cluster.num_cpus=2"]))["enable_worker_prestart"] is True
+    # a 16-CPU machine running 2 trials at a time: 14 idle workers would import torch for nothing
+    assert local_ray_config(compose(["cluster.num_cpus=16"]))["enable_worker_prestart"] is False
+    assert os.environ["PL_DISABLE_FORK"] == "1"  # what Tune's runtime_env would have set, inherited instead
+
+
+@pytest.mark.slow
+def test_the_trials_run_in_the_workers_ray_started_with_itself(tmp_path):
+    import ray
+
+    from sweeplab.sweep.launch import launch_sweep, start_ray
+
+    ray.shutdown()
+    start_ray(compose(["cluster.num_cpus=2"]))
+    try:
+        raylet_log = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "raylet.out"
+        path = write_sweep(tmp_path, "workers", """
+train: {epochs: 1}
+sweep:
+  sampler: random
+  num_trials: 4
+  max_concurrent: 2
+  scheduler: {kind: none}
+  space:
+    optimizer.lr: {type: float, low: 0.01, high: 0.1, log: true}
+""")
+        outcome = launch_sweep(str(path), [f"output_dir={tmp_path / 'out'}", *TINY, "tracking=none"], quiet=True)
+        assert [t.status for t in outcome.trials] == ["completed"] * 4
+        started = re.findall(r"Started worker process with pid (\d+)", raylet_log.read_text())
+        # the two Ray pre-started as it came up, nothing after: Tune's actors (no runtime_env of their own) took them
+        assert len(started) == 2, started
+    finally:
+        ray.shutdown()
