@@ -288,7 +288,6 @@ def _shutting_down(started_ray: bool) -> Iterator[None]:
     if started_ray:
         workers.forget_local_ray()
         stopper = threading.Thread(target=ray.shutdown, name="sweeplab-ray-shutdown")
-    if stopper is not None:
         stopper.start()
     try:
         yield

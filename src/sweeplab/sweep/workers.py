@@ -6,7 +6,7 @@ first trials. Ray hands a pre-started worker only to an actor without a ``runtim
 every trainable with one: ``PL_DISABLE_FORK`` and the variables it propagates (ray/tune/execution/class_cache.py).
 Its trial actors then waited for new workers that imported torch on the trials' time. A local Ray's workers
 inherit the environment its raylet started with, so a runtime_env that only repeats that environment changes
-nothing: ``inherit_environment`` registers such trainables without one. A cluster's workers keep Tune's.
+nothing: once ``started_local_ray`` has run, Tune registers such trainables without one. A cluster's keep Tune's.
 """
 from __future__ import annotations
 
