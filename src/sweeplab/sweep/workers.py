@@ -66,8 +66,10 @@ def forget_local_ray() -> None:
 
 def _only_repeats_local_env() -> bool:
     """Tune's runtime_env for a trainable would set nothing the local Ray's workers lack."""
-    from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
-
+    try:
+        from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
+    except ImportError:  # a Ray Tune that builds it otherwise: its own runtime_env, as before
+        return False
     if _local_env is None:
         return False
     wanted = {**DEFAULT_ENV_VARS, **{k: os.environ[k] for k in ENV_VARS_TO_PROPAGATE if k in os.environ}}
@@ -78,8 +80,10 @@ def _install() -> None:
     global _installed
     if _installed:
         return
-    from ray.tune.execution.class_cache import _ActorClassCache
-
+    try:  # private to Ray Tune (2.60): without it, trials wait for new workers, as they did
+        from ray.tune.execution.class_cache import _ActorClassCache
+    except ImportError:
+        return
     original = _ActorClassCache.get
 
     def get(cache: _ActorClassCache, trainable_cls: type) -> Any:
