@@ -17,6 +17,7 @@ from harness import (
     BENCH_DIR,
     VENDOR,
     Check,
+    CpuAccount,
     Result,
     StudyTimes,
     child_env,
@@ -72,11 +73,13 @@ def sweeplab_run(size: str, tracking: bool) -> dict:
         out = tmp / "outputs"
         overrides = [f"output_dir={out}", *([] if tracking else ["tracking=none"])]
         watch = mlflow_first_metric_watcher(out / "mlflow.db", "val/acc") if tracking else None
-        timed = sweeplab_sweep(sweep, overrides, cwd=tmp, watch=watch)
+        with CpuAccount() as cpu:
+            timed = sweeplab_sweep(sweep, overrides, cwd=tmp, watch=watch)
         times = study_times(out, timed.started_at)
     _check_all_completed(times, p["trials"], f"sweeplab sweep (tracking {'on' if tracking else 'off'})")
     _runs[key] = {"wall_s": timed.wall, "startup_s": times.first_start, "steady_s": times.steady,
-                  "teardown_s": timed.wall - times.last_complete, "first_metric_s": timed.events.get("first_metric")}
+                  "teardown_s": timed.wall - times.last_complete, "first_metric_s": timed.events.get("first_metric"),
+                  "cpu_s": cpu.by_role()}
     return _runs[key]
 
 
@@ -95,21 +98,23 @@ def bare_run(size: str) -> dict:
     started_at = time.time()
     t0 = time.perf_counter()
     procs = []
-    for share in (lrs[i::CONCURRENCY] for i in range(CONCURRENCY)):
-        cmd = [sys.executable, BENCH_DIR / "bare_loop.py", "--epochs", str(p["epochs"]),
-               *(["--subset", str(p["subset"])] if p["subset"] else []), "--lrs", *map(str, share)]
-        procs.append(subprocess.Popen(list(map(str, cmd)), env=child_env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    reports = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=3600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"bare_loop.py exited {proc.returncode}: {err.strip().splitlines()[-1:]}")
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    with CpuAccount() as cpu:
+        for share in (lrs[i::CONCURRENCY] for i in range(CONCURRENCY)):
+            cmd = [sys.executable, BENCH_DIR / "bare_loop.py", "--epochs", str(p["epochs"]),
+                   *(["--subset", str(p["subset"])] if p["subset"] else []), "--lrs", *map(str, share)]
+            procs.append(subprocess.Popen(list(map(str, cmd)), env=child_env(), stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        reports = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=3600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bare_loop.py exited {proc.returncode}: {err.strip().splitlines()[-1:]}")
+            reports.append(json.loads(out.strip().splitlines()[-1]))
     wall = time.perf_counter() - t0
     startup = min(r["first_start"] for r in reports) - started_at
     epochs = [s for r in reports for s in r["epoch_seconds"]]
-    return {"wall_s": wall, "startup_s": startup, "steady_s": wall - startup, "epoch_s_mean": sum(epochs) / len(epochs)}
+    return {"wall_s": wall, "startup_s": startup, "steady_s": wall - startup, "epoch_s_mean": sum(epochs) / len(epochs),
+            "cpu_s": cpu.by_role()}
 
 
 def ray_naive_run(size: str) -> dict:
@@ -201,6 +206,9 @@ def run_b2(size: str, **_) -> Result:
     checks = [
         Check("sweeplab sweep / bare, wall time, start-up included", sweep["wall_s"] / bare["wall_s"], "<= 1.20"),
         Check("steady-state overhead per trial (s of its CPU beyond training)", overhead, "<= 0.25", "s"),
+        Check("CPU seconds of all its processes, sweeplab sweep / bare", _cpu(sweep) / _cpu(bare), ""),
+        Check("the same, Ray's trial workers and services alone (no driver) / bare",
+              (sweep["cpu_s"].get("trial workers", 0) + sweep["cpu_s"].get("Ray's services", 0)) / _cpu(bare), ""),
         Check("naive Ray Tune script / bare, wall time", ray_naive["wall_s"] / bare["wall_s"], ""),
         Check("Hydra Optuna sweeper (--multirun, joblib) / bare, wall time",
               hydra["wall_s"] / bare["wall_s"] if hydra else None, ""),
@@ -212,11 +220,18 @@ def run_b2(size: str, **_) -> Result:
     return Result("B2", "sweep overhead vs bare loop", size, checks=checks, figures=figures)
 
 
+def _cpu(run: dict) -> float:
+    """CPU seconds of every process of a run (harness.CpuAccount)."""
+    return sum(run["cpu_s"].values())
+
+
 def run_b3(size: str, **_) -> Result:
     on, off = sweeplab_run(size, tracking=True), sweeplab_run(size, tracking=False)
     return Result("B3", "tracking on vs tracking=none", size, checks=[
         Check("sweep wall, tracking on / tracking=none", on["wall_s"] / off["wall_s"], "<= 1.03"),
         Check("trial phase (first start to last end), tracking on / none", on["steady_s"] / off["steady_s"], ""),
+        Check("the driver's CPU, tracking on - none", on["cpu_s"].get("driver", 0) - off["cpu_s"].get("driver", 0),
+              "", "s"),
     ], figures={"tracking_on": on, "tracking_none": off})
 
 

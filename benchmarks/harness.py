@@ -283,3 +283,68 @@ def print_json(result: Result, env: dict[str, Any]) -> str:
     line = json.dumps(result.record(env), default=str)
     print("BENCH_JSON " + line, flush=True)
     return line
+
+
+# --- where the CPU went ---------------------------------------------------------------------
+def process_role(cmdline: str) -> str:
+    """Which part of a sweep (or of the bare loop) a process is, from its command line."""
+    if (cmdline.startswith("ray::") and "Agent" not in cmdline) or "workers/default_worker.py" in cmdline:
+        return "trial workers"  # ray::ImplicitFunc, ray::IDLE: Ray's workers, where the trials run
+    if "bare_loop.py" in cmdline:
+        return "bare loop"
+    if "/ray/" in cmdline or "Agent" in cmdline:
+        return "Ray's services"  # gcs_server, raylet, dashboard, log monitor, autoscaler monitor, agents
+    if "sweeplab" in cmdline or "driver.py" in cmdline:
+        return "driver"
+    return "other"
+
+
+class CpuAccount:
+    """CPU seconds (user + system) of every process born while it is open, by ``process_role``, sampled from
+    /proc every ``poll_s`` (a process that ends between two samples loses at most its last ``poll_s``).
+    Linux only; elsewhere it records nothing."""
+
+    def __init__(self, poll_s: float = 0.5) -> None:
+        self.poll_s = poll_s
+        self._seen: dict[tuple[str, int], tuple[str, float]] = {}  # (pid, start tick) -> (role, CPU s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._born_after = 0
+
+    def __enter__(self) -> CpuAccount:
+        with open("/proc/uptime") as f:
+            self._born_after = int(float(f.read().split()[0]) * self._hz) - 1
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        for pid in os.listdir("/proc") if os.path.isdir("/proc") else ():
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/cmdline") as f:
+                    cmdline = f.read().replace("\0", " ").strip()
+            except OSError:  # ended meanwhile
+                continue
+            start = int(fields[19])
+            if start < self._born_after or not cmdline:
+                continue
+            self._seen[(pid, start)] = (process_role(cmdline), (int(fields[11]) + int(fields[12])) / self._hz)
+
+    def by_role(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for role, cpu in self._seen.values():
+            totals[role] = totals.get(role, 0.0) + cpu
+        return {role: round(cpu, 1) for role, cpu in sorted(totals.items())}

@@ -655,6 +655,7 @@ def test_report_draws_the_optuna_figures_from_the_study_itself(tmp_path):
         drawn = re.search(r"id=\"plot-intermediate_values\".*?</script>", page, re.S).group(0)
         assert all(f'"name":"Trial{n}"' in drawn for n in range(4))  # the pruned trial 2 too
         assert 'id="plot-optimization_history"' in page and 'id="plot-parallel_coordinate"' in page
+        assert 'id="plot-param_importances"' in page  # two parameters, three completed trials
         assert "plotly.js v" in page and not re.search(r"<script[^>]*\bsrc=", page)  # inlined: no CDN
 
 

@@ -359,12 +359,14 @@ class MlflowSweepTracker(tune.Callback):
         self.client.set_terminated(str(self.parent_run_id), "KILLED")
 
     @staticmethod
-    def warm_up() -> None:
+    def warm_up(importance: bool) -> None:
         """Import what ``_conclude`` draws with (matplotlib, plotly, Optuna's figures, MLflow's pytorch flavor:
-        seconds of imports) while Ray starts and the CPUs wait for it, not after the last trial. Whatever fails
-        here fails again in ``_conclude``, which reports it; on this thread it would only print a traceback."""
+        seconds of imports) while Ray starts, not after the last trial; Optuna's importance (it imports
+        scikit-learn: 2 s of CPU) only when the report will draw it. Whatever fails here fails again in
+        ``_conclude``, which reports it; on this thread it would only print a traceback."""
         with contextlib.suppress(Exception):
-            import optuna.importance  # noqa: F401
+            if importance:
+                import optuna.importance  # noqa: F401
             import optuna.visualization  # noqa: F401
 
             import sweeplab.tracking.report  # noqa: F401

@@ -219,7 +219,6 @@ def optuna_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
     import warnings
 
     from optuna import visualization
-    from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -240,6 +239,8 @@ def optuna_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
                 continue
             kwargs: dict[str, Any] = {} if name == "intermediate_values" else {"target": target, "target_name": metric}
             if name == "param_importances":  # PED-ANOVA: no random forest to fit (fANOVA's took seconds)
+                from optuna.importance import PedAnovaImportanceEvaluator  # imports scikit-learn: 2 s
+
                 kwargs["evaluator"] = PedAnovaImportanceEvaluator()
             try:
                 out[name] = getattr(visualization, function)(study, **kwargs)
