@@ -79,6 +79,12 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     assert 0 < bare["startup_s"] < bare["wall_s"]
     assert check_value(b2, "sweeplab sweep / bare") == pytest.approx(sweep["wall_s"] / bare["wall_s"])
     assert check_value(b2, "naive Ray Tune") > 0
+    # every process each side started is counted, by what it is
+    assert bare["cpu_s"]["bare loop"] > 0 and not {"driver", "trial workers"} & set(bare["cpu_s"])
+    assert {"driver", "trial workers", "Ray's services"} <= set(sweep["cpu_s"])
+    assert sweep["cpu_s"]["trial workers"] > 0 and sweep["cpu_s"]["driver"] > 0
+    all_cpu = sum(sweep["cpu_s"].values())
+    assert check_value(b2, "CPU seconds of all") == pytest.approx(all_cpu / sum(bare["cpu_s"].values()))
     hydra = check_value(b2, "Hydra Optuna sweeper")
     if VENDOR.is_dir():
         assert hydra > 0
