@@ -16,7 +16,7 @@ import time
 # Entry points whose cumulative time is the cost of one component. Matched on the path's tail and the
 # function's name, so renamed helpers inside them still count.
 COMPONENTS = {
-    "mlflow tracking (sweeplab callback)": ("sweeplab/tracking/", ("on_", "setup")),
+    "mlflow tracking (sweeplab callback)": ("sweeplab/sweep/tracker.py", ("on_", "setup")),
     "optuna ask/tell (sweeplab searcher)": ("sweeplab/sweep/searcher.py", ("suggest", "on_trial_")),
     "live view": ("sweeplab/sweep/view.py", ("on_",)),
     "planning (compose, checks)": ("sweeplab/sweep/plan.py", ("plan_sweep",)),
