@@ -675,3 +675,19 @@ def test_a_sweep_from_the_command_line_keeps_its_ray_on_loopback(tmp_path):
     experiments = [e.experiment_id for e in client.search_experiments()]
     trials = client.search_runs(experiments, "tags.`sweeplab.kind` = 'trial'")
     assert [r.data.tags["sweeplab.placement"] for r in trials] == ["node 127.0.0.1, GPUs []"]
+
+
+@pytest.mark.slow  # a fresh interpreter imports the drawing libraries twice
+@pytest.mark.parametrize("searched", [1, 2])
+def test_the_warm_up_imports_optuna_importance_only_for_a_report_that_draws_it(searched):
+    """Optuna's importance imports scikit-learn (2 s of CPU on the start-up's busy cores); one searched parameter
+    has no importance figure, so nothing imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom sweeplab.sweep.tracker import MlflowSweepTracker\n"
+            f"MlflowSweepTracker.warm_up({searched})\n"
+            "print(*(name in sys.modules for name in ('optuna.importance', 'sklearn', 'optuna.visualization')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(searched >= 2)] * 2 + ["True"]

@@ -250,7 +250,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
         from sweeplab.sweep.sweep_id import claim_sweep_id
 
         sweep_id = claim_sweep_id(plan.optuna_storage, plan.name, plan.objectives)
-    started_ray = _start_ray_and_store(plan.cfg, importance=len(plan.dims) >= 2)
+    started_ray = _start_ray_and_store(plan.cfg, searched=len(plan.dims))
     watch_sigterm()
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
@@ -326,12 +326,12 @@ def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) ->
     outcome.record["ended_by"] = ended_by
 
 
-def _start_ray_and_store(cfg: DictConfig, importance: bool) -> bool:
+def _start_ray_and_store(cfg: DictConfig, searched: int) -> bool:
     """Ray starts while, on threads, MLflow is imported and its store opened, and what the end of the sweep draws
     with is imported (seconds each, while the driver waits for Ray's processes); a tracking server that does not
     answer is named before either starts. The drawing imports are not waited for: the end of the sweep uses them.
-    They run at normal priority: a starved thread would hold the GIL the driver's threads wait for. ``importance``:
-    whether the report may draw Optuna's parameter importance (it does for two or more searched parameters)."""
+    They run at normal priority: a starved thread would hold the GIL the driver's threads wait for. ``searched``:
+    how many parameters the sweep searches (the report's figures depend on it)."""
     if not cfg.tracking.enabled:
         return start_ray(cfg)
     from concurrent.futures import ThreadPoolExecutor
@@ -342,7 +342,7 @@ def _start_ray_and_store(cfg: DictConfig, importance: bool) -> bool:
     uri = tracking_uri(cfg)
     check_reachable(uri)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow prints a link as each run ends
-    threading.Thread(target=MlflowSweepTracker.warm_up, args=(importance,), name="sweeplab-warm-up",
+    threading.Thread(target=MlflowSweepTracker.warm_up, args=(searched,), name="sweeplab-warm-up",
                      daemon=True).start()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
         store = pool.submit(client_for, uri)

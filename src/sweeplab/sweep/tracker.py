@@ -359,20 +359,19 @@ class MlflowSweepTracker(tune.Callback):
         self.client.set_terminated(str(self.parent_run_id), "KILLED")
 
     @staticmethod
-    def warm_up(importance: bool) -> None:
+    def warm_up(searched: int) -> None:
         """Import what ``_conclude`` draws with (matplotlib, plotly, Optuna's figures, MLflow's pytorch flavor:
         seconds of imports) while Ray starts, not after the last trial; Optuna's importance (it imports
-        scikit-learn: 2 s of CPU) only when the report will draw it. Whatever fails here fails again in
-        ``_conclude``, which reports it; on this thread it would only print a traceback."""
+        scikit-learn: 2 s of CPU) only when the report will draw it for the ``searched`` parameters. Whatever
+        fails here fails again in ``_conclude``, which reports it; on this thread it would only print a traceback."""
         with contextlib.suppress(Exception):
-            if importance:
-                import optuna.importance  # noqa: F401
             import optuna.visualization  # noqa: F401
 
-            import sweeplab.tracking.report  # noqa: F401
-            from sweeplab.tracking import models
+            from sweeplab.tracking import models, report
             from sweeplab.tracking.artifacts import pyplot
 
+            if report.draws_importance(searched):
+                import optuna.importance  # noqa: F401
             models.warm_up()
             pyplot()
 

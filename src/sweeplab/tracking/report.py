@@ -213,6 +213,12 @@ def load_study(storage: str | None, sweep_id: str) -> optuna.Study | None:
         return None
 
 
+def draws_importance(searched: int) -> bool:
+    """Whether the report draws Optuna's parameter importance for a study that searches ``searched`` parameters
+    (one parameter has nothing to be more important than)."""
+    return searched >= 2
+
+
 def optuna_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
     """Interactive (plotly) figures of the study, each only where it has something to show: history and
     intermediate values (stopped trials included), importance, parallel coordinates, slice, contour."""
@@ -227,7 +233,7 @@ def optuna_figures(study: optuna.Study, metric: str) -> dict[str, Any]:
     target = (lambda t: t.values[0]) if multi else None  # noqa: E731  (the first objective ranks, as everywhere)
     wanted = {"optimization_history": len(complete) >= 1,
               "intermediate_values": any(t.intermediate_values for t in study.get_trials(deepcopy=False)),
-              "param_importances": len(complete) >= 3 and len(params) >= 2,
+              "param_importances": len(complete) >= 3 and draws_importance(len(params)),
               "parallel_coordinate": len(complete) >= 2 and len(params) >= 1,
               "slice": len(complete) >= 1 and len(params) >= 1,
               "contour": len(complete) >= 3 and len(params) >= 2}
