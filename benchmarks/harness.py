@@ -301,15 +301,14 @@ def process_role(cmdline: str) -> str:
 
 class CpuAccount:
     """CPU seconds (user + system) of every process born while it is open, by ``process_role``, sampled from
-    /proc every ``poll_s`` (a process that ends between two samples loses at most its last ``poll_s``).
-    Linux only; elsewhere it records nothing."""
+    /proc every ``poll_s`` (a process that ends between two samples loses at most its last ``poll_s``); Linux."""
 
     def __init__(self, poll_s: float = 0.5) -> None:
         self.poll_s = poll_s
         self._seen: dict[tuple[str, int], tuple[str, float]] = {}  # (pid, start tick) -> (role, CPU s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._hz = os.sysconf("SC_CLK_TCK")
         self._born_after = 0
 
     def __enter__(self) -> CpuAccount:
@@ -328,7 +327,7 @@ class CpuAccount:
             self._sample()
 
     def _sample(self) -> None:
-        for pid in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
             try:
