@@ -622,6 +622,63 @@ def test_dashboard_serves_the_study_on_loopback(smoke, tmp_path):
     assert f"/dashboard/studies/{study['study_id']}" in printed and "127.0.0.1" in printed
 
 
+SLOW_ANSWER = """
+import sys, time
+from sweeplab.commands import serve_until_stopped
+from sweeplab.sweep.stop import watch_sigterm
+
+def app(environ, start_response):  # a response still being written when the signal comes
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first part"
+    time.sleep(5)
+    yield b"second part"
+
+watch_sigterm()
+try:
+    serve_until_stopped(app, "127.0.0.1", int(sys.argv[1]))
+except KeyboardInterrupt:
+    sys.exit(143)
+"""
+
+
+def test_the_dashboard_server_stops_on_sigterm_while_it_answers(tmp_path):
+    """wsgiref answers an exception raised in a response with a 500 and serves on: a signal must reach a thread
+    that only waits for it (optuna-dashboard's run_server served on the main thread and outlived its stop)."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import urllib.request
+
+    from servers import free_port
+
+    port = free_port()
+    script = tmp_path / "slow_answer.py"
+    script.write_text(SLOW_ANSWER)
+    proc = subprocess.Popen([sys.executable, str(script), str(port)], stderr=subprocess.PIPE, text=True)
+    started = threading.Event()
+
+    def ask() -> None:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as answer:
+                    answer.read(len(b"first part"))
+                    started.set()
+                    answer.read()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+    threading.Thread(target=ask, daemon=True).start()
+    try:
+        assert started.wait(30), "the test server never answered"
+        time.sleep(0.3)  # the response is half written: its second part is 5 s away
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=4) == 143, proc.stderr.read()  # stopped before the response could finish
+    finally:
+        proc.kill()
+
+
 @pytest.mark.slow  # plotly and optuna.visualization take seconds to import and draw the first figure
 def test_report_draws_the_optuna_figures_from_the_study_itself(tmp_path):
     """The study in the Optuna storage, not a copy rebuilt from MLflow: a pruned (stopped) trial's epochs

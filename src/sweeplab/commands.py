@@ -304,7 +304,7 @@ def check_port_free(host: str, port: int) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """optuna-dashboard for the sweeps' Optuna storage, on loopback unless --host says otherwise."""
     import optuna
-    from optuna_dashboard import run_server
+    from optuna_dashboard import wsgi
 
     from sweeplab.sweep.results import find_sweep, list_sweeps
 
@@ -320,8 +320,33 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     else:
         sweeps = ", ".join(r["sweep_id"] for r in list_sweeps(storage)) or "none yet"
         print(f"optuna-dashboard for {redact(storage)} (sweeps: {sweeps})\n  {url}", flush=True)
-    run_server(storage, host=args.host, port=args.port)
+    serve_until_stopped(wsgi(storage), args.host, args.port)
     return 0
+
+
+def serve_until_stopped(app: Any, host: str, port: int) -> None:
+    """Serve a WSGI app (wsgiref, one request at a time, each logged) on a thread until Ctrl-C or SIGTERM,
+    which reach the main thread as KeyboardInterrupt. Served from the main thread, as optuna-dashboard's
+    run_server does, a signal that landed while a response was written was swallowed by wsgiref's error
+    handler (it answers 500 and serves on), and the dashboard outlived its stop."""
+    import socket
+    import threading
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    class Server(WSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(host, port, app, server_class=Server)
+    thread = threading.Thread(target=server.serve_forever, name="sweeplab-dashboard", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    finally:  # a request still being answered gets a second to finish; the process ends after it either way
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(1.0)
+        server.server_close()
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
