@@ -271,16 +271,17 @@ class MlflowSweepTracker(tune.Callback):
         if step <= self._last_step.get(name, 0):
             return  # a retried trial repeats no epoch it already logged
         self._last_step[name] = step
-        if name not in self._placed:
+        tags = {}
+        if name not in self._placed:  # where the trial runs: a tag sent with its first epoch's metrics
             self._placed.add(name)
             pack = f", pack {result['pack']}" if "pack" in result else ""  # sweep.fuse
-            self._submit(Call.SET_TAG, name=name, key="sweeplab.placement",
-                         value=f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]{pack}")
+            tags["sweeplab.placement"] = f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]{pack}"
         metrics = [[m.key, m.value, m.timestamp, m.step] for m in runs.epoch_metrics(result)]
-        self._submit(Call.LOG_EPOCH, name=name, metrics=metrics)
+        self._submit(Call.LOG_EPOCH, name=name, metrics=metrics, **({"tags": tags} if tags else {}))
 
-    def _log_epoch(self, name: str, metrics: list[list[Any]], retry: bool = False) -> None:
-        from mlflow.entities import Metric
+    def _log_epoch(self, name: str, metrics: list[list[Any]], tags: dict[str, str] | None = None,
+                   retry: bool = False) -> None:
+        from mlflow.entities import Metric, RunTag
 
         run_id = self._run_id(name)
         batch = [Metric(key, value, timestamp, step) for key, value, timestamp, step in metrics]
@@ -288,8 +289,9 @@ class MlflowSweepTracker(tune.Callback):
             keys = {m.key for m in batch}
             logged = {key: {m.step for m in self.client.get_metric_history(run_id, key)} for key in keys}
             batch = [m for m in batch if m.step not in logged[m.key]]
-        if batch:
-            self.client.log_batch(run_id, metrics=batch)
+        run_tags = [RunTag(key, value) for key, value in (tags or {}).items()]  # setting a tag again changes nothing
+        if batch or run_tags:
+            self.client.log_batch(run_id, metrics=batch, tags=run_tags)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._submit(Call.SET_TAG, name=str(trial), key="sweeplab.restarts",
