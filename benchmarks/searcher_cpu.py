@@ -1,26 +1,42 @@
 """The driver's Optuna work per trial, alone: CPU of the searcher's suggest, one epoch and complete against a
-fresh SQLite study (the part of B8's driver CPU that sweeplab's searcher decides).
+fresh study (the part of B8's driver CPU that sweeplab's searcher decides).
 
-    .venv/bin/python benchmarks/searcher_cpu.py [TRIALS]   (default 200; prints ms of CPU per trial)
+    .venv/bin/python benchmarks/searcher_cpu.py [TRIALS] [--sampler tpe] [--storage journal]
+
+TRIALS defaults to 200, the sampler to random over one parameter (tpe: B8's two parameters), the storage to
+the SQLite file sweeplab opens; journal puts Optuna's JournalStorage on a file under the same searcher, to
+show what the storage costs. Prints ms of CPU per trial.
 """
 from __future__ import annotations
 
+import argparse
 import random
-import sys
 import tempfile
 import time
+
+import optuna
 
 from sweeplab.sweep.searcher import OptunaSearcher
 from sweeplab.sweep.space import Dimension
 from sweeplab.sweep.sweep_id import claim_sweep_id
 
+SPACES = {
+    "random": [Dimension("optimizer.lr", "float", 1e-3, 1e-1, True)],
+    "tpe": [Dimension("optimizer.lr", "float", 0.01, 0.3, True),
+            Dimension("model.width", "categorical", choices=(64, 128, 256))],
+}
 
-def cpu_per_trial(trials: int) -> float:
+
+def cpu_per_trial(trials: int, sampler: str = "random", storage: str = "sqlite") -> float:
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/optuna.db"
         objectives = [("val/acc", "max")]
-        searcher = OptunaSearcher([Dimension("optimizer.lr", "float", 1e-3, 1e-1, True)], "random", 0, url,
-                                  claim_sweep_id(url, "cpu", objectives), objectives, [0], trials, 1)
+        name = claim_sweep_id(url, "cpu", objectives) if storage == "sqlite" else "cpu"
+        searcher = OptunaSearcher(SPACES[sampler], sampler, 0, url, name, objectives, [0], trials, 1)
+        if storage == "journal":  # the searcher's own storage, swapped before its first use
+            from optuna.storages.journal import JournalFileBackend
+
+            searcher._backend = optuna.storages.JournalStorage(JournalFileBackend(f"{folder}/optuna.log"))
         rng = random.Random(0)
         started = time.process_time()
         for i in range(trials):
@@ -32,5 +48,10 @@ def cpu_per_trial(trials: int) -> float:
 
 
 if __name__ == "__main__":
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    print(f"{1000 * cpu_per_trial(count):.1f} ms of CPU per trial ({count} trials, random sampler, SQLite)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trials", type=int, nargs="?", default=200)
+    parser.add_argument("--sampler", choices=sorted(SPACES), default="random")
+    parser.add_argument("--storage", choices=("sqlite", "journal"), default="sqlite")
+    args = parser.parse_args()
+    cpu = cpu_per_trial(args.trials, args.sampler, args.storage)
+    print(f"{1000 * cpu:.1f} ms of CPU per trial ({args.trials} trials, {args.sampler} sampler, {args.storage})")

@@ -154,3 +154,12 @@ def test_b8_scale_profiles_the_driver(tmp_path):
     assert 0 < f["profiled"]["main_thread_cpu_s"] <= f["profiled"]["driver_cpu_s"] + 0.5
     assert 0 < check_value(checks, "driver main-thread CPU share: optuna") < 1
     assert f["cluster"]["nodes"] == 2 and f["cluster"]["trials"] == 4
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_searcher_cpu_runs_the_searcher_on_either_storage(storage):
+    """benchmarks/searcher_cpu.py, which docs/performance.md quotes for the storage's share of the searcher."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "searcher_cpu.py"), "6", "--sampler", "tpe",
+                           "--storage", storage], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.endswith(f"(6 trials, tpe sampler, {storage})\n") and float(proc.stdout.split()[0]) > 0
