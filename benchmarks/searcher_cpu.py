@@ -27,7 +27,8 @@ SPACES = {
 }
 
 
-def cpu_per_trial(trials: int, sampler: str = "random", storage: str = "sqlite") -> float:
+def cpu_per_trial(trials: int, sampler: str = "random", storage: str = "sqlite") -> tuple[float, str]:
+    """CPU seconds per trial, and the class of the storage the searcher wrote to."""
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/optuna.db"
         objectives = [("val/acc", "max")]
@@ -44,7 +45,7 @@ def cpu_per_trial(trials: int, sampler: str = "random", storage: str = "sqlite")
             result = {"epoch": 1, "val/acc": rng.random(), "config": config}
             searcher.on_trial_result(f"t{i}", result)
             searcher.on_trial_complete(f"t{i}", result)
-        return (time.process_time() - started) / trials
+        return (time.process_time() - started) / trials, type(searcher.backend).__name__
 
 
 if __name__ == "__main__":
@@ -53,5 +54,5 @@ if __name__ == "__main__":
     parser.add_argument("--sampler", choices=sorted(SPACES), default="random")
     parser.add_argument("--storage", choices=("sqlite", "journal"), default="sqlite")
     args = parser.parse_args()
-    cpu = cpu_per_trial(args.trials, args.sampler, args.storage)
-    print(f"{1000 * cpu:.1f} ms of CPU per trial ({args.trials} trials, {args.sampler} sampler, {args.storage})")
+    cpu, backend = cpu_per_trial(args.trials, args.sampler, args.storage)
+    print(f"{1000 * cpu:.1f} ms of CPU per trial ({args.trials} trials, {args.sampler} sampler, {backend})")
