@@ -271,16 +271,16 @@ class MlflowSweepTracker(tune.Callback):
         if step <= self._last_step.get(name, 0):
             return  # a retried trial repeats no epoch it already logged
         self._last_step[name] = step
-        tags = {}
+        tags: dict[str, str] = {}
         if name not in self._placed:  # where the trial runs: a tag sent with its first epoch's metrics
             self._placed.add(name)
             pack = f", pack {result['pack']}" if "pack" in result else ""  # sweep.fuse
             tags["sweeplab.placement"] = f"node {result.get('node_ip', '?')}, GPUs [{result.get('gpu_ids', '')}]{pack}"
         metrics = [[m.key, m.value, m.timestamp, m.step] for m in runs.epoch_metrics(result)]
-        self._submit(Call.LOG_EPOCH, name=name, metrics=metrics, **({"tags": tags} if tags else {}))
+        self._submit(Call.LOG_EPOCH, name=name, metrics=metrics, tags=tags)
 
     def _log_epoch(self, name: str, metrics: list[list[Any]], tags: dict[str, str] | None = None,
-                   retry: bool = False) -> None:
+                   retry: bool = False) -> None:  # tags None: journaled by a version that sent them apart
         from mlflow.entities import Metric, RunTag
 
         run_id = self._run_id(name)
