@@ -212,14 +212,16 @@ class StudyTimes:
 
 
 def study_times(output_dir: Path, started_at: float) -> StudyTimes:
-    """Read the (only) study of a sweep's own Optuna SQLite store."""
+    """Read the (only) study of a sweep's own Optuna store in ``output_dir``."""
     import optuna
 
+    from sweeplab.tracking.study_store import default_storage, open_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{Path(output_dir).resolve() / 'optuna.db'}"
+    storage = open_storage(default_storage(output_dir))
     names = optuna.get_all_study_names(storage)
     if len(names) != 1:
-        raise RuntimeError(f"expected one study in {storage}, found {names}")
+        raise RuntimeError(f"expected one study in {default_storage(output_dir)}, found {names}")
     study = optuna.load_study(study_name=names[0], storage=storage)
     rows = []
     for t in study.get_trials(deepcopy=False):

@@ -19,6 +19,17 @@ SWEEPLAB = Path(sys.executable).with_name("sweeplab")  # the console script a us
 TINY = ["data=mnist5k", "data.subset=500", "train.num_threads=1", "train.batch_size=50"]
 
 
+def journal_in(out: Path):
+    """The Optuna storage a sweep writes in output_dir ``out``, opened as Optuna documents opening a journal file
+    (and as ``optuna-dashboard out/optuna.journal`` does), not through sweeplab."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(out) / "optuna.journal"
+    assert path.is_file(), f"no Optuna journal at {path}"
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
 def write_sweep(folder: Path, name: str, body: str, model: str = "mlp") -> Path:
     """A sweep file as a user writes one: Hydra's global package, a defaults list, then the blocks."""
     folder = Path(folder) / "sweeps"  # its folder is the config group Hydra composes it as

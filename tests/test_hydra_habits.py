@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import cli
+from sweep_helpers import cli, journal_in
 
 import sweeplab
 from sweeplab.completion import candidates, install_script
@@ -187,7 +187,7 @@ def test_multirun_runs_the_grid_as_a_tracked_sweep(tmp_path):
     assert sorted(float(c.data.params["optimizer.lr"]) for c in children) == [0.01, 0.1]
     assert {c.data.params["model.name"] for c in children} == {"mlp"}
 
-    storage = f"sqlite:///{out / 'optuna.db'}"
+    storage = journal_in(out)
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     assert study.user_attrs["sampler"] == "grid" and summary.study_name.startswith("multirun-")

@@ -11,7 +11,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported:
 
 import optuna  # noqa: E402
 import pytest  # noqa: E402
-from sweep_helpers import write_sweep  # noqa: E402
+from sweep_helpers import journal_in, write_sweep  # noqa: E402
 
 from sweeplab.errors import ConfigError  # noqa: E402
 from sweeplab.run_files import RUN_FILES  # noqa: E402
@@ -122,7 +122,7 @@ def fused_and_alone(ray_session, tmp_path_factory):
 def test_fused_sweep_reports_every_member_as_a_trial(fused_and_alone):
     (out, outcome), _ = fused_and_alone
     assert outcome.counts() == {"completed": 4}
-    study = optuna.load_study(study_name=outcome.sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name=outcome.sweep_id, storage=journal_in(out))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     client, runs = children(out, "fused")
     assert len(runs) == 4
@@ -165,7 +165,7 @@ sweep:
     out, outcome = run_sweep(tmp_path_factory, "asha", body, "sweep.fuse=2", "sweep.fuse_on_cpu=true")
     status = {t.params["optimizer.lr"]: t.status for t in outcome.trials}
     assert status == {0.1: "completed", 0.00001: "stopped"}, status
-    study = optuna.load_study(study_name=outcome.sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name=outcome.sweep_id, storage=journal_in(out))
     states = {t.params["optimizer.lr"]: t.state for t in study.trials}
     assert states == {0.1: optuna.trial.TrialState.COMPLETE, 0.00001: optuna.trial.TrialState.PRUNED}
     client, runs = children(out, "asha")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from servers import free_port, require
-from sweep_helpers import interrupt_sweep, sweep_env
+from sweep_helpers import interrupt_sweep, journal_in, sweep_env
 
 SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
 BUCKET = "sweeplab-test"
@@ -114,7 +114,7 @@ def test_a_sweep_on_s3_is_interrupted_resumes_from_s3_and_reports(s3, tmp_path):
     sweep_id = next(line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("sweep smoke-"))
     experiment = f"{storage}/{sweep_id}"
 
-    study_storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study_storage = journal_in(tmp_path)
     assert optuna.load_study(study_name=sweep_id, storage=study_storage).user_attrs["ray_path"] == experiment
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"ray/{sweep_id}/")["Contents"]]
     assert any(k.startswith(f"ray/{sweep_id}/experiment_state") for k in keys), keys

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sweep_helpers import interrupt_sweep, sweep_env
+from sweep_helpers import interrupt_sweep, journal_in, sweep_env
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def _assert_complete(out: Path, sweep_id: str, num_trials: int, epochs: int = 3)
     holds for that epoch (a trial that restarted left no stale step behind)."""
     import optuna
 
-    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name=sweep_id, storage=journal_in(out))
     trials = study.get_trials()
     assert len(trials) == num_trials and all(t.state.name == "COMPLETE" for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == num_trials  # the resumed sampler drew new points

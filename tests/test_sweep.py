@@ -18,7 +18,7 @@ import optuna  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from sweep_helpers import TINY, cli, sweeplab, write_sweep  # noqa: E402
+from sweep_helpers import TINY, cli, journal_in, sweeplab, write_sweep  # noqa: E402
 
 ARTIFACTS = {"config.yaml", "confusion_matrix.json", "weights.pt", "model_summary.txt"}  # figures: the best trial only
 
@@ -45,7 +45,7 @@ def run_sweep(ref, out: Path, *overrides: str):
 
 def study_of(out: Path, outcome) -> optuna.Study:
     """The persistent Optuna study, opened the way `optuna` or optuna-dashboard would."""
-    return optuna.load_study(study_name=outcome.sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
+    return optuna.load_study(study_name=outcome.sweep_id, storage=journal_in(out))
 
 
 def mlflow_client(out: Path):
@@ -374,7 +374,7 @@ def make_searcher(tmp_path, objectives=(("val/acc", "max"),), seeds=(0,), num_co
     from sweeplab.sweep.searcher import OptunaSearcher
     from sweeplab.sweep.space import Dimension
 
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = str(tmp_path / "optuna.journal")
     searcher = OptunaSearcher([Dimension("optimizer.lr", "float", 0.01, 0.1)], "random", 0, storage, "s-1",
                               list(objectives), list(seeds), num_configs, max_epochs)
     sweep_file = write_sweep(tmp_path, "s", "sweep:\n  space:\n    optimizer.lr: {type: float, low: 0.01, high: 0.1}")
@@ -393,29 +393,29 @@ def run_seed(searcher, ray_id: str, accs: list[float], params: int = 1000) -> No
 
 
 def test_optuna_sees_every_epoch_of_a_trial_that_ran_to_its_end(tmp_path):
-    searcher, storage = make_searcher(tmp_path, num_configs=1)
+    searcher, _ = make_searcher(tmp_path, num_configs=1)
     searcher.suggest("ray-1")
     run_seed(searcher, "ray-1", [0.5, 0.6, 0.7])
-    (trial,) = optuna.load_study(study_name="s-1", storage=storage).trials
+    (trial,) = optuna.load_study(study_name="s-1", storage=journal_in(tmp_path)).trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == pytest.approx(0.7)
     assert trial.intermediate_values == pytest.approx({1: 0.5, 2: 0.6, 3: 0.7})
 
 
 def test_with_several_seeds_optuna_sees_the_mean_of_each_epoch_every_seed_reached(tmp_path):
-    searcher, storage = make_searcher(tmp_path, seeds=(0, 1), num_configs=1)
+    searcher, _ = make_searcher(tmp_path, seeds=(0, 1), num_configs=1)
     first, second = searcher.suggest("ray-1"), searcher.suggest("ray-2")
     assert first["optuna_trial"] == second["optuna_trial"] and {first["seed"], second["seed"]} == {0, 1}
     run_seed(searcher, "ray-1", [0.5, 0.6, 0.7])
     searcher.on_trial_result("ray-2", epoch(1, 0.3))
 
     def intermediate():
-        return optuna.load_study(study_name="s-1", storage=storage).trials[0].intermediate_values
+        return optuna.load_study(study_name="s-1", storage=journal_in(tmp_path)).trials[0].intermediate_values
 
     assert intermediate() == pytest.approx({1: 0.4})  # epoch 2 waits for the second seed
     searcher.on_trial_result("ray-2", epoch(2, 0.4))
     searcher.on_trial_complete("ray-2", epoch(3, 0.5))
     assert intermediate() == pytest.approx({1: 0.4, 2: 0.5, 3: 0.6})
-    assert optuna.load_study(study_name="s-1", storage=storage).trials[0].value == pytest.approx(0.6)
+    assert optuna.load_study(study_name="s-1", storage=journal_in(tmp_path)).trials[0].value == pytest.approx(0.6)
 
 
 def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):
@@ -430,7 +430,7 @@ def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):
     searcher.suggest("ray-small")
     run_seed(searcher, "ray-big", [0.5, 0.7, 0.9], params=5000)
     run_seed(searcher, "ray-small", [0.5], params=100)  # stopped after epoch 1
-    study = optuna.load_study(study_name="s-1", storage=storage)
+    study = optuna.load_study(study_name="s-1", storage=journal_in(tmp_path))
     big, small = study.trials
     assert big.state == optuna.trial.TrialState.COMPLETE and small.state != optuna.trial.TrialState.COMPLETE
     assert [t.number for t in study.best_trials] == [big.number]
@@ -443,10 +443,10 @@ def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):
 
 
 def test_a_trial_that_never_reports_the_objective_ends_in_error_with_the_reason(tmp_path):
-    searcher, storage = make_searcher(tmp_path, num_configs=1)
+    searcher, _ = make_searcher(tmp_path, num_configs=1)
     searcher.suggest("ray-1")
     searcher.on_trial_complete("ray-1", {"epoch": 3, "train/loss": 0.1})
-    (trial,) = optuna.load_study(study_name="s-1", storage=storage).trials
+    (trial,) = optuna.load_study(study_name="s-1", storage=journal_in(tmp_path)).trials
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["status"] == "error" and trial.user_attrs["reason"] == "the trial reported no val/acc"
 

@@ -12,7 +12,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported:
 
 import optuna  # noqa: E402
 import pytest  # noqa: E402
-from sweep_helpers import TINY, write_sweep  # noqa: E402
+from sweep_helpers import TINY, journal_in, write_sweep  # noqa: E402
 
 from sweeplab.compose import project_root  # noqa: E402
 from sweeplab.sweep.space import Dimension, sample  # noqa: E402
@@ -53,7 +53,7 @@ def run(ref, out: Path, *overrides: str):
 
 
 def study_of(out: Path, outcome) -> optuna.Study:
-    return optuna.load_study(study_name=outcome.sweep_id, storage=f"sqlite:///{out / 'optuna.db'}")
+    return optuna.load_study(study_name=outcome.sweep_id, storage=journal_in(out))
 
 
 def children(out: Path) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Retries from checkpoints, GPU shares and many concurrent trials on the local SQLite store,
+"""Retries from checkpoints, GPU shares and many concurrent trials on the local stores,
 with a real local Ray, real Optuna and a real MLflow store."""
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_a_dead_cluster_address_fails_fast_with_one_line(kind, tmp_path, request
 def test_sweep_ids_claimed_in_the_same_second_are_distinct(tmp_path):
     from sweeplab.sweep.sweep_id import claim_sweep_id
 
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = str(tmp_path / "optuna.journal")
     ids = [claim_sweep_id(storage, "smoke", [("val/acc", "max")]) for _ in range(3)]
     assert len(set(ids)) == 3 and all(i.startswith("smoke-") for i in ids)
 
@@ -135,6 +135,7 @@ def test_two_sweeps_started_together_in_a_fresh_folder_both_complete(tmp_path):
     import optuna
     from mlflow import MlflowClient
     from ray.cluster_utils import Cluster
+    from sweep_helpers import journal_in
 
     head = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     command = [sys.executable, "-m", "sweeplab.cli", "sweep", "smoke", f"output_dir={tmp_path / 'out'}", *TINY,
@@ -150,8 +151,7 @@ def test_two_sweeps_started_together_in_a_fresh_folder_both_complete(tmp_path):
     for p, output in zip(sweeps, outputs, strict=True):
         assert p.returncode == 0, output[-3000:]
 
-    storage = f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
-    studies = optuna.get_all_study_summaries(storage)
+    studies = optuna.get_all_study_summaries(journal_in(tmp_path / "out"))
     assert len(studies) == 2 and all(s.n_trials == 1 for s in studies)
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")

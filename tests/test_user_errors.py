@@ -152,6 +152,11 @@ CASES = [
     Case("optuna-postgres-refused",
          lambda tmp: ["sweep", "smoke", f"cluster.optuna_storage=postgresql+psycopg://u:pw@127.0.0.1:{_closed_port()}/x"],
          "postgresql+psycopg://u:***@127.0.0.1"),
+    Case("optuna-storage-mistyped-url",
+         lambda tmp: ["sweep", "smoke", "cluster.optuna_storage=postgres:/127.0.0.1/x"], "cluster.optuna_storage="),
+    Case("optuna-journal-unwritable",
+         lambda tmp: ["sweep", "smoke", f"cluster.optuna_storage={_a_file_in_the_way(tmp)}/optuna.journal"],
+         "is a file, not a folder"),
     # sweeplab ui
     Case("ui-port-range", lambda tmp: ["ui", "--port", "99999"], "between 1 and 65535"),
     Case("ui-port-busy", _busy_port, "already in use"),

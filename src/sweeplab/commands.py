@@ -303,10 +303,10 @@ def check_port_free(host: str, port: int) -> None:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """optuna-dashboard for the sweeps' Optuna storage, on loopback unless --host says otherwise."""
-    import optuna
     from optuna_dashboard import wsgi
 
     from sweeplab.sweep.results import find_sweep, list_sweeps
+    from sweeplab.tracking.study_store import open_storage
 
     if args.sweep and "=" in args.sweep:  # `sweeplab dashboard output_dir=...`: an override, not a sweep
         args.overrides, args.sweep = [args.sweep, *args.overrides], None
@@ -315,12 +315,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     url = f"http://{args.host}:{args.port}/dashboard"
     if args.sweep:
         sweep_id = find_sweep(storage, args.sweep)["sweep_id"]
-        study_id = optuna.storages.get_storage(storage).get_study_id_from_name(sweep_id)
+        study_id = open_storage(storage).get_study_id_from_name(sweep_id)
         print(f"optuna-dashboard for {redact(storage)}\n  sweep {sweep_id}: {url}/studies/{study_id}", flush=True)
     else:
         sweeps = ", ".join(r["sweep_id"] for r in list_sweeps(storage)) or "none yet"
         print(f"optuna-dashboard for {redact(storage)} (sweeps: {sweeps})\n  {url}", flush=True)
-    serve_until_stopped(wsgi(storage), args.host, args.port)
+    serve_until_stopped(wsgi(open_storage(storage)), args.host, args.port)
     return 0
 
 

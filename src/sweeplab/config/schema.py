@@ -207,7 +207,7 @@ class ClusterConfig:
     num_cpus: int | None = None  # local Ray only; None: all cores
     num_gpus: int | None = None  # local Ray only; None: all GPUs found
     storage_path: str | None = None  # Ray results; None: <output_dir>/ray; shared path or URI (s3://...) on clusters
-    optuna_storage: str | None = None  # None: sqlite:///<output_dir>/optuna.db ; postgresql://... on clusters
+    optuna_storage: str | None = None  # None: <output_dir>/optuna.journal ; a journal file path ; postgresql://...
     dashboard: bool = False  # a local Ray's dashboard on 127.0.0.1, needs ray[default] (a cluster's head runs its own)
     dashboard_port: int | None = None  # local Ray only; None: 8265, or the next free port after it
 

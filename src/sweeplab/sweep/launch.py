@@ -234,12 +234,15 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     ``on_outcome`` (the summary) runs while a Ray of our own shuts down and the tracker draws the report."""
     from sweeplab.sweep.results import load_outcome
     from sweeplab.tracking.store import check_database, check_writable
+    from sweeplab.tracking.study_store import local_file
 
     plan, sweep_id = _plan(ref, overrides, resume)
     _check_cluster_address(plan.cfg)  # before any store is created: a dead address fails in seconds
     check_writable(plan.output_dir, "output_dir")
     if plan.optuna_storage.startswith("postgresql"):  # Optuna would wait on it after Ray has started
         check_database(plan.optuna_storage, "cluster.optuna_storage / OPTUNA_STORAGE")
+    elif (study_file := local_file(plan.optuna_storage)) is not None:
+        check_writable(study_file.parent, "the Optuna storage (cluster.optuna_storage)")
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     root = ray_root(plan)
     check_storage(root)
@@ -318,7 +321,7 @@ def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) ->
         return
     import optuna
 
-    from sweeplab.sweep.samplers import open_storage
+    from sweeplab.tracking.study_store import open_storage
 
     ended_by = f"sweep.time_budget_s={budget:g} (after {elapsed:.0f} s)"
     optuna.load_study(study_name=outcome.sweep_id, storage=open_storage(plan.optuna_storage)).set_user_attr(

@@ -47,9 +47,12 @@ def group_options() -> dict[str, list[str]]:
 
 
 def optuna_storage_url(cfg: DictConfig) -> str:
+    """The storage cluster.optuna_storage names, or output_dir's own (sweeplab.tracking.study_store)."""
+    from sweeplab.tracking.study_store import configured_storage, default_storage
+
     if cfg.cluster.optuna_storage:
-        return cfg.cluster.optuna_storage
-    return f"sqlite:///{Path(cfg.output_dir).resolve() / 'optuna.db'}"
+        return configured_storage(cfg.cluster.optuna_storage, "cluster.optuna_storage")
+    return default_storage(cfg.output_dir)
 
 
 def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:

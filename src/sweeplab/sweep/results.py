@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -11,6 +10,7 @@ from sweeplab.errors import UserError
 from sweeplab.metrics import TrialStatus
 from sweeplab.redact import redact
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
+from sweeplab.tracking.study_store import local_file, open_storage
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -20,11 +20,12 @@ __all__ = ["SweepOutcome", "best_trial_runs", "find_sweep", "list_sweeps", "load
 
 
 def _studies(storage: str) -> list[optuna.study.StudySummary]:
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).exists():
-        raise UserError(f"no sweep has run here yet: {storage[len('sqlite:///'):]} does not exist "
+    path = local_file(storage)
+    if path is not None and not path.exists():
+        raise UserError(f"no sweep has run here yet: {path} does not exist "
                         "(run 'sweeplab sweep default', or pass output_dir=... / cluster=... to find another store)")
     try:
-        return optuna.get_all_study_summaries(storage=storage, include_best_trial=False)
+        return optuna.get_all_study_summaries(storage=open_storage(storage), include_best_trial=False)
     except Exception as err:  # a missing file or an unreachable database
         raise UserError(f"cannot read the Optuna storage {redact(storage)}: {str(err).splitlines()[0][:300]}") from None
 
@@ -50,7 +51,7 @@ def list_sweeps(storage: str) -> list[dict[str, Any]]:
 
 def load_outcome(storage: str, sweep_id: str) -> SweepOutcome:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=sweep_id, storage=storage)
+    study = optuna.load_study(study_name=sweep_id, storage=open_storage(storage))
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs

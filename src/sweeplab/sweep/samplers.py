@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import optuna
@@ -124,30 +123,3 @@ def make_sampler(
 def study_directions(objectives: list[tuple[str, str]]) -> list[Literal["maximize", "minimize"]]:
     """Optuna's direction of each (metric, mode) objective."""
     return ["maximize" if mode == "max" else "minimize" for _, mode in objectives]
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The study's storage. A local SQLite file runs in WAL mode with synchronous=NORMAL: every Optuna
-    write is a transaction, and a full fsync per commit made the driver wait on the disk once per
-    intermediate value and user attribute (a crash of the process still loses nothing committed)."""
-    if not url.startswith("sqlite:///"):
-        return optuna.storages.RDBStorage(url)
-    from sqlalchemy import event
-
-    from sweeplab.tracking.store import creation_lock
-
-    path = Path(url[len("sqlite:///"):])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with creation_lock(path):  # two sweeps starting in a fresh folder would both create the schema
-        storage = optuna.storages.RDBStorage(url)
-    engine = storage.engine
-
-    def tune(connection, _record) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(engine, "connect", tune)
-    engine.dispose()  # connections opened while the storage was created reconnect with the pragmas
-    return storage

@@ -23,8 +23,9 @@ from ray.tune.search import Searcher
 
 from sweeplab.metrics import TrialStatus, trial_end
 from sweeplab.redact import hide, reveal
-from sweeplab.sweep.samplers import make_sampler, open_storage, study_directions
+from sweeplab.sweep.samplers import make_sampler, study_directions
 from sweeplab.sweep.space import Dimension, sample
+from sweeplab.tracking.study_store import open_storage
 
 
 def _config_of(result: dict) -> dict[str, Any]:

@@ -5,7 +5,8 @@ import time
 
 import optuna
 
-from sweeplab.sweep.samplers import open_storage, study_directions
+from sweeplab.sweep.samplers import study_directions
+from sweeplab.tracking.study_store import open_storage
 
 MAX_SUFFIX = 100
 

@@ -204,11 +204,13 @@ def load_study(storage: str | None, sweep_id: str) -> optuna.Study | None:
     travelled, or the database is down): the report then goes without the Optuna figures."""
     import optuna
 
-    if not storage or (storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).exists()):
+    from sweeplab.tracking.study_store import local_file, open_storage
+
+    if not storage or ((path := local_file(storage)) is not None and not path.exists()):
         return None
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        return optuna.load_study(study_name=sweep_id, storage=storage)
+        return optuna.load_study(study_name=sweep_id, storage=open_storage(storage))
     except Exception:  # a study that is not there, a database that does not answer
         return None
 
