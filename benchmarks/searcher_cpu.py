@@ -42,6 +42,7 @@ def cpu_per_trial(trials: int, sampler: str = "random", storage: str = "journal"
             searcher.on_trial_complete(f"t{i}", result)
         return (time.process_time() - started) / trials, type(searcher.backend).__name__
 
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trials", type=int, nargs="?", default=200)

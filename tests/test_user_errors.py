@@ -76,6 +76,14 @@ def _bad_cifar_files(tmp: Path) -> list[str]:
     return ["train", "data=cifar10", "model=mlp", f"data.root={tmp / 'cifar'}", "train.num_threads=1"]
 
 
+def _sqlite_as_journal(tmp: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(tmp / "old.db") as db:
+        db.execute("CREATE TABLE t (x)")
+    return ["sweep", "smoke", f"cluster.optuna_storage={tmp / 'old.db'}"]
+
+
 def _busy_port(tmp: Path, held: list) -> list[str]:
     server = _silent_server()
     held.append(server)
@@ -157,6 +165,9 @@ CASES = [
     Case("optuna-journal-unwritable",
          lambda tmp: ["sweep", "smoke", f"cluster.optuna_storage={_a_file_in_the_way(tmp)}/optuna.journal"],
          "is a file, not a folder"),
+    Case("optuna-journal-is-a-folder", lambda tmp: ["sweep", "smoke", f"cluster.optuna_storage={tmp}"],
+         "is a folder: name the journal file in it"),
+    Case("optuna-journal-is-sqlite", _sqlite_as_journal, "is a SQLite database, not a journal file: write sqlite:///"),
     # sweeplab ui
     Case("ui-port-range", lambda tmp: ["ui", "--port", "99999"], "between 1 and 65535"),
     Case("ui-port-busy", _busy_port, "already in use"),
