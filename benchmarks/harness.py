@@ -218,10 +218,11 @@ def study_times(output_dir: Path, started_at: float) -> StudyTimes:
     from sweeplab.tracking.study_store import default_storage, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(default_storage(output_dir))
+    where = default_storage(output_dir)
+    storage = open_storage(where)
     names = optuna.get_all_study_names(storage)
     if len(names) != 1:
-        raise RuntimeError(f"expected one study in {default_storage(output_dir)}, found {names}")
+        raise RuntimeError(f"expected one study in {where}, found {names}")
     study = optuna.load_study(study_name=names[0], storage=storage)
     rows = []
     for t in study.get_trials(deepcopy=False):
