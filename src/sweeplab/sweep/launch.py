@@ -330,27 +330,30 @@ def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) ->
 
 
 def _start_ray_and_store(cfg: DictConfig, searched: int) -> bool:
-    """Ray starts while, on threads, MLflow is imported and its store opened, and what the end of the sweep draws
-    with is imported (seconds each, while the driver waits for Ray's processes); a tracking server that does not
+    """Ray starts while MLflow is imported and its store opened in the tracker's client process and, on a thread,
+    what the end of the sweep draws with is imported (seconds each, while the driver waits for Ray's processes);
+    a tracking server that does not
     answer is named before either starts. The drawing imports are not waited for: the end of the sweep uses them.
     They run at normal priority: a starved thread would hold the GIL the driver's threads wait for. ``searched``:
     how many parameters the sweep searches (the report's figures depend on it)."""
     if not cfg.tracking.enabled:
         return start_ray(cfg)
-    from concurrent.futures import ThreadPoolExecutor
-
     from sweeplab.sweep.tracker import MlflowSweepTracker
-    from sweeplab.tracking.store import check_reachable, client_for, tracking_uri
+    from sweeplab.tracking.client_process import client_process
+    from sweeplab.tracking.store import check_reachable, tracking_uri
 
     uri = tracking_uri(cfg)
     check_reachable(uri)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow prints a link as each run ends
     threading.Thread(target=MlflowSweepTracker.warm_up, args=(searched,), name="sweeplab-warm-up",
                      daemon=True).start()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
-        store = pool.submit(client_for, uri)
+    client = client_process(uri)  # MLflow's import and the store's opening, in the tracker's client process
+    try:
         started = start_ray(cfg)
-        store.result()  # a store that cannot be opened: its UserError, before any trial starts
+        client.ready()  # a store that cannot be opened: its UserError, before any trial starts
+    except BaseException:
+        client.close()
+        raise
     return started
 
 

@@ -3,7 +3,8 @@
 One parent run per sweep launch and one child run per trial. Only the driver
 writes to the store, so eight concurrent trials never contend for the SQLite
 file. Every MLflow call goes through one background thread, in order, so Tune's
-event loop never waits for the store and the next trial starts at once. A trial's
+event loop never waits for the store and the next trial starts at once; the client it
+calls runs in a process of its own (sweeplab.tracking.client_process). A trial's
 artifacts are the files its last checkpoint holds (sweeplab.run_files), logged
 as they are: nothing is rendered per trial; the best trial's figures are drawn
 once, at the end. A retried or resumed trial finds its own child run again (tag
@@ -23,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ray import tune
 from ray.tune.experiment import Trial
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from sweeplab.sweep.plan import SweepPlan
     from sweeplab.sweep.trainable import TrialSpec
+    from sweeplab.tracking.client_process import ClientProcess
 
 
 class Call(enum.StrEnum):
@@ -105,10 +107,11 @@ class MlflowSweepTracker(tune.Callback):
 
     @property
     def client(self) -> MlflowClient:
+        """MlflowClient's methods, run in a process of their own (sweeplab.tracking.client_process)."""
         if self._client is None:
-            from sweeplab.tracking.store import client_for
+            from sweeplab.tracking.client_process import client_process
 
-            self._client = client_for(reveal(self.uri))
+            self._client = cast("MlflowClient", client_process(reveal(self.uri)))
         return self._client
 
     @property
@@ -409,6 +412,9 @@ class MlflowSweepTracker(tune.Callback):
                   f"{self.flush_wait_s:g} s to send {pending} tracking call(s)", file=sys.stderr, flush=True)
 
         left = outbox.close(self.flush_wait_s, waiting)
+        if self._client is not None:  # every call has been sent, or waits in the journal
+            cast("ClientProcess", self._client).close()
+            self._client = None
         if outbox.failed:
             print(f"sweeplab {command}: {len(outbox.failed)} MLflow call(s) failed; first: {outbox.failed[0]}",
                   file=sys.stderr, flush=True)

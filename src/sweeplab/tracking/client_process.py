@@ -1,0 +1,128 @@
+"""An MlflowClient whose calls run in a process of their own, so that the store's work (SQLAlchemy and SQLite
+locally, HTTP to a server) does not share the sweep driver's interpreter lock with Ray Tune's event loop and the
+Optuna searcher. It was 58 ms of the driver's 98 ms of CPU per trial at 1,024 one-epoch trials (docs/performance.md,
+B8); W&B's service process exists for the same reason.
+
+``client_process(uri)`` starts the process (spawned: the driver runs Ray's threads) and returns a stand-in with
+MlflowClient's methods: each call is pickled to the process, run on its MlflowClient, and its result or exception
+pickled back. The process imports MLflow and opens the store while Ray starts; ``ready()`` raises what opening the
+store raised. It ignores Ctrl-C (the driver decides how a sweep stops), ends with the driver, and a call that
+finds it dead starts it again.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import pickle
+import signal
+import threading
+from typing import Any
+
+_started: dict[str, ClientProcess] = {}
+
+
+def client_process(uri: str) -> ClientProcess:
+    """The client process for ``uri``, started on first use and shared by the callers in this process."""
+    if uri not in _started:
+        _started[uri] = ClientProcess(uri)
+    return _started[uri]
+
+
+class ClientProcess:
+    def __init__(self, uri: str) -> None:
+        self.tracking_uri = uri
+        self._lock = threading.Lock()  # one call at a time: the tracking thread, and the main thread's setup
+        self._start()
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, theirs = context.Pipe()
+        self._process = context.Process(target=_serve, args=(theirs, self.tracking_uri), name="sweeplab-mlflow",
+                                        daemon=True)
+        self._process.start()
+        theirs.close()
+        self._opened: BaseException | None | bool = False  # False until the process says how opening went
+
+    def ready(self) -> None:
+        """Wait until the process has opened the store; raise what opening it raised."""
+        with self._lock:
+            self._wait_opened()
+
+    def _wait_opened(self) -> None:
+        if self._opened is False:
+            try:
+                self._opened = self._conn.recv()
+            except (EOFError, OSError):
+                self._opened = ConnectionError("the MLflow client process ended while it opened the store")
+        if isinstance(self._opened, BaseException):
+            raise self._opened
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return functools.partial(self._call, name)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            if not self._process.is_alive():  # killed: a new one opens the store again
+                self._start()
+            self._wait_opened()
+            try:
+                self._conn.send((method, args, kwargs))
+                ok, value = self._conn.recv()
+            except (EOFError, OSError) as err:
+                raise ConnectionError(f"the MLflow client process ended during {method} ({err or 'no answer'})") \
+                    from None
+        if ok:
+            return value
+        raise value
+
+    def close(self) -> None:
+        with self._lock:
+            if self._process.is_alive():
+                with contextlib.suppress(OSError):  # it ended meanwhile
+                    self._conn.send(None)
+                self._process.join(timeout=5)
+            if self._process.is_alive():
+                self._process.terminate()
+            self._conn.close()
+        _started.pop(self.tracking_uri, None)
+
+
+def _serve(conn: Any, uri: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from sweeplab.tracking.store import client_for
+
+    try:
+        client = client_for(uri)
+    except Exception as err:  # the store cannot be opened: the driver raises it, before any trial starts
+        conn.send(_sendable(err))
+        return
+    conn.send(None)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the driver has ended
+            return
+        if message is None:
+            return
+        method, args, kwargs = message
+        try:
+            answer: tuple[bool, Any] = (True, getattr(client, method)(*args, **kwargs))
+        except Exception as err:
+            answer = (False, _sendable(err))
+        try:
+            conn.send(answer)
+        except (pickle.PicklingError, TypeError, AttributeError) as err:  # a result that does not pickle
+            conn.send((False, RuntimeError(f"{method} returned what cannot be sent back: {err}")))
+
+
+def _sendable(err: BaseException) -> BaseException:
+    """``err`` if it survives pickling (an exception whose __init__ takes other arguments does not), else a
+    RuntimeError with its type and message."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")

@@ -1,0 +1,55 @@
+"""The sweep tracker's MlflowClient in a process of its own: calls and their errors come back as they would
+in-process, a store that cannot be opened is named at ready(), a killed process is started again, and Ctrl-C
+is left to the driver."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+
+from sweeplab.errors import UserError
+from sweeplab.tracking.client_process import ClientProcess
+
+
+@pytest.fixture
+def client(tmp_path):
+    process = ClientProcess(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield process
+    process.close()
+
+
+def test_calls_run_in_the_client_process_and_return_what_mlflow_returns(client, tmp_path):
+    client.ready()
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(experiment, run_name="r", tags={"k": "v"})
+    client.log_batch(run.info.run_id, params=[Param("lr", "0.1")])
+    got = client.get_run(run.info.run_id)
+    assert got.data.params == {"lr": "0.1"} and got.data.tags["k"] == "v" and got.info.run_name == "r"
+    assert client._process.pid != os.getpid() and client._process.is_alive()
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found|No Run"):
+        client.get_run("0" * 32)
+
+
+def test_a_store_that_cannot_be_opened_is_named_at_ready(tmp_path):
+    (tmp_path / "mlflow.db").write_text("this is not SQLite")
+    process = ClientProcess(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with pytest.raises(UserError, match="is not an MLflow SQLite store"):
+            process.ready()
+    finally:
+        process.close()
+
+
+def test_ctrl_c_is_left_to_the_driver_and_a_killed_process_starts_again(client):
+    client.ready()
+    first = client._process.pid
+    os.kill(first, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    time.sleep(0.5)
+    assert client._process.is_alive() and client.search_experiments(max_results=1)
+    os.kill(first, signal.SIGKILL)
+    client._process.join(timeout=10)
+    assert client.search_experiments(max_results=1) and client._process.pid != first
