@@ -53,3 +53,10 @@ def test_ctrl_c_is_left_to_the_driver_and_a_killed_process_starts_again(client):
     os.kill(first, signal.SIGKILL)
     client._process.join(timeout=10)
     assert client.search_experiments(max_results=1) and client._process.pid != first
+
+
+def test_a_sweep_gets_the_process_from_128_trials_unless_its_config_says():
+    from sweeplab.tracking.client_process import wanted
+
+    assert [wanted(None, n) for n in (16, 127, 128, 1024)] == [False, False, True, True]
+    assert wanted(True, 1) and not wanted(False, 10_000)

@@ -96,13 +96,19 @@ def _sweep_id(stdout: str) -> str:
 
 
 def test_a_server_back_before_the_sweep_ends_gets_every_call_the_sweep_journaled(server, tmp_path):
+    """With the MLflow client in a process of its own (the other outage test keeps it in the driver)."""
+    import psutil
+
     out = tmp_path / "outputs"
-    sweep = _start_sweep(server, out, "outage-back-in-time", "tracking.flush_wait_s=300")
+    sweep = _start_sweep(server, out, "outage-back-in-time", "tracking.flush_wait_s=300",
+                         "tracking.client_process=true")
     _kill_after_first_epoch(server, sweep, "outage-back-in-time")
     down = time.time()
     while _pending(out) < 3 or time.time() - down < 10:  # trials train on; their calls pile up on disk
         assert time.time() - down < 240, "no tracking call was journaled while the server was down"
         time.sleep(0.5)
+    children = [" ".join(c.cmdline()) for c in psutil.Process(sweep.pid).children()]
+    assert any("multiprocessing.spawn" in c for c in children), children  # the client's process
     server.start()
     stdout, stderr = sweep.communicate(timeout=300)
 

@@ -199,6 +199,7 @@ class TrackingConfig:
     async_logging: bool = True  # MLflow calls on one background thread of the driver; false: inline
     log_models: int = 1  # a sweep logs an MLflow Model (runs:/<id>/model) for this many of its best trials
     flush_wait_s: float = 30.0  # at a sweep's end, how long to wait for a store that does not answer (then: sync)
+    client_process: bool | None = None  # the sweep's MLflow client in a process of its own; None: from 128 trials
 
 
 @dataclass

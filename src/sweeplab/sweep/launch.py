@@ -253,7 +253,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
         from sweeplab.sweep.sweep_id import claim_sweep_id
 
         sweep_id = claim_sweep_id(plan.optuna_storage, plan.name, plan.objectives)
-    started_ray = _start_ray_and_store(plan.cfg, searched=len(plan.dims))
+    started_ray = _start_ray_and_store(plan.cfg, searched=len(plan.dims), trials=plan.num_trials)
     watch_sigterm()
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
@@ -329,28 +329,36 @@ def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) ->
     outcome.record["ended_by"] = ended_by
 
 
-def _start_ray_and_store(cfg: DictConfig, searched: int) -> bool:
-    """Ray starts while MLflow is imported and its store opened in the tracker's client process and, on a thread,
-    what the end of the sweep draws with is imported (seconds each, while the driver waits for Ray's processes);
-    a tracking server that does not
-    answer is named before either starts. The drawing imports are not waited for: the end of the sweep uses them.
-    They run at normal priority: a starved thread would hold the GIL the driver's threads wait for. ``searched``:
-    how many parameters the sweep searches (the report's figures depend on it)."""
+def _start_ray_and_store(cfg: DictConfig, searched: int, trials: int) -> bool:
+    """Ray starts while, on threads, MLflow is imported and its store opened (or both happen in the tracker's client
+    process, for a sweep of ``trials`` that wants one: ``client_process.wanted``), and what the end of the sweep
+    draws with is imported (seconds each, while the driver waits for Ray's processes); a tracking server that does
+    not answer is named before either starts. The drawing imports are not waited for: the end of the sweep uses
+    them. They run at normal priority: a starved thread would hold the GIL the driver's threads wait for.
+    ``searched``: how many parameters the sweep searches (the report's figures depend on it)."""
     if not cfg.tracking.enabled:
         return start_ray(cfg)
+    from concurrent.futures import ThreadPoolExecutor
+
     from sweeplab.sweep.tracker import MlflowSweepTracker
-    from sweeplab.tracking.client_process import client_process
-    from sweeplab.tracking.store import check_reachable, tracking_uri
+    from sweeplab.tracking.client_process import client_process, wanted
+    from sweeplab.tracking.store import check_reachable, client_for, tracking_uri
 
     uri = tracking_uri(cfg)
     check_reachable(uri)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow prints a link as each run ends
     threading.Thread(target=MlflowSweepTracker.warm_up, args=(searched,), name="sweeplab-warm-up",
                      daemon=True).start()
+    if not wanted(cfg.tracking.client_process, trials):
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
+            store = pool.submit(client_for, uri)
+            started = start_ray(cfg)
+            store.result()  # a store that cannot be opened: its UserError, before any trial starts
+        return started
     client = client_process(uri)  # MLflow's import and the store's opening, in the tracker's client process
     try:
         started = start_ray(cfg)
-        client.ready()  # a store that cannot be opened: its UserError, before any trial starts
+        client.ready()
     except BaseException:
         client.close()
         raise

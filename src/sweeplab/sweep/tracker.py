@@ -34,6 +34,7 @@ from sweeplab.redact import hide, redact, reveal
 from sweeplab.sweep.samplers import sampler_label
 from sweeplab.sweep.storage import experiment_path, ray_root
 from sweeplab.tracking import runs
+from sweeplab.tracking.client_process import wanted as client_process_wanted
 from sweeplab.tracking.journal import Journal, journal_path
 from sweeplab.tracking.outbox import Outbox
 
@@ -70,6 +71,7 @@ class MlflowSweepTracker(tune.Callback):
         self.experiment_name = cfg.tracking.experiment or plan.name
         self.background = bool(cfg.tracking.async_logging)
         self.flush_wait_s = float(cfg.tracking.flush_wait_s)
+        self.client_process = client_process_wanted(cfg.tracking.client_process, plan.num_trials)
         self.journal_file = journal_path(cfg.output_dir, sweep_id)
         self.sync_command = sync_command or f"sweeplab sync {sweep_id}"  # sends what a down store missed
         self.sweep_id = sweep_id
@@ -107,11 +109,13 @@ class MlflowSweepTracker(tune.Callback):
 
     @property
     def client(self) -> MlflowClient:
-        """MlflowClient's methods, run in a process of their own (sweeplab.tracking.client_process)."""
+        """An MlflowClient, or its methods run in a process of their own (sweeplab.tracking.client_process)."""
         if self._client is None:
             from sweeplab.tracking.client_process import client_process
+            from sweeplab.tracking.store import client_for
 
-            self._client = cast("MlflowClient", client_process(reveal(self.uri)))
+            uri = reveal(self.uri)
+            self._client = cast("MlflowClient", client_process(uri)) if self.client_process else client_for(uri)
         return self._client
 
     @property
@@ -412,7 +416,7 @@ class MlflowSweepTracker(tune.Callback):
                   f"{self.flush_wait_s:g} s to send {pending} tracking call(s)", file=sys.stderr, flush=True)
 
         left = outbox.close(self.flush_wait_s, waiting)
-        if self._client is not None:  # every call has been sent, or waits in the journal
+        if self._client is not None and self.client_process:  # every call has been sent, or waits in the journal
             cast("ClientProcess", self._client).close()
             self._client = None
         if outbox.failed:

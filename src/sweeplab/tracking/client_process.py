@@ -19,7 +19,17 @@ import signal
 import threading
 from typing import Any
 
+PROCESS_FROM_TRIALS = 128
 _started: dict[str, ClientProcess] = {}
+
+
+def wanted(setting: bool | None, trials: int) -> bool:
+    """Whether a sweep's tracker uses a client process (``tracking.client_process``; None: from
+    PROCESS_FROM_TRIALS trials). The process costs a second import of MLflow (the driver still draws the report
+    and logs the best models), ≈ 3 s of CPU on a 2-core machine that the trials keep busy: B3's 16 five-epoch
+    trials ran 1.16× slower with it. It saves ≈ 70 ms of the driver's CPU a trial: B8's 1,024 one-epoch trials
+    ran in 130 s instead of 150 s."""
+    return trials >= PROCESS_FROM_TRIALS if setting is None else setting
 
 
 def client_process(uri: str) -> ClientProcess:
