@@ -71,7 +71,7 @@ class MlflowSweepTracker(tune.Callback):
         self.experiment_name = cfg.tracking.experiment or plan.name
         self.background = bool(cfg.tracking.async_logging)
         self.flush_wait_s = float(cfg.tracking.flush_wait_s)
-        self.client_process = client_process_wanted(cfg.tracking.client_process, plan.num_trials)
+        self.in_own_process = client_process_wanted(cfg.tracking.client_process, plan.num_trials)
         self.journal_file = journal_path(cfg.output_dir, sweep_id)
         self.sync_command = sync_command or f"sweeplab sync {sweep_id}"  # sends what a down store missed
         self.sweep_id = sweep_id
@@ -115,7 +115,7 @@ class MlflowSweepTracker(tune.Callback):
             from sweeplab.tracking.store import client_for
 
             uri = reveal(self.uri)
-            self._client = cast("MlflowClient", client_process(uri)) if self.client_process else client_for(uri)
+            self._client = cast("MlflowClient", client_process(uri)) if self.in_own_process else client_for(uri)
         return self._client
 
     @property
@@ -416,7 +416,7 @@ class MlflowSweepTracker(tune.Callback):
                   f"{self.flush_wait_s:g} s to send {pending} tracking call(s)", file=sys.stderr, flush=True)
 
         left = outbox.close(self.flush_wait_s, waiting)
-        if self._client is not None and self.client_process:  # every call has been sent, or waits in the journal
+        if self._client is not None and self.in_own_process:  # every call has been sent, or waits in the journal
             cast("ClientProcess", self._client).close()
             self._client = None
         if outbox.failed:

@@ -67,9 +67,9 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
     if path is None:
         return optuna.storages.RDBStorage(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if "://" not in storage:
-        return optuna.storages.JournalStorage(_UnsyncedJournalFile(str(path)))
-    return _sqlite_storage(storage, path)
+    if storage.startswith("sqlite:///"):
+        return _sqlite_storage(storage, path)
+    return optuna.storages.JournalStorage(_UnsyncedJournalFile(str(path)))
 
 
 class _UnsyncedJournalFile(JournalFileBackend):
@@ -79,7 +79,7 @@ class _UnsyncedJournalFile(JournalFileBackend):
     def __init__(self, path: str) -> None:
         self._appending = JournalFileSymlinkLock(path)  # the lock Optuna's own backend takes by default
         super().__init__(path, lock_obj=self._appending)
-        self._path = path
+        self._path = path  # the lock and the path kept here: the base class's own are private
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
