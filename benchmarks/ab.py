@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ("wall_s", "driver_cpu_s", "trial_phase_s", "startup_s")
+FIGURES = ("wall_s", "driver_cpu_s", "client_process_cpu_s", "trial_phase_s", "startup_s")  # a tree may lack some
 
 ONE_RUN = """
 import json, sys
@@ -39,7 +39,7 @@ def one_run(tree: Path, trials: int) -> dict[str, float]:
     if done.returncode != 0:
         raise SystemExit(f"the run from {tree} failed:\n{done.stderr[-3000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return {key: round(figures[key], 2) for key in FIGURES}
+    return {key: round(figures[key], 2) for key in FIGURES if key in figures}
 
 
 def main() -> int:
@@ -58,7 +58,7 @@ def main() -> int:
             runs[str(tree)].append(figures)
             print(json.dumps({"tree": str(tree), **figures}), flush=True)
     for tree, rows in runs.items():
-        means = {key: round(statistics.mean(row[key] for row in rows), 2) for key in FIGURES}
+        means = {key: round(statistics.mean(row[key] for row in rows), 2) for key in FIGURES if key in rows[0]}
         print(json.dumps({"tree": tree, "runs": len(rows), "mean": means}))
     return 0
 

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from harness import Check, Result, study_times, sweeplab_sweep, write_sweep
+from harness import Check, CpuAccount, Result, study_times, sweeplab_sweep, write_sweep
 
 SIZES = {  # trial counts (small, large); the profiled run and the cluster run use the small count. At full size
     # the profiled run is one of its own (cProfile slows the driver); the smoke run profiles its small run
@@ -46,7 +46,8 @@ def one_sweep(trials: int, concurrency: int, profile: bool = False, address: str
         overrides = [f"output_dir={out}", *([f"cluster.address={address}"] if address else [])]
         os.environ["BENCH_PROFILE"] = "1" if profile else "0"  # read by driver.py through child_env
         try:
-            timed = sweeplab_sweep(sweep, overrides, cwd=tmp, driver=stats)
+            with CpuAccount() as processes:
+                timed = sweeplab_sweep(sweep, overrides, cwd=tmp, driver=stats)
         finally:
             os.environ.pop("BENCH_PROFILE", None)
         times = study_times(out, timed.started_at)
@@ -59,6 +60,8 @@ def one_sweep(trials: int, concurrency: int, profile: bool = False, address: str
             "trial_phase_s": times.steady, "trial_phase_per_trial_s": times.steady / trials,
             "driver_cpu_s": cpu, "driver_cpu_per_trial_s": cpu / trials,
             "driver_results_per_cpu_s": trials / cpu,  # one epoch result per trial
+            # the tracker's MLflow client process, where a sweep has one (tracking.client_process)
+            "client_process_cpu_s": processes.by_role().get("driver's helpers", 0.0),
             "startup_s": times.first_start,
             **{k: v for k, v in driver.items() if k in ("main_thread_cpu_s", "components_s", "packages_s")}}
 
@@ -90,6 +93,8 @@ def run(size: str, **_) -> Result:
     # what one more trial costs, start-up and teardown cancelled out
     marginal_cpu = (runs[large]["driver_cpu_s"] - runs[small]["driver_cpu_s"]) / (large - small)
     marginal_wall = (runs[large]["wall_s"] - runs[small]["wall_s"]) / (large - small)
+    with_process = {n: run["driver_cpu_s"] + run["client_process_cpu_s"] for n, run in runs.items()}
+    marginal_with_process = (with_process[large] - with_process[small]) / (large - small)
     parts = dict(profiled["components_s"])
     parts["rest: Ray's tune loop, imports, other"] = profiled["main_thread_cpu_s"] - sum(parts.values())
     shares = {name: seconds / profiled["main_thread_cpu_s"] for name, seconds in parts.items()}
@@ -100,11 +105,13 @@ def run(size: str, **_) -> Result:
         Check(f"driver CPU per extra trial ({small} -> {large} trials)", marginal_cpu, "", "s"),
         Check("trial results the driver handles per CPU second (1 / the above)",
               1 / marginal_cpu if marginal_cpu > 0 else None, ">= 20"),
+        Check("driver and its MLflow client process: CPU per extra trial", marginal_with_process, "", "s"),
         Check(f"wall per extra trial ({small} -> {large} trials), 2 at a time", marginal_wall, "", "s"),
         *(Check(f"driver main-thread CPU share: {name}", share, "") for name, share in shares.items()),
         Check(f"cluster ({p['cluster_nodes']} nodes, {p['cluster_concurrency']} at once): wall per trial at {small}",
               cluster["wall_per_trial_s"], "", "s"),
     ], figures={"runs": runs, "profiled": profiled, "cluster": cluster, "marginal_driver_cpu_s": marginal_cpu,
+                "marginal_driver_and_client_process_cpu_s": marginal_with_process,
                 "marginal_wall_s": marginal_wall, "main_thread_cpu_by_part_s": parts,
                 "profile_note": f"profiled: {'a separate run' if own else 'the run'} at the small count; components_s "
                                 "and packages_s are its main-thread CPU from cProfile (thread time, with cProfile's "

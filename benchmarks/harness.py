@@ -297,6 +297,8 @@ def process_role(cmdline: str) -> str:
         return "bare loop"
     if "/ray/" in cmdline or "Agent" in cmdline:
         return "Ray's services"  # gcs_server, raylet, dashboard, log monitor, autoscaler monitor, agents
+    if "multiprocessing.spawn" in cmdline or "multiprocessing.resource_tracker" in cmdline:
+        return "driver's helpers"  # the tracker's MLflow client process (tracking.client_process), its tracker
     if "sweeplab" in cmdline or "driver.py" in cmdline:
         return "driver"
     return "other"

@@ -147,6 +147,9 @@ def test_b8_scale_profiles_the_driver(tmp_path):
     assert sorted(int(n) for n in f["runs"]) == [4, 8]
     for run in f["runs"].values():
         assert run["driver_cpu_s"] > 0 and run["wall_per_trial_s"] > 0
+        assert run["client_process_cpu_s"] == 0  # under 128 trials the tracker's client stays in the driver
+    assert check_value(checks, "driver and its MLflow client process") == pytest.approx(
+        f["marginal_driver_and_client_process_cpu_s"])
     assert check_value(checks, "wall per trial at 8") == pytest.approx(f["runs"]["8"]["wall_per_trial_s"])
     parts = f["profiled"]["components_s"]
     # the MLflow calls run on the tracker's own thread; its callbacks, on the main thread, journal each call

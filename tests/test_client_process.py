@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 
 from sweeplab.errors import UserError
-from sweeplab.tracking.client_process import ClientProcess
+from sweeplab.tracking.client_process import ClientProcess, with_client
+from sweeplab.tracking.store import client_for
 
 
 @pytest.fixture
@@ -32,6 +34,45 @@ def test_calls_run_in_the_client_process_and_return_what_mlflow_returns(client, 
     assert client._process.pid != os.getpid() and client._process.is_alive()
     with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found|No Run"):
         client.get_run("0" * 32)
+
+
+def pid_and_experiments(client, *, prefix: str) -> tuple[int, list[str]]:
+    return os.getpid(), [e.name for e in client.search_experiments() if e.name.startswith(prefix)]
+
+
+def refuse(client, what: str) -> None:
+    raise UserError(f"no {what} here")
+
+
+def test_a_function_of_the_client_runs_whole_in_the_process(client, tmp_path):
+    """The tracker's composite calls (a trial's run with its composed params, the end's drawing) run there whole;
+    on a plain MlflowClient, the same function runs in this process."""
+    client.ready()
+    client.create_experiment("sweep-a", artifact_location=(tmp_path / "art").as_uri())
+    assert client.run(pid_and_experiments, prefix="sweep") == (client._process.pid, ["sweep-a"])
+    assert with_client(client, pid_and_experiments, prefix="sweep")[0] == client._process.pid
+    with pytest.raises(UserError, match="no figure here"):
+        with_client(client, refuse, "figure")
+    assert with_client(client_for(client.tracking_uri), pid_and_experiments, prefix="sweep") == (os.getpid(),
+                                                                                                 ["sweep-a"])
+
+
+def note_pid(path: str) -> None:
+    Path(f"{path}.part").write_text(str(os.getpid()))
+    os.replace(f"{path}.part", path)  # whole or not at all, for the reader that waits for it
+
+
+def test_the_warm_up_runs_in_the_process_once_the_store_is_open(tmp_path):
+    noted = tmp_path / "warm-up.pid"
+    process = ClientProcess(f"sqlite:///{tmp_path / 'mlflow.db'}", warm_up=(note_pid, (str(noted),)))
+    try:
+        process.ready()
+        deadline = time.monotonic() + 30
+        while not noted.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert noted.read_text() == str(process._process.pid)
+    finally:
+        process.close()
 
 
 def test_a_store_that_cannot_be_opened_is_named_at_ready(tmp_path):

@@ -742,8 +742,8 @@ def test_the_warm_up_imports_optuna_importance_only_for_a_report_that_draws_it(s
     import subprocess
     import sys
 
-    code = ("import sys\nfrom sweeplab.sweep.tracker import MlflowSweepTracker\n"
-            f"MlflowSweepTracker.warm_up({searched})\n"
+    code = ("import sys\nfrom sweeplab.sweep.tracker_calls import warm_up\n"
+            f"warm_up({searched})\n"
             "print(*(name in sys.modules for name in ('optuna.importance', 'sklearn', 'optuna.visualization')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

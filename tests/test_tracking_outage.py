@@ -83,12 +83,17 @@ def _assert_every_epoch_once(server: MlflowServer, experiment_name: str, sweep_i
     children = client.search_runs([experiment.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert len(children) == TRIALS
+    logged = {}
     for run in children:
         assert run.info.status == "FINISHED" and run.data.tags["sweeplab.status"] == "completed"
+        assert run.data.params["train.epochs"] == str(EPOCHS) and "optimizer.lr" in run.data.params  # its config
         for key in METRIC_KEYS:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert sorted(steps) == list(range(1, EPOCHS + 1)), (run.info.run_name, key, steps)
-        assert "weights.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        logged[run.info.run_id] = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "weights.pt" in logged[run.info.run_id]
+    # the end of the sweep: the best trial's figures and its MLflow Model
+    assert sum({"learning_curves.png", "model"} <= files for files in logged.values()) == 1, logged
 
 
 def _sweep_id(stdout: str) -> str:

@@ -330,32 +330,33 @@ def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) ->
 
 
 def _start_ray_and_store(cfg: DictConfig, searched: int, trials: int) -> bool:
-    """Ray starts while, on threads, MLflow is imported and its store opened (or both happen in the tracker's client
-    process, for a sweep of ``trials`` that wants one: ``client_process.wanted``), and what the end of the sweep
-    draws with is imported (seconds each, while the driver waits for Ray's processes); a tracking server that does
-    not answer is named before either starts. The drawing imports are not waited for: the end of the sweep uses
-    them. They run at normal priority: a starved thread would hold the GIL the driver's threads wait for.
+    """Ray starts while, on threads, MLflow is imported and its store opened, and what the end of the sweep draws
+    with is imported (seconds each, while the driver waits for Ray's processes); all of it happens in the tracker's
+    client process instead, which also draws the end, for a sweep of ``trials`` that wants one
+    (``client_process.wanted``). A tracking server that does not answer is named before either starts. The drawing
+    imports are not waited for: the end of the sweep uses them. They run at normal priority: a starved thread would
+    hold the GIL the driver's threads wait for.
     ``searched``: how many parameters the sweep searches (the report's figures depend on it)."""
     if not cfg.tracking.enabled:
         return start_ray(cfg)
     from concurrent.futures import ThreadPoolExecutor
 
-    from sweeplab.sweep.tracker import MlflowSweepTracker
+    from sweeplab.sweep.tracker_calls import warm_up
     from sweeplab.tracking.client_process import client_process, wanted
     from sweeplab.tracking.store import check_reachable, client_for, tracking_uri
 
     uri = tracking_uri(cfg)
     check_reachable(uri)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow prints a link as each run ends
-    threading.Thread(target=MlflowSweepTracker.warm_up, args=(searched,), name="sweeplab-warm-up",
-                     daemon=True).start()
     if not wanted(cfg.tracking.client_process, trials):
+        threading.Thread(target=warm_up, args=(searched,), name="sweeplab-warm-up", daemon=True).start()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
             store = pool.submit(client_for, uri)
             started = start_ray(cfg)
             store.result()  # a store that cannot be opened: its UserError, before any trial starts
         return started
-    client = client_process(uri)  # MLflow's import and the store's opening, in the tracker's client process
+    # MLflow's import, the store's opening and the warm-up for the end's drawing, in the tracker's client process
+    client = client_process(uri, warm_up=(warm_up, (searched,)))
     try:
         started = start_ray(cfg)
         client.ready()

@@ -17,11 +17,9 @@ may have reached the store before, first checks what is there, so that nothing i
 """
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -31,10 +29,12 @@ from ray.tune.experiment import Trial
 
 from sweeplab.metrics import TrialEnd, TrialStatus, error_line, trial_end
 from sweeplab.redact import hide, redact, reveal
+from sweeplab.sweep import tracker_calls as calls
 from sweeplab.sweep.samplers import sampler_label
 from sweeplab.sweep.storage import experiment_path, ray_root
 from sweeplab.tracking import runs
 from sweeplab.tracking.client_process import wanted as client_process_wanted
+from sweeplab.tracking.client_process import with_client
 from sweeplab.tracking.journal import Journal, journal_path
 from sweeplab.tracking.outbox import Outbox
 
@@ -219,15 +219,6 @@ class MlflowSweepTracker(tune.Callback):
     def _create_child(self, name: str, trial_id: str, config: dict[str, Any], retry: bool = False) -> None:
         if name in self._children and not retry:
             return
-        from mlflow.entities import Param
-
-        from sweeplab.errors import UserError
-        from sweeplab.sweep.trainable import compose_trial
-
-        try:
-            params = runs.config_params(compose_trial(self.spec, config))
-        except UserError:  # the trial itself will end invalid with the reason; log what was sampled
-            params = [Param(k, runs.param_value(v)) for k, v in config.items()]
         tags = {
             "mlflow.parentRunId": str(self.parent_run_id),
             "sweeplab.kind": "trial",
@@ -241,12 +232,8 @@ class MlflowSweepTracker(tune.Callback):
         }
         assert self.experiment_id is not None, "setup() creates the experiment before any trial starts"
         run_id = self._child(name) if retry else None  # made before the store stopped answering: params again
-        if run_id is None:
-            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        number = Param("optuna_trial", str(config.get("optuna_trial")))
-        params = [p for p in params if p.key != "optuna_trial"] + [number]
-        self.client.log_batch(run_id, params=params)  # the client splits it into batches of 100; same values: no-op
-        self._children[name] = run_id
+        self._children[name] = with_client(self.client, calls.trial_run, self.experiment_id, run_id, name, tags,
+                                           self.spec, config)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         name = str(trial)
@@ -367,38 +354,22 @@ class MlflowSweepTracker(tune.Callback):
             self.client.set_terminated(self._run_id(name), "KILLED")
         self.client.set_terminated(str(self.parent_run_id), "KILLED")
 
-    @staticmethod
-    def warm_up(searched: int) -> None:
-        """Import what ``_conclude`` draws with (matplotlib, plotly, Optuna's figures, MLflow's pytorch flavor:
-        seconds of imports) while Ray starts, not after the last trial; Optuna's importance (it imports
-        scikit-learn: 2 s of CPU) only when the report will draw it for the ``searched`` parameters. Whatever
-        fails here fails again in ``_conclude``, which reports it; on this thread it would only print a traceback."""
-        with contextlib.suppress(Exception):
-            import optuna.visualization  # noqa: F401
-
-            from sweeplab.tracking import models, report
-            from sweeplab.tracking.artifacts import pyplot
-
-            if report.draws_importance(searched):
-                import optuna.importance  # noqa: F401
-            models.warm_up()
-            pyplot()
-
     def _conclude(self, retry: bool = False) -> None:
         from sweeplab.tracking.report import build_report
 
         parent, storage = str(self.parent_run_id), reveal(self.optuna_storage)
-        self._drawing("sweep metrics", lambda: log_sweep_metrics(self.client, parent, storage, self.sweep_id))
-        self._drawing("figures", lambda: log_best_trial_figures(self.client, parent, storage, self.sweep_id))
-        self._drawing("models", lambda: log_best_models(self.client, parent, storage, self.sweep_id, self.log_models))
-        self._drawing("report", lambda: build_report(self.client, parent, None, True, storage))
+        self._drawing("sweep metrics", calls.log_sweep_metrics, parent, storage, self.sweep_id)
+        self._drawing("figures", calls.log_best_trial_figures, parent, storage, self.sweep_id)
+        self._drawing("models", calls.log_best_models, parent, storage, self.sweep_id, self.log_models)
+        self._drawing("report", build_report, parent, None, True, storage)
         self.client.set_terminated(parent, "FINISHED")
 
-    def _drawing(self, what: str, draw: Callable[[], object]) -> None:
-        """A figure or report that cannot be drawn is reported and leaves the runs as they are; a store that
-        went down meanwhile fails the whole call, which is tried again."""
+    def _drawing(self, what: str, draw: Callable[..., object], *args: Any) -> None:
+        """``draw(client, *args)`` (in the client process when there is one). A figure or report that cannot be
+        drawn is reported and leaves the runs as they are; a store that went down meanwhile fails the whole call,
+        which is tried again."""
         try:
-            draw()
+            with_client(self.client, draw, *args)
         except Exception as err:
             if not self._store_answers():
                 raise
@@ -429,62 +400,3 @@ class MlflowSweepTracker(tune.Callback):
 
     def _shown_uri(self) -> str:
         return redact(self.uri)
-
-
-def log_sweep_metrics(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> None:
-    """The sweep's best value and its trials by status as metrics of the parent run, so sweeps sort and
-    compare in the MLflow UI (``best/val/acc``, ``trials/completed``, ...)."""
-    from mlflow.entities import Metric
-
-    from sweeplab.sweep.results import load_outcome
-
-    outcome = load_outcome(optuna_storage, sweep_id)
-    stamp = int(time.time() * 1000)
-    counts = {status.value: 0 for status in TrialStatus} | outcome.counts()
-    metrics = [Metric(f"trials/{status}", float(n), stamp, 0) for status, n in counts.items()]
-    best = outcome.best()
-    if best is not None:
-        metrics += [Metric(f"best/{metric}", best.value(i), stamp, 0)
-                    for i, (metric, _) in enumerate(outcome.objectives)]
-    client.log_batch(parent_run_id, metrics=metrics)
-
-
-def log_best_models(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str,
-                    count: int) -> list[str]:
-    """MLflow Models (runs:/<id>/model) for the ``count`` best trials, built once at the end from their
-    logged files (sweeplab.tracking.models says why not per trial)."""
-    from sweeplab.sweep.results import best_trial_runs
-    from sweeplab.tracking.models import log_model
-
-    return [log_model(client, run.info.run_id)
-            for run in best_trial_runs(client, parent_run_id, optuna_storage, sweep_id, count)]
-
-
-def log_best_trial_figures(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> str | None:
-    """Learning curves and confusion matrix of the sweep's best trial, drawn once at the end of the sweep
-    (not per trial: MLflow already charts every run's metrics) and logged to that trial's run.
-    Returns the run id, or None when no trial completed."""
-    import tempfile
-
-    from sweeplab.run_files import read_confusion
-    from sweeplab.sweep.results import best_trial_runs
-    from sweeplab.tracking.artifacts import figures
-
-    found = best_trial_runs(client, parent_run_id, optuna_storage, sweep_id)
-    if not found:
-        return None
-    run = found[0]
-    keys = ("train/loss", "train/acc", "val/loss", "val/acc")
-    steps: dict[int, dict[str, float]] = {}
-    for key in keys:
-        for m in client.get_metric_history(run.info.run_id, key):
-            steps.setdefault(m.step, {"epoch": m.step})[key] = m.value
-    history = [steps[s] for s in sorted(steps) if len(steps[s]) == len(keys) + 1]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        matrix_file = client.download_artifacts(run.info.run_id, "confusion_matrix.json", tmp)
-        confusion, classes = read_confusion(Path(matrix_file))
-        (folder / "confusion_matrix.json").unlink()
-        figures(folder, history, confusion, classes, f"best trial: {run.info.run_name}")
-        client.log_artifacts(run.info.run_id, tmp)
-    return run.info.run_id
