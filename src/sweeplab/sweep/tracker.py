@@ -21,13 +21,12 @@ import enum
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ray import tune
 from ray.tune.experiment import Trial
 
-from sweeplab.metrics import TrialEnd, TrialStatus, error_line, trial_end
+from sweeplab.metrics import TrialEnd, error_line, trial_end
 from sweeplab.redact import hide, redact, reveal
 from sweeplab.sweep import tracker_calls as calls
 from sweeplab.sweep.samplers import sampler_label
@@ -311,29 +310,7 @@ class MlflowSweepTracker(tune.Callback):
 
     def _end_child(self, name: str, status: str, reason: str, restarts: int, checkpoint: dict[str, str] | None,
                    retry: bool = False) -> None:
-        from mlflow.entities import RunTag
-
-        run_id = self._run_id(name)
-        tags = [RunTag("sweeplab.status", status), RunTag("sweeplab.restarts", str(restarts))]
-        if reason:
-            tags.append(RunTag("sweeplab.failure_reason", reason[:5000]))
-        self.client.log_batch(run_id, tags=tags)
-        if checkpoint is not None:
-            self._log_checkpoint(run_id, checkpoint)
-        self.client.set_terminated(run_id, "FAILED" if status == TrialStatus.ERROR else "FINISHED")
-
-    def _log_checkpoint(self, run_id: str, where: dict[str, str]) -> None:
-        """The trial's files, as its last checkpoint (in Ray's shared storage) holds them, and its dataset."""
-        from sweeplab.run_files import RUN_FILES, read_dataset
-
-        path = where["path"] if where["fs"] == "local" else f"{where['fs']}://{where['path']}"
-        with tune.Checkpoint(path).as_directory() as folder:
-            for name in RUN_FILES:
-                if (Path(folder) / name).exists():
-                    self.client.log_artifact(run_id, str(Path(folder) / name))
-            dataset = Path(folder) / "dataset.json"
-            if dataset.exists():
-                self.client.log_inputs(run_id, datasets=runs.dataset_inputs(read_dataset(dataset)))
+        with_client(self.client, calls.end_trial_run, self._run_id(name), status, reason, restarts, checkpoint)
 
     # -- the end: figures of the best trial, the report on the parent -------------------------
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:

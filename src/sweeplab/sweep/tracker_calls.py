@@ -1,11 +1,14 @@
 """The tracker's calls that do more than one MLflow call, each a module-level function of the client, so that
 ``with_client`` runs it on the tracking thread or, whole, in the tracker's client process: a trial's run with the
-params of its composed config, and the end of a sweep (its metrics, the best trial's figures and Models). In the
-process, the composing, reading of the study and drawing they do stays out of the sweep driver too."""
+params of its composed config, a trial's end with its files, and the end of a sweep (its metrics, the best trial's
+figures and Models). In the process, the composing, reading of the study and drawing they do stays out of the sweep
+driver too, and each is one round trip.
+"""
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +57,45 @@ def trial_run(client: MlflowClient, experiment_id: str, run_id: str | None, name
     params = [p for p in params if p.key != "optuna_trial"] + [number]
     client.log_batch(run_id, params=params)  # the client splits it into batches of 100; same values: no-op
     return run_id
+
+
+def end_trial_run(client: MlflowClient, run_id: str, status: str, reason: str, restarts: int,
+                  checkpoint: dict[str, str] | None) -> None:
+    """A trial's end: its status tags, the files of its last checkpoint (``{"path", "fs"}``: its place in Ray's
+    storage), and the run's final state."""
+    from mlflow.entities import RunTag
+
+    tags = [RunTag("sweeplab.status", status), RunTag("sweeplab.restarts", str(restarts))]
+    if reason:
+        tags.append(RunTag("sweeplab.failure_reason", reason[:5000]))
+    client.log_batch(run_id, tags=tags)
+    if checkpoint is not None:
+        with _checkpoint_folder(checkpoint) as folder:
+            log_run_files(client, run_id, folder)
+    client.set_terminated(run_id, "FAILED" if status == TrialStatus.ERROR else "FINISHED")
+
+
+@contextlib.contextmanager
+def _checkpoint_folder(where: dict[str, str]) -> Iterator[Path]:
+    """A checkpoint's folder: itself on a local disk, a downloaded copy from remote storage (Ray's filesystems)."""
+    if where["fs"] == "local":
+        yield Path(where["path"])
+        return
+    from ray import tune
+
+    with tune.Checkpoint(f"{where['fs']}://{where['path']}").as_directory() as folder:
+        yield Path(folder)
+
+
+def log_run_files(client: MlflowClient, run_id: str, folder: Path) -> None:
+    """The trial's files as its checkpoint folder holds them (sweeplab.run_files), and its dataset."""
+    from sweeplab.run_files import RUN_FILES, read_dataset
+
+    for name in RUN_FILES:
+        if (folder / name).exists():
+            client.log_artifact(run_id, str(folder / name))
+    if (folder / "dataset.json").exists():
+        client.log_inputs(run_id, datasets=runs.dataset_inputs(read_dataset(folder / "dataset.json")))
 
 
 def log_sweep_metrics(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> None:
