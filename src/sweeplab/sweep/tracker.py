@@ -4,7 +4,8 @@ One parent run per sweep launch and one child run per trial. Only the driver
 writes to the store, so eight concurrent trials never contend for the SQLite
 file. Every MLflow call goes through one background thread, in order, so Tune's
 event loop never waits for the store and the next trial starts at once; from 128 trials
-the client it calls runs in a process of its own (sweeplab.tracking.client_process). A trial's
+the client it calls runs in a process of its own (sweeplab.tracking.client_process), and the
+calls that do more than call MLflow run there whole (sweeplab.sweep.tracker_calls). A trial's
 artifacts are the files its last checkpoint holds (sweeplab.run_files), logged
 as they are: nothing is rendered per trial; the best trial's figures are drawn
 once, at the end. A retried or resumed trial finds its own child run again (tag
