@@ -107,8 +107,10 @@ def test_a_sweep_on_s3_is_interrupted_resumes_from_s3_and_reports(s3, tmp_path):
 
     storage = f"s3://{BUCKET}/ray"
     env = sweep_env()
+    # the tracker's client in its own process: a trial's files come from S3 there (sweeplab.sweep.tracker_calls)
     overrides = [f"output_dir={tmp_path}", f"cluster.storage_path={storage}", "sweep.num_trials=2",
-                 "sweep.max_concurrent=1", "train.epochs=2", "sweep.scheduler.kind=none", "data.subset=300"]
+                 "sweep.max_concurrent=1", "train.epochs=2", "sweep.scheduler.kind=none", "data.subset=300",
+                 "tracking.client_process=true"]
     output, status = interrupt_sweep(overrides, "trial_001_seed0 epoch  1/2", timeout=180)  # the second trial half-way
     assert status == 130, output[-3000:]
     sweep_id = next(line.split()[1].rstrip(":") for line in output.splitlines() if line.startswith("sweep smoke-"))
@@ -140,3 +142,7 @@ def test_a_sweep_on_s3_is_interrupted_resumes_from_s3_and_reports(s3, tmp_path):
     experiment_id = client.get_experiment_by_name("smoke").experiment_id
     (parent,) = client.search_runs([experiment_id], "tags.`sweeplab.kind` = 'sweep'")
     assert parent.data.params["ray_path"] == experiment  # where Tuner.restore finds it, from MLflow too
+    children = client.search_runs([experiment_id], "tags.`sweeplab.kind` = 'trial'")
+    assert len(children) == 2
+    for run in children:  # each trial's files, read from its last checkpoint on S3
+        assert {"weights.pt", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}, run.info
