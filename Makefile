@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONSTRAINTS ?= -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: venv sweep train lint test test-fast system-deps services clean bench bench-smoke bench-deps
+.PHONY: venv sweep train lint test test-fast system-deps services clean bench bench-smoke bench-deps gpu-wheels
 
 venv: $(VENV)/.installed
 
@@ -66,6 +66,12 @@ HYDRA_PLUGINS := hydra-optuna-sweeper==1.3.0 hydra-joblib-launcher==1.2.0
 
 bench-deps: venv
 	test -d benchmarks/.vendor/hydra_plugins || $(BIN)/pip install --quiet --no-deps --target benchmarks/.vendor $(HYDRA_PLUGINS)
+
+# What benchmarks/gpu_device.sh needs on the lent GPU machine beside its image's torch: pure-Python wheels, carried.
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 mlxtend==0.25.0
+
+gpu-wheels: venv
+	test -d benchmarks/.gpu-wheels || $(BIN)/pip wheel --quiet --no-deps -w benchmarks/.gpu-wheels $(GPU_WHEELS)
 
 bench: venv bench-deps
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/run.py $(BENCH)

@@ -104,7 +104,9 @@ sweep:
             "aggregate_samples_per_s": samples / times.steady}
 
 
-def run(size: str, device: str = "auto", tiny: bool = False, **_) -> Result:
+def run(size: str, device: str = "auto", tiny: bool = False, packing: bool = True, **_) -> Result:
+    """``packing=False``: the resident-epoch timings alone (they need torch and sweeplab's training code; the packed
+    trials run `sweeplab sweep`, which needs Ray)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "none"
     if device == "none":
@@ -118,9 +120,9 @@ def run(size: str, device: str = "auto", tiny: bool = False, **_) -> Result:
     dev = torch.device(device)
     epochs = {m: {name: resident_epoch(m, dev, p["images"], p["batch"], *opts) for name, opts in OPTIONS.items()}
               for m in MODELS}
-    packs = {k: packed(k, device, p) for k in p["ks"]}
+    packs = {k: packed(k, device, p) for k in p["ks"]} if packing else {}
     kmax = max(p["ks"])
-    speedup = packs[kmax]["aggregate_samples_per_s"] / packs[1]["aggregate_samples_per_s"]
+    speedup = packs[kmax]["aggregate_samples_per_s"] / packs[1]["aggregate_samples_per_s"] if packs else None
     best_lenet = min(epochs["lenet"], key=epochs["lenet"].get)
     real = device == "cuda" and not tiny  # targets hold for the GPU at full size only
     checks = [
@@ -131,7 +133,8 @@ def run(size: str, device: str = "auto", tiny: bool = False, **_) -> Result:
     ]
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU (tiny run, {torch.get_num_threads()} threads)"
     return Result("B6", "GPU throughput and packing", size, checks=checks,
-                  reason="" if real else "tiny CPU run of the GPU code path: no GPU figure",
+                  reason=("" if real else "tiny CPU run of the GPU code path: no GPU figure")
+                  + ("" if packing else ("; " if not real else "") + "packing not run (--no-packing)"),
                   figures={"device": name, "images": p["images"], "batch_size": p["batch"], "epoch_s": epochs,
                            "packing": packs, "packing_data": "mnist5k (the 60,000-image MNIST needs files; the "
                                                              "packed trials run sweeplab's real data path)"})

@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the instruments, not the figures")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="B6's device")
     parser.add_argument("--tiny", action="store_true", help="B6 at its tiny size (with --device cpu)")
+    parser.add_argument("--no-packing", dest="packing", action="store_false",
+                        help="B6 without its packed sweeps, which need Ray (the lent GPU machine has none)")
     parser.add_argument("--results", default=str(BENCH_DIR / "results"), help="folder for the results files")
     args = parser.parse_args(argv)
     names = [b.upper() for b in args.benchmarks] or list(BENCHMARKS)
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     jsonl, rows = stem.with_suffix(".jsonl"), []
     for name in names:
         print(f"\n## {name}: {BENCHMARKS[name][0]}", flush=True)
-        result = run_one(name, size, device=args.device, tiny=args.tiny)
+        result = run_one(name, size, device=args.device, tiny=args.tiny, packing=args.packing)
         line = print_json(result, env)
         with open(jsonl, "a") as f:
             f.write(line + "\n")

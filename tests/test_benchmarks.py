@@ -128,6 +128,16 @@ def test_b6_gpu_code_path_runs_tiny_on_cpu(tmp_path):
     assert all(c["met"] is None for c in record["checks"])  # a CPU run claims no GPU target
 
 
+def test_b6_without_packing_times_the_epochs_alone(tmp_path):
+    """What benchmarks/gpu_device.sh runs on the lent GPU machine, which has no Ray for the packed sweeps."""
+    record = run_benchmarks("B6", "--device", "cpu", "--tiny", "--no-packing", results=tmp_path)["B6"]
+    checks = ok(record)
+    f = record["figures"]
+    assert f["packing"] == {} and set(f["epoch_s"]) == {"lenet", "vgg"}
+    assert check_value(checks, "2 packed LeNet trials / 1") is None
+    assert "packing not run (--no-packing)" in record["reason"]
+
+
 def test_b7_fused_trials_report_every_figure(tmp_path):
     record = run_benchmarks("B7", results=tmp_path)["B7"]
     checks = ok(record)
