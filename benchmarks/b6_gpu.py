@@ -133,8 +133,8 @@ def run(size: str, device: str = "auto", tiny: bool = False, packing: bool = Tru
     ]
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU (tiny run, {torch.get_num_threads()} threads)"
     return Result("B6", "GPU throughput and packing", size, checks=checks,
-                  reason=("" if real else "tiny CPU run of the GPU code path: no GPU figure")
-                  + ("" if packing else ("; " if not real else "") + "packing not run (--no-packing)"),
+                  reason="; ".join([*([] if real else ["tiny CPU run of the GPU code path: no GPU figure"]),
+                                    *([] if packing else ["packing not run (--no-packing)"])]),
                   figures={"device": name, "images": p["images"], "batch_size": p["batch"], "epoch_s": epochs,
                            "packing": packs, "packing_data": "mnist5k (the 60,000-image MNIST needs files; the "
                                                              "packed trials run sweeplab's real data path)"})

@@ -5,7 +5,8 @@
 # (--no-packing), and the gpu test tier's tests of training and fusing. Prepared here with `make gpu-wheels`, then
 # through the device tool:
 #   run(command="bash benchmarks/gpu_device.sh", carry=["benchmarks/.gpu-wheels"], timeout_s=540)
-# BENCH_ARGS adds options to run.py (--smoke: a try of the plumbing on any machine). Results: $OUT/bench.log, $OUT/gpu-tests.log and the benchmarks' .jsonl/.md in $OUT.
+# BENCH_ARGS adds options to run.py (--smoke: a try of the plumbing on any machine).
+# Results in $OUT: bench.log, gpu-tests.log, gpu.txt and the benchmarks' .jsonl and .md.
 set -uo pipefail
 out=${OUT:-/tmp/sweeplab-gpu}
 mkdir -p "$out"
