@@ -122,6 +122,51 @@ sweep:
     assert asked == qmc_points(4)  # the sampler the name picks, with the sweep seed
 
 
+def test_hyperband_stops_a_trial_still_saving_its_pause_when_its_bracket_finishes(ray_session, tmp_path):
+    """Two trials of HyperBand's full-length bracket reach its last epoch together; the first to report is paused,
+    and its pause saves a checkpoint (slowly here) while the second finishes the bracket. Ray 2.60's own
+    HyperBandScheduler leaves the first PAUSED for good (the sweep hangs); sweeplab's stops it."""
+    from ray import tune
+
+    from sweeplab.sweep.launch import make_scheduler
+    from sweeplab.compose import compose
+
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+
+    class Paced(tune.Trainable):
+        def setup(self, config):
+            self.epoch, self.score = 0, config["score"]
+
+        def step(self):
+            self.epoch += 1
+            if self.epoch == 2:  # both trials report their last epoch within a few milliseconds
+                (barrier / str(self.score)).touch()
+                while len(list(barrier.iterdir())) < 2:
+                    time.sleep(0.005)
+            return {"epoch": self.epoch, "val/acc": self.score}
+
+        def save_checkpoint(self, checkpoint_dir):
+            time.sleep(3)  # the pause's save is still in flight when the other trial's result arrives
+            return {"epoch": self.epoch}
+
+        def load_checkpoint(self, checkpoint):
+            self.epoch = checkpoint["epoch"]
+
+    scheduler = make_scheduler(compose(["sweep.scheduler.kind=hyperband"]).sweep.scheduler,
+                               "val/acc", "max", epochs=2)
+    started = time.monotonic()
+    grid = tune.Tuner(
+        tune.with_resources(Paced, {"cpu": 0.5}),
+        param_space={"score": tune.grid_search([0.5, 0.6])},
+        tune_config=tune.TuneConfig(scheduler=scheduler, time_budget_s=40),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
+    ).fit()
+    assert time.monotonic() - started < 30  # a trial left paused keeps the run waiting until its time budget
+    assert sorted(r.metrics["epoch"] for r in grid) == [2, 2]
+    assert not grid.errors
+
+
 def test_a_target_sampler_with_arguments_and_a_time_budget_that_ends_the_sweep(ray_session, tmp_path):
     path = write_sweep(tmp_path, "budget", """
 train: {epochs: 2}

@@ -43,7 +43,9 @@ def test_presets_cover_every_registered_model():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("preset", ["lenet", "vgg", "googlenet"])
 def test_models_train_on_cuda(preset):
-    cfg = compose([f"model={preset}", "train.epochs=1", "data.subset=1000", "tracking=none", "train.device=auto"])
+    # 3 epochs: after one, LeNet and GoogLeNet on 1,000 images are still at chance (0.10) on the CPU too
+    cfg = compose([f"model={preset}", "train.epochs=3", "data.subset=1000", "tracking=none", "train.device=auto"])
     result = train(cfg)
     assert next(result.model.parameters()).is_cuda
-    assert result.metrics["val/acc"] > 0.10
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+    assert result.metrics["val/acc"] > 0.3  # on the CPU: LeNet 0.67, VGG 0.91, GoogLeNet 0.69

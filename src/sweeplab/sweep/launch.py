@@ -192,7 +192,7 @@ def _plain(value):
 
 def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int,
                    dims: Sequence[Dimension] = ()) -> TrialScheduler:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     if scheduler.kind == "asha":
         return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
@@ -201,8 +201,10 @@ def make_scheduler(scheduler: DictConfig, metric: str, mode: str, epochs: int,
         return MedianStoppingRule(time_attr="epoch", metric=metric, mode=mode,
                                   grace_period=scheduler.grace_period, min_samples_required=3)
     if scheduler.kind == "hyperband":
-        return HyperBandScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
-                                  reduction_factor=scheduler.reduction_factor)
+        from sweeplab.sweep.hyperband import HyperBand
+
+        return HyperBand(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
+                         reduction_factor=scheduler.reduction_factor)
     if scheduler.kind == "pbt":
         from sweeplab.sweep.pbt import make_pbt
 
