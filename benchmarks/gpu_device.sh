@@ -16,7 +16,7 @@ export PYTHONPATH="$PWD/src:$site" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 MPLBACKE
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 benchmarks/run.py B6 B7 --no-packing ${BENCH_ARGS:-} --results "$out" 2>&1 | tee "$out/bench.log"
 bench=$?
-python3 -m pytest -m gpu tests/test_fused.py tests/test_zoo_training.py -p no:cacheprovider -q -o addopts="-ra" \
+python3 -m pytest -m gpu tests/test_fused.py tests/test_zoo_training.py tests/test_graphs.py -p no:cacheprovider -q -o addopts="-ra" \
   2>&1 | tee "$out/gpu-tests.log"
 tests=$?
 exit $((bench || tests))

@@ -128,8 +128,8 @@ def test_hyperband_stops_a_trial_still_saving_its_pause_when_its_bracket_finishe
     HyperBandScheduler leaves the first PAUSED for good (the sweep hangs); sweeplab's stops it."""
     from ray import tune
 
-    from sweeplab.sweep.launch import make_scheduler
     from sweeplab.compose import compose
+    from sweeplab.sweep.launch import make_scheduler
 
     barrier = tmp_path / "barrier"
     barrier.mkdir()

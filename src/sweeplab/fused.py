@@ -28,6 +28,7 @@ from sweeplab.data import DATASETS
 from sweeplab.data.batches import BatchSource, random_crop_flip
 from sweeplab.data.datasets import DatasetBundle, load_dataset
 from sweeplab.errors import ConfigError
+from sweeplab.graphs import WARM_UP_STEPS, step_runner
 from sweeplab.models import build_model, count_parameters
 from sweeplab.optim import build_optimizer, build_schedule
 from sweeplab.structured import typed
@@ -284,17 +285,23 @@ def train_fused(
         orders = torch.stack([torch.randperm(n, generator=m.generator) for m in pack.members]).to(device)
         loss_sum = torch.zeros(k, device=device)
         correct = torch.zeros(k, device=device, dtype=torch.long)
+
+        def step(x: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor = loss_sum,
+                 correct: torch.Tensor = correct) -> None:  # this epoch's sums (a graph keeps their addresses)
+            grads, (loss, logits) = train_step(pack.params, pack.buffers, x, y)
+            pack.sgd_step(grads)
+            loss_sum.add_(loss.detach() * y.shape[1])
+            correct.add_((logits.detach().argmax(-1) == y).sum(1))
+
+        # the pack's weights, learning rates and members change between epochs: a graph per epoch
+        run_step = step_runner(step, device, train_cfg.cuda_graphs, warm_up=WARM_UP_STEPS if epoch == 1 else 1)
         seen = 0
         for start in range(0, n, train_cfg.batch_size):
             idx = orders[:, start : start + train_cfg.batch_size]
             x = source.prepare(train_split.images[idx])
             if data_cfg.augment:
                 x = torch.stack([random_crop_flip(x[i], m.generator) for i, m in enumerate(pack.members)])
-            y = train_split.labels[idx]
-            grads, (loss, logits) = train_step(pack.params, pack.buffers, x, y)
-            pack.sgd_step(grads)
-            loss_sum += loss.detach() * idx.shape[1]
-            correct += (logits.detach().argmax(-1) == y).sum(1)
+            run_step(x, train_split.labels[idx])
             seen += idx.shape[1]
         train_seconds = time.perf_counter() - started
         for m in pack.members:

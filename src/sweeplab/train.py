@@ -21,6 +21,7 @@ from sweeplab.config.schema import DataConfig, Loss, OptimizerConfig, TrainConfi
 from sweeplab.data.batches import BatchSource
 from sweeplab.data.datasets import DatasetBundle, dataset_entry, dataset_record, load_dataset
 from sweeplab.errors import ConfigError, UserError
+from sweeplab.graphs import WARM_UP_STEPS, step_runner
 from sweeplab.models import build_model, check_architecture, check_model, count_parameters
 from sweeplab.optim import OPTIMIZERS, apply_hyperparameters, build_optimizer, build_schedule
 from sweeplab.structured import typed
@@ -168,6 +169,7 @@ class _Run:
         self.generator = torch.Generator().manual_seed(self.train_cfg.seed)
         self.num_params = count_parameters(self.model)
         self.history: list[dict[str, float]] = []
+        self.first_epoch = 1  # of this process: a restored run starts later
         classes = self.bundle.num_classes
         self.confusion = np.zeros((classes, classes), dtype=np.int64)
 
@@ -183,6 +185,7 @@ class _Run:
         if torch.cuda.is_available() and state.rng.get("cuda") is not None:
             torch.cuda.set_rng_state_all(state.rng["cuda"])
         self.history = list(state.history)
+        self.first_epoch = len(self.history) + 1
         self.confusion = np.asarray(state.confusion, dtype=np.int64)
 
     def state(self) -> dict[str, Any]:
@@ -210,16 +213,23 @@ class _Run:
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        batches = self.source.batches("train", batch_size, self.generator, augment=self.data_cfg.augment)
-        for done, (x, y) in enumerate(batches, 1):
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
             logits = model(x)
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            loss_sum.add_(loss.detach() * len(y))
+            correct.add_((logits.detach().argmax(1) == y).sum())
+
+        # the first epoch this process trains makes the optimizer's lazy state: warm up before capturing
+        run_step = step_runner(step, self.device, self.train_cfg.cuda_graphs, optimizer,
+                               warm_up=WARM_UP_STEPS if epoch == self.first_epoch else 1)
+        seen = 0
+        batches = self.source.batches("train", batch_size, self.generator, augment=self.data_cfg.augment)
+        for done, (x, y) in enumerate(batches, 1):
+            run_step(x, y)
             seen += len(y)
             if on_batch is not None:
                 on_batch(epoch, done, total)

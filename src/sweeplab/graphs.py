@@ -1,0 +1,80 @@
+"""A training step replayed from a CUDA graph: one launch per step instead of one per kernel.
+
+A small network's step on a GPU is bound by the host launching its few dozen kernels (LeNet on the lent H200:
+2.2 ms a step, the GPU idle most of it). ``StepGraph`` runs the first steps of an epoch as they are (on a side
+stream, as PyTorch's whole-network capture asks: lazy state such as momentum buffers and cuDNN's choices is
+made there), then captures one step and replays it for every full batch after, copying each batch into the
+captured inputs. A batch of another size (the epoch's last) runs as it is. Each epoch builds its own graph,
+since a learning rate or a PBT value read as a Python number is fixed in a captured step.
+
+Only steps whose optimizer can be captured qualify: torch.optim.SGD (it keeps no step count on the host) and
+the fused packs' own SGD; Adam and AdamW count steps on the host unless built ``capturable``, and run eagerly.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+Step = Callable[[torch.Tensor, torch.Tensor], None]  # (images, labels): one training step, results kept on the device
+WARM_UP_STEPS = 3  # the eager steps before a capture (PyTorch's whole-network example uses 3)
+
+
+def capturable(optimizer: torch.optim.Optimizer | None) -> bool:
+    """Whether ``optimizer.step()`` may be captured: no param group holds ``capturable=False``."""
+    return optimizer is None or all(group.get("capturable", True) for group in optimizer.param_groups)
+
+
+class StepGraph:
+    """Calls ``step`` for each batch, from a CUDA graph once ``warm_up`` eager steps have run."""
+
+    def __init__(self, step: Step, warm_up: int = WARM_UP_STEPS) -> None:
+        self.step, self.warm_up = step, warm_up
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.failed: str | None = None  # why capturing failed; the epoch then runs eagerly
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.graph is not None and self.inputs is not None:
+            static_x, static_y = self.inputs
+            if x.shape == static_x.shape and y.shape == static_y.shape:
+                static_x.copy_(x)
+                static_y.copy_(y)
+                self.graph.replay()
+            else:
+                self.step(x, y)
+        elif self.failed is not None:
+            self.step(x, y)
+        elif self.warm_up > 0:
+            self.warm_up -= 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.step(x, y)
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            self._capture(x, y)
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        inputs = (x.clone(), y.clone())
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.step(*inputs)
+        except RuntimeError as err:  # an op that syncs with the host, say: nothing ran, so run the step eagerly
+            self.failed = str(err).splitlines()[0]
+            warnings.warn(f"train.cuda_graphs: this step cannot be captured in a CUDA graph ({self.failed}); "
+                          f"it runs eagerly", RuntimeWarning, stacklevel=3)
+            self.step(x, y)
+            return
+        self.graph, self.inputs = graph, inputs
+        graph.replay()  # capturing ran nothing: this batch trains now
+
+
+def step_runner(step: Step, device: torch.device, enabled: bool, optimizer: torch.optim.Optimizer | None = None,
+                warm_up: int = WARM_UP_STEPS) -> Step:
+    """``step`` itself, or a StepGraph of it where the device is CUDA, ``enabled`` and the optimizer capturable."""
+    if enabled and device.type == "cuda" and capturable(optimizer):
+        return StepGraph(step, warm_up)
+    return step
