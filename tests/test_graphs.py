@@ -39,13 +39,16 @@ def test_full_batches_replay_the_captured_step_and_others_run_as_they_are():
         traced.append(len(x))
         total.add_(x.sum() + y.sum())
 
+    def batch(size, value):
+        return torch.full((size,), float(value), device="cuda"), torch.ones(size, device="cuda")
+
     run = StepGraph(step, warm_up=2)
-    batches = [(torch.full((4,), float(i), device="cuda"), torch.ones(4, device="cuda")) for i in range(10)]
-    batches.append((torch.full((2,), 10.0, device="cuda"), torch.ones(2, device="cuda")))
+    batches = [batch(4, 0), batch(2, 1), *(batch(4, i) for i in range(2, 10)), batch(2, 10)]
     for x, y in batches:
         run(x, y)
     assert float(total) == sum(float(x.sum() + y.sum()) for x, y in batches)  # every batch counted once
-    assert traced == [4, 4, 4, 2] and run.graph is not None and run.failed is None
+    # two warm-up steps of size 4 (the size-2 batch between them runs as it is), the capture, the last batch
+    assert traced == [4, 2, 4, 4, 2] and run.graph is not None and run.capture.failed is None
 
 
 @pytest.mark.gpu
@@ -54,19 +57,22 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning():
     # in its own process: a capture that fails leaves nothing behind there for the other tests to meet
     script = textwrap.dedent("""
         import warnings, torch
-        from sweeplab.graphs import StepGraph
+        from sweeplab.graphs import Capture, StepGraph, step_runner
         total = torch.zeros((), device="cuda")
         def step(x, y):
             if float(x.sum()) >= 0:  # a host sync: not allowed while capturing
                 total.add_(x.sum())
-        run = StepGraph(step, warm_up=1)
+        capture = Capture()
+        run = StepGraph(step, warm_up=1, capture=capture)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for i in range(5):
                 run(torch.full((3,), 1.0, device="cuda"), torch.zeros(3, device="cuda"))
         assert float(total) == 15.0, float(total)
-        assert run.graph is None and run.failed
-        assert any("cannot be captured" in str(w.message) for w in caught)
+        assert run.graph is None and capture.failed
+        assert [str(w.message) for w in caught if "cannot be captured" in str(w.message)], caught
+        assert torch.cuda.current_stream() == torch.cuda.default_stream()  # the capture's stream is left
+        assert step_runner(step, torch.device("cuda"), True, capture=capture) is step  # the next epoch: eager
         print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -3,9 +3,9 @@
 A small network's step on a GPU is bound by the host launching its few dozen kernels (LeNet on the lent H200:
 2.2 ms a step, the GPU idle most of it). ``StepGraph`` runs the first steps of an epoch as they are (on a side
 stream, as PyTorch's whole-network capture asks: lazy state such as momentum buffers and cuDNN's choices is
-made there), then captures one step and replays it for every full batch after, copying each batch into the
-captured inputs. A batch of another size (the epoch's last) runs as it is. Each epoch builds its own graph,
-since a learning rate or a PBT value read as a Python number is fixed in a captured step.
+made there), then captures one step and replays it for every batch of the warm-up's size after, copying each
+batch into the captured inputs. A batch of another size (the epoch's last) runs as it is. Each epoch builds its
+own graph, since a learning rate or a PBT value read as a Python number is fixed in a captured step.
 
 Only steps whose optimizer can be captured qualify: torch.optim.SGD (it keeps no step count on the host) and
 the fused packs' own SGD; Adam and AdamW count steps on the host unless built ``capturable``, and run eagerly.
@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]  # (images, labels): one training step, results kept on the device
 WARM_UP_STEPS = 3  # the eager steps before a capture (PyTorch's whole-network example uses 3)
+
+
+@dataclass
+class Capture:
+    """One training run's word on capturing: once a capture failed, no later epoch tries again."""
+
+    failed: str | None = None  # why
 
 
 def capturable(optimizer: torch.optim.Optimizer | None) -> bool:
@@ -27,26 +35,26 @@ def capturable(optimizer: torch.optim.Optimizer | None) -> bool:
 
 
 class StepGraph:
-    """Calls ``step`` for each batch, from a CUDA graph once ``warm_up`` eager steps have run."""
+    """Calls ``step`` for each batch, from a CUDA graph once ``warm_up`` eager steps of one batch size have run."""
 
-    def __init__(self, step: Step, warm_up: int = WARM_UP_STEPS) -> None:
-        self.step, self.warm_up = step, warm_up
+    def __init__(self, step: Step, warm_up: int = WARM_UP_STEPS, capture: Capture | None = None) -> None:
+        self.step, self.warm_up = step, max(1, warm_up)
+        self.capture = capture or Capture()
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.failed: str | None = None  # why capturing failed; the epoch then runs eagerly
+        self.shape: tuple[torch.Size, torch.Size] | None = None  # the batch size warmed up and captured
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if self.graph is not None and self.inputs is not None:
+        shape = (x.shape, y.shape)
+        if self.capture.failed is not None or (self.shape is not None and shape != self.shape):
+            self.step(x, y)  # another batch size: captured kernels would not fit it
+        elif self.graph is not None and self.inputs is not None:
             static_x, static_y = self.inputs
-            if x.shape == static_x.shape and y.shape == static_y.shape:
-                static_x.copy_(x)
-                static_y.copy_(y)
-                self.graph.replay()
-            else:
-                self.step(x, y)
-        elif self.failed is not None:
-            self.step(x, y)
+            static_x.copy_(x)
+            static_y.copy_(y)
+            self.graph.replay()
         elif self.warm_up > 0:
+            self.shape = shape
             self.warm_up -= 1
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -59,13 +67,17 @@ class StepGraph:
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         inputs = (x.clone(), y.clone())
         graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(graph):
                 self.step(*inputs)
         except RuntimeError as err:  # an op that syncs with the host, say: nothing ran, so run the step eagerly
-            self.failed = str(err).splitlines()[0]
-            warnings.warn(f"train.cuda_graphs: this step cannot be captured in a CUDA graph ({self.failed}); "
-                          f"it runs eagerly", RuntimeWarning, stacklevel=3)
+            # a failed capture leaves the capture stream current (torch.cuda.graph ends the capture first)
+            torch.cuda.set_stream(stream)
+            cause = err.__context__ if isinstance(err.__context__, Exception) else err
+            self.capture.failed = str(cause).strip().splitlines()[0]
+            warnings.warn(f"train.cuda_graphs: this step cannot be captured in a CUDA graph ({self.capture.failed}); "
+                          f"it runs eagerly for the rest of the run", RuntimeWarning, stacklevel=3)
             self.step(x, y)
             return
         self.graph, self.inputs = graph, inputs
@@ -73,8 +85,9 @@ class StepGraph:
 
 
 def step_runner(step: Step, device: torch.device, enabled: bool, optimizer: torch.optim.Optimizer | None = None,
-                warm_up: int = WARM_UP_STEPS) -> Step:
-    """``step`` itself, or a StepGraph of it where the device is CUDA, ``enabled`` and the optimizer capturable."""
-    if enabled and device.type == "cuda" and capturable(optimizer):
-        return StepGraph(step, warm_up)
+                warm_up: int = WARM_UP_STEPS, capture: Capture | None = None) -> Step:
+    """``step`` itself, or a StepGraph of it where the device is CUDA, ``enabled`` and the optimizer capturable;
+    ``capture`` carries a failed capture from one epoch's StepGraph to the next."""
+    if enabled and device.type == "cuda" and capturable(optimizer) and (capture is None or capture.failed is None):
+        return StepGraph(step, warm_up, capture)
     return step

@@ -21,7 +21,7 @@ from sweeplab.config.schema import DataConfig, Loss, OptimizerConfig, TrainConfi
 from sweeplab.data.batches import BatchSource
 from sweeplab.data.datasets import DatasetBundle, dataset_entry, dataset_record, load_dataset
 from sweeplab.errors import ConfigError, UserError
-from sweeplab.graphs import WARM_UP_STEPS, step_runner
+from sweeplab.graphs import WARM_UP_STEPS, Capture, step_runner
 from sweeplab.models import build_model, check_architecture, check_model, count_parameters
 from sweeplab.optim import OPTIMIZERS, apply_hyperparameters, build_optimizer, build_schedule
 from sweeplab.structured import typed
@@ -170,6 +170,7 @@ class _Run:
         self.num_params = count_parameters(self.model)
         self.history: list[dict[str, float]] = []
         self.first_epoch = 1  # of this process: a restored run starts later
+        self.capture = Capture()
         classes = self.bundle.num_classes
         self.confusion = np.zeros((classes, classes), dtype=np.int64)
 
@@ -225,7 +226,7 @@ class _Run:
 
         # the first epoch this process trains makes the optimizer's lazy state: warm up before capturing
         run_step = step_runner(step, self.device, self.train_cfg.cuda_graphs, optimizer,
-                               warm_up=WARM_UP_STEPS if epoch == self.first_epoch else 1)
+                               warm_up=WARM_UP_STEPS if epoch == self.first_epoch else 1, capture=self.capture)
         seen = 0
         batches = self.source.batches("train", batch_size, self.generator, augment=self.data_cfg.augment)
         for done, (x, y) in enumerate(batches, 1):
