@@ -47,11 +47,11 @@ lint: venv
 	@status=0; $(BIN)/ruff check src tests benchmarks || status=1; $(BIN)/lint-imports || status=1; \
 	$(BIN)/mypy || status=1; exit $$status
 
-# Two pytest-xdist workers: most of a sweep test is waiting (Ray's start, servers), which the other worker
-# fills; TEST_WORKERS=0 runs the tests in this process, one after another.
+# Two pytest-xdist workers, each file's tests on one of them (--dist loadfile), so a module's fixtures (sweeps,
+# servers) are set up once; TEST_WORKERS=0 runs the tests in this process, one after another.
 TEST_WORKERS ?= 2
 test: venv lint system-deps services bench-deps
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(PYTEST_ARGS)

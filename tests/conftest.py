@@ -18,21 +18,12 @@ torch.set_num_threads(1)
 SLOW_TIER_TIMEOUT = 900  # seconds for a test marked slow, cluster or browser (real sweeps, servers, Chromium)
 
 
-# Files whose tests share no module fixture: under pytest-xdist (`make test`: -n 2 --dist loadgroup) their
-# tests spread over the workers; every other file runs on one worker, so its module fixtures (sweeps,
-# servers) are set up once.
-SPREAD_FILES = {"test_benchmarks.py"}
-
-
 def pytest_collection_modifyitems(items):
-    """The fast tier keeps pyproject's short timeout; the slow tiers get a longer one unless a test names its own.
-    Each test gets its file's xdist group (a no-op without xdist)."""
+    """The fast tier keeps pyproject's short timeout; the slow tiers get a longer one unless a test names its own."""
     for item in items:
         slow_tier = any(item.get_closest_marker(m) for m in ("slow", "cluster", "browser"))
         if slow_tier and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(SLOW_TIER_TIMEOUT))
-        if item.path.name not in SPREAD_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 @pytest.fixture
