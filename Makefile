@@ -48,7 +48,7 @@ lint: venv
 	$(BIN)/mypy || status=1; exit $$status
 
 # Two pytest-xdist workers, each file's tests on one of them (--dist loadfile), so a module's fixtures (sweeps,
-# servers) are set up once; TEST_WORKERS=0 runs the tests in this process, one after another.
+# servers) are set up once; tests/conftest.py spreads the benchmark smoke tests. TEST_WORKERS=0: one after another.
 TEST_WORKERS ?= 2
 test: venv lint system-deps services bench-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

@@ -18,6 +18,25 @@ torch.set_num_threads(1)
 SLOW_TIER_TIMEOUT = 900  # seconds for a test marked slow, cluster or browser (real sweeps, servers, Chromium)
 
 
+# Files whose tests share no module fixture: their tests spread over the workers (below).
+SPREAD_FILES = {"test_benchmarks.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under `--dist loadfile` (`make test`): each file's tests on one worker, so its module fixtures (sweeps,
+    servers) are set up once, except SPREAD_FILES, whose tests (the benchmarks' smoke runs, the longest) spread."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path.rsplit("/", 1)[-1] in SPREAD_FILES else path
+
+    return FileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items):
     """The fast tier keeps pyproject's short timeout; the slow tiers get a longer one unless a test names its own."""
     for item in items:
