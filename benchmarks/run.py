@@ -64,8 +64,9 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the instruments, not the figures")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="B6's device")
     parser.add_argument("--tiny", action="store_true", help="B6 at its tiny size (with --device cpu)")
-    parser.add_argument("--no-packing", dest="packing", action="store_false",
-                        help="B6 without its packed sweeps, which need Ray (the lent GPU machine has none)")
+    parser.add_argument("--packing", default="sweep", choices=["sweep", "processes", "none"],
+                        help="B6's K packed trials: through `sweeplab sweep` (Ray), as K training processes (no Ray: "
+                             "the lent GPU machine has none), or not at all")
     parser.add_argument("--results", default=str(BENCH_DIR / "results"), help="folder for the results files")
     args = parser.parse_args(argv)
     names = [b.upper() for b in args.benchmarks] or list(BENCHMARKS)

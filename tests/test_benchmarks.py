@@ -128,14 +128,17 @@ def test_b6_gpu_code_path_runs_tiny_on_cpu(tmp_path):
     assert all(c["met"] is None for c in record["checks"])  # a CPU run claims no GPU target
 
 
-def test_b6_without_packing_times_the_epochs_alone(tmp_path):
+def test_b6_packs_as_processes_without_ray(tmp_path):
     """What benchmarks/gpu_device.sh runs on the lent GPU machine, which has no Ray for the packed sweeps."""
-    record = run_benchmarks("B6", "--device", "cpu", "--tiny", "--no-packing", results=tmp_path)["B6"]
+    record = run_benchmarks("B6", "--device", "cpu", "--tiny", "--packing", "processes", results=tmp_path)["B6"]
     checks = ok(record)
     f = record["figures"]
-    assert f["packing"] == {} and set(f["epoch_s"]) == {"lenet", "vgg"}
-    assert check_value(checks, "2 packed LeNet trials / 1") is None
-    assert "packing not run (--no-packing)" in record["reason"]
+    assert f["packing_how"] == "processes" and sorted(int(k) for k in f["packing"]) == [1, 2]
+    assert f["packing"]["2"]["samples"] == 2 * f["packing"]["1"]["samples"] > 0
+    assert check_value(checks, "2 packed LeNet trials / 1, aggregate samples/s (processes, no Ray)") > 0
+    assert "packed as processes without Ray" in record["reason"]
+    assert set(f["sweeplab_epoch_s"]) == {"lenet", "vgg"}
+    assert all(set(m) == {"eager"} for m in f["sweeplab_epoch_s"].values())  # no CUDA graph on a CPU
 
 
 def test_b7_fused_trials_report_every_figure(tmp_path):
