@@ -11,7 +11,7 @@ import torch
 
 from sweeplab.compose import compose
 from sweeplab.fused import train_pack
-from sweeplab.graphs import StepGraph, capturable, step_runner
+from sweeplab.graphs import Capture, StepGraph, capturable, step_runner
 from sweeplab.train import train
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -27,6 +27,8 @@ def test_on_the_cpu_or_with_adam_the_step_runs_as_it_is():
     assert step_runner(step, torch.device("cpu"), True, torch.optim.SGD(weights, lr=0.1)) is step
     assert step_runner(step, torch.device("cuda"), False) is step
     assert step_runner(step, torch.device("cuda"), True, torch.optim.Adam(weights)) is step
+    # three eager steps before a run's first capture (they make the lazy state), one before each later epoch's
+    assert StepGraph(step).warm_up == 3 and StepGraph(step, Capture(captured=True)).warm_up == 1
 
 
 @pytest.mark.gpu
@@ -63,7 +65,7 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning():
             if float(x.sum()) >= 0:  # a host sync: not allowed while capturing
                 total.add_(x.sum())
         capture = Capture()
-        run = StepGraph(step, warm_up=1, capture=capture)
+        run = StepGraph(step, capture, warm_up=1)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for i in range(5):

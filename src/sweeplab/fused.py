@@ -28,7 +28,7 @@ from sweeplab.data import DATASETS
 from sweeplab.data.batches import BatchSource, random_crop_flip
 from sweeplab.data.datasets import DatasetBundle, load_dataset
 from sweeplab.errors import ConfigError
-from sweeplab.graphs import WARM_UP_STEPS, Capture, step_runner
+from sweeplab.graphs import Capture, step_runner
 from sweeplab.models import build_model, count_parameters
 from sweeplab.optim import build_optimizer, build_schedule
 from sweeplab.structured import typed
@@ -295,8 +295,7 @@ def train_fused(
             correct.add_((logits.detach().argmax(-1) == y).sum(1))
 
         # the pack's weights, learning rates and members change between epochs: a graph per epoch
-        run_step = step_runner(step, device, train_cfg.cuda_graphs, warm_up=WARM_UP_STEPS if epoch == 1 else 1,
-                               capture=capture)
+        run_step = step_runner(step, device, train_cfg.cuda_graphs, capture=capture)
         seen = 0
         for start in range(0, n, train_cfg.batch_size):
             idx = orders[:, start : start + train_cfg.batch_size]

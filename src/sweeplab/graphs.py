@@ -24,8 +24,10 @@ WARM_UP_STEPS = 3  # the eager steps before a capture (PyTorch's whole-network e
 
 @dataclass
 class Capture:
-    """One training run's word on capturing: once a capture failed, no later epoch tries again."""
+    """One training run's capturing, across its epochs' graphs: once one step was captured, the lazy state is made
+    and a later epoch warms up with one step; once a capture failed, no later epoch tries again."""
 
+    captured: bool = False
     failed: str | None = None  # why
 
 
@@ -37,9 +39,10 @@ def capturable(optimizer: torch.optim.Optimizer | None) -> bool:
 class StepGraph:
     """Calls ``step`` for each batch, from a CUDA graph once ``warm_up`` eager steps of one batch size have run."""
 
-    def __init__(self, step: Step, warm_up: int = WARM_UP_STEPS, capture: Capture | None = None) -> None:
-        self.step, self.warm_up = step, max(1, warm_up)
+    def __init__(self, step: Step, capture: Capture | None = None, warm_up: int | None = None) -> None:
         self.capture = capture or Capture()
+        self.step = step
+        self.warm_up = max(1, warm_up if warm_up is not None else 1 if self.capture.captured else WARM_UP_STEPS)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.shape: tuple[torch.Size, torch.Size] | None = None  # the batch size warmed up and captured
@@ -81,13 +84,14 @@ class StepGraph:
             self.step(x, y)
             return
         self.graph, self.inputs = graph, inputs
+        self.capture.captured = True
         graph.replay()  # capturing ran nothing: this batch trains now
 
 
 def step_runner(step: Step, device: torch.device, enabled: bool, optimizer: torch.optim.Optimizer | None = None,
-                warm_up: int = WARM_UP_STEPS, capture: Capture | None = None) -> Step:
+                capture: Capture | None = None) -> Step:
     """``step`` itself, or a StepGraph of it where the device is CUDA, ``enabled`` and the optimizer capturable;
-    ``capture`` carries a failed capture from one epoch's StepGraph to the next."""
+    ``capture`` carries the run's capturing from one epoch's StepGraph to the next."""
     if enabled and device.type == "cuda" and capturable(optimizer) and (capture is None or capture.failed is None):
-        return StepGraph(step, warm_up, capture)
+        return StepGraph(step, capture)
     return step

@@ -21,7 +21,7 @@ from sweeplab.config.schema import DataConfig, Loss, OptimizerConfig, TrainConfi
 from sweeplab.data.batches import BatchSource
 from sweeplab.data.datasets import DatasetBundle, dataset_entry, dataset_record, load_dataset
 from sweeplab.errors import ConfigError, UserError
-from sweeplab.graphs import WARM_UP_STEPS, Capture, step_runner
+from sweeplab.graphs import Capture, step_runner
 from sweeplab.models import build_model, check_architecture, check_model, count_parameters
 from sweeplab.optim import OPTIMIZERS, apply_hyperparameters, build_optimizer, build_schedule
 from sweeplab.structured import typed
@@ -169,8 +169,7 @@ class _Run:
         self.generator = torch.Generator().manual_seed(self.train_cfg.seed)
         self.num_params = count_parameters(self.model)
         self.history: list[dict[str, float]] = []
-        self.first_epoch = 1  # of this process: a restored run starts later
-        self.capture = Capture()
+        self.capture = Capture()  # the CUDA graphs of this run's epochs (sweeplab.graphs)
         classes = self.bundle.num_classes
         self.confusion = np.zeros((classes, classes), dtype=np.int64)
 
@@ -186,7 +185,6 @@ class _Run:
         if torch.cuda.is_available() and state.rng.get("cuda") is not None:
             torch.cuda.set_rng_state_all(state.rng["cuda"])
         self.history = list(state.history)
-        self.first_epoch = len(self.history) + 1
         self.confusion = np.asarray(state.confusion, dtype=np.int64)
 
     def state(self) -> dict[str, Any]:
@@ -224,9 +222,7 @@ class _Run:
             loss_sum.add_(loss.detach() * len(y))
             correct.add_((logits.detach().argmax(1) == y).sum())
 
-        # the first epoch this process trains makes the optimizer's lazy state: warm up before capturing
-        run_step = step_runner(step, self.device, self.train_cfg.cuda_graphs, optimizer,
-                               warm_up=WARM_UP_STEPS if epoch == self.first_epoch else 1, capture=self.capture)
+        run_step = step_runner(step, self.device, self.train_cfg.cuda_graphs, optimizer, self.capture)
         seen = 0
         batches = self.source.batches("train", batch_size, self.generator, augment=self.data_cfg.augment)
         for done, (x, y) in enumerate(batches, 1):
