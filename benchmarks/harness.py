@@ -305,8 +305,9 @@ def process_role(cmdline: str) -> str:
 
 
 class CpuAccount:
-    """CPU seconds (user + system) of every process born while it is open, by ``process_role``, sampled from
-    /proc every ``poll_s`` (a process that ends between two samples loses at most its last ``poll_s``); Linux."""
+    """CPU seconds (user + system) of every process this one starts, directly or not, while it is open, by
+    ``process_role``, sampled from /proc every ``poll_s`` (a process that ends between two samples loses at most
+    its last ``poll_s``); Linux. Processes of others on the machine (a test running beside it) are not counted."""
 
     def __init__(self, poll_s: float = 0.5) -> None:
         self.poll_s = poll_s
@@ -332,6 +333,7 @@ class CpuAccount:
             self._sample()
 
     def _sample(self) -> None:
+        born: dict[str, tuple[list[str], str]] = {}  # pid -> (stat fields after the name, command line)
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
@@ -342,10 +344,26 @@ class CpuAccount:
                     cmdline = f.read().replace("\0", " ").strip()
             except OSError:  # ended meanwhile
                 continue
-            start = int(fields[19])
-            if start < self._born_after or not cmdline:
-                continue
-            self._seen[(pid, start)] = (process_role(cmdline), (int(fields[11]) + int(fields[12])) / self._hz)
+            if int(fields[19]) >= self._born_after and cmdline:
+                born[pid] = (fields, cmdline)
+        me = str(os.getpid())
+
+        def ours(pid: str) -> bool:
+            """A descendant: its parents, all born while open, lead to this process or to one already counted
+            (whose own parent may have ended since)."""
+            visited = set()
+            while pid in born and pid not in visited:
+                visited.add(pid)
+                fields = born[pid][0]
+                if (pid, int(fields[19])) in self._seen or fields[1] == me:
+                    return True
+                pid = fields[1]
+            return False
+
+        for pid, (fields, cmdline) in born.items():
+            if ours(pid):
+                cpu = (int(fields[11]) + int(fields[12])) / self._hz
+                self._seen[(pid, int(fields[19]))] = (process_role(cmdline), cpu)
 
     def by_role(self) -> dict[str, float]:
         totals: dict[str, float] = {}

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,26 @@ def check_value(checks: dict, starts: str) -> float:
     found = [c for what, c in checks.items() if what.startswith(starts)]
     assert len(found) == 1, (starts, list(checks))
     return found[0]["value"]
+
+
+def test_cpu_account_counts_the_processes_it_starts_not_a_strangers():
+    """harness.CpuAccount, behind B2's and B8's CPU by role: a test running beside a benchmark starts processes
+    too (a Ray sweep's workers), and those must not count."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness import CpuAccount
+
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass"
+    stranger = subprocess.Popen(  # started before the account opens; its child, born while it is open, is not ours
+        [sys.executable, "-c", f"import subprocess, sys; sys.stdin.readline(); subprocess.run([sys.executable, "
+                               f"'-c', {busy!r}])"], stdin=subprocess.PIPE, text=True)
+    time.sleep(0.2)  # born a few clock ticks before the account opens
+    with CpuAccount(poll_s=0.1) as cpu:
+        stranger.stdin.write("go\n")
+        stranger.stdin.flush()
+        subprocess.run([sys.executable, "-c", busy, "bare_loop.py"], check=True)  # ours, in the role "bare loop"
+        stranger.communicate(timeout=60)
+    roles = cpu.by_role()
+    assert set(roles) == {"bare loop"} and roles["bare loop"] > 0.3, roles
 
 
 def test_b1_trainer_against_the_bare_loop(tmp_path):
