@@ -51,7 +51,7 @@ lint: venv
 # servers) are set up once; tests/conftest.py spreads the benchmark smoke tests. TEST_WORKERS=0: one after another.
 TEST_WORKERS ?= 2
 test: venv lint system-deps services bench-deps
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(PYTEST_ARGS)

@@ -38,7 +38,10 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items):
-    """The fast tier keeps pyproject's short timeout; the slow tiers get a longer one unless a test names its own."""
+    """The fast tier keeps pyproject's short timeout; the slow tiers get a longer one unless a test names its own.
+    SPREAD_FILES' tests come first: under `make test` (--no-loadscope-reorder) the longest start first, rather than
+    last, where xdist's default order (most tests per file first) would leave one worker running them alone."""
+    items.sort(key=lambda item: item.path.name not in SPREAD_FILES)  # stable: the rest keep their order
     for item in items:
         slow_tier = any(item.get_closest_marker(m) for m in ("slow", "cluster", "browser"))
         if slow_tier and item.get_closest_marker("timeout") is None:
