@@ -176,6 +176,22 @@ def test_pbt_keeps_perturbed_values_inside_their_ranges():
         "optimizer.lr": 0.1, "optimizer.momentum": 0.9, "seed": 0}
 
 
+def test_pbt_resamples_with_fresh_draws_after_an_in_process_training_seeded_them():
+    """PBT's explore draws from the process's global generators; train() seeds them with train.seed, the seed a
+    sweep's RandomSampler uses too, so its resamples replayed the initial population's values."""
+    import random
+
+    import numpy as np
+
+    from sweeplab.sweep.pbt import make_pbt
+    from sweeplab.train import seed_everything
+
+    seed_everything(0)
+    make_pbt(scheduler(quantile_fraction=0.5, resample_probability=0.25), [LR, MOMENTUM], "val/acc", "max", 4)
+    assert np.random.random() != np.random.RandomState(0).random_sample()
+    assert random.random() != random.Random(0).random()
+
+
 def test_trials_checkpoint_where_pbt_and_hyperband_act():
     assert stopping_epochs(scheduler(), 7) == {2, 4, 6}
     assert stopping_epochs(scheduler(kind="hyperband"), 4) == {1, 2, 3, 4}

@@ -8,8 +8,10 @@ numbers and categorical values, never a config group or a key that only some cho
 from __future__ import annotations
 
 import functools
+import random
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 from sweeplab.errors import ConfigError
@@ -61,6 +63,11 @@ def make_pbt(
 ) -> PopulationBasedTraining:
     from sweeplab.sweep.searched_pbt import SearchedPBT
 
+    # PBT explores with the process's global `random` and NumPy generators. After an in-process train() (which seeds
+    # both with train.seed) they would draw what Optuna's RandomSampler of the same seed drew: a resample would
+    # replay the initial population's values (seen in the tests). Fresh entropy for them, as a new process has.
+    random.seed()
+    np.random.seed()
     mutated = mutated_dims(scheduler, dims)
     return SearchedPBT(
         time_attr="epoch", metric=metric, mode=mode,
