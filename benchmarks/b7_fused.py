@@ -16,7 +16,8 @@ from harness import Check, Result
 from sweeplab.compose import compose
 from sweeplab.config.schema import DataConfig
 from sweeplab.data.datasets import load_dataset
-from sweeplab.fused import should_fuse, train_fused, train_pack
+from sweeplab.fused import train_fused, train_pack
+from sweeplab.fusion import should_fuse
 from sweeplab.structured import typed
 from sweeplab.train import resolve_device, train
 

@@ -134,7 +134,7 @@ def test_every_yaml_in_conf_composes(path):
     for key, value in _file_values(path).items():
         assert composed[key] == value, f"{group}.{key}"
     if group == "model":  # every model preset fits the default dataset
-        from sweeplab.train import validate
+        from sweeplab.checks import validate
 
         assert cfg.model.name in MODELS
         validate(cfg)

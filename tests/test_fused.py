@@ -8,7 +8,8 @@ import torch
 
 from sweeplab.compose import compose
 from sweeplab.errors import ConfigError
-from sweeplab.fused import fusable, group_for_fusion, should_fuse, train_fused, train_pack
+from sweeplab.fused import fusable, train_fused, train_pack
+from sweeplab.fusion import group_for_fusion, should_fuse
 from sweeplab.train import StopTraining, TrainingDiverged, train
 
 LENET = ["tracking=none", "train.device=cpu", "model=lenet", "data=mnist5k", "data.subset=300",

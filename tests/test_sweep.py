@@ -734,6 +734,27 @@ def test_a_sweep_from_the_command_line_keeps_its_ray_on_loopback(tmp_path):
     assert [r.data.tags["sweeplab.placement"] for r in trials] == ["node 127.0.0.1, GPUs []"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_the_driver_of_an_untracked_sweep_imports_torch_only_for_tensorboard(tmp_path, tensorboard):
+    """Only the trials train: the driver composes, checks and plans the sweep (model schemas, layer plans, the
+    registries) and runs Tune without importing torch (1.4 s before the first trial). Tune's TensorBoard
+    logger imports it through tensorboardX, so its files are opt-in (tracking.tensorboard); result.json stays."""
+    import subprocess
+    import sys
+
+    args = ["sweep", "smoke", f"output_dir={tmp_path}", "tracking=none", "sweep.num_trials=1", "train.epochs=1",
+            "data.subset=300", f"tracking.tensorboard={str(tensorboard).lower()}"]
+    code = f"import sys\nfrom sweeplab.cli import main\ncode = main({args!r})\nprint('torch', 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == f"torch {tensorboard}"
+    trial = next((tmp_path / "ray").glob("*/trial_000_seed0"))
+    assert (trial / "result.json").is_file() and (trial / "progress.csv").is_file()
+    assert bool(list(trial.glob("events.out.tfevents.*"))) is tensorboard
+
+
 @pytest.mark.slow  # a fresh interpreter imports the drawing libraries twice
 @pytest.mark.parametrize("searched", [1, 2])
 def test_the_warm_up_imports_optuna_importance_only_for_a_report_that_draws_it(searched):

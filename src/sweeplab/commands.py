@@ -72,10 +72,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(cfg: DictConfig, choices: dict[str, str], line: TrainLine, folder: Path) -> int:
+    from sweeplab.checks import validate
     from sweeplab.hydra_habits import write_record
     from sweeplab.progress import EpochBar
     from sweeplab.tracking.store import check_writable
-    from sweeplab.train import train, validate
+    from sweeplab.train import train
 
     validate(cfg)  # shapes and names, before any data is loaded
     check_writable(Path(cfg.output_dir), "output_dir")

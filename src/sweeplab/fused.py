@@ -22,12 +22,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from sweeplab.compose import flatten
+from sweeplab.checks import input_shape, validate
 from sweeplab.config.schema import DataConfig, OptimizerConfig, TrainConfig
 from sweeplab.data import DATASETS
 from sweeplab.data.batches import BatchSource, random_crop_flip
 from sweeplab.data.datasets import DatasetBundle, load_dataset
 from sweeplab.errors import ConfigError
+from sweeplab.fusion import MEMBER_KEYS, shared_settings, should_fuse
 from sweeplab.graphs import Capture, step_runner
 from sweeplab.models import build_model, count_parameters
 from sweeplab.optim import build_optimizer, build_schedule
@@ -38,57 +39,21 @@ from sweeplab.train import (
     TrainingDiverged,
     TrainResult,
     evaluate,
-    input_shape,
     loss_fn,
     resolve_device,
     seed_everything,
     train,
-    validate,
 )
-
-# The only config keys in which the members of one pack may differ; every other key of
-# these groups (model, data, train, optimizer) must be equal.
-MEMBER_KEYS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "train.seed")
-TRAINING_GROUPS = ("model.", "data.", "train.", "optimizer.")
 
 # An outcome per trial: its TrainResult, or the TrainingDiverged that train() would have raised.
 Outcome = TrainResult | TrainingDiverged
-
-
-def should_fuse(device: torch.device | str, k: int, force: bool = False) -> bool:
-    """Whether fusing k trials pays: on a GPU it does; on a CPU small convnets are already
-    compute-bound (fused LeNets measured 0.69-0.80x), so there it is off unless forced."""
-    if force:
-        return True
-    return torch.device(device).type == "cuda" and k > 1
-
-
-def _shared_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The training settings every member of a pack must share: all but MEMBER_KEYS."""
-    return {k: v for k, v in flatten(cfg).items() if k.startswith(TRAINING_GROUPS) and k not in MEMBER_KEYS}
-
-
-def fusion_key(cfg: DictConfig) -> tuple:
-    """Hashable: trials with equal keys may share a pack (if ``fusable`` accepts their model)."""
-    return tuple(sorted((k, repr(v)) for k, v in _shared_settings(cfg).items()))
-
-
-def group_for_fusion(cfgs: Sequence[DictConfig], size: int) -> list[list[int]]:
-    """Indices of ``cfgs`` in packs of at most ``size`` trials with equal ``fusion_key``, in first-seen order."""
-    groups: dict[tuple, list[list[int]]] = {}
-    for i, cfg in enumerate(cfgs):
-        packs = groups.setdefault(fusion_key(cfg), [[]])
-        if len(packs[-1]) == size:
-            packs.append([])
-        packs[-1].append(i)
-    return [pack for packs in groups.values() for pack in packs]
 
 
 def fusable(cfgs: Sequence[DictConfig]) -> str | None:
     """None when ``cfgs`` can train as one pack; otherwise why not, in words."""
     if not cfgs:
         return "no trials to fuse"
-    shared = [_shared_settings(cfg) for cfg in cfgs]
+    shared = [shared_settings(cfg) for cfg in cfgs]
     if shared[0].get("optimizer.name") != "sgd":
         return f"optimizer.name={shared[0].get('optimizer.name')}: only sgd trains fused"
     for i, other in enumerate(shared[1:], start=1):

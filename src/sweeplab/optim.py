@@ -1,13 +1,22 @@
-"""Optimizers and learning-rate schedules by name."""
+"""Optimizers and learning-rate schedules by name. The registry is filled without importing torch (a sweep's
+driver checks names against it); building an optimizer imports it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from sweeplab.config.schema import LrSchedule, OptimizerConfig, TrainConfig
 from sweeplab.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def _optim():
+    import torch.optim
+
+    return torch.optim
 
 
 def _betas(cfg: OptimizerConfig) -> tuple[float, float]:
@@ -18,15 +27,15 @@ def _betas(cfg: OptimizerConfig) -> tuple[float, float]:
 OPTIMIZERS: Registry[Callable[[list, OptimizerConfig], torch.optim.Optimizer]] = Registry("optimizer", "optimizer")
 OPTIMIZERS.register(
     "sgd",
-    lambda params, c: torch.optim.SGD(
+    lambda params, c: _optim().SGD(
         params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
     ),
 )
 OPTIMIZERS.register(
-    "adam", lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=_betas(c), weight_decay=c.weight_decay)
+    "adam", lambda params, c: _optim().Adam(params, lr=c.lr, betas=_betas(c), weight_decay=c.weight_decay)
 )
 OPTIMIZERS.register(
-    "adamw", lambda params, c: torch.optim.AdamW(params, lr=c.lr, betas=_betas(c), weight_decay=c.weight_decay)
+    "adamw", lambda params, c: _optim().AdamW(params, lr=c.lr, betas=_betas(c), weight_decay=c.weight_decay)
 )
 
 
@@ -38,9 +47,9 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Stepped once per epoch; None for a constant learning rate."""
     if cfg.lr_schedule == LrSchedule.cosine:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+        return _optim().lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     if cfg.lr_schedule == LrSchedule.step:
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        return _optim().lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     return None  # LrSchedule.none
 
 

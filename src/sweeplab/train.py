@@ -17,13 +17,14 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
-from sweeplab.config.schema import DataConfig, Loss, OptimizerConfig, TrainConfig, check_ranges
+from sweeplab.checks import validate
+from sweeplab.config.schema import DataConfig, Loss, OptimizerConfig, TrainConfig
 from sweeplab.data.batches import BatchSource
-from sweeplab.data.datasets import DatasetBundle, dataset_entry, dataset_record, load_dataset
+from sweeplab.data.datasets import DatasetBundle, dataset_record, load_dataset
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.graphs import Capture, step_runner
-from sweeplab.models import build_model, check_architecture, check_model, count_parameters
-from sweeplab.optim import OPTIMIZERS, apply_hyperparameters, build_optimizer, build_schedule
+from sweeplab.models import build_model, count_parameters
+from sweeplab.optim import apply_hyperparameters, build_optimizer, build_schedule
 from sweeplab.structured import typed
 
 # reporter(metrics, checkpoint): metrics of one finished epoch; checkpoint() builds the
@@ -76,32 +77,11 @@ def loss_fn(name: Loss, num_classes: int) -> Criterion:
     return lambda logits, y: 0.5 * (logits.softmax(1) - F.one_hot(y, num_classes).float()).pow(2).sum(1).mean()
 
 
-def validate(cfg: DictConfig, shapes: bool = True) -> None:
-    """Everything knowable before data or model exist: registered names, ranges and, with
-    ``shapes``, whether every layer fits the dataset's input (names outside an Enum fail earlier,
-    at composition)."""
-    check_ranges(cfg)
-    OPTIMIZERS.get(cfg.optimizer.name)
-    dataset_entry(cfg.data)
-    if not shapes:
-        check_model(cfg.model)
-        return
-    check_architecture(cfg.model, input_shape(cfg))
-
-
 def run_dataset(cfg: DictConfig) -> dict[str, Any]:
     """The run's dataset.json (sweeplab.data.dataset_record) for ``cfg.data``: the bundle is the one
     ``load_dataset`` keeps for this process, so this costs no loading after training."""
     data = typed(cfg.data, DataConfig)
     return dataset_record(load_dataset(data), data.normalize)
-
-
-def input_shape(cfg: DictConfig) -> tuple[int, int, int]:
-    """(channels, height, width) of the images a model of ``cfg`` sees: the dataset's, after data.resize."""
-    channels, height, width = dataset_entry(cfg.data).input_shape
-    if cfg.data.get("resize"):
-        return channels, cfg.data.resize, cfg.data.resize
-    return channels, height, width
 
 
 @torch.no_grad()

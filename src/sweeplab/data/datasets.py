@@ -1,5 +1,6 @@
 """Dataset registry. Every loader returns the same in-memory bundle: uint8 images
-(N, C, H, W) with a scale to [0, 1], int64 labels, a stratified train/val split."""
+(N, C, H, W) with a scale to [0, 1], int64 labels, a stratified train/val split.
+Loading imports torch; the registry and its checks do not (a sweep's driver uses them)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,15 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
-from torch.nn import functional as F
 
 from sweeplab.errors import ConfigError, DatasetNotFoundError
 from sweeplab.registry import Registry
 from sweeplab.structured import out_of_range, plain
 
 if TYPE_CHECKING:  # a type only: data never imports config at run time
+    import torch
+
     from sweeplab.config.schema import DataConfig
 
 
@@ -119,6 +120,9 @@ def dataset_entry(cfg: DataConfig) -> DatasetEntry:
 
 
 def _load(cfg: DataConfig) -> DatasetBundle:
+    import torch
+    from torch.nn import functional as F
+
     entry = dataset_entry(cfg)
     images, labels, test, scale, class_names = entry.load(cfg)
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
@@ -236,6 +240,8 @@ def missing_files(cfg: DataConfig) -> list[str]:
 
 
 def _as_nchw(data) -> np.ndarray:
+    import torch
+
     arr = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
     return arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2)
 

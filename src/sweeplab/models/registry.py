@@ -1,21 +1,23 @@
 """The model zoo: register a model by name with its config schema and builder.
 
 ``check_architecture`` validates a config against an input shape without
-building anything, so a sweep can reject a sampled configuration cheaply.
+building anything (or importing torch), so a sweep can reject a sampled configuration cheaply.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import MISSING
-from torch import nn
 
 from sweeplab.models import layers
 from sweeplab.models.shapes import LayerSpec, ShapeRow, trace
 from sweeplab.registry import Registry
 from sweeplab.structured import out_of_range, typed
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -74,7 +76,7 @@ class ModelEntry:
 
 
 MODELS: Registry[ModelEntry] = Registry("model", "model")
-Build = TypeVar("Build", bound=Callable[..., nn.Module])
+Build = TypeVar("Build", bound=Callable[..., "nn.Module"])
 
 
 def register_model(
@@ -119,10 +121,12 @@ def check_architecture(cfg: Any, input_shape: Sequence[int]) -> list[ShapeRow]:
 
 
 def build_model(cfg: Any, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    from sweeplab.models.modules import init_weights
+
     model_cfg = check_model(cfg)
     check_architecture(model_cfg, input_shape)
     model = MODELS.get(model_cfg.name).build(model_cfg, _shape(input_shape), num_classes)
-    layers.init_weights(model, model_cfg.weight_init, model_cfg.weight_init_std)
+    init_weights(model, model_cfg.weight_init, model_cfg.weight_init_std)
     return model
 
 

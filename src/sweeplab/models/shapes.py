@@ -2,19 +2,14 @@
 
 Every convolutional model describes its feature extractor as a list of specs.
 The same list is traced here (without torch) to validate a config and is
-turned into modules by ``build_features``, so the check and the model agree.
+turned into modules by ``modules.build_features``, so the check and the model agree.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from sweeplab.errors import ArchitectureError
-from sweeplab.models import layers
 
 
 @dataclass(frozen=True)
@@ -109,55 +104,3 @@ def trace(plan: Sequence[LayerSpec], input_shape: tuple[int, int, int], model: s
         rows.append(ShapeRow(spec.name, _describe(spec), (c, h, w), out))
         c, h, w = out
     return rows
-
-
-class InceptionBlock(nn.Module):
-    def __init__(self, spec: Inception, in_channels: int, act: str, pool: str, batch_norm: bool = False) -> None:
-        super().__init__()
-
-        def conv(cin: int, cout: int, k: int) -> nn.Sequential:
-            norm = [nn.BatchNorm2d(cout)] if batch_norm else []
-            return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), *norm, layers.activation(act))
-
-        self.branch1 = conv(in_channels, spec.c1, 1)
-        self.branch3 = nn.Sequential(conv(in_channels, spec.c3_reduce, 1), conv(spec.c3_reduce, spec.c3, 3))
-        self.branch5 = nn.Sequential(conv(in_channels, spec.c5_reduce, 1), conv(spec.c5_reduce, spec.c5, 5))
-        self.branch_pool = nn.Sequential(layers.pooling(pool, 3, 1, 1), conv(in_channels, spec.pool_proj, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(x)], dim=1)
-
-
-def build_features(
-    plan: Sequence[LayerSpec], in_channels: int, act: str, pool: str, batch_norm: bool = False
-) -> nn.Sequential:
-    modules: list[tuple[str, nn.Module]] = []
-    channels = in_channels
-    for spec in plan:
-        if isinstance(spec, Conv):
-            modules.append((spec.name, nn.Conv2d(channels, spec.filters, spec.size, spec.stride, spec.pad)))
-            if batch_norm:
-                modules.append((f"{spec.name}_bn", nn.BatchNorm2d(spec.filters)))
-            modules.append((f"{spec.name}_act", layers.activation(act)))
-            channels = spec.filters
-        elif isinstance(spec, Pool):
-            modules.append((spec.name, layers.pooling(pool, spec.size, spec.stride, spec.pad)))
-        else:
-            modules.append((spec.name, InceptionBlock(spec, channels, act, pool, batch_norm)))
-            channels = spec.filters
-    return nn.Sequential(OrderedDict(modules))
-
-
-def mlp_head(
-    in_features: int, hidden: Sequence[int], num_classes: int, act: str, dropout: float = 0.0
-) -> nn.Sequential:
-    """affine -> act (-> dropout) ... -> affine to the class scores."""
-    modules: list[nn.Module] = [nn.Flatten()]
-    width = in_features
-    for size in hidden:
-        modules += [nn.Linear(width, size), layers.activation(act)]
-        if dropout > 0:
-            modules.append(nn.Dropout(dropout))
-        width = size
-    modules.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*modules)

@@ -1,44 +1,21 @@
-"""The textbook models, each next to its config schema. Sizes are scaled for
-28-32 px inputs (MNIST, Fashion-MNIST, CIFAR-10)."""
+"""The textbook models, each next to its config schema and layer plan. Sizes are scaled for
+28-32 px inputs (MNIST, Fashion-MNIST, CIFAR-10).
+
+Each builder imports its modules (``sweeplab.models.modules``, and with them torch) when it is called: a sweep's
+driver composes and checks configs against these schemas and plans without importing torch (1.4 s of its start)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from sweeplab.errors import ConfigError
 from sweeplab.models import layers
 from sweeplab.models.registry import ModelConfig, PoolingModelConfig, Shape, register_model
-from sweeplab.models.shapes import Conv, Inception, LayerSpec, Pool, build_features, mlp_head, trace
+from sweeplab.models.shapes import Conv, Inception, LayerSpec, Pool, trace
 from sweeplab.structured import Choice
 
-
-class FeatureClassifier(nn.Module):
-    """features (conv/pool stack) -> flatten -> classifier."""
-
-    def __init__(self, features: nn.Module, classifier: nn.Module) -> None:
-        super().__init__()
-        self.features = features
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def _conv_model(
-    plan: list[LayerSpec],
-    cfg: PoolingModelConfig,
-    input_shape: Shape,
-    num_classes: int,
-    hidden: list[int],
-    dropout: float = 0.0,
-    batch_norm: bool = False,
-) -> FeatureClassifier:
-    rows = trace(plan, input_shape, cfg.name)
-    out = rows[-1].output
-    features = build_features(plan, input_shape[0], cfg.activation, cfg.pooling, batch_norm)
-    return FeatureClassifier(features, mlp_head(layers.flat_size(out), hidden, num_classes, cfg.activation, dropout))
+if TYPE_CHECKING:
+    from torch import nn
 
 
 # --- mlp ---------------------------------------------------------------------
@@ -49,6 +26,8 @@ class MLPConfig(ModelConfig):
 
 @register_model("mlp", MLPConfig, "multilayer perceptron: affine -> act per hidden size")
 def build_mlp(cfg: MLPConfig, input_shape: Shape, num_classes: int) -> nn.Module:
+    from sweeplab.models.modules import mlp_head
+
     return mlp_head(layers.flat_size(input_shape), cfg.hidden_sizes, num_classes, cfg.activation)
 
 
@@ -77,7 +56,9 @@ def simple_convnet_plan(cfg: SimpleConvNetConfig, input_shape: Shape) -> list[La
     "simple_convnet", SimpleConvNetConfig, "conv -> act -> pool -> affine -> act -> affine", simple_convnet_plan
 )
 def build_simple_convnet(cfg: SimpleConvNetConfig, input_shape: Shape, num_classes: int) -> nn.Module:
-    return _conv_model(simple_convnet_plan(cfg, input_shape), cfg, input_shape, num_classes, [cfg.hidden_size])
+    from sweeplab.models.modules import conv_model
+
+    return conv_model(simple_convnet_plan(cfg, input_shape), cfg, input_shape, num_classes, [cfg.hidden_size])
 
 
 # --- lenet ---------------------------------------------------------------------
@@ -101,7 +82,9 @@ def lenet_plan(cfg: LeNetConfig, input_shape: Shape) -> list[LayerSpec]:
 
 @register_model("lenet", LeNetConfig, "LeNet-5: conv-pool-conv-pool-fc-fc-fc", lenet_plan)
 def build_lenet(cfg: LeNetConfig, input_shape: Shape, num_classes: int) -> nn.Module:
-    return _conv_model(lenet_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes)
+    from sweeplab.models.modules import conv_model
+
+    return conv_model(lenet_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes)
 
 
 # --- alexnet -------------------------------------------------------------------
@@ -131,7 +114,9 @@ def alexnet_plan(cfg: AlexNetConfig, input_shape: Shape) -> list[LayerSpec]:
 
 @register_model("alexnet", AlexNetConfig, "AlexNet: 5 conv, 3 pool, dropout fc layers", alexnet_plan)
 def build_alexnet(cfg: AlexNetConfig, input_shape: Shape, num_classes: int) -> nn.Module:
-    return _conv_model(alexnet_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes, cfg.dropout)
+    from sweeplab.models.modules import conv_model
+
+    return conv_model(alexnet_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes, cfg.dropout)
 
 
 # --- vgg -----------------------------------------------------------------------
@@ -154,7 +139,9 @@ def vgg_plan(cfg: VGGConfig, input_shape: Shape) -> list[LayerSpec]:
 
 @register_model("vgg", VGGConfig, "VGG: stages of 3x3 convs, each closed by a 2x2 pool", vgg_plan)
 def build_vgg(cfg: VGGConfig, input_shape: Shape, num_classes: int) -> nn.Module:
-    return _conv_model(
+    from sweeplab.models.modules import conv_model
+
+    return conv_model(
         vgg_plan(cfg, input_shape), cfg, input_shape, num_classes, cfg.fc_sizes, cfg.dropout, cfg.batch_norm
     )
 
@@ -190,19 +177,10 @@ def googlenet_plan(cfg: GoogLeNetConfig, input_shape: Shape) -> list[LayerSpec]:
     return plan
 
 
-class GoogLeNet(nn.Module):
-    def __init__(self, features: nn.Module, channels: int, num_classes: int, dropout: float) -> None:
-        super().__init__()
-        self.features = features
-        self.pool = nn.AdaptiveAvgPool2d(1)  # global average pooling instead of big fc layers
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
-
-
 @register_model("googlenet", GoogLeNetConfig, "GoogLeNet: inception blocks, global average pool", googlenet_plan)
 def build_googlenet(cfg: GoogLeNetConfig, input_shape: Shape, num_classes: int) -> nn.Module:
+    from sweeplab.models.modules import GoogLeNet, build_features
+
     plan = googlenet_plan(cfg, input_shape)
     channels = trace(plan, input_shape, cfg.name)[-1].output[0]
     features = build_features(plan, input_shape[0], cfg.activation, cfg.pooling, cfg.batch_norm)
@@ -224,50 +202,8 @@ class RNNConfig(ModelConfig):
     num_layers: int = 1
 
 
-class ElmanRNN(nn.Module):
-    """Reads an image row by row: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, act: str) -> None:
-        super().__init__()
-        self.ih = nn.ModuleList(
-            nn.Linear(input_size if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
-        )
-        self.hh = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers))
-        self.act = layers.activation(act)
-        self.hidden_size = hidden_size
-
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:  # (batch, time, features)
-        for ih, hh in zip(self.ih, self.hh, strict=True):
-            x_proj = ih(seq)  # all time steps at once; only the recurrence is sequential
-            h = seq.new_zeros(seq.shape[0], self.hidden_size)
-            outputs = []
-            for t in range(seq.shape[1]):
-                h = self.act(x_proj[:, t] + hh(h))
-                outputs.append(h)
-            seq = torch.stack(outputs, dim=1)
-        return seq[:, -1]
-
-
-class RowRNN(nn.Module):
-    def __init__(self, cfg: RNNConfig, input_shape: Shape, num_classes: int) -> None:
-        super().__init__()
-        c, _, w = input_shape
-        self.rnn: nn.Module
-        if cfg.cell == "rnn":
-            self.rnn = ElmanRNN(c * w, cfg.hidden_size, cfg.num_layers, cfg.activation)
-        else:
-            cls = nn.LSTM if cfg.cell == "lstm" else nn.GRU
-            self.rnn = cls(c * w, cfg.hidden_size, cfg.num_layers, batch_first=True)
-        self.head = nn.Linear(cfg.hidden_size, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        rows = x.permute(0, 2, 1, 3).reshape(b, h, c * w)  # one time step per image row
-        out = self.rnn(rows)
-        last = out if isinstance(self.rnn, ElmanRNN) else out[0][:, -1]
-        return self.head(last)
-
-
 @register_model("rnn", RNNConfig, "recurrent net reading the image row by row (rnn / lstm / gru cell)")
 def build_rnn(cfg: RNNConfig, input_shape: Shape, num_classes: int) -> nn.Module:
+    from sweeplab.models.modules import RowRNN
+
     return RowRNN(cfg, input_shape, num_classes)

@@ -43,6 +43,7 @@ RAY_ENV = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "RAY_DEDUP_LOGS": "1",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # forced snapshots are few and expected
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # sweeplab picks Tune's loggers (_callbacks: TensorBoard's is opt-in)
 }
 
 
@@ -392,13 +393,21 @@ def recorded_plan(ref: str, overrides: Sequence[str]) -> tuple[SweepPlan, str]:
 
 
 def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool, sync_command: str) -> list[Callback]:
+    """The live view, Tune's result.json and progress.csv per trial (TensorBoard's files with tracking.tensorboard),
+    the MLflow tracker, the packs' callback."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     from sweeplab.sweep.view import LiveView
 
     metric, mode = plan.objectives[0]
     sc = plan.cfg.sweep
     view = LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet,
                     total_trials=plan.num_trials)
-    callbacks: list[Callback] = [view]
+    callbacks: list[Callback] = [view, JsonLoggerCallback(), CSVLoggerCallback()]
+    if plan.cfg.tracking.tensorboard:
+        from ray.tune.logger import TBXLoggerCallback
+
+        callbacks.append(TBXLoggerCallback())
     if plan.cfg.tracking.enabled:
         from sweeplab.sweep.tracker import MlflowSweepTracker
 

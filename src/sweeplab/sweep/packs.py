@@ -30,12 +30,12 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from sweeplab.errors import ConfigError
-from sweeplab.fused import MEMBER_KEYS, TRAINING_GROUPS, fusable, fusion_key, should_fuse
-from sweeplab.train import Reporter, StopTraining, TrainingDiverged, TrainResult
+from sweeplab.fusion import MEMBER_KEYS, TRAINING_GROUPS, fusion_key, should_fuse
 
 if TYPE_CHECKING:
     from sweeplab.sweep.plan import SweepPlan
     from sweeplab.sweep.trainable import TrialSpec
+    from sweeplab.train import Reporter, TrainingDiverged, TrainResult
 
 MEMBER_CPU = 0.01  # what a member trial asks of Ray: its pack holds the real resources
 FORMATION_S = 2.0  # a pack with room starts this long after its last member joined
@@ -47,6 +47,7 @@ _MANAGERS: dict[str, Any] = {}  # the driver holds each manager's handle: withou
 def check_fusable_plan(cfg: DictConfig, dims: list, overrides: list[str], sweep_file) -> None:
     """With sweep.fuse > 1: refuse a sweep in which no two trials could ever share a pack."""
     from sweeplab.compose import compose
+    from sweeplab.fused import fusable
 
     sc = cfg.sweep
     if sc.fuse <= 1:
@@ -111,6 +112,8 @@ _FUSABLE: dict[tuple, bool] = {}  # fusion_key -> whether the model can train fu
 
 def _key(cfg: DictConfig) -> tuple | None:
     """The trial's pack key, or None when its model cannot train fused (it then trains alone)."""
+    from sweeplab.fused import fusable
+
     key = fusion_key(cfg)
     if key not in _FUSABLE:
         _FUSABLE[key] = fusable([cfg, cfg]) is None
@@ -139,6 +142,8 @@ def train_in_pack(manager_name: str, cfg: DictConfig, reporter: Reporter, resume
         elif kind == "done":
             return
         elif kind == "diverged":
+            from sweeplab.train import TrainingDiverged
+
             raise TrainingDiverged(payload)
         else:
             raise RuntimeError(f"the trial's pack failed: {payload}")
@@ -240,13 +245,15 @@ class _PackActor:
                 elif request == "next":
                     return
                 else:
+                    from sweeplab.train import StopTraining
+
                     raise StopTraining
 
         return report
 
     def _run(self) -> None:
         from sweeplab.fused import train_pack
-        from sweeplab.train import train
+        from sweeplab.train import TrainingDiverged, train
 
         seats = self._form()
         cfgs = [seat.cfg for _, seat in seats]

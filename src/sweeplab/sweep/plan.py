@@ -112,9 +112,9 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
 
 def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], sweep_file: Path) -> None:
     """Metrics that trials report, distinct seeds, a scheduler that fits the epochs, data that exists."""
+    from sweeplab.checks import validate
     from sweeplab.data.datasets import missing_files
     from sweeplab.errors import DatasetNotFoundError
-    from sweeplab.train import validate
 
     sc = cfg.sweep
     for metric, _ in objectives:
@@ -150,7 +150,7 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
 
     from omegaconf.errors import OmegaConfBaseException
 
-    from sweeplab.train import validate
+    from sweeplab.checks import validate
 
     def fails(dim: Dimension, value: Any, err: Exception | str) -> ConfigError:
         return ConfigError(f"sweep.space.{dim.key} in {sweep_file}: the value {value!r} fails: {err}")

@@ -98,10 +98,11 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     import torch
     from ray import tune
 
+    from sweeplab.checks import validate
     from sweeplab.compose import to_yaml
     from sweeplab.errors import UserError
     from sweeplab.run_files import write_run_files
-    from sweeplab.train import run_dataset, train, validate
+    from sweeplab.train import run_dataset, train
 
     try:
         cfg = compose_trial(spec, config)
@@ -205,10 +206,10 @@ def _inject_fault_once(output_dir: str, trial_id: str) -> None:
 def _summary(cfg, snapshot: dict) -> str:
     import torch
 
+    from sweeplab.checks import input_shape
     from sweeplab.data import DATASETS
     from sweeplab.models import build_model
     from sweeplab.models.summary import summarize
-    from sweeplab.train import input_shape
 
     shape = input_shape(cfg)
     with torch.random.fork_rng(devices=[]):  # initialising a model draws from torch's RNG: dropout needs it untouched

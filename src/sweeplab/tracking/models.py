@@ -52,9 +52,9 @@ def build_scorer(folder: Path) -> tuple[ClassScores, np.ndarray]:
     """The run's network with its trained weights, and its input example (float32 images)."""
     from omegaconf import DictConfig, OmegaConf
 
+    from sweeplab.checks import input_shape
     from sweeplab.data import DATASETS
     from sweeplab.models import build_model
-    from sweeplab.train import input_shape
 
     cfg = OmegaConf.load(folder / "config.yaml")
     assert isinstance(cfg, DictConfig), "config.yaml holds a mapping"
