@@ -735,24 +735,37 @@ def test_a_sweep_from_the_command_line_keeps_its_ray_on_loopback(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tensorboard", [False, True])
-def test_the_driver_of_an_untracked_sweep_imports_torch_only_for_tensorboard(tmp_path, tensorboard):
+def test_the_driver_of_an_untracked_sweep_never_imports_torch(tmp_path):
     """Only the trials train: the driver composes, checks and plans the sweep (model schemas, layer plans, the
-    registries) and runs Tune without importing torch (1.4 s before the first trial). Tune's TensorBoard
-    logger imports it through tensorboardX, so its files are opt-in (tracking.tensorboard); result.json stays."""
+    registries) and runs Tune without importing torch (1.4 s before the first trial). Tune's TensorBoard logger
+    would import it through tensorboardX, so its files are opt-in (tracking.tensorboard); result.json stays."""
     import subprocess
     import sys
 
     args = ["sweep", "smoke", f"output_dir={tmp_path}", "tracking=none", "sweep.num_trials=1", "train.epochs=1",
-            "data.subset=300", f"tracking.tensorboard={str(tensorboard).lower()}"]
+            "data.subset=300"]
     code = f"import sys\nfrom sweeplab.cli import main\ncode = main({args!r})\nprint('torch', 'torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stdout.splitlines()[-1] == f"torch {tensorboard}"
+    assert done.stdout.splitlines()[-1] == "torch False"
     trial = next((tmp_path / "ray").glob("*/trial_000_seed0"))
     assert (trial / "result.json").is_file() and (trial / "progress.csv").is_file()
-    assert bool(list(trial.glob("events.out.tfevents.*"))) is tensorboard
+    assert not list(trial.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_tune_writes_tensorboard_files_only_when_asked(tensorboard):
+    """tracking.tensorboard adds Tune's TensorBoard logger to the JSON and CSV ones every sweep has."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    from sweeplab.sweep.launch import _callbacks, trial_spec
+    from sweeplab.sweep.plan import plan_sweep
+
+    plan = plan_sweep("smoke", ["tracking=none", f"tracking.tensorboard={str(tensorboard).lower()}"])
+    loggers = {type(c) for c in _callbacks(plan, "smoke-1", trial_spec(plan), quiet=True, sync_command="")}
+    assert {JsonLoggerCallback, CSVLoggerCallback} <= loggers
+    assert (TBXLoggerCallback in loggers) is tensorboard
 
 
 @pytest.mark.slow  # a fresh interpreter imports the drawing libraries twice
