@@ -202,7 +202,7 @@ class TrackingConfig:
     flush_wait_s: float = 30.0  # at a sweep's end, how long to wait for a store that does not answer (then: sync)
     client_process: bool | None = None  # the sweep's MLflow client in a process of its own; None: from 128 trials
     tensorboard: bool = False  # a sweep also writes Ray Tune's TensorBoard files per trial; off: tensorboardX
-    #                            imports torch into the driver (1.4 s before the first trial), MLflow has the metrics
+    #                            imports torch into the sweep's driver, and MLflow has the same metrics
 
 
 @dataclass

@@ -2,7 +2,7 @@
 28-32 px inputs (MNIST, Fashion-MNIST, CIFAR-10).
 
 Each builder imports its modules (``sweeplab.models.modules``, and with them torch) when it is called: a sweep's
-driver composes and checks configs against these schemas and plans without importing torch (1.4 s of its start)."""
+driver composes and checks configs against these schemas and plans without importing torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
