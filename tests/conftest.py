@@ -22,6 +22,7 @@ SLOW_TIER_TIMEOUT = 900  # seconds for a test marked slow, cluster or browser (r
 SPREAD_FILES = {"test_benchmarks.py"}
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: pytest without xdist (the lent GPU machine) runs on
 def pytest_xdist_make_scheduler(config, log):
     """Under `--dist loadfile` (`make test`): each file's tests on one worker, so its module fixtures (sweeps,
     servers) are set up once, except SPREAD_FILES, whose tests (the benchmarks' smoke runs, the longest) spread."""

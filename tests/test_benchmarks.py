@@ -162,6 +162,16 @@ def test_b6_packs_as_processes_without_ray(tmp_path):
     assert all(set(m) == {"eager"} for m in f["sweeplab_epoch_s"].values())  # no CUDA graph on a CPU
 
 
+def test_the_gpu_tier_runs_with_pytest_alone():
+    """benchmarks/gpu_device.sh runs the gpu tier on the lent GPU machine, whose image has pytest but none of its
+    plugins (xdist, timeout): the tests' conftest must load without them. A CPU collects and skips the tier."""
+    bare = ["-p", "no:xdist", "-p", "no:timeout", "-p", "no:cacheprovider", "-o", "addopts=-ra"]
+    done = subprocess.run([sys.executable, "-m", "pytest", *bare, "-m", "gpu", "-q", "tests/test_fused.py",
+                           "tests/test_zoo_training.py", "tests/test_graphs.py"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:]  # 5 if it collected nothing
+
+
 def test_b7_fused_trials_report_every_figure(tmp_path):
     record = run_benchmarks("B7", results=tmp_path)["B7"]
     checks = ok(record)
