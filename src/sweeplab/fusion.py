@@ -23,7 +23,7 @@ def should_fuse(device: torch.device | str, k: int, force: bool = False) -> bool
     compute-bound (fused LeNets measured 0.69-0.80x), so there it is off unless forced."""
     if force:
         return True
-    return str(device).split(":")[0] == "cuda" and k > 1  # a torch.device prints as cuda:0
+    return str(device).split(":")[0] == "cuda" and k > 1  # "cuda", "cuda:1" or a torch.device printing so
 
 
 def shared_settings(cfg: DictConfig) -> dict[str, Any]:
