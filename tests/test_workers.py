@@ -27,40 +27,52 @@ def test_trial_actors_is_what_runs_at_once(overrides, num_cpus, actors):
     assert trial_actors(compose(overrides), num_cpus) == actors
 
 
-def test_workers_are_pre_started_only_when_every_one_holds_a_trial():
-    assert local_ray_config(compose(["cluster.num_cpus=2"]))["enable_worker_prestart"] is True
-    # a 16-CPU machine running 2 trials at a time: 14 idle workers would import torch for nothing
-    assert local_ray_config(compose(["cluster.num_cpus=16"]))["enable_worker_prestart"] is False
+@pytest.mark.parametrize(("overrides", "trials", "cap"), [
+    (["cluster.num_cpus=2"], None, None),  # 2 trials at a time on 2 CPUs: Ray's own count, one per CPU
+    (["cluster.num_cpus=16"], None, 2),  # 2 at a time on 16 CPUs: 14 idle workers would import torch for nothing
+    (["cluster.num_cpus=2", "sweep.max_concurrent=1"], None, 1),
+    (["cluster.num_cpus=2"], 1, 1),  # a sweep of one trial
+    (["cluster.num_cpus=16", "sweep.fuse=4", "sweep.fuse_on_cpu=true"], None, None),  # its packs start workers too
+])
+def test_ray_pre_starts_only_the_workers_that_will_hold_trials(overrides, trials, cap):
+    config = local_ray_config(compose(overrides), trials)
+    assert config["enable_worker_prestart"] is True
+    assert config.get("worker_maximum_startup_concurrency") == cap
     assert os.environ["PL_DISABLE_FORK"] == "1"  # what Tune's runtime_env would have set, inherited instead
 
 
 @pytest.mark.slow
-def test_the_trials_run_in_the_workers_ray_started_with_itself(tmp_path):
+@pytest.mark.parametrize("at_once", [2, 1])
+def test_the_trials_run_in_the_workers_ray_started_with_itself(tmp_path, at_once):
+    """Ray starts as many workers as trials run at once (2 CPUs here), and every trial runs in one of them. One at
+    a time, Ray on its own would pre-start a second worker, idle, that imports torch (0.46 GB of its own memory)."""
     import ray
 
     from sweeplab.sweep.launch import launch_sweep, start_ray
 
     ray.shutdown()
-    start_ray(compose(["cluster.num_cpus=2"]))
+    start_ray(compose(["cluster.num_cpus=2", f"sweep.max_concurrent={at_once}"]))
     try:
         raylet_log = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "raylet.out"
-        path = write_sweep(tmp_path, "workers", """
-train: {epochs: 1}
+        path = write_sweep(tmp_path, "workers", f"""
+train: {{epochs: 1}}
 sweep:
   sampler: random
   num_trials: 4
-  max_concurrent: 2
-  scheduler: {kind: none}
+  max_concurrent: {at_once}
+  scheduler: {{kind: none}}
   space:
-    optimizer.lr: {type: float, low: 0.01, high: 0.1, log: true}
+    optimizer.lr: {{type: float, low: 0.01, high: 0.1, log: true}}
 """)
         outcome = launch_sweep(str(path), [f"output_dir={tmp_path / 'out'}", *TINY, "tracking=none"], quiet=True)
         assert [t.status for t in outcome.trials] == ["completed"] * 4
         started = re.findall(r"Started worker process with pid (\d+)", raylet_log.read_text())
-        # every trial ran in one of the two workers Ray pre-started as it came up: Tune's actors (no runtime_env of
+        # every trial ran in one of the workers Ray pre-started as it came up: Tune's actors (no runtime_env of
         # their own) took them (on a loaded machine Ray may start one more meanwhile, which no trial used)
         ran = {str(json.loads(line)["pid"]) for result in Path(outcome.record["ray_path"]).glob("*/result.json")
                for line in result.read_text().splitlines()}
-        assert ran and ran <= set(started[:2]), (ran, started)
+        assert ran and ran <= set(started[:at_once]), (ran, started)
+        if at_once == 1:  # at most one worker starts at a time, and the one trial actor keeps it: no other starts
+            assert len(started) == 1, started
     finally:
         ray.shutdown()

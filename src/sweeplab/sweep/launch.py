@@ -63,8 +63,9 @@ def ray_environment(cfg: DictConfig) -> str | None:
     return address
 
 
-def start_ray(cfg: DictConfig) -> bool:
-    """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray.
+def start_ray(cfg: DictConfig, trials: int | None = None) -> bool:
+    """Join the cluster named by cluster.address / RAY_ADDRESS, or start a loopback-only local Ray, its workers
+    started for the sweep's ``trials`` (when known).
     True when it started a local Ray of its own (the sweep shuts it down at the end)."""
     address = ray_environment(cfg)
     import ray
@@ -88,7 +89,7 @@ def start_ray(cfg: DictConfig) -> bool:
         # A local Ray's workers inherit this process's environment, so no job runtime_env, and they import
         # what trials import before they register (sweeplab.sweep.workers)
         os.environ.update(env_vars)
-        system_config = workers.local_ray_config(cfg)
+        system_config = workers.local_ray_config(cfg, trials)
         # "local": a fresh Ray of our own; without it ray.init joins any `ray start` cluster on this machine
         context = ray.init(address="local", num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus,
                            include_dashboard=cfg.cluster.dashboard, dashboard_host=DASHBOARD_HOST,
@@ -341,7 +342,7 @@ def _start_ray_and_store(cfg: DictConfig, searched: int, trials: int) -> bool:
     hold the GIL the driver's threads wait for.
     ``searched``: how many parameters the sweep searches (the report's figures depend on it)."""
     if not cfg.tracking.enabled:
-        return start_ray(cfg)
+        return start_ray(cfg, trials)
     from concurrent.futures import ThreadPoolExecutor
 
     from sweeplab.sweep.tracker_calls import warm_up
@@ -355,13 +356,13 @@ def _start_ray_and_store(cfg: DictConfig, searched: int, trials: int) -> bool:
         threading.Thread(target=warm_up, args=(searched,), name="sweeplab-warm-up", daemon=True).start()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
             store = pool.submit(client_for, uri)
-            started = start_ray(cfg)
+            started = start_ray(cfg, trials)
             store.result()  # a store that cannot be opened: its UserError, before any trial starts
         return started
     # MLflow's import, the store's opening and the warm-up for the end's drawing, in the tracker's client process
     client = client_process(uri, warm_up=(warm_up, (searched,)))
     try:
-        started = start_ray(cfg)
+        started = start_ray(cfg, trials)
         client.ready()
     except BaseException:
         client.close()

@@ -37,18 +37,26 @@ def trial_actors(cfg: DictConfig, num_cpus: float) -> int:
     return min(cfg.sweep.max_concurrent, fits)
 
 
-def local_ray_config(cfg: DictConfig) -> dict:
+def local_ray_config(cfg: DictConfig, trials: int | None = None) -> dict:
     """A local Ray's ``_system_config``; sets Tune's own variables here first, for its workers to inherit.
-    Workers are pre-started (Ray starts one per CPU) only when every one of them will hold a trial: more
-    would import torch beside the trials and sit idle."""
+    Ray pre-starts a worker per CPU, as it comes up (``enable_worker_prestart``) and, even with that off, as the
+    first driver connects (``prestart_worker_first_driver``), as many as its startup concurrency lets start at once
+    (the cores, at most: ray/_private/services.py); each imports ``TRIAL_IMPORTS`` (0.46 GB of its own memory).
+    Where fewer trials than CPUs run at once (of ``trials`` in all, when known), the concurrency is capped at that
+    count, so only workers that will hold a trial start: one trial per GPU on a 16-core machine would otherwise
+    leave 15 idle ones. The cap bounds workers starting at once, not workers alive; a fused sweep's packs start
+    workers of their own, so it has none."""
     for key, value in TUNE_ENV.items():
         os.environ.setdefault(key, value)
     num_cpus = cfg.cluster.num_cpus or os.cpu_count() or 1
+    actors = trial_actors(cfg, num_cpus) if trials is None else min(trial_actors(cfg, num_cpus), trials)
     # Ray may end a worker idle for over a second (its default): it ended a pre-started one as the first trial
     # started (once in four runs), and the second trial waited for a new worker to import torch
-    return {"preload_python_modules": list(TRIAL_IMPORTS),
-            "enable_worker_prestart": trial_actors(cfg, num_cpus) >= num_cpus,
-            "idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEPT_MS}
+    config = {"preload_python_modules": list(TRIAL_IMPORTS), "enable_worker_prestart": True,
+              "idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEPT_MS}
+    if actors < num_cpus and cfg.sweep.fuse == 1:
+        config["worker_maximum_startup_concurrency"] = max(1, actors)
+    return config
 
 
 def started_local_ray() -> None:
