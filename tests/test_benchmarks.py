@@ -231,3 +231,17 @@ def test_ab_runs_a_sweep_from_each_checkout_in_turn(tmp_path):
     assert [r["tree"] for r in runs] == [str(other), str(ROOT)]
     assert all(r["wall_s"] > 0 and r["first_metric_s"] > 0 for r in runs)
     assert [json.loads(line)["runs"] for line in means] == [1, 1]
+
+
+def test_sweep_cpu_accounts_one_command_by_process_role():
+    """benchmarks/sweep_cpu.py, behind docs/performance.md's per-sweep CPU figures: a real sweep from a fresh folder."""
+    outputs = ROOT / "outputs"  # where the sweep would write, were it started from the repository
+    before = sorted(outputs.iterdir()) if outputs.exists() else []
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_cpu.py"), "--", "sweep", "smoke",
+                           "sweep.num_trials=1", "train.epochs=1", "data.subset=300", "tracking=none"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(proc.stdout)
+    assert {"driver", "trial workers", "Ray's services"} <= set(run["cpu_s"]) and run["wall_s"] > 0
+    assert run["cpu_total_s"] == pytest.approx(sum(run["cpu_s"].values()), abs=0.1)
+    assert (sorted(outputs.iterdir()) if outputs.exists() else []) == before  # it wrote in a folder of its own
