@@ -21,6 +21,8 @@ from sweeplab.sweep.workers import local_ray_config, trial_actors  # noqa: E402
     (["sweep.max_concurrent=8"], 2, 2),  # as many as the CPUs allow
     (["sweep.max_concurrent=4", "sweep.resources.cpu=0.5"], 2, 4),
     (["sweep.max_concurrent=4", "sweep.resources.gpu=0.5", "cluster.num_gpus=1"], 16, 2),  # as the GPU allows
+    # GPUs Ray has yet to find: as many as the CPUs allow (no fewer workers than the GPUs could keep busy)
+    (["sweep.max_concurrent=4", "sweep.resources.gpu=1"], 16, 4),
     (["sweep.max_concurrent=3", "sweep.resources.cpu=0"], 2, 3),
 ])
 def test_trial_actors_is_what_runs_at_once(overrides, num_cpus, actors):

@@ -29,11 +29,12 @@ _installed = False
 
 
 def trial_actors(cfg: DictConfig, num_cpus: float) -> int:
-    """How many trial actors hold a worker at once: sweep.max_concurrent, as the CPUs (and GPUs) allow."""
+    """How many trial actors hold a worker at once: sweep.max_concurrent, as the CPUs (and the GPUs, when
+    cluster.num_gpus gives their count; otherwise Ray finds them as it starts) allow."""
     res = cfg.sweep.resources
     fits = math.floor(num_cpus / res.cpu) if res.cpu > 0 else cfg.sweep.max_concurrent
-    if res.gpu > 0:
-        fits = min(fits, math.floor((cfg.cluster.num_gpus or 0) / res.gpu))
+    if res.gpu > 0 and cfg.cluster.num_gpus is not None:
+        fits = min(fits, math.floor(cfg.cluster.num_gpus / res.gpu))
     return min(cfg.sweep.max_concurrent, fits)
 
 
@@ -43,7 +44,7 @@ def local_ray_config(cfg: DictConfig, trials: int | None = None) -> dict:
     first driver connects (``prestart_worker_first_driver``), as many as its startup concurrency lets start at once
     (the cores, at most: ray/_private/services.py); each imports ``TRIAL_IMPORTS`` (0.46 GB of its own memory).
     Where fewer trials than CPUs run at once (of ``trials`` in all, when known), the concurrency is capped at that
-    count, so only workers that will hold a trial start: one trial per GPU on a 16-core machine would otherwise
+    count, so only workers that will hold a trial start: one trial at a time on a 16-core machine would otherwise
     leave 15 idle ones. The cap bounds workers starting at once, not workers alive; a fused sweep's packs start
     workers of their own, so it has none."""
     for key, value in TUNE_ENV.items():
