@@ -351,16 +351,17 @@ def _start_ray_and_store(cfg: DictConfig, searched: int, trials: int) -> bool:
 
     uri = tracking_uri(cfg)
     check_reachable(uri)
+    warm_args = (searched, cfg.tracking.log_models > 0)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow prints a link as each run ends
     if not wanted(cfg.tracking.client_process, trials):
-        threading.Thread(target=warm_up, args=(searched,), name="sweeplab-warm-up", daemon=True).start()
+        threading.Thread(target=warm_up, args=warm_args, name="sweeplab-warm-up", daemon=True).start()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-store") as pool:
             store = pool.submit(client_for, uri)
             started = start_ray(cfg, trials)
             store.result()  # a store that cannot be opened: its UserError, before any trial starts
         return started
     # MLflow's import, the store's opening and the warm-up for the end's drawing, in the tracker's client process
-    client = client_process(uri, warm_up=(warm_up, (searched,)))
+    client = client_process(uri, warm_up=(warm_up, warm_args))
     try:
         started = start_ray(cfg, trials)
         client.ready()

@@ -338,7 +338,8 @@ class MlflowSweepTracker(tune.Callback):
         parent, storage = str(self.parent_run_id), reveal(self.optuna_storage)
         self._drawing("sweep metrics", calls.log_sweep_metrics, parent, storage, self.sweep_id)
         self._drawing("figures", calls.log_best_trial_figures, parent, storage, self.sweep_id)
-        self._drawing("models", calls.log_best_models, parent, storage, self.sweep_id, self.log_models)
+        if self.log_models > 0:  # its module imports torch
+            self._drawing("models", calls.log_best_models, parent, storage, self.sweep_id, self.log_models)
         self._drawing("report", build_report, parent, None, True, storage)
         self.client.set_terminated(parent, "FINISHED")
 

@@ -21,20 +21,24 @@ if TYPE_CHECKING:
     from sweeplab.sweep.trainable import TrialSpec
 
 
-def warm_up(searched: int) -> None:
+def warm_up(searched: int, models: bool = True) -> None:
     """Import what the end of a sweep draws with (matplotlib, plotly, Optuna's figures, MLflow's pytorch flavor:
     seconds of imports) while Ray starts, not after the last trial; Optuna's importance (it imports
-    scikit-learn: 2 s of CPU) only when the report will draw it for the ``searched`` parameters. Whatever
-    fails here fails again at the end, which reports it; on this thread it would only print a traceback."""
+    scikit-learn: 2 s of CPU) only when the report will draw it for the ``searched`` parameters, and MLflow's
+    pytorch flavor (torch with it: 2.6 s) only when the end logs ``models``. Whatever fails here fails again at
+    the end, which reports it; on this thread it would only print a traceback."""
     with contextlib.suppress(Exception):
         import optuna.visualization  # noqa: F401
 
-        from sweeplab.tracking import models, report
+        from sweeplab.tracking import report
         from sweeplab.tracking.artifacts import pyplot
 
         if report.draws_importance(searched):
             import optuna.importance  # noqa: F401
-        models.warm_up()
+        if models:
+            from sweeplab.tracking import models as mlflow_models
+
+            mlflow_models.warm_up()
         pyplot()
 
 

@@ -50,7 +50,9 @@ def local_ray_config(cfg: DictConfig, trials: int | None = None) -> dict:
     for key, value in TUNE_ENV.items():
         os.environ.setdefault(key, value)
     num_cpus = cfg.cluster.num_cpus or os.cpu_count() or 1
-    actors = trial_actors(cfg, num_cpus) if trials is None else min(trial_actors(cfg, num_cpus), trials)
+    actors = trial_actors(cfg, num_cpus)
+    if trials is not None:
+        actors = min(actors, trials)
     # Ray may end a worker idle for over a second (its default): it ended a pre-started one as the first trial
     # started (once in four runs), and the second trial waited for a new worker to import torch
     config = {"preload_python_modules": list(TRIAL_IMPORTS), "enable_worker_prestart": True,
