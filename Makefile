@@ -49,9 +49,13 @@ lint: venv
 
 # Two pytest-xdist workers, each file's tests on one of them (--dist loadfile), so a module's fixtures (sweeps,
 # servers) are set up once; tests/conftest.py spreads the benchmark smoke tests. TEST_WORKERS=0: one after another.
+# Lint runs beside the tests (mypy from a fresh clone: half a minute on one core), its output after theirs;
+# either failing fails the target.
 TEST_WORKERS ?= 2
-test: venv lint system-deps services bench-deps
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+test: venv system-deps services bench-deps
+	@$(MAKE) --no-print-directory lint > .lint.log 2>&1 & lint=$$!; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); status=$$?; \
+	wait $$lint || { echo "make lint failed:"; status=1; }; cat .lint.log; rm -f .lint.log; exit $$status
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(PYTEST_ARGS)
