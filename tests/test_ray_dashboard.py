@@ -53,7 +53,7 @@ def test_the_dashboard_answers_on_loopback_during_a_sweep(tmp_path):
     env = sweep_env()
     sweep = subprocess.Popen(
         [*SWEEPLAB, "sweep", "smoke", f"output_dir={tmp_path}", "tracking=none", "cluster.dashboard=true",
-         "sweep.num_trials=2", "sweep.max_concurrent=1", "train.epochs=2",
+         "sweep.num_trials=1", "train.epochs=1",
          "sweep.scheduler.kind=none", "data.subset=300"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     seen, version, port, refused = [], None, None, None

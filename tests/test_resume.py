@@ -64,7 +64,7 @@ def _assert_complete(out: Path, sweep_id: str, num_trials: int, epochs: int = 3)
 
 
 def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
-    output, code, sweep_id, resume = _interrupt([f"output_dir={tmp_path}", "sweep.num_trials=4", *TINY],
+    output, code, sweep_id, resume = _interrupt([f"output_dir={tmp_path}", "sweep.num_trials=3", *TINY],
                                                 "trial_001_seed0 epoch  1/3", signal.SIGINT)  # the 2nd trial half-way
     assert code == 130, output[-3000:]
     assert "Traceback" not in output
@@ -74,7 +74,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
 
     second = subprocess.run(resume, capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    _assert_complete(tmp_path, sweep_id, 4)
+    _assert_complete(tmp_path, sweep_id, 3)
     _, _, children = _runs(tmp_path)
     interrupted = next(r for r in children if r.info.run_name == "trial_001_seed0")
     assert interrupted.data.tags["sweeplab.restarts"] == "1"

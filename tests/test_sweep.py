@@ -717,43 +717,34 @@ def test_report_draws_the_optuna_figures_from_the_study_itself(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_from_the_command_line_keeps_its_ray_on_loopback(tmp_path):
-    """Nothing in the command's environment asks for loopback (Ray reads its switch once, as it is imported):
-    the local Ray the command starts still runs its trials on 127.0.0.1, not on the machine's address."""
-    import subprocess
-
-    from sweep_helpers import SWEEPLAB
-
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"} | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(SWEEPLAB), "sweep", "smoke", f"output_dir={tmp_path}", "sweep.num_trials=1",
-                           "train.epochs=1", "data.subset=300"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    client = mlflow_client(tmp_path)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    trials = client.search_runs(experiments, "tags.`sweeplab.kind` = 'trial'")
-    assert [r.data.tags["sweeplab.placement"] for r in trials] == ["node 127.0.0.1, GPUs []"]
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("tracking", ["tracking=none", "tracking.log_models=0"])
-def test_the_driver_imports_torch_only_to_log_a_model(tmp_path, tracking):
-    """Only the trials train: the driver composes, checks and plans the sweep (model schemas, layer plans, the
-    registries) and runs Tune without importing torch (1.4 s before the first trial). Tune's TensorBoard logger
+def test_the_sweep_command_keeps_its_ray_on_loopback_and_imports_torch_only_to_log_a_model(tmp_path, tracking):
+    """The ``sweeplab`` console script (``cli.run``), with nothing in its environment asking for loopback (Ray reads
+    its switch once, as it is imported): the local Ray it starts runs the trials on 127.0.0.1, not on the machine's
+    address. And only the trials train: the driver composes, checks and plans the sweep (model schemas, layer plans,
+    the registries) and runs Tune without importing torch (1.4 s before the first trial). Tune's TensorBoard logger
     would import it through tensorboardX, so its files are opt-in (tracking.tensorboard); result.json stays.
     With tracking on, only the MLflow Model the end logs needs torch (2.6 s of CPU while Ray starts)."""
     import subprocess
     import sys
 
-    args = ["sweep", "smoke", f"output_dir={tmp_path}", tracking, "sweep.num_trials=1", "train.epochs=1",
-            "data.subset=300"]
-    code = f"import sys\nfrom sweeplab.cli import main\ncode = main({args!r})\nprint('torch', 'torch' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    argv = ["sweeplab", "sweep", "smoke", f"output_dir={tmp_path}", tracking, "sweep.num_trials=1",
+            "train.epochs=1", "data.subset=300"]
+    # run() ends with os._exit after the exit handlers: the first registered runs last, after Ray's shutdown
+    code = (f"import atexit, sys\natexit.register(lambda: print('torch', 'torch' in sys.modules, flush=True))\n"
+            f"sys.argv = {argv!r}\nfrom sweeplab.cli import run\nrun()")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"} | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "torch False"
     trial = next((tmp_path / "ray").glob("*/trial_000_seed0"))
     assert (trial / "result.json").is_file() and (trial / "progress.csv").is_file()
     assert not list(trial.glob("events.out.tfevents.*"))
+    if tracking != "tracking=none":
+        client = mlflow_client(tmp_path)
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        trials = client.search_runs(experiments, "tags.`sweeplab.kind` = 'trial'")
+        assert [r.data.tags["sweeplab.placement"] for r in trials] == ["node 127.0.0.1, GPUs []"]
 
 
 @pytest.mark.parametrize("tensorboard", [False, True])
@@ -770,17 +761,16 @@ def test_tune_writes_tensorboard_files_only_when_asked(tensorboard):
     assert (TBXLoggerCallback in loggers) is tensorboard
 
 
-@pytest.mark.slow  # a fresh interpreter imports the drawing libraries twice
-@pytest.mark.parametrize("searched", [1, 2])
-def test_the_warm_up_imports_optuna_importance_only_for_a_report_that_draws_it(searched):
+@pytest.mark.slow  # a fresh interpreter imports the drawing libraries
+def test_the_warm_up_imports_optuna_importance_only_for_a_report_that_draws_it():
     """Optuna's importance imports scikit-learn (2 s of CPU on the start-up's busy cores); one searched parameter
-    has no importance figure, so nothing imports it."""
+    has no importance figure, so nothing imports it. One interpreter: the warm-up for one searched parameter first,
+    then for two."""
     import subprocess
     import sys
 
-    code = ("import sys\nfrom sweeplab.sweep.tracker_calls import warm_up\n"
-            f"warm_up({searched})\n"
-            "print(*(name in sys.modules for name in ('optuna.importance', 'sklearn', 'optuna.visualization')))")
+    flags = "print(*(name in sys.modules for name in ('optuna.importance', 'sklearn', 'optuna.visualization')))"
+    code = f"import sys\nfrom sweeplab.sweep.tracker_calls import warm_up\nwarm_up(1)\n{flags}\nwarm_up(2)\n{flags}"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == [str(searched >= 2)] * 2 + ["True"]
+    assert [line.split() for line in done.stdout.splitlines()] == [["False", "False", "True"], ["True", "True", "True"]]

@@ -173,15 +173,15 @@ train: {epochs: 2}
 sweep:
   name: budget
   sampler: {_target_: optuna.samplers.QMCSampler, scramble: true}
-  num_trials: 1000  # far more than 20 s can run, however fast the trials start
-  time_budget_s: 20
+  num_trials: 1000  # far more than 10 s can run, however fast the trials start
+  time_budget_s: 10
   scheduler: {kind: none}
 """ + SPACE)
     outcome = run(path, tmp_path)
     ended = [t for t in outcome.trials if t.status != "running"]
     assert len(ended) < 1000  # a trial that the budget cut off stays running, as in an interrupted sweep
-    assert outcome.record["ended_by"].startswith("sweep.time_budget_s=20")
-    assert "ended by the time budget, sweep.time_budget_s=20" in format_summary(outcome)
+    assert outcome.record["ended_by"].startswith("sweep.time_budget_s=10")
+    assert "ended by the time budget, sweep.time_budget_s=10" in format_summary(outcome)
     assert study_of(tmp_path, outcome).user_attrs["ended_by"] == outcome.record["ended_by"]
     asked = [t.params for t in sorted(study_of(tmp_path, outcome).trials, key=lambda t: t.number)]
     assert asked[:2] == qmc_points(2, scramble=True)
