@@ -724,19 +724,22 @@ def test_the_sweep_command_keeps_its_ray_on_loopback_and_imports_torch_only_to_l
     address. And only the trials train: the driver composes, checks and plans the sweep (model schemas, layer plans,
     the registries) and runs Tune without importing torch (1.4 s before the first trial). Tune's TensorBoard logger
     would import it through tensorboardX, so its files are opt-in (tracking.tensorboard); result.json stays.
-    With tracking on, only the MLflow Model the end logs needs torch (2.6 s of CPU while Ray starts)."""
+    With tracking on, only the MLflow Model the end logs needs torch (2.6 s of CPU while Ray starts), and without it
+    the driver imports no MLflow either (2 s)."""
     import subprocess
     import sys
 
     argv = ["sweeplab", "sweep", "smoke", f"output_dir={tmp_path}", tracking, "sweep.num_trials=1",
             "train.epochs=1", "data.subset=300"]
     # run() ends with os._exit after the exit handlers: the first registered runs last, after Ray's shutdown
-    code = (f"import atexit, sys\natexit.register(lambda: print('torch', 'torch' in sys.modules, flush=True))\n"
+    flags = "print('torch', 'torch' in sys.modules, 'mlflow', 'mlflow' in sys.modules, flush=True)"
+    code = (f"import atexit, sys\natexit.register(lambda: {flags})\n"
             f"sys.argv = {argv!r}\nfrom sweeplab.cli import run\nrun()")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"} | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stdout.splitlines()[-1] == "torch False"
+    # nor MLflow without tracking: Ray Tune's callback telemetry imported it (sweeplab.sweep.tune_usage)
+    assert done.stdout.splitlines()[-1] == f"torch False mlflow {tracking != 'tracking=none'}"
     trial = next((tmp_path / "ray").glob("*/trial_000_seed0"))
     assert (trial / "result.json").is_file() and (trial / "progress.csv").is_file()
     assert not list(trial.glob("events.out.tfevents.*"))
@@ -745,6 +748,28 @@ def test_the_sweep_command_keeps_its_ray_on_loopback_and_imports_torch_only_to_l
         experiments = [e.experiment_id for e in client.search_experiments()]
         trials = client.search_runs(experiments, "tags.`sweeplab.kind` = 'trial'")
         assert [r.data.tags["sweeplab.placement"] for r in trials] == ["node 127.0.0.1, GPUs []"]
+
+
+def test_tunes_callback_telemetry_counts_as_ray_tune_counts():
+    """sweeplab.sweep.tune_usage records what Ray Tune's own count records, from class names alone."""
+    from ray.air._internal import usage
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune import Callback
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback
+
+    from sweeplab.sweep.tune_usage import callback_counts
+
+    class Mine(Callback):
+        pass
+
+    class MyLogger(LoggerCallback):
+        pass
+
+    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), Mine(), Mine(), MyLogger(), MLflowLoggerCallback(), "no"]
+    assert callback_counts(callbacks) == dict(usage._count_callbacks(callbacks))
+    assert callback_counts(callbacks) == {"JsonLoggerCallback": 1, "CSVLoggerCallback": 1, "CustomCallback": 2,
+                                          "CustomLoggerCallback": 1, "MLflowLoggerCallback": 1}
+    assert callback_counts(None) == {}
 
 
 @pytest.mark.parametrize("tensorboard", [False, True])

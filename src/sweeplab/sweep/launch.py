@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeplab.compose import compose, project_root, read_sweep_text
 from sweeplab.errors import ConfigError
 from sweeplab.redact import MASK, redact
-from sweeplab.sweep import workers
+from sweeplab.sweep import tune_usage, workers
 from sweeplab.sweep.dashboard import HOST as DASHBOARD_HOST
 from sweeplab.sweep.dashboard import check_dashboard, dashboard_line
 from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
@@ -271,6 +271,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     print(f"sweeplab sweep: {sweep_id}: {plan.num_configs} configurations x {len(sc.seeds)} seed(s), "
           f"sampler {sampler_label(sc.sampler)}, scheduler {sc.scheduler.kind}, {sc.max_concurrent} at a time, "
           f"{sc.resources.cpu:g} CPU + {sc.resources.gpu:g} GPU each", flush=True)
+    tune_usage.install()  # before fit: its telemetry would import MLflow
     try:
         started = time.monotonic()
         tuner.fit()
