@@ -291,7 +291,9 @@ def print_json(result: Result, env: dict[str, Any]) -> str:
 # --- where the CPU went ---------------------------------------------------------------------
 def process_role(cmdline: str) -> str:
     """Which part of a sweep (or of the bare loop) a process is, from its command line."""
-    if (cmdline.startswith("ray::") and "Agent" not in cmdline) or "workers/default_worker.py" in cmdline:
+    # a worker runs default_worker.py (the raylet names it too, in its --python_worker_command=... argument)
+    runs_worker = any(arg.endswith("workers/default_worker.py") for arg in cmdline.split()[:3])
+    if (cmdline.startswith("ray::") and "Agent" not in cmdline) or runs_worker:
         return "trial workers"  # ray::ImplicitFunc, ray::IDLE: Ray's workers, where the trials run
     if "bare_loop.py" in cmdline:
         return "bare loop"

@@ -81,6 +81,24 @@ def test_cpu_account_counts_the_processes_it_starts_not_a_strangers():
     assert set(roles) == {"bare loop"} and roles["bare loop"] > 0.3, roles
 
 
+def test_process_role_tells_ray_s_workers_from_its_raylet():
+    """The roles of the command lines a local Ray's processes have (Ray 2.60): the raylet names default_worker.py in
+    its --python_worker_command argument, and is one of Ray's services, not a trial worker."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness import process_role
+
+    ray = "/venv/lib/python3.11/site-packages/ray"
+    raylet = (f"{ray}/core/src/ray/raylet/raylet --raylet_socket_name=/tmp/ray/sockets/raylet "
+              f"--python_worker_command=/venv/bin/python {ray}/_private/workers/default_worker.py --node-ip-address=x")
+    assert process_role(raylet) == "Ray's services"
+    assert process_role(f"/venv/bin/python {ray}/_private/workers/default_worker.py --node-ip-address=127.0.0.1") \
+        == "trial workers"
+    assert process_role("ray::IDLE") == process_role("ray::ImplicitFunc.train") == "trial workers"
+    assert process_role(f"/venv/bin/python -u {ray}/dashboard/agent.py --node-ip-address=127.0.0.1") == "Ray's services"
+    assert process_role(f"{ray}/core/src/ray/gcs/gcs_server --gcs_server_port=0") == "Ray's services"
+    assert process_role("/venv/bin/python /venv/bin/sweeplab sweep smoke") == "driver"
+
+
 def test_b1_trainer_against_the_bare_loop(tmp_path):
     record = run_benchmarks("B1", results=tmp_path)["B1"]
     checks = ok(record)
@@ -245,3 +263,17 @@ def test_sweep_cpu_accounts_one_command_by_process_role():
     assert {"driver", "trial workers", "Ray's services"} <= set(run["cpu_s"]) and run["wall_s"] > 0
     assert run["cpu_total_s"] == pytest.approx(sum(run["cpu_s"].values()), abs=0.1)
     assert (sorted(outputs.iterdir()) if outputs.exists() else []) == before  # it wrote in a folder of its own
+
+
+def test_idle_workers_counts_the_workers_of_either_setting():
+    """benchmarks/idle_workers.py, behind docs/performance.md's emulated 16-core figure: on this machine's core
+    count, Ray's default starts a worker per core for a sweep of one trial at a time, sweeplab's cap one."""
+    cpus = 2
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "idle_workers.py"), "--cpus", str(cpus)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {run["setting"]: run for run in map(json.loads, proc.stdout.splitlines())}
+    assert runs["ray-default"]["workers_started"] == cpus and runs["sweeplab"]["workers_started"] == 1
+    for run in runs.values():
+        assert run["most_alive_at_once"] == run["workers_started"] and run["their_uss_gb"] > 0
+        assert run["ray_workers_cpu_s"] > 0 and run["wall_s"] > 0
