@@ -3,8 +3,7 @@
 As ``fit`` starts, Ray Tune records which callbacks a run uses (``ray.air._internal.usage.tag_callbacks``): it
 compares each callback with its built-in integrations by class name, and imports those integrations to read the
 names. ``ray.air.integrations.mlflow`` imports MLflow, 2 s of CPU, so every sweep's driver imported MLflow there,
-``tracking=none`` ones too, and with ``tracking.client_process`` the driver imported it beside its client process.
-Here the same counts are recorded from the names alone. A user of an integration's callback has imported its
+``tracking=none`` ones too. Here the same counts are recorded from the names alone. A user of an integration's callback has imported its
 module to build it, so nothing is counted differently. Without the private function (another Ray), Tune's own
 runs, as before.
 """
@@ -46,9 +45,10 @@ def install() -> None:
         from ray.air._internal import usage
     except ImportError:
         return
-    if getattr(usage.tag_callbacks, "_by_name", False) or not hasattr(usage, "record_extra_usage_tag"):
+    record = getattr(usage, "record_extra_usage_tag", None)
+    key = getattr(getattr(usage, "TagKey", None), "AIR_CALLBACKS", None)
+    if record is None or key is None or getattr(usage.tag_callbacks, "_by_name", False):
         return
-    record, key = usage.record_extra_usage_tag, usage.TagKey.AIR_CALLBACKS
 
     def tag_callbacks(callbacks: list[Any] | None) -> bool:
         if not callbacks:
