@@ -3,9 +3,9 @@
 As ``fit`` starts, Ray Tune records which callbacks a run uses (``ray.air._internal.usage.tag_callbacks``): it
 compares each callback with its built-in integrations by class name, and imports those integrations to read the
 names. ``ray.air.integrations.mlflow`` imports MLflow, 2 s of CPU, so every sweep's driver imported MLflow there,
-``tracking=none`` ones too. Here the same counts are recorded from the names alone. A user of an integration's callback has imported its
-module to build it, so nothing is counted differently. Without the private function (another Ray), Tune's own
-runs, as before.
+``tracking=none`` ones too. Here the same counts are recorded from the names alone. A user of an integration's
+callback has imported its module to build it, so nothing is counted differently. Without the private function
+(another Ray), Tune's own runs, as before.
 """
 from __future__ import annotations
 
