@@ -29,7 +29,7 @@ from harness import CpuAccount, child_env, process_role
 SWEEP = ["sweep", "smoke", "sweep.num_trials=2", "sweep.max_concurrent=1", "train.epochs=1", "data.subset=300",
          "tracking=none", "--quiet"]
 # The driver: sweeplab's main in a process whose multiprocessing.cpu_count() is the emulated core count; with
-# RAY_DEFAULT, local_ray_config without sweeplab's startup cap
+# IDLE_WORKERS_SETTING=ray-default, local_ray_config without sweeplab's startup cap
 DRIVER = """
 import multiprocessing, os, sys
 cpus = int(os.environ["IDLE_WORKERS_CPUS"])
