@@ -47,11 +47,12 @@ lint: venv
 	@status=0; $(BIN)/ruff check src tests benchmarks || status=1; $(BIN)/lint-imports || status=1; \
 	$(BIN)/mypy || status=1; exit $$status
 
-# Two pytest-xdist workers, each file's tests on one of them (--dist loadfile), so a module's fixtures (sweeps,
-# servers) are set up once; tests/conftest.py spreads the benchmark smoke tests. TEST_WORKERS=0: one after another.
-# Lint runs beside the tests (mypy from a fresh clone: half a minute on one core), its output after theirs;
-# either failing fails the target.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers on 2 cores (a worker waiting on a server or on a sweep's start-up leaves a core idle;
+# docs/benchmarks.md), each file's tests on one of them (--dist loadfile), so a module's fixtures (sweeps, servers)
+# are set up once; tests/conftest.py spreads the benchmark smoke tests and starts the longest files first.
+# TEST_WORKERS=0: one after another. Lint runs beside the tests (mypy from a fresh clone: half a minute on one
+# core), its output after theirs; either failing fails the target.
+TEST_WORKERS ?= 3
 test: venv system-deps services bench-deps
 	@$(MAKE) --no-print-directory lint > .lint.log 2>&1 & lint=$$!; \
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); status=$$?; \

@@ -20,6 +20,12 @@ SLOW_TIER_TIMEOUT = 900  # seconds for a test marked slow, cluster or browser (r
 
 # Files whose tests share no module fixture: their tests spread over the workers (below).
 SPREAD_FILES = {"test_benchmarks.py"}
+# The files that take longest on one worker (1.5-3 minutes each, `--durations`), longest first: started after
+# SPREAD_FILES and before the rest, so that the run ends on short files rather than one worker alone on a long one.
+# A name missing here only starts later.
+LONG_FILES = ("test_sweep.py", "test_packs.py", "test_cluster.py", "test_tracking_outage.py", "test_sweep_natives.py",
+              "test_sweep_resilience.py", "test_resume.py", "test_remote_storage.py", "test_browser.py",
+              "test_user_errors.py")
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: pytest without xdist (the lent GPU machine) runs on
@@ -40,9 +46,15 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(items):
     """The fast tier keeps pyproject's short timeout; the slow tiers get a longer one unless a test names its own.
-    SPREAD_FILES' tests come first: under `make test` (--no-loadscope-reorder) the longest start first, rather than
-    last, where xdist's default order (most tests per file first) would leave one worker running them alone."""
-    items.sort(key=lambda item: item.path.name not in SPREAD_FILES)  # stable: the rest keep their order
+    SPREAD_FILES' tests come first, then LONG_FILES': under `make test` (--no-loadscope-reorder) xdist hands files
+    out in this order, so the longest start first, rather than last, where xdist's default order (most tests per
+    file first) or the alphabet would leave one worker running them alone."""
+
+    def start(item) -> tuple[bool, int]:
+        name = item.path.name
+        return name not in SPREAD_FILES, LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=start)  # stable: a file's tests, and the other files, keep their order
     for item in items:
         slow_tier = any(item.get_closest_marker(m) for m in ("slow", "cluster", "browser"))
         if slow_tier and item.get_closest_marker("timeout") is None:
