@@ -3,6 +3,8 @@
 Workload (issue 7): LeNet trials on mnist5k, random search over optimizer.lr, no early stopping,
 2 at a time x 1 CPU, one torch thread. Every wall time runs from the command's start (start-up
 included). The sweeplab runs are kept for the process, so B2, B3 and B4 share them when run together.
+B2 and B3 also run the same trainings one at a time (``spare_trials`` of them), which leaves one of 2 cores to
+the driver and Ray's services: what the same code costs where the trials do not fill every core.
 """
 from __future__ import annotations
 
@@ -27,18 +29,23 @@ from harness import (
     write_sweep,
 )
 
-SIZES = {
-    "full": {"trials": 16, "epochs": 5, "subset": None},
-    "smoke": {"trials": 4, "epochs": 2, "subset": 500},
+SIZES = {  # spare_trials: the one-at-a-time runs' trial count
+    "full": {"trials": 16, "epochs": 5, "subset": None, "spare_trials": 16},
+    "smoke": {"trials": 4, "epochs": 2, "subset": 500, "spare_trials": 2},
 }
 CONCURRENCY = 2
 LR_RANGE = (0.005, 0.05)  # log-uniform; small enough that no LeNet diverges (a diverged trial ends early)
 SWEEP_NAME = "bench_overhead"
 
-_runs: dict[tuple[str, bool], dict] = {}  # (size, tracking) -> figures of that sweeplab run
+_runs: dict[tuple[str, bool, int], dict] = {}  # (size, tracking, concurrency) -> figures of that sweeplab run
 
 
-def sweep_body(trials: int, epochs: int, subset) -> str:
+def _trials(size: str, concurrency: int) -> int:
+    p = SIZES[size]
+    return p["trials"] if concurrency == CONCURRENCY else p["spare_trials"]
+
+
+def sweep_body(trials: int, epochs: int, subset, concurrency: int = CONCURRENCY) -> str:
     data = f"data: {{subset: {subset}}}\n" if subset else ""
     return f"""
 # sweeplab sweep <this file>   (benchmark B2: {trials} LeNet trials x {epochs} epochs, random lr, no early stopping)
@@ -52,7 +59,7 @@ sweep:
   name: {SWEEP_NAME}
   sampler: random
   num_trials: {trials}
-  max_concurrent: {CONCURRENCY}
+  max_concurrent: {concurrency}
   scheduler: {{kind: none}}
   resources: {{cpu: 1, gpu: 0}}
   space:
@@ -60,23 +67,24 @@ sweep:
 """
 
 
-def sweeplab_run(size: str, tracking: bool) -> dict:
-    """`sweeplab sweep` on the workload: wall, start-up (to the first trial), steady phase, teardown;
-    with tracking, also when the first epoch metric became readable in the MLflow store (B4)."""
-    key = (size, tracking)
+def sweeplab_run(size: str, tracking: bool, concurrency: int = CONCURRENCY) -> dict:
+    """`sweeplab sweep` on the workload, ``concurrency`` trials at a time: wall, start-up (to the first trial), steady
+    phase, teardown; with tracking, also when the first epoch metric became readable in the MLflow store (B4)."""
+    key = (size, tracking, concurrency)
     if key in _runs:
         return _runs[key]
-    p = SIZES[size]
+    p, trials = SIZES[size], _trials(size, concurrency)
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         tmp = Path(tmp)
-        sweep = write_sweep(tmp, SWEEP_NAME, sweep_body(p["trials"], p["epochs"], p["subset"]))
+        sweep = write_sweep(tmp, SWEEP_NAME, sweep_body(trials, p["epochs"], p["subset"], concurrency))
         out = tmp / "outputs"
         overrides = [f"output_dir={out}", *([] if tracking else ["tracking=none"])]
         watch = mlflow_first_metric_watcher(out / "mlflow.db", "val/acc") if tracking else None
         with CpuAccount() as cpu:
             timed = sweeplab_sweep(sweep, overrides, cwd=tmp, watch=watch)
         times = study_times(out, timed.started_at)
-    _check_all_completed(times, p["trials"], f"sweeplab sweep (tracking {'on' if tracking else 'off'})")
+    what = f"sweeplab sweep (tracking {'on' if tracking else 'off'}, {concurrency} at a time)"
+    _check_all_completed(times, trials, what)
     _runs[key] = {"wall_s": timed.wall, "startup_s": times.first_start, "steady_s": times.steady,
                   "teardown_s": timed.wall - times.last_complete, "first_metric_s": timed.events.get("first_metric"),
                   "cpu_s": cpu.by_role()}
@@ -89,17 +97,17 @@ def _check_all_completed(times: StudyTimes, trials: int, what: str) -> None:
         raise RuntimeError(f"{what}: {len(done)} of {trials} trials completed: {[t['status'] for t in times.trials]}")
 
 
-def bare_run(size: str) -> dict:
-    """The same trainings in plain PyTorch, split over CONCURRENCY processes started together."""
+def bare_run(size: str, concurrency: int = CONCURRENCY) -> dict:
+    """The same trainings in plain PyTorch, split over ``concurrency`` processes started together."""
     import numpy as np
 
     p = SIZES[size]
-    lrs = np.exp(np.random.default_rng(0).uniform(*np.log(LR_RANGE), p["trials"])).tolist()
+    lrs = np.exp(np.random.default_rng(0).uniform(*np.log(LR_RANGE), _trials(size, concurrency))).tolist()
     started_at = time.time()
     t0 = time.perf_counter()
     procs = []
     with CpuAccount() as cpu:
-        for share in (lrs[i::CONCURRENCY] for i in range(CONCURRENCY)):
+        for share in (lrs[i::concurrency] for i in range(concurrency)):
             cmd = [sys.executable, BENCH_DIR / "bare_loop.py", "--epochs", str(p["epochs"]),
                    *(["--subset", str(p["subset"])] if p["subset"] else []), "--lrs", *map(str, share)]
             procs.append(subprocess.Popen(list(map(str, cmd)), env=child_env(), stdout=subprocess.PIPE,
@@ -202,6 +210,7 @@ def run_b2(size: str, **_) -> Result:
     ray_naive = ray_naive_run(size)
     hydra_reason = hydra_available()
     hydra = hydra_run(size) if not hydra_reason else None
+    spare_bare, spare_sweep = bare_run(size, 1), sweeplab_run(size, True, 1)
     overhead = (sweep["steady_s"] - bare["steady_s"]) * CONCURRENCY / p["trials"]
     checks = [
         Check("sweeplab sweep / bare, wall time, start-up included", sweep["wall_s"] / bare["wall_s"], "<= 1.20"),
@@ -209,12 +218,15 @@ def run_b2(size: str, **_) -> Result:
         Check("CPU seconds of all its processes, sweeplab sweep / bare", _cpu(sweep) / _cpu(bare), ""),
         Check("the same, Ray's trial workers and services alone (no driver) / bare",
               (sweep["cpu_s"].get("trial workers", 0) + sweep["cpu_s"].get("Ray's services", 0)) / _cpu(bare), ""),
+        Check("with a core to spare: one trial at a time, sweeplab sweep / bare loop in 1 process, wall time",
+              spare_sweep["wall_s"] / spare_bare["wall_s"], ""),
         Check("naive Ray Tune script / bare, wall time", ray_naive["wall_s"] / bare["wall_s"], ""),
         Check("Hydra Optuna sweeper (--multirun, joblib) / bare, wall time",
               hydra["wall_s"] / bare["wall_s"] if hydra else None, ""),
     ]
     figures = {"workload": {**p, "concurrency": CONCURRENCY, "model": "lenet", "data": "mnist5k"},
                "bare": bare, "sweeplab": sweep, "ray_naive": ray_naive, "hydra_optuna": hydra or hydra_reason,
+               "one_at_a_time": {"trials": _trials(size, 1), "bare": spare_bare, "sweeplab": spare_sweep},
                "overhead_definition": "((last trial end - first trial start) - (bare end - bare first epoch start))"
                                       " x concurrency / trials"}
     return Result("B2", "sweep overhead vs bare loop", size, checks=checks, figures=figures)
@@ -227,12 +239,16 @@ def _cpu(run: dict) -> float:
 
 def run_b3(size: str, **_) -> Result:
     on, off = sweeplab_run(size, tracking=True), sweeplab_run(size, tracking=False)
+    spare_on, spare_off = sweeplab_run(size, True, 1), sweeplab_run(size, False, 1)
     return Result("B3", "tracking on vs tracking=none", size, checks=[
         Check("sweep wall, tracking on / tracking=none", on["wall_s"] / off["wall_s"], "<= 1.03"),
+        Check("with a core to spare: one trial at a time, tracking on / tracking=none",
+              spare_on["wall_s"] / spare_off["wall_s"], ""),
         Check("trial phase (first start to last end), tracking on / none", on["steady_s"] / off["steady_s"], ""),
         Check("the driver's CPU, tracking on - none", on["cpu_s"].get("driver", 0) - off["cpu_s"].get("driver", 0),
               "", "s"),
-    ], figures={"tracking_on": on, "tracking_none": off})
+    ], figures={"tracking_on": on, "tracking_none": off,
+                "one_at_a_time": {"tracking_on": spare_on, "tracking_none": spare_off}})
 
 
 def run_b4(size: str, **_) -> Result:

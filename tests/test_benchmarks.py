@@ -124,6 +124,9 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     assert sweep["cpu_s"]["trial workers"] > 0 and sweep["cpu_s"]["driver"] > 0
     all_cpu = sum(sweep["cpu_s"].values())
     assert check_value(b2, "CPU seconds of all") == pytest.approx(all_cpu / sum(bare["cpu_s"].values()))
+    spare = f["one_at_a_time"]  # the same trainings one at a time: a core left to the driver and Ray
+    assert spare["trials"] == 2 and spare["bare"]["cpu_s"]["bare loop"] > 0
+    assert check_value(b2, "with a core to spare") == pytest.approx(spare["sweeplab"]["wall_s"] / spare["bare"]["wall_s"])
     hydra = check_value(b2, "Hydra Optuna sweeper")
     if VENDOR.is_dir():
         assert hydra > 0
@@ -134,6 +137,10 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     figures = records["B3"]["figures"]
     assert figures["tracking_on"] == sweep  # B3 reuses B2's tracked run, and adds the untracked one
     assert check_value(b3, "sweep wall") == pytest.approx(sweep["wall_s"] / figures["tracking_none"]["wall_s"])
+    one_at_a_time = figures["one_at_a_time"]
+    assert one_at_a_time["tracking_on"] == spare["sweeplab"]
+    assert check_value(b3, "with a core to spare") == pytest.approx(
+        spare["sweeplab"]["wall_s"] / one_at_a_time["tracking_none"]["wall_s"])
 
     b4 = ok(records["B4"])
     latency = check_value(b4, "command start -> first epoch metric")
