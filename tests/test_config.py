@@ -206,6 +206,23 @@ def test_runs_use_the_schema_defaults_the_yaml_leaves_out():
     assert cfg.output_dir == "outputs"
 
 
+def test_typing_the_same_config_again_gives_an_equal_instance_of_its_own():
+    """sweeplab.structured.typed keeps what it typed (a trial types its groups several times): a caller that
+    changes its instance changes no one else's, and other content or a bad key is typed or refused anew."""
+    from sweeplab.structured import typed
+
+    train = compose(["train.epochs=4"]).train
+    for _ in range(2):  # the first time typed, then kept
+        mine = typed(train, TrainConfig)
+        mine.epochs = 99
+    again = typed(train, TrainConfig)
+    assert again is not mine and again.epochs == 4
+    assert typed(compose(["train.epochs=5"]).train, TrainConfig).epochs == 5
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="no key 'epoch'"):
+            typed({**OmegaConf.to_container(train), "epoch": 1}, TrainConfig, "train")
+
+
 def _preset(model: str) -> str:
     return next(p.stem for p in sorted((CONF / "model").glob("*.yaml")) if OmegaConf.load(p).name == model)
 

@@ -6,6 +6,7 @@ beside their models, and training can all use it without an import cycle.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import fields
 from enum import StrEnum
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 T = TypeVar("T", bound="DataclassInstance")
+
+# (schema, a node's content) -> its instance: a trial types the same groups several times (its checks, its
+# training, its model's summary), and OmegaConf's typing costs milliseconds each (docs/performance.md)
+_TYPED: dict[tuple[type, str], Any] = {}
+_TYPED_KEPT = 256
 
 
 class Choice(StrEnum):
@@ -43,8 +49,11 @@ def typed(node: Any, schema: type[T], where: str | None = None) -> T:
     ``where`` names the config key in errors, e.g. ``model`` or ``train``."""
     if isinstance(node, schema):
         return node
-    where = where or schema.__name__
     data = plain(node)
+    content = (schema, repr(data))
+    if content in _TYPED:
+        return cast(T, copy.deepcopy(_TYPED[content]))  # a copy: callers may change theirs
+    where = where or schema.__name__
     known = {f.name for f in fields(schema)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -52,7 +61,11 @@ def typed(node: Any, schema: type[T], where: str | None = None) -> T:
             f"{where} has no key {unknown[0]!r} ({where}.{unknown[0]}); its keys are: {', '.join(sorted(known))}"
         )
     try:  # to_object of a structured config is an instance of its schema
-        return cast(T, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data)))
+        instance = cast(T, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data)))
     except OmegaConfBaseException as err:  # a wrong type or an unknown Enum name: one line, with the key
         key = getattr(err, "full_key", None)
         raise ConfigError(f"{where}.{key}: {str(err).splitlines()[0]}" if key else f"{where}: {err}") from None
+    if len(_TYPED) >= _TYPED_KEPT:
+        del _TYPED[next(iter(_TYPED))]  # the oldest
+    _TYPED[content] = instance
+    return copy.deepcopy(instance)
