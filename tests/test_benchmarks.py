@@ -126,7 +126,8 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     assert check_value(b2, "CPU seconds of all") == pytest.approx(all_cpu / sum(bare["cpu_s"].values()))
     spare = f["one_at_a_time"]  # the same trainings one at a time: a core left to the driver and Ray
     assert spare["trials"] == 2 and spare["bare"]["cpu_s"]["bare loop"] > 0
-    assert check_value(b2, "with a core to spare") == pytest.approx(spare["sweeplab"]["wall_s"] / spare["bare"]["wall_s"])
+    assert check_value(b2, "with a core to spare") == pytest.approx(
+        spare["sweeplab"]["wall_s"] / spare["bare"]["wall_s"])
     hydra = check_value(b2, "Hydra Optuna sweeper")
     if VENDOR.is_dir():
         assert hydra > 0
