@@ -78,3 +78,29 @@ sweep:
             assert len(started) == 1, started
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_the_sweep_s_local_ray_stops_without_waiting_on_its_monitor():
+    """Ray's shutdown stops the GCS, then the autoscaler monitor, whose SIGTERM handler reports to that GCS, so Ray
+    waited a second before killing it; sweeplab kills the monitor of its local Ray first, and every process ends."""
+    import ray
+
+    from sweeplab.sweep.launch import start_ray
+    from sweeplab.sweep.workers import stop_local_ray
+
+    ray.shutdown()
+    start_ray(compose(["cluster.num_cpus=1"]))
+    node = ray._private.worker._global_node
+    processes = [info.process for infos in node.all_processes.values() for info in infos]
+    left_to_ray: list[str] = []
+    kill_all = node.kill_all_processes
+
+    def spy(**options):
+        left_to_ray.extend(node.all_processes)
+        kill_all(**options)
+
+    node.kill_all_processes = spy
+    stop_local_ray()
+    assert left_to_ray and "monitor" not in left_to_ray, left_to_ray
+    assert not ray.is_initialized() and all(p.poll() is not None for p in processes)

@@ -289,13 +289,11 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
 
 @contextmanager
 def _shutting_down(started_ray: bool) -> Iterator[None]:
-    """A Ray of our own goes down (a second or two) on a thread while the body runs."""
-    import ray
-
+    """A Ray of our own goes down on a thread while the body runs."""
     stopper = None
     if started_ray:
         workers.forget_local_ray()
-        stopper = threading.Thread(target=ray.shutdown, name="sweeplab-ray-shutdown")
+        stopper = threading.Thread(target=workers.stop_local_ray, name="sweeplab-ray-shutdown")
         stopper.start()
     try:
         yield
