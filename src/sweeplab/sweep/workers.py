@@ -10,6 +10,7 @@ nothing: once ``started_local_ray`` has run, Tune registers such trainables with
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any
@@ -79,8 +80,6 @@ def stop_local_ray() -> None:
     """``ray.shutdown`` of the local Ray this process started, its autoscaler monitor killed first. Ray stops the
     GCS, then the monitor, whose SIGTERM handler reports to that GCS, so Ray waited a second before killing it at
     the end of every sweep; a local Ray's monitor scales nothing and holds nothing (docs/performance.md)."""
-    import contextlib
-
     import ray
 
     node = getattr(ray._private.worker, "_global_node", None)  # private: without it, Ray's own shutdown as before
