@@ -61,8 +61,8 @@ test: venv system-deps services bench-deps
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not cluster and not browser" $(PYTEST_ARGS)
 
-# Issue 7's benchmarks side by side (docs/performance.md): `make bench` at full size (an hour or more on
-# 2 cores: run it on a quiet machine), `make bench-smoke` at tiny sizes; BENCH=B2 runs one of them.
+# Issue 7's benchmarks side by side (docs/performance.md, which says how long they take): `make bench` at full
+# size (run it on a quiet machine), `make bench-smoke` at tiny sizes; BENCH=B2 runs one of them.
 # Results: benchmarks/results/<UTC time>-<size>.jsonl and .md.
 BENCH ?=
 # Hydra's plugins for B2's comparison. hydra-optuna-sweeper 1.3.0 (the latest) declares optuna<3, so pip
