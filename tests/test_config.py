@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sweeplab.compose import compose, flatten, to_yaml
-from sweeplab.config.schema import Loss, LrSchedule, Mode, SchedulerKind, TrainConfig
+from sweeplab.compose import compose, flatten, resolve_sweep_file, to_yaml
+from sweeplab.config.schema import Loss, LrSchedule, Mode, OptimizerConfig, SchedulerKind, TrainConfig
 from sweeplab.errors import ConfigError
 from sweeplab.models import MODELS
 from sweeplab.models.layers import WeightInit
 from sweeplab.models.zoo import RnnCell
+from sweeplab.structured import typed
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -71,6 +72,44 @@ def test_misspelled_key_names_it():
         compose(["optimizer.lrr=0.1"])
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optimizer.lrr=0.1"], "optimizer has no key 'lrr' (optimizer.lrr); its keys are: betas, lr, momentum, name, "
+                            "nesterov, weight_decay; did you mean 'lr'?"),
+    (["trian.epochs=3"], "the config has no key 'trian' (trian); its keys are: cluster, data, model, optimizer, "
+                         "output_dir, sweep, tracking, train; did you mean 'train'?"),
+    (["sweep.scheduler.kindd=asha"], "(sweep.scheduler.kindd); its keys are: grace_period, kind,"),
+    (["model=lenet", "model.conv1_filter=3"], "did you mean 'conv1_filters'?"),
+    (["model=lenett"], "Available model options: alexnet, googlenet, lenet, mlp, rnn, simple_convnet, vgg, vgg16; "
+                       "did you mean 'lenet'?"),
+    (["data=mnist5"], "did you mean 'mnist5k'?"),
+])
+def test_a_misspelled_key_or_option_gets_the_nearest_right_one(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        compose(overrides)
+    assert message in str(err.value)
+
+
+def test_a_key_added_with_plus_is_refused_in_the_same_words_when_the_config_is_typed():
+    with pytest.raises(ConfigError) as plain_override:
+        compose(["optimizer.lrr=0.1"])
+    with pytest.raises(ConfigError) as added:  # Hydra adds it; the training's typing refuses it
+        typed(compose(["+optimizer.lrr=0.1"]).optimizer, OptimizerConfig, "optimizer")
+    assert str(added.value) == str(plain_override.value)
+
+
+def test_nothing_close_is_suggested_as_a_guess():
+    with pytest.raises(ConfigError) as err:
+        compose(["optimizer.zzz=1"])
+    assert "its keys are: betas, lr" in str(err.value) and "did you mean" not in str(err.value)
+
+
+def test_an_unknown_sweep_name_gets_the_nearest_sweep():
+    with pytest.raises(ConfigError, match=r"unknown sweep 'defualt'; did you mean 'default'\? Known sweeps in "):
+        resolve_sweep_file("defualt")
+    with pytest.raises(ConfigError, match=r"unknown sweep 'nosuch'\. Known sweeps in "):
+        resolve_sweep_file("nosuch")
+
+
 def test_key_of_another_model_is_rejected():
     with pytest.raises(ConfigError, match=r"model\.conv1_filters"):
         compose(["model=mlp", "model.conv1_filters=3"])
@@ -109,6 +148,7 @@ def test_typo_in_a_model_file_names_the_file_and_the_key(home):
     with pytest.raises(ConfigError) as err:
         compose(["model=lenet"])
     assert str(lenet) in str(err.value) and "model.conv1_filter" in str(err.value)
+    assert str(err.value).endswith("; did you mean 'conv1_filters'?")  # beside the file, the nearest key
 
 
 def test_wrong_type_in_a_yaml_file_names_the_file_and_the_key(home):
@@ -209,8 +249,6 @@ def test_runs_use_the_schema_defaults_the_yaml_leaves_out():
 def test_typing_the_same_config_again_gives_an_equal_instance_of_its_own():
     """sweeplab.structured.typed keeps what it typed (a trial types its groups several times): a caller that
     changes its instance changes no one else's, and other content or a bad key is typed or refused anew."""
-    from sweeplab.structured import typed
-
     train = compose(["train.epochs=4"]).train
     for _ in range(2):  # the first time typed, then kept
         mine = typed(train, TrainConfig)

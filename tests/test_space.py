@@ -288,6 +288,23 @@ def test_bad_sweep_file_is_rejected_naming_key_and_file(tmp_path, name):
     assert str(path) in message, message
 
 
+@pytest.mark.parametrize(("body", "suggestion"), [
+    ("sweep:\n  space: {optimizer.lrr: {type: float, low: 0.01, high: 0.1}}\n",
+     "'optimizer.lrr' is not a key of the composed config; did you mean 'optimizer.lr'?"),
+    ("train: {epochz: 3}\nsweep:\n  space: {optimizer.lr: {type: float, low: 0.01, high: 0.1}}\n",
+     "train's keys are: batch_size, cuda_graphs, device, epochs,"),
+    ("sweep:\n  samplr: tpe\n  space: {optimizer.lr: {type: float, low: 0.01, high: 0.1}}\n",
+     "key sweep.samplr); sweep's keys are: checkpoint_interval_s,"),
+])
+def test_a_misspelled_key_in_a_sweep_file_gets_the_nearest_right_one(tmp_path, body, suggestion):
+    path = write_sweep(tmp_path, "typo", body)
+    with pytest.raises(ConfigError) as caught:
+        plan_sweep(str(path), [f"output_dir={tmp_path / 'out'}"])
+    message = str(caught.value)
+    assert suggestion in message and str(path) in message, message
+    assert message.endswith("?") or "did you mean" in message, message
+
+
 def test_a_searched_key_cannot_also_be_set_on_the_command_line(tmp_path):
     path = write_sweep(tmp_path, "clash", "sweep:\n  space:\n    optimizer.lr: {type: float, low: 0.01, high: 0.1}")
     with pytest.raises(ConfigError, match="optimizer.lr"):

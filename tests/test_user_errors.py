@@ -118,6 +118,9 @@ CASES = [
     Case("rnn-cell", _train("model=rnn", "model.cell=transformer"), "model.cell"),
     Case("unknown-model", _train("model=nosuch"), "nosuch"),
     Case("plus-unknown-key", _train("+optimizer.lrr=0.1"), "optimizer.lrr"),
+    Case("misspelled-key", _train("optimizer.lrr=0.1"), "its keys are: betas, lr, momentum, name, nesterov, "
+                                                      "weight_decay; did you mean 'lr'?"),
+    Case("misspelled-model", _train("model=lenett"), "did you mean 'lenet'?"),
     Case("removed-group", _train("~model"), "~model"),
     Case("unquoted-accents", _train("data.root=/tmp/données"), "quote a value"),
     # stores and folders
@@ -153,6 +156,7 @@ CASES = [
          _sweep_body("data: {name: cifar10, root: /nonexistent}\nmodel: {name: mlp}\nsweep:\n" + SPACE),
          "cifar-10-batches-py"),
     Case("unknown-sweep", lambda tmp: ["sweep", "nosuch"], "unknown sweep 'nosuch'"),
+    Case("misspelled-sweep", lambda tmp: ["sweep", "defualt"], "unknown sweep 'defualt'; did you mean 'default'?"),
     Case("max-failures", lambda tmp: ["sweep", "smoke", "sweep.max_failures=-5"], "sweep.max_failures"),
     Case("sweep-plus-unknown-key", lambda tmp: ["sweep", "smoke", "+optimizer.lrr=0.1"], "optimizer.lrr"),
     Case("sweep-output-dir-unwritable", lambda tmp: ["sweep", "smoke"], "is a file, not a folder",

@@ -5,6 +5,7 @@ override or file it came from, and what would be right.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -22,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeplab.config import schema
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, did_you_mean
 from sweeplab.models import MODELS
 from sweeplab.redact import redact
-from sweeplab.structured import plain
+from sweeplab.structured import no_such_key, plain
 
 _registered = False
 
@@ -80,8 +81,8 @@ def resolve_sweep_file(ref: str) -> Path:
         path = sweeps_dir() / f"{ref}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in sweeps_dir().glob("*.yaml"))
-            raise ConfigError(f"unknown sweep {ref!r}. Known sweeps in {sweeps_dir()}: {', '.join(known)}; "
-                              "or give a path to a .yaml file")
+            raise ConfigError(f"unknown sweep {ref!r}{did_you_mean(ref, known) or '.'} Known sweeps in {sweeps_dir()}: "
+                              f"{', '.join(known)}; or give a path to a .yaml file")
     check_sweep_text(path, read_sweep_text(path))
     return path
 
@@ -213,7 +214,8 @@ def _missing_option(err: MissingConfigException, overrides: list[str]) -> str:
     if not options:  # Hydra lists options in the message only
         block = text.split("Available options in")[-1].split("Config search path")[0]
         options = sorted(o.strip() for o in block.splitlines()[1:] if o.strip() and not o.strip().endswith("_schema"))
-    return f"unknown {group} {option!r} ({group}={option}). Available {group} options: {', '.join(options)}"
+    return (f"unknown {group} {option!r} ({group}={option}). Available {group} options: {', '.join(options)}"
+            f"{did_you_mean(option, options)}")
 
 
 def _explain(err: Exception, sweep_file: Path | None) -> str:
@@ -233,9 +235,27 @@ def _explain(err: Exception, sweep_file: Path | None) -> str:
         msg += f", key {key.group(1)})" if key else ")"
     elif key:
         msg += f" (key {key.group(1)})"
-    if "not in" in msg:
+    unknown = _unknown_key(err)
+    if unknown is not None and not source:  # an override: the message typing gives for the same mistake
+        return no_such_key(*unknown)
+    if unknown is not None:
+        msg += f"; {unknown[0] or 'the config'}'s keys are: {', '.join(sorted(unknown[2]))}{did_you_mean(*unknown[1:])}"
+    elif "not in" in msg:
         msg += ". Check the spelling; 'sweeplab models' and conf/ list the valid keys."
     return msg
+
+
+def _unknown_key(err: Exception) -> tuple[str, str, list[str]] | None:
+    """(where, key, the keys there) for a key that its schema does not have, as OmegaConf names it."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, KeyError | AttributeError):  # Hydra wraps OmegaConf's error
+        cause = cause.__cause__ or cause.__context__
+    schema_type = getattr(cause, "object_type", None)
+    full_key = getattr(cause, "full_key", None)
+    if not (isinstance(schema_type, type) and dataclasses.is_dataclass(schema_type) and full_key):
+        return None
+    where, _, key = str(full_key).rpartition(".")
+    return where, key, [f.name for f in dataclasses.fields(schema_type)]
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -1,4 +1,14 @@
 """Errors caused by what a user wrote: the CLI prints them without a traceback."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'lr'?"`` for a mistyped ``name`` close to one of ``known``, else ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class UserError(Exception):

@@ -7,7 +7,7 @@ beside their models, and training can all use it without an import cycle.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -35,6 +35,13 @@ class Choice(StrEnum):
 
 def out_of_range(key: str, value: Any, want: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is out of range: it must be {want}")
+
+
+def no_such_key(where: str, key: str, known: Iterable[str]) -> str:
+    """The message for a ``key`` that the config node at ``where`` (``""``: the top level) does not have."""
+    path = f"{where}.{key}" if where else key
+    return (f"{where or 'the config'} has no key {key!r} ({path}); its keys are: {', '.join(sorted(known))}"
+            f"{did_you_mean(key, known)}")
 
 
 def plain(node: DictConfig | Mapping[str, Any], enum_to_str: bool = False) -> dict[str, Any]:
@@ -57,9 +64,7 @@ def typed(node: Any, schema: type[T], where: str | None = None) -> T:
     known = {f.name for f in fields(schema)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(
-            f"{where} has no key {unknown[0]!r} ({where}.{unknown[0]}); its keys are: {', '.join(sorted(known))}"
-        )
+        raise ConfigError(no_such_key(where, unknown[0], known))
     try:  # to_object of a structured config is an instance of its schema
         instance = cast(T, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data)))
     except OmegaConfBaseException as err:  # a wrong type or an unknown Enum name: one line, with the key

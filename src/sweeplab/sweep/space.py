@@ -11,7 +11,8 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sweeplab.errors import ConfigError
+from sweeplab.compose import flatten
+from sweeplab.errors import ConfigError, did_you_mean
 from sweeplab.structured import plain
 
 TYPES = ("float", "int", "categorical")
@@ -181,8 +182,9 @@ def parse_space(
         when = _parse_when(spec.get("when"), dims, where)
         per_choice = key.split(".")[0] in searched_groups or any(k in GROUPS for k, _ in when)
         if key not in GROUPS and not per_choice and OmegaConf.select(base, key, default="__missing__") == "__missing__":
-            raise ConfigError(f"{where}: {key!r} is not a key of the composed config (check the spelling; a key "
-                              "that only some choices have takes e.g. when: {model: lenet})")
+            hint = did_you_mean(key, flatten(base)) or "; check the spelling"
+            raise ConfigError(f"{where}: {key!r} is not a key of the composed config{hint} (a key that only some "
+                              "choices have takes e.g. when: {model: lenet})")
         dim = Dimension(key, kind, spec.get("low"), spec.get("high"), bool(spec.get("log", False)), spec.get("step"),
                         tuple(spec["choices"]) if spec.get("choices") is not None else (), when)
         _check_dimension(dim, where)
