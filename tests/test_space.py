@@ -292,9 +292,9 @@ def test_bad_sweep_file_is_rejected_naming_key_and_file(tmp_path, name):
     ("sweep:\n  space: {optimizer.lrr: {type: float, low: 0.01, high: 0.1}}\n",
      "'optimizer.lrr' is not a key of the composed config; did you mean 'optimizer.lr'?"),
     ("train: {epochz: 3}\nsweep:\n  space: {optimizer.lr: {type: float, low: 0.01, high: 0.1}}\n",
-     "train's keys are: batch_size, cuda_graphs, device, epochs,"),
+     "key train.epochz); its keys are: batch_size, cuda_graphs, device, epochs,"),
     ("sweep:\n  samplr: tpe\n  space: {optimizer.lr: {type: float, low: 0.01, high: 0.1}}\n",
-     "key sweep.samplr); sweep's keys are: checkpoint_interval_s,"),
+     "key sweep.samplr); its keys are: checkpoint_interval_s,"),
 ])
 def test_a_misspelled_key_in_a_sweep_file_gets_the_nearest_right_one(tmp_path, body, suggestion):
     path = write_sweep(tmp_path, "typo", body)

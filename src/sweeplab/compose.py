@@ -26,7 +26,7 @@ from sweeplab.config import schema
 from sweeplab.errors import ConfigError, did_you_mean
 from sweeplab.models import MODELS
 from sweeplab.redact import redact
-from sweeplab.structured import no_such_key, plain
+from sweeplab.structured import its_keys, no_such_key, plain
 
 _registered = False
 
@@ -239,7 +239,7 @@ def _explain(err: Exception, sweep_file: Path | None) -> str:
     if unknown is not None and not source:  # an override: the message typing gives for the same mistake
         return no_such_key(*unknown)
     if unknown is not None:
-        msg += f"; {unknown[0] or 'the config'}'s keys are: {', '.join(sorted(unknown[2]))}{did_you_mean(*unknown[1:])}"
+        msg += f"; {its_keys(*unknown[1:])}"
     elif "not in" in msg:
         msg += ". Check the spelling; 'sweeplab models' and conf/ list the valid keys."
     return msg

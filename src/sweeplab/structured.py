@@ -7,7 +7,7 @@ beside their models, and training can all use it without an import cycle.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -37,11 +37,14 @@ def out_of_range(key: str, value: Any, want: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is out of range: it must be {want}")
 
 
-def no_such_key(where: str, key: str, known: Iterable[str]) -> str:
+def no_such_key(where: str, key: str, known: Collection[str]) -> str:
     """The message for a ``key`` that the config node at ``where`` (``""``: the top level) does not have."""
-    path = f"{where}.{key}" if where else key
-    return (f"{where or 'the config'} has no key {key!r} ({path}); its keys are: {', '.join(sorted(known))}"
-            f"{did_you_mean(key, known)}")
+    return f"{where or 'the config'} has no key {key!r} ({f'{where}.{key}' if where else key}); {its_keys(key, known)}"
+
+
+def its_keys(key: str, known: Collection[str]) -> str:
+    """The keys a node has, and the one nearest to the ``key`` it does not have."""
+    return f"its keys are: {', '.join(sorted(known))}{did_you_mean(key, known)}"
 
 
 def plain(node: DictConfig | Mapping[str, Any], enum_to_str: bool = False) -> dict[str, Any]:
