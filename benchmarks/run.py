@@ -7,7 +7,7 @@
 
 Prints the machine, versions and date, then per benchmark one `BENCH_JSON {...}` line and its
 Markdown rows (figure, value, target, met), and writes both to benchmarks/results/<UTC time>-<size>.*
-(the source of docs/performance.md's figures).
+(the source of docs/performance.md's figures); after a full run, benchmarks/results/history.md (history.py).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import b5_search  # noqa: E402
 import b6_gpu  # noqa: E402
 import b7_fused  # noqa: E402
 import b8_scale  # noqa: E402
+import history  # noqa: E402
 from harness import BENCH_DIR, MARKDOWN_HEADER, Result, environment, print_json  # noqa: E402
 
 BENCHMARKS: dict[str, tuple[str, Callable[..., Result]]] = {
@@ -98,6 +99,8 @@ def main(argv=None) -> int:
              + "\n".join(rows) + "\n")
     stem.with_suffix(".md").write_text(table)
     print(f"\nall benchmarks ({size}):\n{table}\nresults: {jsonl} and {stem.with_suffix('.md')}", flush=True)
+    if size == "full":
+        print(f"every full run's figures: {history.write(results_dir)}", flush=True)
     return 1 if any("| error:" in r for r in rows) else 0
 
 
