@@ -239,7 +239,7 @@ def test_searcher_cpu_runs_the_searcher_on_either_storage(storage, backend):
 
 
 def test_ab_runs_a_sweep_from_each_checkout_in_turn(tmp_path):
-    """benchmarks/ab.py, behind docs/performance.md's A/B figures: the other side runs the other tree's code
+    """benchmarks/ab.py, behind docs/performance-log.md's A/B figures: the other side runs the other tree's code
     (each run checks that its harness is the tree's own), in the order other, this. Its b2 workload, the cheaper
     of the two at smoke size; either is one call of a function its own benchmark's test runs (B2's, B8's)."""
     import shutil

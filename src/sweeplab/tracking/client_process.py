@@ -1,6 +1,6 @@
 """An MlflowClient whose calls run in a process of their own, so that the store's work (SQLAlchemy and SQLite
 locally, HTTP to a server) does not share the sweep driver's interpreter lock with Ray Tune's event loop and the
-Optuna searcher: ≈ 58 ms of the driver's 98 ms of CPU a trial at 1,024 one-epoch trials (docs/performance.md, B8).
+Optuna searcher: ≈ 58 ms of the driver's 98 ms of CPU a trial at 1,024 one-epoch trials (docs/performance-log.md, B8).
 W&B's service process exists for the same reason.
 
 ``client_process(uri)`` starts the process (spawned: the driver runs Ray's threads) and returns a stand-in with
