@@ -5,6 +5,7 @@ results files stay the one record of what was measured and the history is never 
     python benchmarks/history.py               # the full-size runs, as Markdown
     python benchmarks/history.py B2 B3         # some benchmarks
     python benchmarks/history.py --size smoke
+    python benchmarks/history.py --write       # rewrite benchmarks/results/history.md (after a run cut short)
 """
 from __future__ import annotations
 
@@ -76,10 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("benchmarks", nargs="*", metavar="B", help="some of B1 ... B8 (default: all)")
     parser.add_argument("--size", default="full", choices=["full", "smoke"])
     parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of results files")
+    parser.add_argument("--write", action="store_true", help=f"rewrite {HISTORY_FILE} in that folder instead")
     args = parser.parse_args(argv)
     if not any(args.results.glob(f"*-{args.size}.jsonl")):
         parser.error(f"no {args.size}-size results in {args.results}: run `make bench` (or --size smoke)")
-    print(table(args.results, args.size, [b.upper() for b in args.benchmarks] or None), end="")
+    if args.write:
+        print(write(args.results, args.size))
+    else:
+        print(table(args.results, args.size, [b.upper() for b in args.benchmarks] or None), end="")
     return 0
 
 

@@ -46,8 +46,18 @@ def test_every_run_s_value_newest_first_with_its_date_and_machine(tmp_path):
 
 
 def test_the_committed_history_is_what_the_committed_results_give():
-    """Kept in step by run.py after each full run; a results file added by hand needs `history.write` too."""
-    assert (history.RESULTS / history.HISTORY_FILE).read_text() == history.document(history.RESULTS)
+    """Kept in step by run.py after each full run; a run cut short, or a results file added by hand, needs
+    `benchmarks/history.py --write`."""
+    assert (history.RESULTS / history.HISTORY_FILE).read_text() == history.document(history.RESULTS), \
+        "benchmarks/results/history.md is behind its results files: run `benchmarks/history.py --write`"
+
+
+def test_write_puts_the_document_beside_the_results(tmp_path):
+    write_run(tmp_path, "20261130-120000-full", "2026-11-30 12:00:00 UTC", "x86_64, 2 CPUs, AMD EPYC", [b2(1.5)])
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "history.py"), "--results", str(tmp_path),
+                           "--write"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path / history.HISTORY_FILE)
+    assert (tmp_path / history.HISTORY_FILE).read_text() == history.document(tmp_path)
 
 
 def test_a_folder_without_results_is_named_with_what_fills_it(tmp_path):
