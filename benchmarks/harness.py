@@ -82,11 +82,19 @@ class Result:
             return [f"| {self.benchmark} | {self.title} | {self.status}: {self.reason} | | |"]
         rows = []
         for c in self.checks:
-            value = "n/a" if c.value is None else f"{c.value:.3g}{' ' + c.unit if c.unit else ''}"
             met = {True: "met", False: "**not met**", None: "-"}[c.met]
-            target = c.target.replace("<=", "≤").replace(">=", "≥")
+            value, target = value_text(c.value, c.unit), target_text(c.target)
             rows.append(f"| {self.benchmark} | {c.what} | {value} | {target} | {met} |")
         return rows
+
+
+def value_text(value: float | None, unit: str) -> str:
+    """A check's value as the tables show it: 3 significant digits and its unit."""
+    return "n/a" if value is None else f"{value:.3g}{' ' + unit if unit else ''}"
+
+
+def target_text(target: str) -> str:
+    return target.replace("<=", "≤").replace(">=", "≥")
 
 
 MARKDOWN_HEADER = "| benchmark | figure | value | target | met |\n|---|---|---:|---|---|"

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness import target_text, value_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 HISTORY_FILE = "history.md"
 HEADER = "| benchmark | figure | target | met in | every run, newest first |\n|---|---|---|---|---|"
@@ -32,13 +34,6 @@ def where(env: dict[str, Any]) -> str:
     return f"{env.get('date', '')[:16]}, {machine}"
 
 
-def value_text(check: dict[str, Any]) -> str:
-    if check["value"] is None:
-        return "n/a"
-    unit = f" {check['unit']}" if check["unit"] else ""
-    return f"{check['value']:.3g}{unit}"
-
-
 def table(results: Path, size: str = "full", benchmarks: list[str] | None = None) -> str:
     """The Markdown table: figures in the order the newest run that has them lists them."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -50,10 +45,10 @@ def table(results: Path, size: str = "full", benchmarks: list[str] | None = None
                 row = rows.setdefault((record["benchmark"], check["what"]), {"target": check["target"], "values": [],
                                                                                       "met": []})
                 row["met"].append(check["met"])
-                row["values"].append(f"{value_text(check)} ({where(record['env'])})")
+                row["values"].append(f"{value_text(check['value'], check['unit'])} ({where(record['env'])})")
     lines = [HEADER]
     for (benchmark, what), row in sorted(rows.items(), key=lambda item: item[0][0]):  # stable: run order within
-        target = row["target"].replace("<=", "≤").replace(">=", "≥")
+        target = target_text(row["target"])
         met = f"{sum(m is True for m in row['met'])} of {len(row['met'])} runs" if target else ""
         lines.append(f"| {benchmark} | {what} | {target} | {met} | {'; '.join(row['values'])} |")
     return "\n".join(lines) + "\n"
