@@ -451,6 +451,28 @@ def test_a_trial_that_never_reports_the_objective_ends_in_error_with_the_reason(
     assert trial.user_attrs["status"] == "error" and trial.user_attrs["reason"] == "the trial reported no val/acc"
 
 
+def test_a_value_whose_every_run_stopped_early_is_named_under_its_ranking(tmp_path):
+    """ASHA stopped both [128,64] trials after an epoch: the ranking is of completed runs only, and the line under it
+    says which values the sweep tried that it does not rank, and why."""
+    from sweeplab.sweep.outcome import SweepOutcome, TrialRow
+    from sweeplab.sweep.summary import format_summary
+
+    key = "model.hidden_sizes"
+    runs = [("[64]", "completed", 0.9), ("[128,64]", "stopped", 0.5), ("[64]", "completed", 0.8),
+            ("[128,64]", "stopped", 0.4), ("[8]", "error", None)]
+    rows = [TrialRow(n, {key: value}, "COMPLETE", status, [acc] if acc else None, [0.0] if acc else None, 3,
+                     seeds={"0": {"status": status, **({"values": [acc]} if acc else {})}})
+            for n, (value, status, acc) in enumerate(runs)]
+    record = {"sweep_id": "sizes-1", "objectives": [["val/acc", "max"]], "seeds": [0],
+              "space": {key: {"type": "categorical", "choices": ["[64]", "[128,64]", "[8]"]}}, "num_configs": 5,
+              "sweep_file": str(write_sweep(tmp_path, "sizes", "sweep: {}")), "overrides": []}
+    ranking = next(part for part in format_summary(SweepOutcome(record, rows)).split("\n\n")
+                   if part.startswith(f"{key} ranked by"))
+    table, note = ranking.splitlines()[3:-1], ranking.splitlines()[-1]
+    assert [line.split()[1] for line in table] == ["[64]"]
+    assert note == "not ranked, no run of it ran every epoch: [128,64] (2 stopped); [8] (1 error)"
+
+
 # --- fast: the terminal summary and the HTML report rank a sweep the same way ---------------------
 def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path):
     """Trial 0 peaks at epoch 1 then falls; trial 1 ends higher. Both outputs rank by the final epoch

@@ -94,7 +94,8 @@ def _rankings(outcome: SweepOutcome) -> list[str]:
             rows = [[str(i), format_param(value), _mean_std(metric, v), str(len(v))]
                     for i, (value, v) in enumerate(ranked, 1)]
             title = f"{key} ranked by {label}" + (f" for model={model}" if by_model else "")
-            out.append(title + "\n" + format_table(["rank", key, f"{label} mean ± std", "runs"], rows))
+            out.append(title + "\n" + format_table(["rank", key, f"{label} mean ± std", "runs"], rows)
+                       + _unranked(outcome, key, model, {g[1] for g in groups if g[0] == model}))
     if by_model:
         best: dict[str, TrialRow] = {}
         for t in outcome.ranked():
@@ -106,3 +107,18 @@ def _rankings(outcome: SweepOutcome) -> list[str]:
         out.append(f"model ranked by {label}, each at its best setting\n"
                    + format_table(["rank", "model", f"{label} mean ± std", "setting"], rows))
     return out
+
+
+def _unranked(outcome: SweepOutcome, key: str, model: str, ranked: set) -> str:
+    """The values of ``key`` that the sweep tried for ``model`` but that no completed run ranks (every run of them
+    stopped early, failed or still running), as a line under the ranking, so that a value is never silently absent."""
+    statuses: dict[Any, dict[str, int]] = {}
+    for t in outcome.trials:
+        if key in t.params and t.params.get("model", "") == model and t.params[key] not in ranked:
+            counts = statuses.setdefault(t.params[key], {})
+            counts[t.status] = counts.get(t.status, 0) + 1
+    if not statuses:
+        return ""
+    said = "; ".join(f"{format_param(value)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
+                     for value, counts in statuses.items())
+    return f"\nnot ranked, no run of it ran every epoch: {said}"
