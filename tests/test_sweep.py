@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
@@ -262,6 +263,10 @@ def test_report_rebuilds_from_the_mlflow_store_alone(smoke, tmp_path):
     assert outcome.sweep_id in page and "<img" in page
     csv_rows = (html.parent / "trials.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 1 + 4 and "optimizer.lr" in csv_rows[0]
+    quoted = sweeplab("report", "smo'ke", f"output_dir={alone}", cwd=tmp_path)  # no sweep name holds a quote
+    assert quoted.returncode == 2 and "Traceback" not in quoted.stderr
+    assert quoted.stderr.strip().endswith("""no sweep "smo'ke" in the MLflow store """
+                                          f"sqlite:///{alone / 'mlflow.db'}. Sweeps there: smoke"), quoted.stderr
 
 
 # --- the grid, with configurations that cannot be built ------------------------------------------
@@ -474,14 +479,14 @@ def test_a_value_whose_every_run_stopped_early_is_named_under_its_ranking(tmp_pa
 
 
 # --- fast: the terminal summary and the HTML report rank a sweep the same way ---------------------
-def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path):
+def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path, monkeypatch):
     """Trial 0 peaks at epoch 1 then falls; trial 1 ends higher. Both outputs rank by the final epoch
     (the weights a trial keeps), so trial 1 comes first in both, and both headers say so."""
     from mlflow.entities import Metric, Param, RunTag
 
     from sweeplab.sweep.outcome import SweepOutcome, TrialRow
     from sweeplab.sweep.summary import format_summary
-    from sweeplab.tracking.report import build_report
+    from sweeplab.tracking.report import build_report, log_report
     from sweeplab.tracking.store import client_for
 
     curves = {0: [0.9, 0.6], 1: [0.7, 0.7]}
@@ -514,6 +519,14 @@ def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path):
     trials_table = page.split("<h2>all trials</h2>")[1]
     assert "val/acc (final epoch)" in trials_table
     assert trials_table.index("trial_001_seed0") < trials_table.index("trial_000_seed0")
+
+    # what a sweep's end logs: the same report, into the parent run only, drawn in a folder that does not stay
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    log_report(client, parent.info.run_id)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/trials.csv"} <= logged
 
 
 # --- MLflow Models, the registry, run inputs, system metrics, the study's own figures ------------------

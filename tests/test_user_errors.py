@@ -136,6 +136,7 @@ CASES = [
     # sweep files
     Case("sweep-metric", _sweep_body("sweep:\n  metric: val/accuracy\n" + SPACE), "val/accuracy"),
     Case("sweep-seeds", _sweep_body("sweep:\n  seeds: [0, 0]\n" + SPACE), "sweep.seeds"),
+    Case("sweep-name-quote", _sweep_body("sweep:\n  name: \"it's\"\n" + SPACE), """sweep.name="it's" must hold"""),
     Case("grace-period",
          _sweep_body("train: {epochs: 2}\nsweep:\n  scheduler: {kind: asha, grace_period: 5}\n" + SPACE),
          "grace_period"),

@@ -155,6 +155,9 @@ class ResourcesConfig:
     gpu: float = 0.0  # GPU share per trial: 0.25 puts four trials on one GPU
 
 
+SWEEP_NAME = r"[\w.-]+"  # what a sweep's name may hold
+
+
 @dataclass
 class SweepConfig:
     name: str = "sweep"  # a sweep file's name replaces it
@@ -177,6 +180,10 @@ class SweepConfig:
     fuse_on_cpu: bool = False  # fuse on CPUs too, where it does not pay: for tests and benchmarks
 
     def check(self) -> None:
+        if not re.fullmatch(SWEEP_NAME, self.name):  # it is part of the sweep's id: folders, MLflow filters, commands
+            raise ConfigError(f"sweep.name={self.name!r} must hold only letters, digits, '_', '-' and '.' (it names "
+                              "the sweep's folders, study and MLflow runs): set sweep.name in the file, or rename the "
+                              "file, whose name is the default")
         if self.fuse < 1:
             raise out_of_range("sweep.fuse", self.fuse, ">= 1 (1: every trial trains alone)")
         if self.max_failures < 0:  # Ray reads a negative count as "retry forever"

@@ -333,14 +333,14 @@ class MlflowSweepTracker(tune.Callback):
         self.client.set_terminated(str(self.parent_run_id), "KILLED")
 
     def _conclude(self, retry: bool = False) -> None:
-        from sweeplab.tracking.report import build_report
+        from sweeplab.tracking.report import log_report
 
         parent, storage = str(self.parent_run_id), reveal(self.optuna_storage)
         self._drawing("sweep metrics", calls.log_sweep_metrics, parent, storage, self.sweep_id)
         self._drawing("figures", calls.log_best_trial_figures, parent, storage, self.sweep_id)
         if self.log_models > 0:  # its module imports torch
             self._drawing("models", calls.log_best_models, parent, storage, self.sweep_id, self.log_models)
-        self._drawing("report", build_report, parent, None, True, storage)
+        self._drawing("report", log_report, parent, storage)
         self.client.set_terminated(parent, "FINISHED")
 
     def _drawing(self, what: str, draw: Callable[..., object], *args: Any) -> None:

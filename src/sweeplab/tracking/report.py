@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from sweeplab.config.schema import SWEEP_NAME
 from sweeplab.errors import UserError
 from sweeplab.metrics import (
     TrialStatus,
@@ -47,12 +49,12 @@ def find_parent_run(client: MlflowClient, sweep: str, experiment: str | None = N
     if not ids:
         named = "named " + repr(experiment) if experiment else ""
         raise UserError(f"no MLflow experiment {named} in {client.tracking_uri}")
-    runs = client.search_runs(
-        ids, f"tags.`sweeplab.kind` = 'sweep' and tags.`sweeplab.sweep_id` = '{sweep}'", max_results=1
-    )
-    if not runs:
-        runs = client.search_runs(ids, f"tags.`sweeplab.kind` = 'sweep' and params.sweep_name = '{sweep}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+    runs = []
+    if re.fullmatch(SWEEP_NAME, sweep):  # no sweep has another name, and a quote would break the filter
+        runs = client.search_runs(
+            ids, f"tags.`sweeplab.kind` = 'sweep' and tags.`sweeplab.sweep_id` = '{sweep}'", max_results=1
+        ) or client.search_runs(ids, f"tags.`sweeplab.kind` = 'sweep' and params.sweep_name = '{sweep}'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         sweeps = client.search_runs(ids, "tags.`sweeplab.kind` = 'sweep'")
         known = sorted({r.data.params["sweep_name"] for r in sweeps if "sweep_name" in r.data.params})
@@ -273,14 +275,20 @@ def study_table(study: optuna.Study) -> pd.DataFrame:
     return frame.astype({c: str for c in frame.columns if frame[c].dtype == object})
 
 
+def log_report(client: MlflowClient, parent_run_id: str, optuna_storage: str | None = None) -> None:
+    """The report (below) into the parent run's artifacts only, drawn in a temporary folder that goes once logged."""
+    with tempfile.TemporaryDirectory(prefix="sweeplab-report-") as folder:
+        build_report(client, parent_run_id, Path(folder), True, optuna_storage)
+
+
 def build_report(
-    client: MlflowClient, parent_run_id: str, out_dir: Path | None = None, log_to_parent: bool = False,
+    client: MlflowClient, parent_run_id: str, out_dir: Path, log_to_parent: bool = False,
     optuna_storage: str | None = None,
 ) -> Path:
-    """Write report.html (+ PNGs and trials.csv) to out_dir and/or the parent run's artifacts. The Optuna
-    figures come from the sweep's study in ``optuna_storage`` (default: the storage the sweep recorded);
-    with ``log_to_parent`` they are also logged one by one (``mlflow.log_figure``), with the study's trials
-    as a table (``mlflow.log_table``)."""
+    """Write report.html (+ PNGs and trials.csv) to out_dir, and with ``log_to_parent`` to the parent run's
+    artifacts too; the path of report.html. The Optuna figures come from the sweep's study in ``optuna_storage``
+    (default: the storage the sweep recorded); with ``log_to_parent`` they are also logged one by one
+    (``mlflow.log_figure``), with the study's trials as a table (``mlflow.log_table``)."""
     parent = client.get_run(parent_run_id)
     p = parent.data.params
     objectives = json.loads(p.get("objectives", '[["val/acc", "max"]]'))
@@ -291,7 +299,7 @@ def build_report(
             final_value(dict(histories[r][metric])) if histories[r].get(metric) else row.get(f"final {metric}")
             for r, (_, row) in zip(frame["run_id"], frame.iterrows(), strict=True)
         ]
-    folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="sweeplab-report-"))
+    folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     frame.to_csv(folder / "trials.csv", index=False)
 
