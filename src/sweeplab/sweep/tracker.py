@@ -102,6 +102,9 @@ class MlflowSweepTracker(tune.Callback):
         self._placed: set[str] = set()
         self._restarts: dict[str, int] = {}  # trial name -> restarts before this launch (resume)
         self._ended: set[str] = set()  # trials whose run has its final status (the rest are open)
+        # trials started in this launch or left open by the last, kept on Tune's thread: _children fills only as
+        # the store answers, on the tracking thread
+        self._opened: set[str] = set()
         self._source_tags: dict[str, str] = {}  # MLflow's source/user/commit tags, for every child run too
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
@@ -194,6 +197,7 @@ class MlflowSweepTracker(tune.Callback):
             self._children[name] = child.info.run_id
             if child.info.status in ("RUNNING", "KILLED"):  # cut off by the interruption: it restarts
                 self._restarts[name] = int(child.data.tags.get("sweeplab.restarts", "0"))
+                self._opened.add(name)
             else:
                 self._ended.add(name)
             history = self.client.get_metric_history(child.info.run_id, "val/loss")
@@ -237,6 +241,7 @@ class MlflowSweepTracker(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         name = str(trial)
+        self._opened.add(name)
         self._submit(Call.CREATE_CHILD, name=name, trial_id=trial.trial_id, config=dict(trial.config))
         if name in self._restarts:  # continued by a resumed sweep: its KILLED run is running again
             self._restarts[name] += 1
@@ -319,7 +324,7 @@ class MlflowSweepTracker(tune.Callback):
         thread while the driver shuts Ray down (``finish`` waits for them)."""
         if self.parent_run_id is None:  # setup() never ran
             return
-        open_runs = [name for name in self._children if name not in self._ended]
+        open_runs = sorted(self._opened - self._ended)
         planned = int(self.plan_info["num_configs"]) * len(json.loads(self.plan_info["seeds"]))
         if open_runs or len(trials) < planned:  # stopped (Ctrl-C, SIGTERM): --resume continues every run
             self._submit(Call.KILL, names=open_runs)
