@@ -80,12 +80,12 @@ def sweep_env() -> dict[str, str]:
 
 
 def interrupt_sweep(overrides: list[str], at_line: str, sig: signal.Signals = signal.SIGINT,
-                    timeout: float = 300) -> tuple[str, int]:
-    """A real `sweeplab sweep smoke` process sent ``sig`` by PID once it prints ``at_line``: its output and
-    exit status."""
+                    timeout: float = 300, cwd: Path | None = None) -> tuple[str, int]:
+    """A real `sweeplab sweep smoke` process (in ``cwd``) sent ``sig`` by PID once it prints ``at_line``: its
+    output and exit status."""
     env = sweep_env()
     sweep = subprocess.Popen([sys.executable, "-m", "sweeplab.cli", "sweep", "smoke", *overrides],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     seen = []
     assert sweep.stdout is not None
     for line in sweep.stdout:

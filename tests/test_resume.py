@@ -19,10 +19,11 @@ ENV = sweep_env()
 TINY = ["sweep.max_concurrent=1", "train.epochs=3", "sweep.scheduler.kind=none", "data.subset=300"]
 
 
-def _interrupt(overrides: list[str], at_line: str, sig: signal.Signals) -> tuple[str, int, str, list[str]]:
-    """A real `sweeplab sweep smoke` sent ``sig`` by PID once it prints ``at_line``: its output, exit status,
-    sweep id and the resume command it printed (as argv for this interpreter)."""
-    output, status = interrupt_sweep(overrides, at_line, sig)
+def _interrupt(overrides: list[str], at_line: str, sig: signal.Signals,
+               cwd: Path | None = None) -> tuple[str, int, str, list[str]]:
+    """A real `sweeplab sweep smoke` (in ``cwd``) sent ``sig`` by PID once it prints ``at_line``: its output, exit
+    status, sweep id and the resume command it printed (as argv for this interpreter)."""
+    output, status = interrupt_sweep(overrides, at_line, sig, cwd=cwd)
     lines = output.splitlines()
     hint = [i for i, line in enumerate(lines) if "continue it with:" in line]
     assert hint, output[-3000:]
@@ -64,18 +65,23 @@ def _assert_complete(out: Path, sweep_id: str, num_trials: int, epochs: int = 3)
 
 
 def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
-    output, code, sweep_id, resume = _interrupt([f"output_dir={tmp_path}", "sweep.num_trials=3", *TINY],
-                                                "trial_001_seed0 epoch  1/3", signal.SIGINT)  # the 2nd trial half-way
+    """Started with a relative output_dir; the printed command resumes it from another folder."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    output, code, sweep_id, resume = _interrupt(["output_dir=out", "sweep.num_trials=3", *TINY],
+                                                "trial_001_seed0 epoch  1/3", signal.SIGINT,  # the 2nd trial half-way
+                                                cwd=tmp_path)
     assert code == 130, output[-3000:]
     assert "Traceback" not in output
-    _, parent, children = _runs(tmp_path)
+    _, parent, children = _runs(out)
     assert parent.info.status == "KILLED"  # not FINISHED: the sweep did not end
     assert {r.info.run_name: r.info.status for r in children}["trial_001_seed0"] == "KILLED"
 
-    second = subprocess.run(resume, capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
+    second = subprocess.run(resume, capture_output=True, text=True, env=ENV, timeout=600, cwd=elsewhere)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    _assert_complete(tmp_path, sweep_id, 3)
-    _, _, children = _runs(tmp_path)
+    assert list(elsewhere.iterdir()) == []
+    _assert_complete(out, sweep_id, 3)
+    _, _, children = _runs(out)
     interrupted = next(r for r in children if r.info.run_name == "trial_001_seed0")
     assert interrupted.data.tags["sweeplab.restarts"] == "1"
 

@@ -378,19 +378,32 @@ def _plan(ref: str, overrides: Sequence[str], resume: bool) -> tuple[SweepPlan, 
     return plan_sweep(ref, overrides), None
 
 
-def _with_secrets(recorded: Sequence[str], given: Sequence[str]) -> list[str]:
-    """The recorded overrides, each masked one replaced by the same key's override on this command line."""
-    by_key = {o.split("=", 1)[0]: o for o in given}
-    return [by_key.get(o.split("=", 1)[0], o) if f":{MASK}@" in o else o for o in recorded]
+# Where a sweep's files, stores and cluster are: a resume or sync names them on its own command line (the printed
+# resume command does, with an absolute output_dir), and they may be relative to where the sweep ran
+LOCATION_KEYS = frozenset({"output_dir", "cluster.storage_path", "cluster.optuna_storage", "cluster.address",
+                           "tracking.uri"})
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _resumed_overrides(recorded: Sequence[str], given: Sequence[str]) -> list[str]:
+    """The recorded overrides, each masked one replaced by the same key's override on this command line, and the
+    command line's LOCATION_KEYS in place of the recorded ones."""
+    by_key = {_key(o): o for o in given}
+    located = [o for o in given if _key(o) in LOCATION_KEYS]
+    kept = [o for o in recorded if _key(o) not in LOCATION_KEYS or _key(o) not in by_key]
+    return [by_key.get(_key(o), o) if f":{MASK}@" in o else o for o in kept] + located
 
 
 def recorded_plan(ref: str, overrides: Sequence[str]) -> tuple[SweepPlan, str]:
-    """An earlier sweep's plan and id, from the file and overrides its study recorded (``overrides`` only locate
-    the Optuna storage)."""
+    """An earlier sweep's plan and id, from the file and overrides its study recorded (``overrides`` locate the
+    Optuna storage and the rest of the sweep's files, stores and cluster, and give its secrets)."""
     from sweeplab.sweep.results import find_sweep
 
     record = find_sweep(optuna_storage_url(compose(overrides)), ref)
-    return plan_sweep(record["sweep_file"], _with_secrets(record["overrides"], overrides)), record["sweep_id"]
+    return plan_sweep(record["sweep_file"], _resumed_overrides(record["overrides"], overrides)), record["sweep_id"]
 
 
 def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool, sync_command: str) -> list[Callback]:
