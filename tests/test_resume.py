@@ -108,3 +108,26 @@ def test_sigterm_stops_a_sweep_like_ctrl_c_and_it_resumes_past_a_truncated_check
     assert warnings and all("state.pt is unreadable" in w and "restarting the trial from epoch 1" in w
                             for w in warnings), second.stdout[-3000:]
     _assert_complete(tmp_path, sweep_id, 2)
+
+
+def test_resuming_a_sweep_whose_trial_crashed_leaves_the_crash_as_it_was(tmp_path):
+    """A trial that crashed past its retries is a failed trial in Optuna, which cannot take that back: --resume does
+    not run it again, so the study, its MLflow run and the summary still agree on it."""
+    import optuna
+
+    overrides = [f"output_dir={tmp_path}", "sweep.num_trials=1", "sweep.max_failures=0", *TINY]
+    first = subprocess.run([*SWEEPLAB, "sweep", "smoke", "--quiet", *overrides], capture_output=True, text=True,
+                           env={**ENV, "SWEEPLAB_FAULT_AFTER_EPOCH": "1"}, timeout=600)
+    assert first.returncode == 1 and "1 error" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
+    (sweep_id,) = [p.name for p in (tmp_path / "ray").iterdir()]
+
+    second = subprocess.run([*SWEEPLAB, "sweep", sweep_id, "--resume", f"output_dir={tmp_path}"], capture_output=True,
+                            text=True, env=ENV, timeout=600)  # no fault this time: a rerun would complete
+    assert second.returncode == 1 and "1 error" in second.stdout, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "completed" not in second.stdout and "Traceback" not in second.stdout + second.stderr
+    (trial,) = optuna.load_study(study_name=sweep_id, storage=journal_in(tmp_path)).trials
+    assert trial.state.name == "FAIL" and trial.user_attrs["status"] == "error"
+    client, parent, (child,) = _runs(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert child.info.status == "FAILED" and child.data.tags["sweeplab.status"] == "error"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")] == [1]

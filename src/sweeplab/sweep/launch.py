@@ -488,7 +488,7 @@ def _restored_tuner(ray_path: str, spec: TrialSpec, plan: SweepPlan, callbacks: 
         raise ConfigError(f"sweep at {ray_path} has no Ray experiment to resume")
     print(f"sweeplab sweep: resuming from {ray_path}", flush=True)
     tuner = tune.Tuner.restore(ray_path, _trainable(spec, plan.cfg.sweep.resources),
-                               resume_unfinished=True, resume_errored=True)
+                               resume_unfinished=True, resume_errored=False)
     _replace_callbacks(tuner, callbacks)
     return tuner
 
