@@ -423,6 +423,25 @@ def test_with_several_seeds_optuna_sees_the_mean_of_each_epoch_every_seed_reache
     assert optuna.load_study(study_name="s-1", storage=journal_in(tmp_path)).trials[0].value == pytest.approx(0.6)
 
 
+def test_a_configuration_is_judged_on_the_seeds_that_ran_every_epoch(tmp_path):
+    """ASHA stopped seed 1 after epoch 1 while seed 0 ran all 3: the configuration is completed, and its value is
+    seed 0's final epoch, not a mean of a final and a first epoch, in Optuna, the summary and its rankings."""
+    from sweeplab.sweep.results import load_outcome
+
+    searcher, storage = make_searcher(tmp_path, seeds=(0, 1), num_configs=1)
+    searcher.suggest("ray-1")
+    searcher.suggest("ray-2")
+    run_seed(searcher, "ray-1", [0.5, 0.7, 0.9])
+    run_seed(searcher, "ray-2", [0.3])  # stopped after epoch 1
+    (trial,) = optuna.load_study(study_name="s-1", storage=journal_in(tmp_path)).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == pytest.approx(0.9)
+    assert trial.user_attrs["std"] == [0.0] and trial.user_attrs["epochs"] == 3
+    assert trial.user_attrs["seeds"]["1"]["status"] == "stopped"  # kept, as it ran
+    (row,) = load_outcome(storage, "s-1").trials
+    assert row.status == "completed" and row.values == pytest.approx([0.9])
+    assert row.seed_values() == pytest.approx([0.9])
+
+
 def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):
     """ASHA stops a small model after one epoch: its one-epoch accuracy is not comparable and must not
     make the front, in Optuna (what NSGA-II and optuna-dashboard see) nor in the summary."""

@@ -26,7 +26,10 @@ class TrialRow:
         return self.values[index]
 
     def seed_values(self, index: int = 0) -> list[float]:
-        return [o["values"][index] for o in self.seeds.values() if "values" in o]
+        """Objective ``index``'s value of each seed the row's value is the mean of: those that ran every epoch, when
+        any did (searcher._tell)."""
+        seeds = [o for o in self.seeds.values() if "values" in o]
+        return [o["values"][index] for o in [o for o in seeds if o.get("status") == TrialStatus.COMPLETED] or seeds]
 
     def completed_seeds(self) -> list[str]:
         return [s for s, o in self.seeds.items() if o.get("status") == TrialStatus.COMPLETED]

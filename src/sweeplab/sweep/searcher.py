@@ -193,10 +193,14 @@ class OptunaSearcher(Searcher):
             self._set_attrs(number, attrs)
             study.tell(number, state=optuna.trial.TrialState.FAIL)
             return
-        columns = [[o["values"][i] for o in valid] for i in range(len(self.objectives))]
-        stopped = all(o["status"] == TrialStatus.STOPPED for o in valid)
+        # once any seed ran every epoch, the configuration is judged on those seeds: a stopped seed's early epoch
+        # is not comparable with a final one
+        completed = [o for o in valid if o["status"] == TrialStatus.COMPLETED]
+        judged = completed or valid
+        columns = [[o["values"][i] for o in judged] for i in range(len(self.objectives))]
+        stopped = not completed
         attrs.update(status=(TrialStatus.STOPPED if stopped else TrialStatus.COMPLETED).value,
-                     std=[statistics.pstdev(c) for c in columns], epochs=max(o["epoch"] for o in valid))
+                     std=[statistics.pstdev(c) for c in columns], epochs=max(o["epoch"] for o in judged))
         self._set_attrs(number, attrs)
         try:
             if stopped:
