@@ -152,6 +152,15 @@ def overrides_for(params: dict[str, Any]) -> list[str]:
     return [to_override(k, v) for k, v in ordered]
 
 
+# Keys a sweep sets for every trial, not per trial
+NOT_SEARCHED = {
+    "train.epochs": "a sweep trains every trial for the same train.epochs (its scheduler's rungs, when a trial has "
+                    "ended, the ETA count them): set train.epochs in the file, and compare lengths on the per-epoch "
+                    "curves every trial logs, or run a sweep per length",
+    "train.seed": "a sweep runs each configuration once per seed of sweep.seeds: set sweep.seeds, e.g. [0, 1, 2]",
+}
+
+
 def parse_space(
     space: Any, base: DictConfig, source: Path | str, group_options: dict[str, list[str]]
 ) -> list[Dimension]:
@@ -163,6 +172,8 @@ def parse_space(
     searched_groups = {key for key in space if key in GROUPS}  # keys under them are checked per choice (plan)
     for key, spec in space.items():
         where = f"sweep.space.{key} in {source}"
+        if key in NOT_SEARCHED:
+            raise ConfigError(f"{where}: {NOT_SEARCHED[key]}")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 0.001, high: 0.1}}, got {spec!r}")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
