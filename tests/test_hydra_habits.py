@@ -100,13 +100,13 @@ def test_hydra_run_dir_is_the_run_folder_and_holds_hydras_record(run_cli, tmp_pa
 # --- -m: the grid as a sweep file ---------------------------------------------------------------------------
 def test_multirun_turns_sweep_overrides_into_a_grid(tmp_path):
     path, fixed = multirun_sweep([f"output_dir={tmp_path}", "model=mlp,lenet", "optimizer.lr=0.01,0.1",
-                                  "train.epochs=range(1,3)", "train.seed=3,4", "data=digits"])
+                                  "train.batch_size=range(32,96,32)", "train.seed=3,4", "data=digits"])
     assert path.parent.parent == tmp_path / "multirun"
     assert fixed == [f"output_dir={tmp_path}", "data=digits"]
     sweep = compose(fixed, path).sweep
     assert sweep.sampler == "grid" and sweep.name == "multirun" and sweep.scheduler.kind == "none"
     assert {key: list(spec.choices) for key, spec in sweep.space.items()} == {
-        "model": ["mlp", "lenet"], "optimizer.lr": [0.01, 0.1], "train.epochs": [1, 2]}
+        "model": ["mlp", "lenet"], "optimizer.lr": [0.01, 0.1], "train.batch_size": [32, 64]}
     assert list(sweep.seeds) == [3, 4]
 
 
@@ -117,10 +117,13 @@ def test_multirun_glob_picks_the_matching_options_of_a_group(tmp_path):
 
 
 @pytest.mark.parametrize("override, named", [("optimizer.lr=interval(0.01,0.1)", "interval()"),
-                                             ("+optimizer.nosuch=1,2", "+optimizer.nosuch")])
+                                             ("+optimizer.nosuch=1,2", "+optimizer.nosuch"),
+                                             ("train.epochs=5,10", "-m train.epochs=5,10: a sweep trains every trial "
+                                                                   "for the same train.epochs")])
 def test_multirun_refuses_what_has_no_grid(override, named, tmp_path):
     with pytest.raises(ConfigError, match=re.escape(named)):
         multirun_sweep([f"output_dir={tmp_path}", override])
+    assert list(tmp_path.iterdir()) == []  # no sweep file left behind
 
 
 # --- shell completion -----------------------------------------------------------------------------------------

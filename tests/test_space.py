@@ -30,7 +30,7 @@ sweep:
     optimizer.weight_decay: {{type: float, low: 1.0e-6, high: 1.0e-3, log: true}}
     optimizer.momentum: {{type: float, low: 0.5, high: 0.9, step: 0.2}}
     train.batch_size: {{type: int, low: 16, high: 64}}
-    train.epochs: {{type: int, low: 1, high: 7, step: 3}}
+    train.eval_batch_size: {{type: int, low: 100, high: 700, step: 300}}
     data.subset: {{type: int, low: 100, high: 1000, log: true}}
     model.activation: {{type: categorical, choices: [relu, tanh]}}
     model.hidden_sizes: {{type: categorical, choices: [[64], [128, 64]]}}
@@ -66,7 +66,7 @@ def test_every_space_type_becomes_the_matching_optuna_distribution(tmp_path):
         "optimizer.weight_decay": FloatDistribution(1e-6, 1e-3, log=True),
         "optimizer.momentum": FloatDistribution(0.5, 0.9, step=0.2),
         "train.batch_size": IntDistribution(16, 64),
-        "train.epochs": IntDistribution(1, 7, step=3),
+        "train.eval_batch_size": IntDistribution(100, 700, step=300),
         "data.subset": IntDistribution(100, 1000, log=True),
         "model.activation": CategoricalDistribution(["relu", "tanh"]),
         # Optuna keeps scalars only: a list choice travels as the Hydra text that sets it
@@ -106,7 +106,8 @@ def test_sampled_values_reach_the_trial_config_unchanged(tmp_path):
         assert cfg.optimizer.momentum == pytest.approx(params["optimizer.momentum"])
         assert any(params["optimizer.momentum"] == pytest.approx(v) for v in (0.5, 0.7, 0.9))
         assert cfg.train.batch_size == params["train.batch_size"]
-        assert cfg.train.epochs == params["train.epochs"] and params["train.epochs"] in (1, 4, 7)
+        assert cfg.train.eval_batch_size == params["train.eval_batch_size"]
+        assert params["train.eval_batch_size"] in (100, 400, 700)
         assert cfg.data.subset == params["data.subset"] and 100 <= params["data.subset"] <= 1000
         assert cfg.model.activation == params["model.activation"]
         assert list(cfg.model.hidden_sizes) == {"[64]": [64], "[128,64]": [128, 64]}[params["model.hidden_sizes"]]
@@ -144,7 +145,7 @@ def test_grid_points_of_a_mixed_space(tmp_path):
         "optimizer.weight_decay": [0.0],
         "optimizer.momentum": [0.5, 0.9],
         "train.batch_size": [16, 64],
-        "train.epochs": [1, 4, 7],
+        "train.eval_batch_size": [100, 400, 700],
         "data.subset": [100, 1000],
         "model.activation": ["relu", "tanh"],
         "model.hidden_sizes": ["[64]", "[128,64]"],
@@ -163,13 +164,13 @@ sweep:
   sampler: grid
   space:
     optimizer.lr: {type: float, low: 0.01, high: 0.03, step: 0.01}
-    train.epochs: {type: int, low: 1, high: 3}
+    train.eval_batch_size: {type: int, low: 1, high: 3}
     model.hidden_sizes: {type: categorical, choices: [[64], [128, 64]]}
 """)
     assert sweep_plan.num_configs == 3 * 3 * 2
-    expected = [{"optimizer.lr": lr, "train.epochs": e, "model.hidden_sizes": h}
+    expected = [{"optimizer.lr": lr, "train.eval_batch_size": e, "model.hidden_sizes": h}
                 for lr, e, h in itertools.product([0.01, 0.02, 0.03], [1, 2, 3], ["[64]", "[128,64]"])]
-    key = lambda p: (round(p["optimizer.lr"], 9), p["train.epochs"], p["model.hidden_sizes"])  # noqa: E731
+    key = lambda p: (round(p["optimizer.lr"], 9), p["train.eval_batch_size"], p["model.hidden_sizes"])  # noqa: E731
     assert sorted(map(key, asked_grid_points(sweep_plan))) == sorted(map(key, expected))
 
 
@@ -199,8 +200,8 @@ sweep:
     "inverted_range": ("""
 sweep:
   space:
-    train.epochs: {type: int, low: 8, high: 2}
-""", "train.epochs"),
+    train.eval_batch_size: {type: int, low: 8, high: 2}
+""", "train.eval_batch_size"),
     "log_range_from_zero": ("""
 sweep:
   space:
@@ -316,7 +317,7 @@ def test_launch_stops_at_a_bad_file_before_ray_or_any_output(tmp_path):
 
     ray.shutdown()  # whatever an earlier test left, so what follows shows launch started nothing
     path = write_sweep(tmp_path, "inverted", BAD["inverted_range"][0])
-    with pytest.raises(ConfigError, match="train.epochs"):
+    with pytest.raises(ConfigError, match="train.eval_batch_size"):
         launch_sweep(str(path), [f"output_dir={tmp_path / 'out'}"])
     assert not ray.is_initialized()
     assert not (tmp_path / "out").exists()

@@ -17,7 +17,7 @@ from hydra.core.override_parser.types import Glob, Override
 from sweeplab.compose import compose, conf_dir
 from sweeplab.errors import ConfigError
 from sweeplab.hydra_habits import parse
-from sweeplab.sweep.space import to_override
+from sweeplab.sweep.space import NOT_SEARCHED, to_override
 
 NAME = "multirun"
 SEED_KEY = "train.seed"
@@ -58,6 +58,9 @@ def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str]]:
     if not values:
         raise ConfigError(f"-m with only {SEED_KEY} swept: sweep another key too (e.g. optimizer.lr=0.01,0.1), "
                           "or run one 'sweeplab train' per seed")
+    for text, o in swept:
+        if o.key_or_group in NOT_SEARCHED and o.key_or_group in values:  # the seeds went to sweep.seeds
+            raise ConfigError(f"-m {text}: {NOT_SEARCHED[o.key_or_group]}")
     first = [to_override(k, v[0]) for k, v in values.items()]
     cfg = compose([*fixed, *first])  # a mistake in the shared overrides fails here, named
     space = {key: {"type": "categorical", "choices": choices} for key, choices in values.items()}

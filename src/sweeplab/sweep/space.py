@@ -155,8 +155,8 @@ def overrides_for(params: dict[str, Any]) -> list[str]:
 # Keys a sweep sets for every trial, not per trial
 NOT_SEARCHED = {
     "train.epochs": "a sweep trains every trial for the same train.epochs (its scheduler's rungs, when a trial has "
-                    "ended, the ETA count them): set train.epochs in the file, and compare lengths on the per-epoch "
-                    "curves every trial logs, or run a sweep per length",
+                    "ended and the ETA count them): give it one value, and compare lengths on the per-epoch curves "
+                    "every trial logs, or run a sweep per length",
     "train.seed": "a sweep runs each configuration once per seed of sweep.seeds: set sweep.seeds, e.g. [0, 1, 2]",
 }
 
