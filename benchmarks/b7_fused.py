@@ -24,12 +24,15 @@ from sweeplab.train import resolve_device, train
 TRIALS = 16
 ROUNDS = 3
 GPU_TARGET, CPU_TARGET = 8.0, 0.95
+SIZES = {  # each trial's overrides
+    "full": ["train.epochs=2"],
+    "smoke": ["data.subset=320", "data.val_fraction=0.05", "train.epochs=1"],
+}
 
 
-def _overrides(device: str, smoke: bool) -> list[str]:
-    size = ["data.subset=320", "data.val_fraction=0.05", "train.epochs=1"] if smoke else ["train.epochs=2"]
+def _overrides(device: str, size: str) -> list[str]:
     return ["tracking=none", "model=lenet", "data=mnist5k", "train.batch_size=64", "train.lr_schedule=none",
-            f"train.device={device}", *(["train.num_threads=1"] if device == "cpu" else []), *size]
+            f"train.device={device}", *(["train.num_threads=1"] if device == "cpu" else []), *SIZES[size]]
 
 
 def _trials(overrides: list[str], k: int = TRIALS) -> list:
@@ -49,10 +52,10 @@ def _timed(run) -> tuple[float, list]:
     return time.perf_counter() - started, results
 
 
-def run_b7(smoke: bool) -> dict:
+def run_b7(size: str) -> dict:
     """Samples/s of 16 LeNet trials packed (as a sweep runs them), forced fused, and one by one."""
     device = resolve_device("auto")
-    overrides = _overrides(device.type, smoke)
+    overrides = _overrides(device.type, size)
     cfgs = _trials(overrides)
     bundle = load_dataset(typed(cfgs[0].data, DataConfig))
     warm = _trials([*overrides, "train.epochs=1"], k=2)  # first-call costs (kernels, allocator) off the clock
@@ -96,7 +99,7 @@ def run_b7(smoke: bool) -> dict:
         "target_speedup": target,
         "met": one_by_one_s / packed_s >= target,
         "max_val_loss_rel_diff": drift,  # fused vs alone, last epoch: float reassociation only
-        "smoke": smoke,
+        "smoke": size == "smoke",
     }
 
 
@@ -107,7 +110,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def run_fused_trials(size: str, **_: object) -> Result:
-    row = run_b7(smoke=size == "smoke")
+    row = run_b7(size)
     target = f">= {row['target_speedup']:g}"
     return Result("B7", "fused trials", size, checks=[
         Check(f"{row['trials']} LeNet trials packed / one by one, samples/s ({row['device']})",
