@@ -90,6 +90,15 @@ def _busy_port(tmp: Path, held: list) -> list[str]:
     return ["ui", "--port", str(server.getsockname()[1])]
 
 
+def _busy_dashboard_port(tmp: Path, held: list) -> list[str]:
+    server = _silent_server()
+    held.append(server)
+    return ["sweep", "smoke", "cluster.dashboard=true", f"cluster.dashboard_port={server.getsockname()[1]}"]
+
+
+HOLDING_A_PORT = (_busy_port, _busy_dashboard_port)  # their args take the list of sockets to close after the case
+
+
 @dataclass
 class Case:
     """A user's mistake: the command (a function of the tmp folder), the text its one error line must hold."""
@@ -164,6 +173,12 @@ CASES = [
     Case("misspelled-sweep", lambda tmp: ["sweep", "defualt"], "unknown sweep 'defualt'; did you mean 'default'?"),
     Case("max-failures", lambda tmp: ["sweep", "smoke", "sweep.max_failures=-5"], "sweep.max_failures"),
     Case("sweep-plus-unknown-key", lambda tmp: ["sweep", "smoke", "+optimizer.lrr=0.1"], "optimizer.lrr"),
+    Case("sweep-tracking-postgres-refused",
+         lambda tmp: ["sweep", "smoke", f"tracking.uri=postgresql+psycopg://u:pw@127.0.0.1:{_closed_port()}/x"],
+         "does not answer"),
+    Case("sweep-dashboard-port-busy", _busy_dashboard_port, "is already in use"),
+    Case("storage-path-scheme", lambda tmp: ["sweep", "smoke", "cluster.storage_path=foo://x/y"],
+         "cluster.storage_path=foo://x/y cannot be opened"),
     Case("sweep-output-dir-unwritable", lambda tmp: ["sweep", "smoke"], "is a file, not a folder",
          output_dir=_a_file_in_the_way),
     Case("optuna-postgres-refused",
@@ -186,7 +201,7 @@ CASES = [
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
 def test_a_mistake_ends_in_one_line_naming_it_and_leaves_nothing_behind(case, tmp_path):
     held: list[socket.socket] = []
-    args = case.args(tmp_path, held) if case.args is _busy_port else case.args(tmp_path)
+    args = case.args(tmp_path, held) if case.args in HOLDING_A_PORT else case.args(tmp_path)
     output_dir = case.output_dir(tmp_path)
     before = sorted(output_dir.rglob("*")) if output_dir.is_dir() else None
     try:

@@ -84,8 +84,6 @@ def start_ray(cfg: DictConfig, trials: int | None = None) -> bool:
         context = _join_cluster(address, env_vars)
         workers.forget_local_ray()
     else:
-        if cfg.cluster.dashboard:
-            check_dashboard(cfg.cluster)
         # A local Ray's workers inherit this process's environment, so no job runtime_env, and they import
         # what trials import before they register (sweeplab.sweep.workers)
         os.environ.update(env_vars)
@@ -237,19 +235,24 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna.
     ``on_outcome`` (the summary) runs while a Ray of our own shuts down and the tracker draws the report."""
     from sweeplab.sweep.results import load_outcome
-    from sweeplab.tracking.store import check_database, check_writable
+    from sweeplab.tracking.store import check_database, check_reachable, check_writable, tracking_uri
     from sweeplab.tracking.study_store import local_file
 
     plan, sweep_id = _plan(ref, overrides, resume)
-    _check_cluster_address(plan.cfg)  # before any store is created: a dead address fails in seconds
+    # every check before anything is written: a mistake leaves nothing behind
+    _check_cluster_address(plan.cfg)  # a dead address fails in seconds
     check_writable(plan.output_dir, "output_dir")
     if plan.optuna_storage.startswith("postgresql"):  # Optuna would wait on it after Ray has started
         check_database(plan.optuna_storage, "cluster.optuna_storage / OPTUNA_STORAGE")
     elif (study_file := local_file(plan.optuna_storage)) is not None:
         check_writable(study_file.parent, "the Optuna storage (cluster.optuna_storage)")
-    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    if plan.cfg.tracking.enabled:
+        check_reachable(tracking_uri(plan.cfg))
+    if plan.cfg.cluster.dashboard and not (plan.cfg.cluster.address or os.environ.get("RAY_ADDRESS")):
+        check_dashboard(plan.cfg.cluster)  # what a local Ray's start would end in a traceback
     root = ray_root(plan)
     check_storage(root)
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
     ray_environment(plan.cfg)  # before anything imports ray
     from sweeplab.sweep.packs import start_packs
 
@@ -308,10 +311,7 @@ def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
 
     from sweeplab.redact import redact
 
-    def key(override: str) -> str:
-        return override.split("=")[0].lstrip("+~")
-
-    locating = [redact(o) for o in overrides if key(o) == "cluster" or key(o).startswith("cluster.")]
+    locating = [redact(o) for o in overrides if _key(o) == "cluster" or _key(o).startswith("cluster.")]
     output_dir = Path(compose(overrides).output_dir).resolve()
     return shlex.join(["sweeplab", "sweep", sweep_id, "--resume", f"output_dir={output_dir}", *locating])
 
@@ -336,7 +336,7 @@ def _start_ray_and_store(cfg: DictConfig, searched: int, trials: int) -> bool:
     """Ray starts while, on threads, MLflow is imported and its store opened, and what the end of the sweep draws
     with is imported (seconds each, while the driver waits for Ray's processes); all of it happens in the tracker's
     client process instead, which also draws the end, for a sweep of ``trials`` that wants one
-    (``client_process.wanted``). A tracking server that does not answer is named before either starts. The drawing
+    (``client_process.wanted``). The drawing
     imports are not waited for: the end of the sweep uses them. They run at normal priority: a starved thread would
     hold the GIL the driver's threads wait for.
     ``searched``: how many parameters the sweep searches (the report's figures depend on it)."""
@@ -346,10 +346,9 @@ def _start_ray_and_store(cfg: DictConfig, searched: int, trials: int) -> bool:
 
     from sweeplab.sweep.tracker_calls import warm_up
     from sweeplab.tracking.client_process import client_process, wanted
-    from sweeplab.tracking.store import check_reachable, client_for, tracking_uri
+    from sweeplab.tracking.store import client_for, tracking_uri
 
-    uri = tracking_uri(cfg)
-    check_reachable(uri)
+    uri = tracking_uri(cfg)  # launch_sweep found it answering
     warm_args = (searched, cfg.tracking.log_models > 0)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow prints a link as each run ends
     if not wanted(cfg.tracking.client_process, trials):

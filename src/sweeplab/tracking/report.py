@@ -49,7 +49,7 @@ def find_parent_run(client: MlflowClient, sweep: str, experiment: str | None = N
     if not ids:
         named = "named " + repr(experiment) if experiment else ""
         raise UserError(f"no MLflow experiment {named} in {client.tracking_uri}")
-    runs = []
+    runs: list[Run] = []
     if re.fullmatch(SWEEP_NAME, sweep):  # no sweep has another name, and a quote would break the filter
         runs = client.search_runs(
             ids, f"tags.`sweeplab.kind` = 'sweep' and tags.`sweeplab.sweep_id` = '{sweep}'", max_results=1
