@@ -548,6 +548,23 @@ def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path, monke
     assert {"report/report.html", "report/trials.csv"} <= logged
 
 
+def test_the_report_and_the_summary_give_one_std_for_the_same_runs():
+    """Both the population's: the report's table of a value's runs and the summary's ranking of it."""
+    import statistics
+
+    import pandas as pd
+
+    from sweeplab.sweep.summary import _mean_std
+    from sweeplab.tracking.report import summary_by
+
+    frame = pd.DataFrame({"model.activation": ["relu", "relu", "tanh"], "status": ["completed"] * 3,
+                          "val/acc (final epoch)": [0.91, 0.93, 0.8]})
+    table = summary_by(frame, "model.activation", "val/acc", "max").set_index("model.activation")
+    assert table.loc["relu", "std"] == pytest.approx(statistics.pstdev([0.91, 0.93]))
+    assert table.loc["tanh", "std"] == 0 and table.loc["relu", "count"] == 2
+    assert _mean_std("val/acc", [0.91, 0.93]).endswith(" ± 1.00%")
+
+
 # --- MLflow Models, the registry, run inputs, system metrics, the study's own figures ------------------
 def _val_images(out: Path, run_id: str, tmp_path: Path):
     """The run's validation images as stored (uint8) and their labels, from the config it logged."""

@@ -159,12 +159,17 @@ def scheduler(**kw) -> OmegaConf:
 
 
 def test_pbt_perturbs_every_number_of_the_space_unless_told_and_never_a_group_or_conditional_key():
+    """Nor a key that changes a weight's shape or the input's: a weak trial that copies a strong one's checkpoint
+    builds its model with the perturbed values and loads the copied weights into it."""
     group = Dimension("model", "categorical", choices=("mlp", "lenet"))
     conditional = Dimension("model.conv1_filters", "int", 4, 8, when=(("model", ("lenet",)),))
-    dims = [group, LR, MOMENTUM, ACT, conditional]
-    assert mutated_dims(scheduler(), dims) == [LR, MOMENTUM]
+    width = Dimension("model.hidden_size", "int", 32, 64)
+    dropout = Dimension("model.dropout", "float", 0.0, 0.5)
+    size = Dimension("data.resize", "int", 28, 32)
+    dims = [group, LR, MOMENTUM, ACT, conditional, width, dropout, size]
+    assert mutated_dims(scheduler(), dims) == [LR, MOMENTUM, dropout]
     assert mutated_dims(scheduler(mutate=["model.activation"]), dims) == [ACT]
-    for key in ("model", "model.conv1_filters", "train.epochs"):
+    for key in ("model", "model.conv1_filters", "train.epochs", "model.hidden_size", "data.resize"):
         with pytest.raises(ConfigError, match=f"'{key}' cannot be perturbed by PBT"):
             mutated_dims(scheduler(mutate=[key]), dims)
     with pytest.raises(ConfigError, match="no number to perturb"):

@@ -80,6 +80,8 @@ def _train(cfg: DictConfig, choices: dict[str, str], line: TrainLine, folder: Pa
 
     validate(cfg)  # shapes and names, before any data is loaded
     check_writable(Path(cfg.output_dir), "output_dir")
+    if line.run_dir is not None:
+        check_writable(line.run_dir, "hydra.run.dir")
     if cfg.tracking.enabled:  # an unreachable or broken store fails now, not after training
         from sweeplab.tracking.store import check_store, tracking_uri
 

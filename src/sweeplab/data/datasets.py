@@ -209,7 +209,11 @@ def _torchvision(cls_name: str, cfg: DataConfig, expected: list[str]):
 
     root = Path(cfg.root).expanduser().resolve()
     if cfg.download:
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DatasetNotFoundError(f"data.root={root} cannot be created for the download: {err.strerror}; "
+                                       "give a folder this user can write in") from None
     missing = [p for p in expected if not (root / p).exists()]
     if missing and not cfg.download:
         raise DatasetNotFoundError(

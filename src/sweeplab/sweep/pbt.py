@@ -21,16 +21,28 @@ if TYPE_CHECKING:
     from ray.tune.schedulers import PopulationBasedTraining
 
 
+# The model and data keys a trial can change on a copied checkpoint: the rest of model.* and data.* may change a
+# weight's shape (widths, filters, input size) or what the model was built for
+SHAPE_FREE = frozenset({"model.dropout", "model.activation", "model.pooling", "data.augment"})
+
+
+def perturbable(dim: Dimension) -> bool:
+    """A key every trial has, not a config group, and outside model.* and data.* unless SHAPE_FREE."""
+    return (not dim.is_group and not dim.when
+            and (dim.key in SHAPE_FREE or dim.key.split(".")[0] not in ("model", "data")))
+
+
 def mutated_dims(scheduler: DictConfig, dims: list[Dimension]) -> list[Dimension]:
-    """The dimensions PBT perturbs: ``scheduler.mutate``, or every float/int one of the space."""
+    """The dimensions PBT perturbs: ``scheduler.mutate``, or every perturbable float/int one of the space."""
     by_key = {d.key: d for d in dims}
-    keys = list(scheduler.mutate) or [d.key for d in dims if d.type in ("float", "int") and not d.when]
+    keys = list(scheduler.mutate) or [d.key for d in dims if d.type in ("float", "int") and perturbable(d)]
     for key in keys:
         dim = by_key.get(key)
-        if dim is None or dim.is_group or dim.when:
-            fit = ", ".join(d.key for d in dims if not d.is_group and not d.when) or "none"
-            raise ConfigError(f"sweep.scheduler.mutate: {key!r} cannot be perturbed by PBT; it must "
-                              f"be a key of sweep.space that every trial has and that is not a config group ({fit})")
+        if dim is None or not perturbable(dim):
+            fit = ", ".join(d.key for d in dims if perturbable(d)) or "none"
+            raise ConfigError(f"sweep.scheduler.mutate: {key!r} cannot be perturbed by PBT; it must be a key of "
+                              "sweep.space that every trial has, not a config group, and that a copied checkpoint "
+                              f"can take: no width, filter count or input size ({fit})")
     if not keys:
         raise ConfigError("sweep.scheduler.kind=pbt: the space has no number to perturb; "
                           "search e.g. optimizer.lr, or name keys in sweep.scheduler.mutate")

@@ -86,10 +86,11 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         raise ConfigError(f"{err} (in {sweep_file})") from None
     if sc.num_trials < 1 or sc.max_concurrent < 1:
         raise ConfigError(f"sweep.num_trials and sweep.max_concurrent in {sweep_file} must be >= 1")
-    from sweeplab.sweep.samplers import is_grid, make_sampler
+    from sweeplab.sweep.samplers import check_samples, is_grid, make_sampler
 
     try:
-        make_sampler(sc.sampler, dims, sc.sampler_seed, len(objectives) > 1)  # grid without steps etc.
+        sampler = make_sampler(sc.sampler, dims, sc.sampler_seed, len(objectives) > 1)  # grid without steps etc.
+        check_samples(sc.sampler, sampler, dims, objectives)  # BruteForce without steps etc.
         if is_grid(sc.sampler) and any(d.when for d in dims):
             raise ConfigError("sweep.sampler=grid cannot search a space with conditional keys ('when'); "
                               "use tpe or random, or one sweep per choice")

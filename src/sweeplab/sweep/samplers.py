@@ -120,6 +120,22 @@ def make_sampler(
                           f"{str(err).splitlines()[0]}") from None
 
 
+def check_samples(spec: Any, sampler: optuna.samplers.BaseSampler, dims: list[Dimension],
+                  objectives: list[tuple[str, str]]) -> None:
+    """One trial asked in memory of ``sampler`` (``spec``'s; a throwaway, as asking moves its random state) over the
+    keys every trial has: a sampler that cannot sample the space (BruteForce over a float range without a step) is
+    refused now, not in the first trial's ask after Ray has started."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+    study = optuna.create_study(sampler=sampler, directions=study_directions(objectives))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.ask({d.key: d.distribution() for d in dims if not d.when})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"sweep.sampler={sampler_label(spec)} cannot sample this space: "
+                          f"{str(err).splitlines()[0]}") from None
+
+
 def study_directions(objectives: list[tuple[str, str]]) -> list[Literal["maximize", "minimize"]]:
     """Optuna's direction of each (metric, mode) objective."""
     return ["maximize" if mode == "max" else "minimize" for _, mode in objectives]

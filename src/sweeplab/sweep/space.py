@@ -250,6 +250,8 @@ def _check_dimension(dim: Dimension, where: str) -> None:
         raise ConfigError(f"{where}: int bounds must be whole numbers, got low={dim.low}, high={dim.high}")
     if dim.step is not None and dim.step <= 0:
         raise ConfigError(f"{where}: step must be > 0, got {dim.step}")
+    if dim.type == "int" and dim.step is not None and dim.step != int(dim.step):
+        raise ConfigError(f"{where}: an int dimension's step must be a whole number, got {dim.step}")
 
 
 def grid(dims: list[Dimension]) -> dict[str, list]:

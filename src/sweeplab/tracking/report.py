@@ -150,8 +150,8 @@ def summary_by(frame: pd.DataFrame, key: str, metric: str, mode: str) -> pd.Data
     if key not in done or col not in done or done.empty:
         return pd.DataFrame()
     by = ["model.name", key] if key != "model.name" and "model.name" in done else [key]
-    table = done.groupby(by)[col].agg(["mean", "std", "count"]).reset_index()
-    table["std"] = table["std"].fillna(0.0)
+    # the population's std (ddof 0), as the terminal summary, the study's attributes and the curves' bands
+    table = done.groupby(by)[col].agg(mean="mean", std=lambda runs: runs.std(ddof=0), count="count").reset_index()
     return table.sort_values(by[:-1] + ["mean"], ascending=[True] * (len(by) - 1) + [mode == "min"])
 
 
