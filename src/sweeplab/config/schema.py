@@ -147,6 +147,7 @@ class SchedulerConfig:
     quantile_fraction: float = 0.25  # pbt: the bottom fraction copies the top fraction
     resample_probability: float = 0.25  # pbt: a perturbed value is drawn afresh from its range this often
     mutate: list[str] = field(default_factory=list)  # pbt: searched keys it perturbs; empty: every number key
+    #                                                 that changes no weight's shape (sweeplab.sweep.pbt.SHAPE_FREE)
 
 
 @dataclass
