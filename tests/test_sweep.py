@@ -442,6 +442,35 @@ def test_a_configuration_is_judged_on_the_seeds_that_ran_every_epoch(tmp_path):
     assert row.seed_values() == pytest.approx([0.9])
 
 
+def test_best_reruns_the_sweep_file_as_it_ran_and_resume_refuses_a_changed_one(tmp_path):
+    """The study keeps the sweep file's text: `sweeplab best` composes the trial from it after the file was edited,
+    and --resume, whose trials must go on composing what they began with, says the file changed."""
+    from sweeplab.errors import ConfigError
+    from sweeplab.sweep.launch import recorded_plan
+    from sweeplab.sweep.rerun import best_command
+    from sweeplab.sweep.results import load_outcome
+
+    searcher, storage = make_searcher(tmp_path, num_configs=1)
+    sweep_file = Path(searcher.study.user_attrs["sweep_file"])
+    ran = "train: {epochs: 2}\nsweep:\n  space:\n    optimizer.lr: {type: float, low: 0.01, high: 0.1}"
+    sweep_file = write_sweep(tmp_path, sweep_file.stem, ran)
+    searcher.study.set_user_attr("sweep_text", sweep_file.read_text())
+    searcher.suggest("ray-1")
+    run_seed(searcher, "ray-1", [0.5, 0.6, 0.7])
+    outcome = load_outcome(storage, "s-1")
+    before = best_command(outcome, outcome.best())
+    assert "train.epochs=2" in before
+
+    write_sweep(tmp_path, sweep_file.stem, ran.replace("epochs: 2", "epochs: 20"), model="lenet")
+    assert best_command(outcome, outcome.best()) == before
+    with pytest.raises(ConfigError, match=f"sweep file {sweep_file} changed since sweep s-1 started"):
+        recorded_plan("s-1", [f"output_dir={tmp_path}"])
+    sweep_file.unlink()
+    assert best_command(outcome, outcome.best()) == before
+    with pytest.raises(ConfigError, match="is gone since sweep s-1 started"):
+        recorded_plan("s-1", [f"output_dir={tmp_path}"])
+
+
 def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):
     """ASHA stops a small model after one epoch: its one-epoch accuracy is not comparable and must not
     make the front, in Optuna (what NSGA-II and optuna-dashboard see) nor in the summary."""

@@ -151,6 +151,7 @@ def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
         "sweep_id": sweep_id,
         "name": plan.name,
         "sweep_file": str(plan.sweep_file),
+        "sweep_text": plan.sweep_text,  # what `sweeplab best` reruns and --resume checks, whatever the file is now
         "overrides": [redact(o) for o in plan.overrides],  # resume takes secrets from its own command line
         "space": OmegaConf.to_container(plan.cfg.sweep.space),
         "sampler": _plain(plan.cfg.sweep.sampler),
@@ -171,7 +172,7 @@ def trial_spec(plan: SweepPlan) -> TrialSpec:
     cfg = plan.cfg
     return TrialSpec(
         sweep_file=str(plan.sweep_file),
-        sweep_text=read_sweep_text(plan.sweep_file),
+        sweep_text=plan.sweep_text,
         # relative paths would resolve inside each worker: pin them to where the sweep was started
         # (trials never open the stores: a password stays in the driver)
         overrides=(*(redact(o) for o in plan.overrides), to_override("data.root", str(Path(cfg.data.root).resolve())),
@@ -402,7 +403,13 @@ def recorded_plan(ref: str, overrides: Sequence[str]) -> tuple[SweepPlan, str]:
     from sweeplab.sweep.results import find_sweep
 
     record = find_sweep(optuna_storage_url(compose(overrides)), ref)
-    return plan_sweep(record["sweep_file"], _resumed_overrides(record["overrides"], overrides)), record["sweep_id"]
+    recorded, path = record.get("sweep_text"), Path(record["sweep_file"])  # no text: recorded by an earlier version
+    if recorded is not None and (not path.is_file() or read_sweep_text(path) != recorded):
+        raise ConfigError(f"sweep file {path} {'changed' if path.is_file() else 'is gone'} since sweep "
+                          f"{record['sweep_id']} started, and its trials must go on composing what they began with: "
+                          "put the file back as it was (the study keeps its text in the attribute 'sweep_text', "
+                          "optuna.load_study(...).user_attrs), or start a new sweep")
+    return plan_sweep(str(path), _resumed_overrides(record["overrides"], overrides)), record["sweep_id"]
 
 
 def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool, sync_command: str) -> list[Callback]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.compose import compose, conf_dir, resolve_sweep_file
+from sweeplab.compose import compose, conf_dir, read_sweep_text, resolve_sweep_file
 from sweeplab.config.schema import SweepConfig
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS
@@ -29,6 +29,7 @@ class SweepPlan:
     num_configs: int
     output_dir: Path
     optuna_storage: str
+    sweep_text: str  # the file as it was planned: what trials compose, and what the study records
 
     def __post_init__(self) -> None:
         hide(self.optuna_storage)  # a resumed searcher holds the masked URL: reveal() maps it back in this process
@@ -108,7 +109,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         check_fusable_plan(cfg, dims, list(overrides), sweep_file)
     num_configs = grid_size(dims) if is_grid(sc.sampler) else sc.num_trials
     return SweepPlan(sweep_file, list(overrides), cfg, dims, objectives, num_configs,
-                     Path(cfg.output_dir).resolve(), optuna_storage_url(cfg))
+                     Path(cfg.output_dir).resolve(), optuna_storage_url(cfg), read_sweep_text(sweep_file))
 
 
 def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], sweep_file: Path) -> None:

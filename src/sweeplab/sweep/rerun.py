@@ -16,7 +16,8 @@ def best_command(outcome: SweepOutcome, trial: TrialRow, seed: int | None = None
     completed = trial.completed_seeds()
     seed = seed if seed is not None else int(completed[0] if completed else record["seeds"][0])
     overrides = [*record["overrides"], *overrides_for(trial.params), f"train.seed={seed}"]
-    cfg, choices = compose_with_choices(overrides, Path(record["sweep_file"]))
+    # the file as the sweep ran it (a record of an earlier version has only its path)
+    cfg, choices = compose_with_choices(overrides, Path(record["sweep_file"]), record.get("sweep_text"))
     _, defaults = compose_with_choices([])
     groups = [to_override(g, choices[g]) for g in GROUPS if choices.get(g) != defaults.get(g)]
     base = flatten(compose_with_choices(groups)[0])
