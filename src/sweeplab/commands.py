@@ -224,7 +224,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from sweeplab.sweep.rerun import best_command
+    from sweeplab.sweep.rerun import PBT_RERUN, after_pbt, best_command
     from sweeplab.sweep.results import find_sweep, load_outcome
 
     storage = _storage(args.overrides)
@@ -238,6 +238,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     shown = format_metric(metric, best.seeds[seed]["values"][0])
     print(f"# best of {record['sweep_id']}: trial {best.number}, {ranked_label(metric)} {shown} with seed {seed}",
           file=sys.stderr)
+    if after_pbt(outcome):
+        print(f"# {PBT_RERUN}", file=sys.stderr)
     print(best_command(outcome, best, int(seed)))
     if args.register:
         _register_best(args, record["sweep_id"], storage)

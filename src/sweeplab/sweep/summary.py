@@ -6,7 +6,7 @@ from typing import Any
 
 from sweeplab.metrics import TrialStatus, format_metric, ranked_label
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
-from sweeplab.sweep.rerun import best_command
+from sweeplab.sweep.rerun import PBT_RERUN, after_pbt, best_command
 
 
 def format_param(value: Any) -> str:
@@ -64,7 +64,8 @@ def format_summary(outcome: SweepOutcome) -> str:
     if best:
         parts.append(f"best: trial {best.number}  {ranked_label(metric)} {format_metric(metric, best.value())}  "
                      + " ".join(f"{k}={format_param(v)}" for k, v in best.params.items()))
-        parts.append(f"rerun it: {best_command(outcome, best)}")
+        note = f" ({PBT_RERUN})" if after_pbt(outcome) else ""
+        parts.append(f"rerun it{note}: {best_command(outcome, best)}")
     if len(outcome.objectives) > 1:
         names = ", ".join(f"{m} ({mode})" for m, mode in outcome.objectives)
         parts.append(f"Pareto front over {names}, completed trials only: trials "
