@@ -222,6 +222,24 @@ def test_weight_init_normal_uses_the_std():
                 assert torch.count_nonzero(m.bias) == 0
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_weight_init_reaches_every_recurrent_cell(cell):
+    """torch's LSTM and GRU hold their weights themselves, not in Linear layers."""
+    cfg = {"name": "rnn", "cell": cell, "hidden_size": 64, "weight_init": "normal", "weight_init_std": 0.5}
+    model = build_model(cfg, (1, 28, 28), 10)
+    weights = {n: p for n, p in model.named_parameters() if "weight" in n}
+    assert len(weights) >= 3  # input-to-hidden, hidden-to-hidden, the head
+    for name, weight in weights.items():
+        assert weight.std().item() == pytest.approx(0.5, rel=0.1), name
+    assert all(torch.count_nonzero(p) == 0 for n, p in model.named_parameters() if "bias" in n)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_an_activation_for_a_gated_cell_is_refused(cell):
+    with pytest.raises(ConfigError, match=f"model.activation=relu applies to model.cell=rnn only: an {cell} cell"):
+        build_model({"name": "rnn", "cell": cell, "activation": "relu"}, (1, 28, 28), 10)
+
+
 def test_weight_init_he_scales_by_fan_in():
     model = build_model({"name": "mlp", "hidden_sizes": [500], "weight_init": "he"}, (1, 28, 28), 10)
     first = next(m for m in model.modules() if isinstance(m, nn.Linear))

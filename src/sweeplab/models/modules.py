@@ -18,20 +18,27 @@ if TYPE_CHECKING:
 
 
 def init_weights(model: nn.Module, scheme: layers.WeightInit, std: float) -> None:
-    """Re-initialise every Linear/Conv weight by ``scheme``; 'default' keeps PyTorch's."""
+    """Re-initialise every Linear, Conv and LSTM/GRU weight by ``scheme`` (biases to zero); 'default' keeps
+    PyTorch's."""
     if scheme == "default":
         return
     for module in model.modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            continue
-        if scheme == "normal":
-            nn.init.normal_(module.weight, 0.0, std)
-        elif scheme == "xavier":
-            nn.init.xavier_normal_(module.weight)
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            weights, biases = [module.weight], [module.bias] if module.bias is not None else []
+        elif isinstance(module, nn.RNNBase):  # weight_ih_l0, weight_hh_l0, bias_ih_l0, ... per layer
+            weights = [p for name, p in module.named_parameters() if name.startswith("weight")]
+            biases = [p for name, p in module.named_parameters() if name.startswith("bias")]
         else:
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+            continue
+        for weight in weights:
+            if scheme == "normal":
+                nn.init.normal_(weight, 0.0, std)
+            elif scheme == "xavier":
+                nn.init.xavier_normal_(weight)
+            else:
+                nn.init.kaiming_normal_(weight, nonlinearity="relu")
+        for bias in biases:
+            nn.init.zeros_(bias)
 
 
 class InceptionBlock(nn.Module):

@@ -196,10 +196,17 @@ class RnnCell(Choice):
 
 @dataclass
 class RNNConfig(ModelConfig):
-    activation: str = "tanh"  # h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+    activation: str = "tanh"  # cell=rnn: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
     cell: RnnCell = RnnCell.rnn
     hidden_size: int = 128
     num_layers: int = 1
+
+    def check(self) -> None:
+        super().check()
+        if self.cell != RnnCell.rnn and self.activation != "tanh":  # nn.LSTM and nn.GRU take none
+            raise ConfigError(f"model.activation={self.activation} applies to model.cell=rnn only: an "
+                              f"{self.cell} cell has its own gates (sigmoid and tanh); leave model.activation at "
+                              "tanh, or use model.cell=rnn")
 
 
 @register_model("rnn", RNNConfig, "recurrent net reading the image row by row (rnn / lstm / gru cell)")
