@@ -57,6 +57,19 @@ def test_same_config_and_seed_give_identical_runs():
     assert [without_timing(m) for m in other.history] != [without_timing(m) for m in first.history]
 
 
+def test_an_epoch_never_ends_in_a_batch_of_one_image_that_batch_norm_cannot_train_on():
+    """300 digits keep 299 training images; at batch 298 the last batch would hold one, which GoogLeNet's batch norm
+    sees at 1x1 (one value per channel) and refuses. That image waits for the next epoch's shuffle."""
+    from sweeplab.data.batches import training_starts
+
+    assert list(training_starts(299, 298)) == [0] and list(training_starts(300, 298)) == [0, 298]
+    assert list(training_starts(1, 64)) == [0] and list(training_starts(129, 64)) == [0, 64]
+    cfg = config("model=googlenet", "model.pool_after=[1,2]", "data=digits", "data.subset=300", "train.epochs=1",
+                 "train.batch_size=298")
+    result = train(cfg)
+    assert math.isfinite(result.history[-1]["train/loss"])
+
+
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
     cfg = config(*SMALL_ALEXNET_DIGITS)
     uninterrupted = fresh_train(cfg)

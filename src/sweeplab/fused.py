@@ -25,7 +25,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from sweeplab.checks import input_shape, validate
 from sweeplab.config.schema import DataConfig, OptimizerConfig, TrainConfig
 from sweeplab.data import DATASETS
-from sweeplab.data.batches import BatchSource, random_crop_flip
+from sweeplab.data.batches import BatchSource, random_crop_flip, training_starts
 from sweeplab.data.datasets import DatasetBundle, load_dataset
 from sweeplab.errors import ConfigError
 from sweeplab.fusion import MEMBER_KEYS, shared_settings, should_fuse
@@ -262,7 +262,7 @@ def train_fused(
         # the pack's weights, learning rates and members change between epochs: a graph per epoch
         run_step = step_runner(step, device, train_cfg.cuda_graphs, capture=capture)
         seen = 0
-        for start in range(0, n, train_cfg.batch_size):
+        for start in training_starts(n, train_cfg.batch_size):
             idx = orders[:, start : start + train_cfg.batch_size]
             x = source.prepare(train_split.images[idx])
             if data_cfg.augment:

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from sweeplab.checks import validate
 from sweeplab.config.schema import DataConfig, Loss, OptimizerConfig, TrainConfig
-from sweeplab.data.batches import BatchSource
+from sweeplab.data.batches import BatchSource, training_starts
 from sweeplab.data.datasets import DatasetBundle, dataset_record, load_dataset
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.graphs import Capture, step_runner
@@ -188,7 +188,7 @@ class _Run:
         """One pass over the training split; sums stay on the device (no host sync per step)."""
         model, optimizer, criterion, on_batch = self.model, self.optimizer, self.criterion, self.on_batch
         batch_size = self.train_cfg.batch_size
-        total = -(-len(self.bundle.train) // batch_size)
+        total = len(training_starts(len(self.bundle.train), batch_size))
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)

@@ -10,6 +10,13 @@ from torch.nn import functional as F
 from sweeplab.data.datasets import DatasetBundle, Split
 
 
+def training_starts(n: int, batch_size: int) -> range:
+    """Where each training batch of an epoch over ``n`` images starts: every ``batch_size`` images, but never a last
+    batch of one image, which batch norm cannot normalise in training (one value per channel): that image waits for
+    the next epoch's shuffle, as with DataLoader's drop_last, which drops the whole last batch."""
+    return range(0, n - 1 if n > 1 and n % batch_size == 1 else n, batch_size)
+
+
 class BatchSource:
     """Normalises uint8 images on the fly; optional random crop + flip for training."""
 
@@ -31,11 +38,11 @@ class BatchSource:
     def batches(
         self, split: str, batch_size: int, generator: torch.Generator | None = None, augment: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled when a generator is given (training), in order otherwise."""
+        """Shuffled when a generator is given (training: ``training_starts``), in order otherwise."""
         data = self.splits[split]
         n = len(data)
         order = torch.randperm(n, generator=generator).to(self.device) if generator is not None else None
-        for start in range(0, n, batch_size):
+        for start in training_starts(n, batch_size) if order is not None else range(0, n, batch_size):
             idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
             x = self.prepare(data.images[idx])
             if augment:
