@@ -77,6 +77,17 @@ def test_digits_shapes_split_and_scale():
     assert torch.equal(again.val.images, bundle.val.images) and torch.equal(again.train.labels, bundle.train.labels)
 
 
+@pytest.mark.parametrize(("name", "subset"), [("mnist5k", 15), ("mnist5k", 25), ("mnist5k", 300), ("digits", 1000)])
+def test_subset_keeps_exactly_that_many_training_images_of_every_class(name, subset):
+    """Each class's share rounded on its own kept 20 of mnist5k for 15 or 25, and 1,002 of digits for 1,000."""
+    bundle = load_fresh(DataConfig(name=name, subset=subset))
+    counts = bundle.train.labels.bincount(minlength=10)
+    full = load_fresh(DataConfig(name=name)).train.labels.bincount(minlength=10)
+    assert len(bundle.train) == subset
+    assert ((counts - full * subset / full.sum()).abs() < 1).all()  # each class's share, rounded
+    assert torch.equal(load_fresh(DataConfig(name=name, subset=subset)).train.labels, bundle.train.labels)
+
+
 def test_resize_gives_the_requested_size():
     bundle = load_fresh(DataConfig(name="digits", resize=32, subset=100))
     assert bundle.input_shape == (1, 32, 32)

@@ -93,6 +93,18 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return rng.permutation(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
+def stratified_sample(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Sorted indices of exactly ``count`` items, each class's share in proportion to its size (the largest
+    remainders round up), drawn reproducibly."""
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(labels, return_counts=True)
+    quotas = sizes * count / len(labels)
+    take = np.floor(quotas).astype(int)
+    take[np.argsort(take - quotas, kind="stable")[: count - take.sum()]] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(picked))
+
+
 def load_dataset(cfg: DataConfig) -> DatasetBundle:
     """Load ``cfg.name`` and split it; data.subset keeps a stratified share of the training split.
     Cached per process: trials that reuse a Ray worker skip the loading."""
@@ -130,8 +142,7 @@ def _load(cfg: DataConfig) -> DatasetBundle:
         raise ConfigError(f"data.val_fraction={cfg.val_fraction} leaves {len(train_idx)} training and {len(val_idx)} "
                           f"validation images of {len(labels)}; pick a fraction that keeps both splits non-empty")
     if cfg.subset is not None and cfg.subset < len(train_idx):
-        _, keep = stratified_split(labels[train_idx], cfg.subset / len(train_idx), cfg.split_seed)
-        train_idx = train_idx[keep]
+        train_idx = train_idx[stratified_sample(labels[train_idx], cfg.subset, cfg.split_seed)]
 
     def split(x, y, idx=None) -> Split:
         x, y = (x, y) if idx is None else (x[idx], y[idx])
