@@ -83,6 +83,19 @@ def test_hydra_settings_other_than_the_run_dir_are_refused_by_name(tmp_path):
     assert "hydra.job.chdir" in done.stderr and "hydra.run.dir" in done.stderr and len(done.stderr.splitlines()) == 1
 
 
+def test_hydra_run_dir_resolves_now_as_hydra_does():
+    """Hydra's own default run dir is outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}: the folder is the date, not the text."""
+    import time
+
+    from sweeplab.errors import UserError
+    from sweeplab.hydra_habits import train_line
+
+    line = train_line(["model=mlp", "hydra.run.dir=runs/${now:%Y}/x"])
+    assert line.run_dir == Path("runs") / time.strftime("%Y") / "x" and line.overrides == ["model=mlp"]
+    with pytest.raises(UserError, match=re.escape("hydra.run.dir=${nosuch:x}: Unsupported interpolation type")):
+        train_line(["hydra.run.dir=${nosuch:x}"])
+
+
 @pytest.mark.slow
 def test_hydra_run_dir_is_the_run_folder_and_holds_hydras_record(run_cli, tmp_path):
     folder = tmp_path / "my run"

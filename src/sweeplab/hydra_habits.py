@@ -50,13 +50,26 @@ class TrainLine:
 
 
 def train_line(overrides: Sequence[str]) -> TrainLine:
-    """Take ``hydra.run.dir=...`` out of the overrides (compose refuses every other ``hydra.*`` key)."""
+    """Take ``hydra.run.dir=...`` out of the overrides (compose refuses every other ``hydra.*`` key), its
+    ``${now:...}`` resolved as Hydra does (its default is ``outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}``)."""
     run_dir, rest = None, list(overrides)
     for text, parsed in zip(overrides, parse(overrides), strict=False):  # parse: [] if one does not parse
         if parsed.key_or_group == RUN_DIR_KEY and not parsed.is_delete():
-            run_dir = Path(str(parsed.value()))
+            run_dir = Path(_resolved(text, str(parsed.value())))
             rest.remove(text)
     return TrainLine(rest, run_dir, list(overrides))
+
+
+def _resolved(text: str, value: str) -> str:
+    from hydra.core.utils import setup_globals
+    from omegaconf.errors import OmegaConfBaseException
+
+    setup_globals()  # Hydra's resolvers: now
+    try:
+        return str(OmegaConf.create({"dir": value}).dir)
+    except OmegaConfBaseException as err:
+        raise UserError(f"{text}: {str(err).splitlines()[0]}; hydra.run.dir may use ${{now:...}}, e.g. "
+                        "hydra.run.dir='outputs/${now:%Y-%m-%d_%H-%M-%S}'") from None
 
 
 def hydra_node(choices: dict[str, str], line: TrainLine, run_dir: Path) -> dict[str, Any]:
