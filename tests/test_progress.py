@@ -106,3 +106,23 @@ def test_the_live_view_shows_sweep_progress(terminal):
     text = stream.getvalue()
     assert "1/2 trials, 2/4 epochs of the budget" in text
     assert ("━" in text and "\x1b[" in text) is terminal
+
+
+def test_a_resumed_sweep_counts_what_earlier_launches_did_as_spent_not_as_its_rate():
+    """Trial 0 ended and trial 1 reached epoch 1 before the interruption: resumed, trial 1's epoch 2 is the only
+    epoch this launch trained, and trial 0 counts as ended."""
+    from ray.tune.experiment import Trial
+
+    from sweeplab.sweep.view import LiveView
+
+    view = LiveView(["optimizer.lr"], "val/acc", "max", max_epochs=2, max_failures=0, stream=io.StringIO(),
+                    total_trials=3)
+    trials = [Trial("t", config={"optimizer.lr": lr, "seed": 0}, stub=True) for lr in (0.01, 0.02, 0.03)]
+    trials[0].update_last_result({"epoch": 2, "val/acc": 0.9, "done": True})
+    trials[0].set_status(Trial.TERMINATED)
+    trials[1].update_last_result({"epoch": 1, "val/acc": 0.7})
+    view.on_trial_start(0, trials, trials[1])
+    view.on_trial_result(0, trials, trials[1], {"epoch": 2, "val/acc": 0.8, "train/loss": 1.0, "epoch_seconds": 0.1})
+    progress = view.progress
+    assert progress.ended == {trials[0].trial_id} and progress.trained == 1
+    assert progress.spent() == 2 + 2 and progress.line().startswith("1/3 trials, 4/6 epochs of the budget")

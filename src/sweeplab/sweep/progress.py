@@ -39,6 +39,10 @@ class SweepProgress:
         self.trained += max(0, epoch - self.epochs.get(trial_id, 0))
         self.epochs[trial_id] = max(epoch, self.epochs.get(trial_id, 0))
 
+    def restored(self, trial_id: str, epoch: int) -> None:
+        """A trial an earlier launch of a resumed sweep trained to ``epoch``: spent, but not trained by this one."""
+        self.epochs[trial_id] = max(epoch, self.epochs.get(trial_id, 0))
+
     def end(self, trial_id: str) -> None:
         self.ended.add(trial_id)
 

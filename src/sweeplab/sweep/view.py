@@ -76,6 +76,11 @@ class LiveView(tune.Callback):
         return " ".join(f"{k}={format_param(v)}" for k, v in shown.items())
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        if not self.progress.begun:  # a resumed sweep: what its earlier launches did counts as spent, not as rate
+            for other in trials:
+                if other.status in ("TERMINATED", "ERROR"):
+                    self.progress.end(other.trial_id)
+                self.progress.restored(other.trial_id, int((other.last_result or {}).get("epoch", 0)))
         self.progress.begin()
         self._print(f"{trial} started   {self._params(trial)}")
 
