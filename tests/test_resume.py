@@ -119,6 +119,7 @@ def test_resuming_a_sweep_whose_trial_crashed_leaves_the_crash_as_it_was(tmp_pat
     first = subprocess.run([*SWEEPLAB, "sweep", "smoke", "--quiet", *overrides], capture_output=True, text=True,
                            env={**ENV, "SWEEPLAB_FAULT_AFTER_EPOCH": "1"}, timeout=600)
     assert first.returncode == 1 and "1 error" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Trials did not complete" not in first.stdout + first.stderr  # the summary says which, and why
     (sweep_id,) = [p.name for p in (tmp_path / "ray").iterdir()]
 
     second = subprocess.run([*SWEEPLAB, "sweep", sweep_id, "--resume", f"output_dir={tmp_path}"], capture_output=True,

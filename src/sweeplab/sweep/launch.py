@@ -47,6 +47,12 @@ RAY_ENV = {
 }
 
 
+def _not_the_summarys(record: logging.LogRecord) -> bool:
+    """Tune's "Trials did not complete: [...]" error line: the live view and the summary name each such trial, and
+    why it ended."""
+    return not str(record.msg).startswith("Trials did not complete")
+
+
 def ray_environment(cfg: DictConfig) -> str | None:
     """Set what Ray reads from the environment, some of it as it is imported; the cluster's address, or None for
     a local Ray."""
@@ -55,6 +61,9 @@ def ray_environment(cfg: DictConfig) -> str | None:
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    tune_log = logging.getLogger("ray.tune.tune")
+    if _not_the_summarys not in tune_log.filters:
+        tune_log.addFilter(_not_the_summarys)
     if not address:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # binds every Ray service to 127.0.0.1
         # Ray turns token authentication on for a local Ray (RAY_AUTH_MODE unset) and warns that it did, at the
