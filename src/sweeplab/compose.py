@@ -170,11 +170,16 @@ SWEEP_GROUP = "sweeplab_sweep_file"
 RUN_DIR_KEY = "hydra.run.dir"  # the one hydra.* key sweeplab honours: the run folder of `sweeplab train`
 
 
+def override_key(text: str) -> str:
+    """The key an override sets, adds or removes: ``+optimizer.lr=0.1`` -> ``optimizer.lr``."""
+    return text.split("=", 1)[0].lstrip("+~")
+
+
 def _refuse_hydra_keys(overrides: Sequence[str]) -> None:
     """Hydra's own settings (hydra.job.chdir, hydra.sweeper...) do nothing under the compose API: say so
     instead of ignoring them."""
     for text in overrides:
-        key = text.split("=", 1)[0].lstrip("+~")
+        key = override_key(text)
         if key == "hydra" or key.startswith("hydra."):
             raise ConfigError(f"{key} is a Hydra setting that sweeplab does not use ({text}); the one it honours is "
                               f"{RUN_DIR_KEY}=<folder>, the run folder of 'sweeplab train'. Remove {key}=...")

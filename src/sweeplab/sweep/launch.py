@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.compose import compose, project_root, read_sweep_text
+from sweeplab.compose import compose, override_key, project_root, read_sweep_text
 from sweeplab.errors import ConfigError
 from sweeplab.redact import MASK, redact
 from sweeplab.sweep import tune_usage, workers
@@ -321,7 +321,7 @@ def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
 
     from sweeplab.redact import redact
 
-    locating = [redact(o) for o in overrides if _key(o) == "cluster" or _key(o).startswith("cluster.")]
+    locating = [redact(o) for o in overrides if override_key(o) == "cluster" or override_key(o).startswith("cluster.")]
     output_dir = Path(compose(overrides).output_dir).resolve()
     return shlex.join(["sweeplab", "sweep", sweep_id, "--resume", f"output_dir={output_dir}", *locating])
 
@@ -346,9 +346,8 @@ def _start_ray_and_store(cfg: DictConfig, searched: int, trials: int) -> bool:
     """Ray starts while, on threads, MLflow is imported and its store opened, and what the end of the sweep draws
     with is imported (seconds each, while the driver waits for Ray's processes); all of it happens in the tracker's
     client process instead, which also draws the end, for a sweep of ``trials`` that wants one
-    (``client_process.wanted``). The drawing
-    imports are not waited for: the end of the sweep uses them. They run at normal priority: a starved thread would
-    hold the GIL the driver's threads wait for.
+    (``client_process.wanted``). The drawing imports are not waited for: the end of the sweep uses them. They run
+    at normal priority: a starved thread would hold the GIL the driver's threads wait for.
     ``searched``: how many parameters the sweep searches (the report's figures depend on it)."""
     if not cfg.tracking.enabled:
         return start_ray(cfg, trials)
@@ -393,17 +392,13 @@ LOCATION_KEYS = frozenset({"output_dir", "cluster.storage_path", "cluster.optuna
                            "tracking.uri"})
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def _resumed_overrides(recorded: Sequence[str], given: Sequence[str]) -> list[str]:
     """The recorded overrides, each masked one replaced by the same key's override on this command line, and the
     command line's LOCATION_KEYS in place of the recorded ones."""
-    by_key = {_key(o): o for o in given}
-    located = [o for o in given if _key(o) in LOCATION_KEYS]
-    kept = [o for o in recorded if _key(o) not in LOCATION_KEYS or _key(o) not in by_key]
-    return [by_key.get(_key(o), o) if f":{MASK}@" in o else o for o in kept] + located
+    by_key = {override_key(o): o for o in given}
+    located = [o for o in given if override_key(o) in LOCATION_KEYS]
+    kept = [o for o in recorded if override_key(o) not in LOCATION_KEYS or override_key(o) not in by_key]
+    return [by_key.get(override_key(o), o) if f":{MASK}@" in o else o for o in kept] + located
 
 
 def recorded_plan(ref: str, overrides: Sequence[str]) -> tuple[SweepPlan, str]:

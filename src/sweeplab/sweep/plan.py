@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.compose import compose, conf_dir, read_sweep_text, resolve_sweep_file
+from sweeplab.compose import compose, conf_dir, override_key, read_sweep_text, resolve_sweep_file
 from sweeplab.config.schema import SweepConfig
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS
@@ -63,7 +63,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     sc = cfg.sweep
     dims = parse_space(sc.space, cfg, sweep_file, group_options())
     _check_group_choices(dims, overrides, sweep_file)
-    clash = [o.split("=")[0].lstrip("+~") for o in overrides if o.split("=")[0].lstrip("+~") in {d.key for d in dims}]
+    clash = [override_key(o) for o in overrides if override_key(o) in {d.key for d in dims}]
     if clash:
         raise ConfigError(
             f"{clash[0]} is searched by sweep.space in {sweep_file}; remove {clash[0]}=... from the command line"
