@@ -116,6 +116,20 @@ def test_a_diverging_member_ends_alone():
     assert_same_curve(ok, train(cfgs[0]))
 
 
+def test_a_pack_whose_last_members_leave_together_ends():
+    """Every member diverging, a pack of one diverging, every member stopped after the same epoch: the pack ends
+    with each member's outcome (it raised on an empty index before)."""
+    diverging = [compose(MLP + ["optimizer.lr=1e4", f"train.seed={i}"]) for i in range(2)]
+    assert all(isinstance(o, TrainingDiverged) for o in train_fused(diverging))
+    assert isinstance(train_fused(diverging[:1])[0], TrainingDiverged)
+
+    def stop(metrics, checkpoint):
+        raise StopTraining
+
+    cfgs = [compose(MLP + m) for m in MEMBERS[:2]]
+    assert [len(o.history) for o in train_fused(cfgs, [stop, stop])] == [1, 1]
+
+
 @pytest.mark.parametrize(("override", "named"), [
     (["model.conv1_filters=8"], "model.conv1_filters"),
     (["train.batch_size=64"], "train.batch_size"),

@@ -207,3 +207,25 @@ def test_a_crashed_member_is_retried_alone_from_its_checkpoint(fused_and_alone, 
             assert [s for s, _ in got] == [1, 2, 3]  # epoch 1 from the pack, 2 and 3 from the retry: none twice
             assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-4), (params, key)
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= set(RUN_FILES)
+
+
+@pytest.mark.slow
+def test_a_trial_a_started_pack_refused_is_seated_in_another(ray_session):
+    """The manager forgets a pack that refused a trial. The refused pack comes back to it through Ray as another
+    handle of the same actor: compared by identity, it was never forgotten, and with sweep.fuse >= 3 the trial was
+    sent back to the same started pack again and again."""
+    import time
+
+    import ray
+
+    from sweeplab.sweep import packs
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    manager = packs.PackManager.options(max_concurrency=16).remote(3, True, {"num_cpus": 1.0, "num_gpus": 0.0})
+    first = ray.get(manager.join.remote("t1", ("k",), False, None))
+    assert ray.get(first.add.remote("t1", (1,), None, None))
+    time.sleep(packs.FORMATION_S + 1.5)  # the pack has started with one member of its three
+    refused = ray.get(manager.join.remote("t2", ("k",), False, None))
+    assert refused == first and not ray.get(refused.add.remote("t2", (2,), None, None))
+    other = ray.get(manager.join.remote("t2", ("k",), False, refused))
+    assert other != first and ray.get(other.add.remote("t2", (2,), None, None))

@@ -495,6 +495,21 @@ def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):
         in format_summary(outcome)
 
 
+def test_a_grid_whose_last_point_fails_tells_optuna_without_an_error(tmp_path):
+    """After the last grid point GridSampler stops the study, which raises outside an objective function: a failed
+    last point (invalid, crashed) must end as quietly as a completed one."""
+    from sweeplab.sweep.searcher import OptunaSearcher
+    from sweeplab.sweep.space import Dimension
+
+    storage = str(tmp_path / "optuna.journal")
+    searcher = OptunaSearcher([Dimension("optimizer.lr", "categorical", choices=(0.1,))], "grid", 0, storage, "g-1",
+                              [("val/acc", "max")], [0], 1, 3)
+    searcher.suggest("ray-1")
+    searcher.on_trial_complete("ray-1", {"epoch": 1, "invalid": True, "invalid_reason": "the loss became nan"})
+    (trial,) = optuna.load_study(study_name="g-1", storage=journal_in(tmp_path)).trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["status"] == "invalid"
+
+
 def test_a_trial_that_never_reports_the_objective_ends_in_error_with_the_reason(tmp_path):
     searcher, _ = make_searcher(tmp_path, num_configs=1)
     searcher.suggest("ray-1")

@@ -139,8 +139,8 @@ class _Pack:
         self.neg_lr = self._per_element([-lr for lr in lrs])
 
     def keep(self, keep: list[int]) -> None:
-        """Drop every member whose position is not in ``keep``."""
-        index = torch.tensor(keep, device=self.device)
+        """Drop every member whose position is not in ``keep`` (all of them: the pack ends)."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self.members = [self.members[i] for i in keep]
         self.params = {n: p.index_select(0, index) for n, p in self.params.items()}
         self.buffers = {n: b.index_select(0, index) for n, b in self.buffers.items()}

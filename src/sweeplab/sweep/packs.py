@@ -294,7 +294,8 @@ class _Manager:
         with self.lock:
             self._release(trial_id)  # a retried trial rejoins under its id
             if refused is not None:
-                self.forming = {k: p for k, p in self.forming.items() if p is not refused}
+                # it comes back through Ray as another handle of the same actor: equal, not identical
+                self.forming = {k: p for k, p in self.forming.items() if p != refused}
             shared = None if resumes else key  # the key of the packs this trial may share
             pack = self.forming.get(shared) if shared is not None else None
             if pack is None:
@@ -320,7 +321,7 @@ class _Manager:
         return pack
 
     def _id(self, pack) -> int:
-        return next(i for i, h in self.handles.items() if h is pack)
+        return next(i for i, h in self.handles.items() if h == pack)
 
     def _release(self, trial_id: str) -> None:
         pack = self.pack_of.pop(trial_id, None)

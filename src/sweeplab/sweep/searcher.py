@@ -191,7 +191,7 @@ class OptunaSearcher(Searcher):
             reason = reasons[0] if reasons else "every seed of this configuration failed"
             attrs.update(status=status.value, reason=reason)
             self._set_attrs(number, attrs)
-            study.tell(number, state=optuna.trial.TrialState.FAIL)
+            _told(study, number, state=optuna.trial.TrialState.FAIL)
             return
         # once any seed ran every epoch, the configuration is judged on those seeds: a stopped seed's early epoch
         # is not comparable with a final one
@@ -202,16 +202,12 @@ class OptunaSearcher(Searcher):
         attrs.update(status=(TrialStatus.STOPPED if stopped else TrialStatus.COMPLETED).value,
                      std=[statistics.pstdev(c) for c in columns], epochs=max(o["epoch"] for o in judged))
         self._set_attrs(number, attrs)
-        try:
-            if stopped:
-                single = len(self.objectives) == 1
-                study.tell(number, state=optuna.trial.TrialState.PRUNED if single else optuna.trial.TrialState.FAIL)
-            else:
-                means = [statistics.fmean(c) for c in columns]
-                study.tell(number, means if len(means) > 1 else means[0])
-        except RuntimeError as err:  # GridSampler calls study.stop() after the last grid point
-            if "Study.stop" not in str(err):
-                raise
+        if stopped:
+            single = len(self.objectives) == 1
+            _told(study, number, state=optuna.trial.TrialState.PRUNED if single else optuna.trial.TrialState.FAIL)
+        else:
+            means = [statistics.fmean(c) for c in columns]
+            _told(study, number, means if len(means) > 1 else means[0])
 
     def _set_attrs(self, number: int, attrs: dict) -> None:
         for key, value in attrs.items():
@@ -237,3 +233,13 @@ class OptunaSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.set_state(pickle.load(f))
+
+
+def _told(study: optuna.Study, number: int, values: Any = None, state: Any = None) -> None:
+    """``study.tell``, whatever the trial's end: after the last grid point GridSampler calls study.stop(), which
+    raises outside an objective function."""
+    try:
+        study.tell(number, values, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
