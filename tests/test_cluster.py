@@ -284,3 +284,25 @@ def test_a_lost_worker_node_s_trial_is_retried_on_another_node_from_its_checkpoi
                .read_text().splitlines()]
     trained = [r["epoch"] for r in results]
     assert trained.count(1) == 1 and max(trained) == epochs, trained
+
+
+def test_ui_serves_a_postgresql_tracking_store(databases, tmp_path):
+    """A database store is served like the local SQLite one (only an HTTP store is a server already)."""
+    import urllib.request
+
+    from servers import wait_healthy
+    from sweep_helpers import SWEEPLAB
+
+    port = free_port()
+    with open(tmp_path / "ui.log", "w") as log:
+        proc = subprocess.Popen([str(SWEEPLAB), "ui", "tracking=server", f"tracking.uri={databases['mlflow']}",
+                                 f"output_dir={tmp_path}", "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", proc)
+            page = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+            assert urllib.request.urlopen(page, timeout=10).status == 200
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+    assert f"MLflow UI for {databases['mlflow']}" in (tmp_path / "ui.log").read_text()

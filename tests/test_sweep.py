@@ -263,6 +263,10 @@ def test_report_rebuilds_from_the_mlflow_store_alone(smoke, tmp_path):
     assert outcome.sweep_id in page and "<img" in page
     csv_rows = (html.parent / "trials.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 1 + 4 and "optimizer.lr" in csv_rows[0]
+    (tmp_path / "afile").write_text("")
+    into_a_file = sweeplab("report", "smoke", f"output_dir={alone}", "--out", str(tmp_path / "afile"), cwd=tmp_path)
+    assert into_a_file.returncode == 2 and "Traceback" not in into_a_file.stderr, into_a_file.stderr
+    assert "--out" in into_a_file.stderr and "is a file, not a folder" in into_a_file.stderr
     quoted = sweeplab("report", "smo'ke", f"output_dir={alone}", cwd=tmp_path)  # no sweep name holds a quote
     assert quoted.returncode == 2 and "Traceback" not in quoted.stderr
     assert quoted.stderr.strip().endswith("""no sweep "smo'ke" in the MLflow store """
@@ -652,6 +656,11 @@ def test_best_registers_the_best_trial_in_the_model_registry(smoke, tmp_path):
     assert "registered model smoke-mlp version 1: models:/smoke-mlp/1" in first.stdout
     again = cli("best", "smoke", f"output_dir={out}", "--register", "smoke-mlp", cwd=tmp_path)
     assert "registered model smoke-mlp version 2" in again.stdout, again.stderr
+    for name, said in (("bad/name", "Names cannot contain '/'"), ("", "Missing value")):  # refused by the registry
+        refused = cli("best", "smoke", f"output_dir={out}", "--register", name, cwd=tmp_path)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.stderr.strip().splitlines()[-1].startswith(f"sweeplab best: error: --register {name!r}: ")
+        assert said in refused.stderr
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     version = mlflow.MlflowClient().get_model_version("smoke-mlp", "1")
     best_run = mlflow.get_run(version.run_id)

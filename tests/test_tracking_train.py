@@ -104,3 +104,21 @@ def test_provenance_never_takes_the_commit_of_a_repository_that_merely_encloses_
     git("commit", "-q", "--allow-empty", "-m", "dotfiles", cwd=tmp_path)
     monkeypatch.setenv("SWEEPLAB_HOME", str(installed_project(tmp_path / "apps" / "sweeplab")))
     assert not set(GIT_TAGS) & set(provenance_tags())
+
+
+def test_a_store_is_created_where_hard_links_are_refused(tmp_path, monkeypatch):
+    """The new store's copy goes in place by a hard link; a filesystem without them (FAT, some network and Docker
+    Desktop mounts, which answer EPERM; none can be mounted here, hence the patched os.link) gets the store that
+    MLflow builds in place, and no copy is left beside it."""
+    import errno
+    import os
+
+    from sweeplab.tracking.store import client_for
+
+    def refused(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refused)
+    client = client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert not [p.name for p in tmp_path.iterdir() if not p.name.startswith("mlflow.db")]  # -wal, -shm: SQLite's

@@ -241,7 +241,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     if after_pbt(outcome):
         print(f"# {PBT_RERUN}", file=sys.stderr)
     print(best_command(outcome, best, int(seed)))
-    if args.register:
+    if args.register is not None:  # "" too: the registry names what is wrong with it
         _register_best(args, record["sweep_id"], storage)
     return 0
 
@@ -269,13 +269,14 @@ def _register_best(args: argparse.Namespace, sweep_id: str, storage: str) -> Non
 def cmd_report(args: argparse.Namespace) -> int:
     from sweeplab.compose import compose
     from sweeplab.tracking.report import build_report, find_parent_run
-    from sweeplab.tracking.store import existing_client, tracking_uri
+    from sweeplab.tracking.store import check_writable, existing_client, tracking_uri
 
     cfg = compose(args.overrides)
     client = existing_client(tracking_uri(cfg))
     parent = find_parent_run(client, args.sweep, cfg.tracking.experiment)
     sweep_id = parent.data.tags.get("sweeplab.sweep_id", parent.info.run_name)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "reports" / sweep_id
+    check_writable(out, "--out" if args.out else "output_dir")
     path = build_report(client, parent.info.run_id, out)
     print(f"report for {sweep_id}: {path.resolve()}")
     return 0
@@ -362,7 +363,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     cfg = compose(args.overrides)
     uri = tracking_uri(cfg)
-    if not uri.startswith("sqlite:"):
+    if uri.startswith(("http://", "https://")):
         print(f"the tracking store is a server already: open {redact(uri)}")
         return 0
     if not args.allowed_hosts and not _is_loopback(args.host):

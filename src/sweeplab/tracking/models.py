@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sweeplab.errors import UserError
 from sweeplab.run_files import read_dataset
 
 if TYPE_CHECKING:
@@ -121,12 +122,14 @@ def register(client: MlflowClient, run_id: str, name: str) -> Any:
     """Register the run's model (logging it first if it has none) as a new version of ``name``."""
     from mlflow.exceptions import MlflowException
 
-    if not has_model(client, run_id):
-        log_model(client, run_id)
     try:
         client.create_registered_model(name)
     except MlflowException as err:
+        if err.error_code == "INVALID_PARAMETER_VALUE":  # a name the registry refuses: '', 'a/b'
+            raise UserError(f"--register {name!r}: {err.message}") from None
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    if not has_model(client, run_id):
+        log_model(client, run_id)
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_PATH}"
     return client.create_model_version(name, source, run_id=run_id)

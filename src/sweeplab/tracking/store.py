@@ -128,6 +128,8 @@ def _new_sqlite_store(path: Path) -> None:
         os.link(staged, path)
     except FileExistsError:
         pass
+    except OSError:  # no hard links here (FAT, some network mounts): MLflow creates the schema in place
+        pass
     finally:
         staged.unlink()
 
