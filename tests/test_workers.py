@@ -35,6 +35,7 @@ def test_trial_actors_is_what_runs_at_once(overrides, num_cpus, actors):
     (["cluster.num_cpus=2", "sweep.max_concurrent=1"], None, 1),
     (["cluster.num_cpus=2"], 1, 1),  # a sweep of one trial
     (["cluster.num_cpus=16", "sweep.fuse=4", "sweep.fuse_on_cpu=true"], None, None),  # its packs start workers too
+    (["cluster.num_cpus=16", "sweep.fuse=4"], None, 2),  # on CPUs that sweep.fuse does not fuse: the cap stays
 ])
 def test_ray_pre_starts_only_the_workers_that_will_hold_trials(overrides, trials, cap):
     config = local_ray_config(compose(overrides), trials)

@@ -26,6 +26,12 @@ def should_fuse(device: torch.device | str, k: int, force: bool = False) -> bool
     return str(device).split(":")[0] == "cuda" and k > 1  # "cuda", "cuda:1" or a torch.device printing so
 
 
+def fusing(cfg: DictConfig) -> bool:
+    """Whether this sweep's trials train in packs: sweep.fuse > 1 on GPUs (or forced on CPUs)."""
+    sc = cfg.sweep
+    return sc.fuse > 1 and should_fuse("cuda" if sc.resources.gpu > 0 else "cpu", sc.fuse, sc.fuse_on_cpu)
+
+
 def shared_settings(cfg: DictConfig) -> dict[str, Any]:
     """The training settings every member of a pack must share: all but MEMBER_KEYS."""
     return {k: v for k, v in flatten(cfg).items() if k.startswith(TRAINING_GROUPS) and k not in MEMBER_KEYS}

@@ -30,7 +30,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from sweeplab.errors import ConfigError
-from sweeplab.fusion import MEMBER_KEYS, TRAINING_GROUPS, fusion_key, should_fuse
+from sweeplab.fusion import MEMBER_KEYS, TRAINING_GROUPS, fusing, fusion_key
 
 if TYPE_CHECKING:
     from sweeplab.sweep.plan import SweepPlan
@@ -71,12 +71,6 @@ def check_fusable_plan(cfg: DictConfig, dims: list, overrides: list[str], sweep_
             return
         reasons.append(reason)
     raise ConfigError(f"{where}: no trial of this sweep can train fused: {reasons[0]}; set sweep.fuse=1")
-
-
-def fusing(cfg: DictConfig) -> bool:
-    """Whether this sweep's trials train in packs: sweep.fuse > 1 on GPUs (or forced on CPUs)."""
-    sc = cfg.sweep
-    return sc.fuse > 1 and should_fuse("cuda" if sc.resources.gpu > 0 else "cpu", sc.fuse, sc.fuse_on_cpu)
 
 
 def start_packs(plan: SweepPlan, sweep_id: str, spec: TrialSpec) -> TrialSpec:

@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from sweeplab.fusion import fusing
+
 # What a trial's worker imports: torch (seconds of it), Ray Tune, sweeplab's training, and the torch._dynamo that
 # torch imports lazily in the first optimizer's constructor (a second of CPU; torch/_compile.py).
 TRIAL_IMPORTS = ("torch", "torch._dynamo", "ray.tune", "sweeplab.train", "sweeplab.compose",
@@ -58,7 +60,7 @@ def local_ray_config(cfg: DictConfig, trials: int | None = None) -> dict:
     # started (once in four runs), and the second trial waited for a new worker to import torch
     config = {"preload_python_modules": list(TRIAL_IMPORTS), "enable_worker_prestart": True,
               "idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEPT_MS}
-    if actors < num_cpus and cfg.sweep.fuse == 1:
+    if actors < num_cpus and not fusing(cfg):  # a sweep.fuse that does not fuse (on CPUs) keeps the cap
         config["worker_maximum_startup_concurrency"] = max(1, actors)
     return config
 

@@ -1,7 +1,8 @@
 """A run's trained network as an MLflow Model (the pytorch flavor, so pyfunc too), from its run files.
 
-The model takes images as the dataset stores them (N x C x H x W, pixel values before scaling) and
-returns class scores (logits, N x classes): the run's scaling and normalisation travel inside it, so
+The model takes images with the pixel values the dataset stores (N x C x H x W, before scaling) as float32,
+which its signature enforces (uint8 images: ``images.astype("float32")``), and returns class scores (logits,
+N x classes): the run's scaling and normalisation travel inside it, so
 ``mlflow.pyfunc.load_model(uri).predict(images)`` needs nothing from sweeplab's data code. It is built
 from config.yaml, weights.pt (a state_dict read with ``weights_only=True``: nothing is unpickled) and
 dataset.json (sweeplab.run_files), which every trial checkpoint and train run folder holds.
