@@ -596,6 +596,24 @@ def test_summary_and_report_rank_by_the_same_epoch_and_say_which(tmp_path, monke
     assert {"report/report.html", "report/trials.csv"} <= logged
 
 
+def test_the_report_tells_model_options_apart_that_share_a_model_name(tmp_path):
+    """model=vgg16 composes model.name=vgg: the report groups by the option the trial searched, as the summary does."""
+    from mlflow.entities import Param
+
+    from sweeplab.tracking.report import collect_trials
+    from sweeplab.tracking.store import client_for
+
+    client = client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("vggs", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(exp, run_name="vggs-1", tags={"sweeplab.kind": "sweep"})
+    for n, option in enumerate(("vgg", "vgg16")):
+        child = client.create_run(exp, run_name=f"trial_{n:03d}_seed0", tags={
+            "mlflow.parentRunId": parent.info.run_id, "sweeplab.trial_name": f"trial_{n:03d}_seed0"})
+        client.log_batch(child.info.run_id, params=[Param("model", option), Param("model.name", "vgg")])
+    frame, _ = collect_trials(client, client.get_run(parent.info.run_id))
+    assert frame["model.name"].tolist() == ["vgg", "vgg16"]
+
+
 def test_the_report_and_the_summary_give_one_std_for_the_same_runs():
     """Both the population's: the report's table of a value's runs and the summary's ranking of it."""
     import statistics

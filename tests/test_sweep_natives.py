@@ -206,7 +206,7 @@ def test_a_conditional_space_gives_each_trial_only_the_keys_of_its_choice(ray_se
         assert ("model.hidden_sizes" in params) == (model == "mlp")
         assert ("model.conv1_filters" in params) == (model == "lenet")
         logged = runs[f"trial_{trial.number:03d}_seed0"].data.params  # the config the trial trained with
-        assert logged["model.name"] == model
+        assert logged["model.name"] == model and logged["model"] == model  # the option it picked, too
         if model == "lenet":
             assert logged["model.conv1_filters"] == str(params["model.conv1_filters"])
         else:

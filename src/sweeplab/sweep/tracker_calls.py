@@ -58,7 +58,10 @@ def trial_run(client: MlflowClient, experiment_id: str, run_id: str | None, name
     if run_id is None:
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     number = Param("optuna_trial", str(config.get("optuna_trial")))
-    params = [p for p in params if p.key != "optuna_trial"] + [number]
+    # the searched config groups' options (model=vgg16), which the composed config does not name: vgg16's
+    # model.name is vgg, and the report tells architectures apart by the option
+    groups = [Param(key, str(config[key])) for key in spec.group_keys if key in config]
+    params = [p for p in params if p.key != "optuna_trial"] + [number, *groups]
     client.log_batch(run_id, params=params)  # the client splits it into batches of 100; same values: no-op
     return run_id
 

@@ -85,6 +85,8 @@ def collect_trials(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, His
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame = frame.sort_values("trial").reset_index(drop=True)
+    if "model" in frame:  # the searched model option (vgg16, whose model.name is vgg) names the architecture
+        frame["model.name"] = frame["model"].where(frame["model"].notna(), frame.get("model.name"))
     return frame, histories
 
 
