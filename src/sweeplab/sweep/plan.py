@@ -59,7 +59,8 @@ def optuna_storage_url(cfg: DictConfig) -> str:
 def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     """Compose and check a sweep file; every mistake is a ConfigError naming key and file."""
     sweep_file = resolve_sweep_file(ref)
-    cfg = compose(overrides, sweep_file)
+    sweep_text = read_sweep_text(sweep_file)  # composed and recorded as read here, whatever the file becomes
+    cfg = compose(overrides, sweep_file, sweep_text)
     sc = cfg.sweep
     dims = parse_space(sc.space, cfg, sweep_file, group_options())
     _check_group_choices(dims, overrides, sweep_file)
@@ -109,7 +110,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
         check_fusable_plan(cfg, dims, list(overrides), sweep_file)
     num_configs = grid_size(dims) if is_grid(sc.sampler) else sc.num_trials
     return SweepPlan(sweep_file, list(overrides), cfg, dims, objectives, num_configs,
-                     Path(cfg.output_dir).resolve(), optuna_storage_url(cfg), read_sweep_text(sweep_file))
+                     Path(cfg.output_dir).resolve(), optuna_storage_url(cfg), sweep_text)
 
 
 def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], sweep_file: Path) -> None:
