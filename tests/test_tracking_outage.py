@@ -149,21 +149,12 @@ def test_a_server_down_past_the_sweep_end_gets_every_call_from_sweeplab_sync(ser
     _assert_every_epoch_once(server, "outage-past-the-end", _sweep_id(stdout))
 
 
-class _Started:
-    """What the tracker reads of a Ray Tune trial that has started: its name, id, config and failures."""
-
-    def __init__(self, number: int) -> None:
-        self.trial_id, self.config, self.num_failures = f"t{number}", {"optuna_trial": number, "seed": 0}, 0
-        self.name = f"trial_{number:03d}_seed0"
-
-    def __str__(self) -> str:
-        return self.name
-
-
 def test_a_sweep_stopped_while_the_server_is_down_journals_its_started_runs_as_killed(server, tmp_path, monkeypatch):
     """Stopped (Ctrl-C, SIGTERM) while the server is down, before it took any trial's run: the end is journaled as
     an interruption, the KILL of every started trial's run, for `sweeplab sync` to send; not as a finished sweep,
     which would draw a report and leave the trials' runs RUNNING."""
+    from ray.tune.experiment import Trial
+
     from sweeplab.sweep.launch import trial_spec
     from sweeplab.sweep.plan import plan_sweep
     from sweeplab.sweep.tracker import MlflowSweepTracker
@@ -177,7 +168,7 @@ def test_a_sweep_stopped_while_the_server_is_down_journals_its_started_runs_as_k
     tracker = MlflowSweepTracker(plan.cfg, plan, "smoke-stopped", trial_spec(plan))
     tracker.setup()  # the sweep's parent run, while the server answers
     server.stop(signal.SIGKILL)
-    trials = [_Started(n) for n in range(TRIALS)]
+    trials = [Trial("t", config={"optuna_trial": n, "seed": 0}, stub=True) for n in range(TRIALS)]
     for trial in trials:
         tracker.on_trial_start(0, trials, trial)
     tracker.on_experiment_end(trials)
@@ -185,4 +176,4 @@ def test_a_sweep_stopped_while_the_server_is_down_journals_its_started_runs_as_k
 
     pending = Journal(tracker.journal_file).pending()
     assert [entry.op for entry in pending] == ["create_child"] * TRIALS + ["kill"]
-    assert pending[-1].args["names"] == [t.name for t in trials]
+    assert pending[-1].args["names"] == sorted(str(t) for t in trials)
