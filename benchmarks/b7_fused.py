@@ -30,9 +30,10 @@ SIZES = {  # each trial's overrides
 }
 
 
-def _overrides(device: str, size: str) -> list[str]:
+def _overrides(device: str, size: str, cuda_graphs: bool = False) -> list[str]:
     return ["tracking=none", "model=lenet", "data=mnist5k", "train.batch_size=64", "train.lr_schedule=none",
-            f"train.device={device}", *(["train.num_threads=1"] if device == "cpu" else []), *SIZES[size]]
+            f"train.device={device}", *(["train.num_threads=1"] if device == "cpu" else []),
+            *(["train.cuda_graphs=true"] if cuda_graphs else []), *SIZES[size]]
 
 
 def _trials(overrides: list[str], k: int = TRIALS) -> list:
@@ -52,10 +53,11 @@ def _timed(run) -> tuple[float, list]:
     return time.perf_counter() - started, results
 
 
-def run_b7(size: str) -> dict:
-    """Samples/s of 16 LeNet trials packed (as a sweep runs them), forced fused, and one by one."""
+def run_b7(size: str, cuda_graphs: bool = False) -> dict:
+    """Samples/s of 16 LeNet trials packed (as a sweep runs them), forced fused, and one by one; with
+    ``cuda_graphs``, every side replays its full batches' steps from CUDA graphs (``train.cuda_graphs``)."""
     device = resolve_device("auto")
-    overrides = _overrides(device.type, size)
+    overrides = _overrides(device.type, size, cuda_graphs)
     cfgs = _trials(overrides)
     bundle = load_dataset(typed(cfgs[0].data, DataConfig))
     warm = _trials([*overrides, "train.epochs=1"], k=2)  # first-call costs (kernels, allocator) off the clock
@@ -83,6 +85,7 @@ def run_b7(size: str) -> dict:
         "bench": "B7 fused trials",
         "device": _device_name(device),
         "torch": torch.__version__,
+        "cuda_graphs": cuda_graphs,
         "trials": len(cfgs),
         "epochs": cfgs[0].train.epochs,
         "train_images": len(bundle.train),
@@ -111,14 +114,20 @@ def _device_name(device: torch.device) -> str:
 
 def run_fused_trials(size: str, **_: object) -> Result:
     row = run_b7(size)
+    # on CUDA both sides again with their steps replayed from CUDA graphs: a small network's step is bound by
+    # launching its kernels, which a graph replays in one launch (docs/performance.md, "B6 and B7 on a GPU")
+    graphed = run_b7(size, cuda_graphs=True) if torch.cuda.is_available() else None
     target = f">= {row['target_speedup']:g}"
     return Result("B7", "fused trials", size, checks=[
         Check(f"{row['trials']} LeNet trials packed / one by one, samples/s ({row['device']})",
               row["packed_speedup"], target),
+        *([Check("the same with train.cuda_graphs=true on both sides", graphed["packed_speedup"], target),
+           Check("packed with CUDA graphs / one by one eager (what graphs and fusing give together)",
+                 row["one_by_one_seconds"] / graphed["packed_seconds"], "")] if graphed else []),
         Check("forced fused / one by one (fusing forced on, for comparison)", row["fused_speedup"], ""),
         # no target: grouped (fused) and plain convolutions sum in different orders, and over 126 steps at
         # lr up to 0.05 LeNet's early training amplifies that to percents (tests/test_fused.py checks the
         # curves agree to 1e-4 where it does not: a few members, small data)
         Check("fused vs alone after the last epoch, largest relative val/loss difference",
               row["max_val_loss_rel_diff"], ""),
-    ], figures=row)
+    ], figures={**row, **({"cuda_graphs_run": graphed} if graphed else {})})
