@@ -24,14 +24,14 @@ MEMBERS = [  # differ in everything a pack may differ in
 CURVE = ("train/loss", "val/loss")
 
 
-def assert_same_curve(fused, alone, rtol=1e-4):
-    """Same epochs, losses equal up to float reassociation, accuracies equal to within one image."""
+def assert_same_curve(fused, alone, rtol=1e-4, images=1):
+    """Same epochs, losses equal up to float reassociation, accuracies equal to within ``images`` images."""
     assert [h["epoch"] for h in fused.history] == [h["epoch"] for h in alone.history]
     for f, a in zip(fused.history, alone.history, strict=True):
         assert f["lr"] == a["lr"]
         for key in CURVE:
             assert f[key] == pytest.approx(a[key], rel=rtol), key
-        assert round(abs(f["train/acc"] - a["train/acc"]) * 300) <= 1  # 300 training images
+        assert round(abs(f["train/acc"] - a["train/acc"]) * 300) <= images  # 300 training images
         assert abs(f["val/acc"] - a["val/acc"]) <= 1 / 100
 
 
@@ -193,4 +193,7 @@ def test_train_pack_on_cpu_runs_the_trials_one_by_one():
 def test_fused_lenet_matches_unfused_trials_on_cuda():
     cfgs = [compose(LENET + ["train.device=cuda"] + m) for m in MEMBERS]
     for fused, cfg in zip(train_pack(cfgs), cfgs, strict=True):  # on a GPU the pack fuses by itself
-        assert_same_curve(fused, train(cfg), rtol=1e-3)  # cuDNN picks different kernels for grouped convs
+        # cuDNN runs other kernels for grouped convolutions than for plain ones, so the sums reassociate more than on
+        # the CPU: losses agree to 1e-3, and an image whose two top logits nearly tie may flip (the H200 flipped 1,
+        # then 2 of 300), so the training accuracy is held to 1 %, as the validation accuracy is
+        assert_same_curve(fused, train(cfg), rtol=1e-3, images=3)

@@ -2,6 +2,7 @@
 CPU, and with an optimizer that cannot be captured, the step runs as it is."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,9 @@ def test_on_the_cpu_or_with_adam_the_step_runs_as_it_is():
     assert step_runner(step, torch.device("cpu"), True, torch.optim.SGD(weights, lr=0.1)) is step
     assert step_runner(step, torch.device("cuda"), False) is step
     assert step_runner(step, torch.device("cuda"), True, torch.optim.Adam(weights)) is step
+    # by default a GPU replays SGD's steps from graphs (the H200 ran LeNet's epoch 7.9x faster so)
+    assert isinstance(step_runner(step, torch.device("cuda"), compose([]).train.cuda_graphs,
+                                  torch.optim.SGD(weights, lr=0.1)), StepGraph)
     # three eager steps before a run's first capture (they make the lazy state), one before each later epoch's
     assert StepGraph(step).warm_up == 3 and StepGraph(step, Capture(captured=True)).warm_up == 1
 
@@ -81,10 +85,18 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning():
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
 
 
+LOSSES = ("train/loss", "val/loss")
+
+
+def largest_difference(a, b):
+    """The largest relative difference of two runs' losses, over their epochs."""
+    return max(abs(x[key] - y[key]) / abs(y[key]) for x, y in zip(a.history, b.history, strict=True) for key in LOSSES)
+
+
 def assert_same_training(a, b, rtol=1e-3):
     assert len(a.history) == len(b.history)
     for x, y in zip(a.history, b.history, strict=True):
-        for key in ("train/loss", "val/loss"):
+        for key in LOSSES:
             assert x[key] == pytest.approx(y[key], rel=rtol), key
         assert abs(x["val/acc"] - y["val/acc"]) <= 0.01
 
@@ -95,8 +107,12 @@ def assert_same_training(a, b, rtol=1e-3):
 def test_cuda_graphs_train_as_the_eager_step(preset):
     base = [f"model={preset}", "train.epochs=2", "data.subset=1000", "tracking=none", "train.device=cuda"]
     graphed = train(compose([*base, "train.cuda_graphs=true"]))
-    eager = train(compose([*base, "train.cuda_graphs=false"]))
-    assert_same_training(graphed, eager)
+    eager, again = (train(compose([*base, "train.cuda_graphs=false"])) for _ in range(2))
+    # two eager runs of one seed differ too where kernels add with atomics (max-pool and adaptive-pool backward):
+    # graphed training may differ from eager by a few times that, and by 1e-3 where the eager runs agree
+    noise, off = largest_difference(eager, again), largest_difference(graphed, eager)
+    print(f"{preset}: graphed vs eager {off:.2e}, eager vs eager {noise:.2e}")
+    assert_same_training(graphed, eager, rtol=max(1e-3, 3 * noise))
 
 
 @pytest.mark.gpu
@@ -109,3 +125,21 @@ def test_a_fused_pack_trains_the_same_from_cuda_graphs():
     eager = train_pack([compose([*base, *m, "train.cuda_graphs=false"]) for m in members])
     for a, b in zip(graphed, eager, strict=True):
         assert_same_training(a, b)
+
+
+CELLS = [["model=rnn", f"model.cell={cell}"] for cell in ("rnn", "lstm", "gru")]
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("model", [[f"model={p}"] for p in ("mlp", "simple_convnet", "lenet", "alexnet", "vgg",
+                                                           "vgg16", "googlenet")] + CELLS, ids=" ".join)
+def test_every_model_captures_its_step(model):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(compose([*model, "train.epochs=1", "data.subset=400", "tracking=none", "train.device=cuda",
+                                "train.cuda_graphs=true"]))
+    assert not [str(w.message) for w in caught if "cannot be captured" in str(w.message)]
+    assert math.isfinite(result.metrics["train/loss"])

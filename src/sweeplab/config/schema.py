@@ -97,7 +97,7 @@ class TrainConfig:
     gamma: float = 0.1  # lr_schedule=step: decay factor
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
-    cuda_graphs: bool = False  # on CUDA, with SGD: replay each full batch's step from a CUDA graph (sweeplab.graphs)
+    cuda_graphs: bool = True  # on CUDA, with SGD: replay each full batch's step from a CUDA graph (sweeplab.graphs)
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "step_size"):
