@@ -93,31 +93,6 @@ def _model_reason(cfg: DictConfig) -> str | None:
     return None
 
 
-class _UnfoldConv2d(nn.Conv2d):
-    """A Conv2d computed as unfold + matrix product. Under ``vmap`` over a pack's members that is one batched
-    matrix product, where ``conv2d`` becomes a grouped convolution whose cuDNN kernels are slow for small convnets
-    (on the H200 the weight gradient of LeNet's second convolution alone took 27 % of a pack's GPU time:
-    docs/performance.md, "B6 and B7 on a GPU")."""
-
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        cols = nn.functional.unfold(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw))  # [n, c*kh*kw, positions]
-        out = weight.flatten(1) @ cols  # [n, out_channels, positions]
-        if bias is not None:
-            out = out + bias.unsqueeze(-1)
-        height = (x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        return out.unflatten(-1, (height, out.shape[-1] // height))
-
-
-def _unfolded(model: nn.Module) -> nn.Module:
-    """``model`` with each plain Conv2d (zero padding given in pixels, no groups) computed as _UnfoldConv2d."""
-    for module in model.modules():
-        if (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
-                and not isinstance(module.padding, str)):
-            module.__class__ = _UnfoldConv2d
-    return model
-
-
 @dataclass(eq=False)  # members are told apart by identity
 class _Member:
     """One trial of a pack: what train() would hold for it, minus the stacked weights."""
@@ -238,7 +213,7 @@ def train_fused(
         members.append(_Member(index, opt_cfg, reporter, model, optimizer, schedule, generator, no_epoch_yet))
     num_params = count_parameters(members[0].model)
     pack = _Pack(members, device, members[0].opt_cfg.nesterov)
-    base = _unfolded(copy.deepcopy(members[0].model).to("meta"))
+    base = copy.deepcopy(members[0].model).to("meta")
 
     def member_loss(params, buffers, x, y):
         logits = functional_call(base, (params, buffers), (x,))
