@@ -281,7 +281,9 @@ def test_idle_workers_counts_the_workers_of_either_setting():
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {run["setting"]: run for run in map(json.loads, proc.stdout.splitlines())}
-    assert runs["ray-default"]["workers_started"] == cpus and runs["sweeplab"]["workers_started"] == 1
+    # Ray's default pre-starts a worker per core, and one more when a busy machine has not registered them by the
+    # time the trial's actor is placed (3 of 2 once, with the suite's other workers beside it)
+    assert runs["ray-default"]["workers_started"] >= cpus and runs["sweeplab"]["workers_started"] == 1
     for run in runs.values():
         assert run["most_alive_at_once"] == run["workers_started"] and run["their_uss_gb"] > 0
         assert run["ray_workers_cpu_s"] > 0 and run["wall_s"] > 0

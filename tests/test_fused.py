@@ -108,8 +108,15 @@ def test_stopped_member_leaves_the_pack_and_the_others_carry_on():
 
 def test_a_diverging_member_ends_alone():
     cfgs = [compose(MLP + m) for m in (MEMBERS[0], ["optimizer.lr=1e4", "optimizer.momentum=0.9", "train.seed=1"])]
-    ok, diverged = train_fused(cfgs)
+    told = []  # in order: the member that trains on reports each epoch, and the pack tells each outcome
+
+    def report(metrics, checkpoint):
+        told.append(("epoch", metrics["epoch"]))
+
+    ok, diverged = train_fused(cfgs, [report, None], on_end=lambda index, outcome: told.append((index, outcome)))
     assert isinstance(diverged, TrainingDiverged) and "optimizer.lr=10000" in str(diverged)
+    # the diverged member's end is told at the epoch it diverged, not when the pack ends (a sweep frees its trial)
+    assert told == [("epoch", 1), (1, diverged), ("epoch", 2), (0, ok)]
     with pytest.raises(TrainingDiverged):
         train(cfgs[1])
     assert len(ok.history) == 2 and math.isfinite(ok.metrics["val/loss"])

@@ -180,6 +180,31 @@ sweep:
 
 
 @pytest.mark.slow
+def test_a_diverged_member_ends_its_trial_while_its_pack_trains_on(ray_session, tmp_path_factory):
+    """Its trial ends at the epoch it diverged: it held its share of the pack's resources, and Optuna waited for
+    its value, until the whole pack had trained before."""
+    body = """
+train: {epochs: 4, lr_schedule: none}
+sweep:
+  sampler: grid
+  max_concurrent: 2
+  scheduler: {kind: none}
+  space:
+    optimizer.lr: {type: categorical, choices: [0.05, 10000.0]}
+"""
+    out, outcome = run_sweep(tmp_path_factory, "diverge", body, "sweep.fuse=2", "sweep.fuse_on_cpu=true")
+    status = {t.params["optimizer.lr"]: t.status for t in outcome.trials}
+    assert status == {0.05: "completed", 10000.0: "invalid"}, status
+    client, runs = children(out, "diverge")
+    good, diverged = runs[(0.05, 0.9)], runs[(10000.0, 0.9)]
+    assert "2 trials" in good.data.tags["sweeplab.placement"]  # the two trained in one pack
+    logged = {m.step: m.timestamp for m in client.get_metric_history(good.info.run_id, "val/acc")}
+    assert sorted(logged) == [1, 2, 3, 4]
+    # it ended at epoch 1, not once the pack had trained its last epoch (its end then came after epoch 4's metrics)
+    assert diverged.info.end_time < logged[4], (diverged.info.end_time, logged)
+
+
+@pytest.mark.slow
 def test_a_crashed_member_is_retried_alone_from_its_checkpoint(fused_and_alone, tmp_path_factory, monkeypatch):
     """Both members crash once after epoch 1; each retry resumes from its checkpoint in a pack of its own
     (through train, on the pack's resources) and still trains the curve of the unfused trial."""
@@ -220,7 +245,8 @@ def test_a_trial_a_started_pack_refused_is_seated_in_another(ray_session):
 
     from sweeplab.sweep import packs
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a plain ray.init() joins the `ray start` head another test may have up on this machine meanwhile
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     manager = packs.PackManager.options(max_concurrency=16).remote(3, True, {"num_cpus": 1.0, "num_gpus": 0.0})
     first = ray.get(manager.join.remote("t1", ("k",), False, None))
     assert ray.get(first.add.remote("t1", (1,), None, None))

@@ -47,6 +47,9 @@ from sweeplab.train import (
 
 # An outcome per trial: its TrainResult, or the TrainingDiverged that train() would have raised.
 Outcome = TrainResult | TrainingDiverged
+# Told each trial's outcome (its position in the caller's list) as soon as that trial has ended, while the others
+# may train on: a sweep's pack ends a diverged member's trial there, and its resources go to the next trial.
+OnEnd = Callable[[int, Outcome], None]
 
 
 def fusable(cfgs: Sequence[DictConfig]) -> str | None:
@@ -175,8 +178,10 @@ def train_fused(
     cfgs: Sequence[DictConfig],
     reporters: Sequence[Reporter | None] | None = None,
     bundle: DatasetBundle | None = None,
+    on_end: OnEnd | None = None,
 ) -> list[Outcome]:
-    """Train ``cfgs`` as one vmapped pack; one outcome per cfg, in order.
+    """Train ``cfgs`` as one vmapped pack; one outcome per cfg, in order, each also given to ``on_end`` once
+    its member has ended.
 
     Each reporter sees exactly what ``train`` would hand it; StopTraining from a reporter
     ends that member only, as does a non-finite loss (its outcome is then the
@@ -222,6 +227,11 @@ def train_fused(
     train_step = vmap(grad_and_value(member_loss, has_aux=True))
     outcomes: dict[int, Outcome] = {}
 
+    def ended(member: _Member, outcome: Outcome) -> None:
+        outcomes[member.index] = outcome
+        if on_end is not None:
+            on_end(member.index, outcome)
+
     def finish(member: _Member) -> None:
         pack.write_back(member)
         final = dict(member.history[-1]) if member.history else {}
@@ -229,8 +239,8 @@ def train_fused(
             test_loss, test_acc, _ = evaluate(member.model, source, "test", train_cfg.eval_batch_size,
                                               criterion, bundle.num_classes)
             final.update({"test/loss": test_loss, "test/acc": test_acc})
-        outcomes[member.index] = TrainResult(final, member.history, member.model, member.confusion, bundle.class_names,
-                                             bundle.input_shape, num_params, _state(member, bundle, num_params))
+        ended(member, TrainResult(final, member.history, member.model, member.confusion, bundle.class_names,
+                                  bundle.input_shape, num_params, _state(member, bundle, num_params)))
 
     def checkpoint(member: _Member) -> Callable[[], dict[str, Any]]:
         def build() -> dict[str, Any]:
@@ -284,8 +294,8 @@ def train_fused(
         for i, m in enumerate(pack.members):
             if not (math.isfinite(train_loss[i]) and math.isfinite(val_loss[i])):
                 bad = train_loss[i] if not math.isfinite(train_loss[i]) else val_loss[i]
-                outcomes[m.index] = TrainingDiverged(f"the loss became {bad} at epoch {epoch} "
-                                                     f"(optimizer.lr={m.opt_cfg.lr}): lower optimizer.lr")
+                ended(m, TrainingDiverged(f"the loss became {bad} at epoch {epoch} "
+                                          f"(optimizer.lr={m.opt_cfg.lr}): lower optimizer.lr"))
                 leaving.append(i)
                 continue
             m.confusion = confusion[i]
@@ -365,19 +375,23 @@ def train_pack(
     reporters: Sequence[Reporter | None] | None = None,
     bundle: DatasetBundle | None = None,
     force: bool = False,
+    on_end: OnEnd | None = None,
 ) -> list[Outcome]:
     """Train ``cfgs``: fused when that pays (``should_fuse``) and is possible (``fusable``),
-    otherwise one after another through ``train``. One outcome per cfg, in order."""
+    otherwise one after another through ``train``. One outcome per cfg, in order, each also given to
+    ``on_end`` as soon as its trial has ended."""
     reporters = list(reporters) if reporters is not None else [None] * len(cfgs)
     if len(reporters) != len(cfgs):
         raise ValueError(f"{len(cfgs)} configs but {len(reporters)} reporters")
     device = resolve_device(typed(cfgs[0].train, TrainConfig).device) if cfgs else torch.device("cpu")
     if should_fuse(device, len(cfgs), force) and fusable(cfgs) is None:
-        return train_fused(cfgs, reporters, bundle)
+        return train_fused(cfgs, reporters, bundle, on_end)
     outcomes: list[Outcome] = []
-    for cfg, reporter in zip(cfgs, reporters, strict=True):
+    for index, (cfg, reporter) in enumerate(zip(cfgs, reporters, strict=True)):
         try:
             outcomes.append(train(cfg, reporter, bundle=bundle))
         except TrainingDiverged as err:
             outcomes.append(err)
+        if on_end is not None:
+            on_end(index, outcomes[-1])
     return outcomes

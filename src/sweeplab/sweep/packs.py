@@ -252,21 +252,28 @@ class _PackActor:
         seats = self._form()
         cfgs = [seat.cfg for _, seat in seats]
         reporters = [self._reporter(seat, len(seats)) for _, seat in seats]
-        outcomes: list[TrainResult | TrainingDiverged]
+        ended: set[int] = set()
+
+        def end(index: int, outcome: TrainResult | TrainingDiverged) -> None:
+            """A member's trial ends as soon as its member has, while the pack may train on: a diverged member's
+            trial would otherwise hold its share of the resources until the pack ends."""
+            ended.add(index)
+            seats[index][1].to_trial.put(
+                ("diverged", str(outcome)) if isinstance(outcome, TrainingDiverged) else ("done", None))
+
         try:
             if seats[0][1].resume is not None:  # the manager seats a resuming trial alone
                 try:
-                    outcomes = [train(cfgs[0], reporters[0], resume=seats[0][1].resume)]
+                    end(0, train(cfgs[0], reporters[0], resume=seats[0][1].resume))
                 except TrainingDiverged as err:
-                    outcomes = [err]
+                    end(0, err)
             else:
-                outcomes = train_pack(cfgs, reporters, force=self.force)
-        except Exception as err:  # every member's trial fails with it; Tune may retry each alone
-            for _, seat in seats:
-                seat.to_trial.put(("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
-            return
-        for (_, seat), outcome in zip(seats, outcomes, strict=True):
-            seat.to_trial.put(("diverged", str(outcome)) if isinstance(outcome, TrainingDiverged) else ("done", None))
+                train_pack(cfgs, reporters, force=self.force, on_end=end)
+        except Exception as err:  # every member's trial still training fails with it; Tune may retry each alone
+            why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            for index, (_, seat) in enumerate(seats):
+                if index not in ended:
+                    seat.to_trial.put(("error", why))
 
 
 class _Manager:
