@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from sweep_helpers import interrupt_sweep, journal_in, sweep_env
 
+from sweeplab.program import program
+
 pytestmark = pytest.mark.slow
 
 SWEEPLAB = [sys.executable, "-m", "sweeplab.cli"]
@@ -27,10 +29,12 @@ def _interrupt(overrides: list[str], at_line: str, sig: signal.Signals,
     lines = output.splitlines()
     hint = [i for i, line in enumerate(lines) if "continue it with:" in line]
     assert hint, output[-3000:]
-    command = shlex.split(lines[hint[0] + 1])
-    sweep_id = command[2]
-    assert command[:4] == ["sweeplab", "sweep", sweep_id, "--resume"], output[-3000:]
-    return output, status, sweep_id, [*SWEEPLAB, *command[1:]]
+    printed, prog = shlex.split(lines[hint[0] + 1]), shlex.split(program())
+    assert printed[:len(prog)] == prog, output[-3000:]  # sweeplab as this installation is called from any folder
+    command = printed[len(prog):]
+    sweep_id = command[1]
+    assert command[:3] == ["sweep", sweep_id, "--resume"], output[-3000:]
+    return output, status, sweep_id, [*SWEEPLAB, *command]
 
 
 def _runs(out: Path):

@@ -11,6 +11,8 @@ from servers import require
 from sweep_helpers import sweeplab
 from test_cluster import PG, _pg_ready
 
+from sweeplab.program import program
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
@@ -47,7 +49,7 @@ def test_a_password_in_the_storage_urls_is_written_nowhere(secret_role, tmp_path
     assert "Token authentication is" not in done.stderr  # a local Ray's token auth is chosen, not warned about
     best = sweeplab("best", "smoke", *stores, cwd=tmp_path, timeout=120)
     assert best.returncode == 0, best.stderr
-    assert best.stdout.startswith("sweeplab train")
+    assert best.stdout.startswith(f"{program()} train")
     console = done.stdout + done.stderr + best.stdout + best.stderr
     assert secret not in console
 

@@ -14,6 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from sweep_helpers import cli, sweeplab, write_sweep
 
 from sweeplab.errors import ConfigError
+from sweeplab.program import program
 from sweeplab.sweep.launch import launch_sweep, trial_spec
 from sweeplab.sweep.plan import plan_sweep
 from sweeplab.sweep.samplers import make_sampler
@@ -384,7 +385,7 @@ def test_the_best_command_reruns_with_a_data_root_holding_spaces_and_accents(tmp
               "seeds": [3], "objectives": [["val/acc", "max"]]}
     trial = TrialRow(0, {"model.activation": "tanh"}, "COMPLETE", "completed", [0.9], [0.0], 2,
                      seeds={"3": {"status": "completed", "values": [0.9]}})
-    command = shlex.split(best_command(SweepOutcome(record, [trial]), trial))
-    assert command[:2] == ["sweeplab", "train"]
-    cfg = compose(command[2:])
+    command, prog = shlex.split(best_command(SweepOutcome(record, [trial]), trial)), shlex.split(program())
+    assert command[:len(prog) + 1] == [*prog, "train"]
+    cfg = compose(command[len(prog) + 1:])
     assert (cfg.data.root, cfg.model.activation, cfg.train.seed) == (root, "tanh", 3)

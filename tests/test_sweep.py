@@ -21,6 +21,8 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sweep_helpers import TINY, cli, journal_in, sweeplab, write_sweep  # noqa: E402
 
+from sweeplab.program import program  # noqa: E402
+
 ARTIFACTS = {"config.yaml", "confusion_matrix.json", "weights.pt", "model_summary.txt"}  # figures: the best trial only
 
 
@@ -150,11 +152,12 @@ def test_best_command_reproduces_the_best_trial(smoke, tmp_path):
     out, outcome = smoke
     done = sweeplab("best", "smoke", f"output_dir={out}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    command = shlex.split(done.stdout.strip())
-    assert command[:2] == ["sweeplab", "train"]
+    command, prog = shlex.split(done.stdout.strip()), shlex.split(program())
+    assert command[:len(prog) + 1] == [*prog, "train"]  # sweeplab as this installation is called from anywhere
     best = outcome.best()
     expected = best.seeds["0"]["values"][0]
-    rerun = sweeplab("train", *command[2:], f"output_dir={tmp_path / 'rerun'}", "tracking=none", cwd=tmp_path)
+    rerun = sweeplab("train", *command[len(prog) + 1:], f"output_dir={tmp_path / 'rerun'}", "tracking=none",
+                     cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     got = float(re.search(r"final: val/acc\s+([\d.]+)%", rerun.stdout).group(1))
     assert abs(got - 100 * expected) <= 0.5, (got, 100 * expected, done.stdout)
@@ -172,7 +175,8 @@ def test_status_lists_the_sweep_and_its_trials(smoke, tmp_path):
 
     detail = sweeplab("status", "smoke", f"output_dir={out}", cwd=tmp_path)
     assert detail.returncode == 0, detail.stderr
-    assert f"best: trial {outcome.best().number}" in detail.stdout and "rerun it: sweeplab train" in detail.stdout
+    assert f"best: trial {outcome.best().number}" in detail.stdout
+    assert f"rerun it: {program()} train" in detail.stdout
 
 
 # --- tracking: parent and child runs in MLflow ---------------------------------------------------

@@ -6,6 +6,8 @@ import shlex
 
 import torch
 
+from sweeplab.program import program
+
 
 def _checkpoints(folder, states):
     """A trial folder as Ray leaves it: checkpoint_000000, checkpoint_000001, ... each with a state.pt."""
@@ -51,5 +53,5 @@ def test_the_resume_command_names_the_stores_and_no_secret(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     overrides = ["output_dir=runs", "train.epochs=3", "cluster.optuna_storage=postgresql://bob:s3cret@db:5432/optuna"]
     command = shlex.split(resume_command("smoke-20260101-120000-2", overrides))
-    assert command == ["sweeplab", "sweep", "smoke-20260101-120000-2", "--resume", f"output_dir={tmp_path / 'runs'}",
-                       "cluster.optuna_storage=postgresql://bob:***@db:5432/optuna"]
+    assert command == [*shlex.split(program()), "sweep", "smoke-20260101-120000-2", "--resume",
+                       f"output_dir={tmp_path / 'runs'}", "cluster.optuna_storage=postgresql://bob:***@db:5432/optuna"]

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 from sweep_helpers import TINY, journal_in, write_sweep  # noqa: E402
 
 from sweeplab.compose import project_root  # noqa: E402
+from sweeplab.program import program  # noqa: E402
 from sweeplab.sweep.rerun import PBT_RERUN, best_command  # noqa: E402
 from sweeplab.sweep.space import Dimension, sample  # noqa: E402
 from sweeplab.sweep.summary import format_summary  # noqa: E402
@@ -107,7 +108,7 @@ def test_pbt_copies_a_strong_trials_checkpoint_and_trains_on_with_perturbed_valu
     command = best_command(outcome, next(t for t in outcome.trials if t.number == number))
     lr = next(float(a.split("=")[1]) for a in shlex.split(command) if a.startswith("optimizer.lr="))
     assert lr == pytest.approx(final["optimizer.lr"])
-    assert f"rerun it ({PBT_RERUN}): sweeplab train" in format_summary(outcome)
+    assert f"rerun it ({PBT_RERUN}): {program()} train" in format_summary(outcome)
 
 
 def test_hyperband_with_a_named_sampler_stops_the_weaker_trial_of_its_halving_bracket(ray_session, tmp_path):

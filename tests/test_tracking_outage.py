@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from servers import MlflowServer
 
+from sweeplab.program import program
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 EPOCHS = 3
@@ -134,11 +136,11 @@ def test_a_server_down_past_the_sweep_end_gets_every_call_from_sweeplab_sync(ser
     assert "Traceback" not in stdout + stderr
     notes = [line for line in stderr.splitlines() if "not sent" in line]
     assert len(notes) == 1 and _pending(out) > 0, stderr[-3000:]
-    command = shlex.split(notes[0].split("send them with: ")[1])
-    assert command[:3] == ["sweeplab", "sync", _sweep_id(stdout)]
+    command, prog = shlex.split(notes[0].split("send them with: ")[1]), shlex.split(program())
+    assert command[:len(prog) + 2] == [*prog, "sync", _sweep_id(stdout)]
 
     server.start()
-    sync = [sys.executable, "-m", "sweeplab.cli", *command[1:]]
+    sync = [sys.executable, "-m", "sweeplab.cli", *command[len(prog):]]
     done = subprocess.run(sync, cwd=out.parent, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "sent" in done.stdout, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.compose import compose, override_key, project_root, read_sweep_text
 from sweeplab.errors import ConfigError
+from sweeplab.program import program
 from sweeplab.redact import MASK, redact
 from sweeplab.sweep import tune_usage, workers
 from sweeplab.sweep.dashboard import HOST as DASHBOARD_HOST
@@ -274,7 +275,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     watch_sigterm()
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
-    sync = shlex.join(["sweeplab", "sync", sweep_id, *map(redact, overrides)])  # a password is retyped, not printed
+    sync = sync_command(sweep_id, overrides)
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
     if resume:
         tuner = _restored_tuner(experiment_path(root, sweep_id), spec, plan, callbacks)
@@ -323,7 +324,13 @@ def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
 
     locating = [redact(o) for o in overrides if override_key(o) == "cluster" or override_key(o).startswith("cluster.")]
     output_dir = Path(compose(overrides).output_dir).resolve()
-    return shlex.join(["sweeplab", "sweep", sweep_id, "--resume", f"output_dir={output_dir}", *locating])
+    return " ".join([program(), shlex.join(["sweep", sweep_id, "--resume", f"output_dir={output_dir}", *locating])])
+
+
+def sync_command(sweep_id: str, overrides: Sequence[str]) -> str:
+    """The command that sends what a down MLflow store missed: the sweep's id and overrides, a password retyped by
+    its user rather than printed."""
+    return " ".join([program(), shlex.join(["sync", sweep_id, *map(redact, overrides)])])
 
 
 def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) -> None:

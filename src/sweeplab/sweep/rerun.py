@@ -5,6 +5,7 @@ import shlex
 from pathlib import Path
 
 from sweeplab.compose import compose_with_choices, flatten
+from sweeplab.program import program
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
 from sweeplab.sweep.space import GROUPS, overrides_for, to_override
 
@@ -33,4 +34,4 @@ def best_command(outcome: SweepOutcome, trial: TrialRow, seed: int | None = None
     base = flatten(compose_with_choices(groups)[0])
     skip = ("sweep.", "tracking.", "cluster.", "output_dir")
     diffs = [to_override(k, v) for k, v in flatten(cfg).items() if not k.startswith(skip) and base.get(k) != v]
-    return " ".join(["sweeplab train", *map(shlex.quote, [*groups, *diffs])])  # a shell line: quote for it too
+    return " ".join([program(), "train", *map(shlex.quote, [*groups, *diffs])])  # a shell line: quote for it too

@@ -1,7 +1,6 @@
 """``sweeplab sync``: send the tracking calls a sweep journaled while its MLflow store did not answer."""
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 
 from sweeplab.errors import UserError
@@ -11,12 +10,11 @@ def sync_sweep(ref: str, overrides: Sequence[str] = ()) -> tuple[str, int, int]:
     """Replay the sweep's journal into its MLflow store, in order; a call that already went through is not
     repeated. Returns (sweep id, calls sent, calls still unsent)."""
     from sweeplab.redact import redact
-    from sweeplab.sweep.launch import recorded_plan, trial_spec
+    from sweeplab.sweep.launch import recorded_plan, sync_command, trial_spec
     from sweeplab.sweep.tracker import MlflowSweepTracker
 
     plan, sweep_id = recorded_plan(ref, overrides)
-    tracker = MlflowSweepTracker(plan.cfg, plan, sweep_id, trial_spec(plan),
-                                 sync_command=shlex.join(["sweeplab", "sync", sweep_id, *map(redact, overrides)]))
+    tracker = MlflowSweepTracker(plan.cfg, plan, sweep_id, trial_spec(plan), sync_command(sweep_id, overrides))
     pending = len(tracker.outbox.journal.pending())
     if not pending:
         tracker.outbox.journal.close()

@@ -28,6 +28,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from sweeplab.metrics import TrialEnd, error_line, trial_end
+from sweeplab.program import program
 from sweeplab.redact import hide, redact, reveal
 from sweeplab.sweep import tracker_calls as calls
 from sweeplab.sweep.samplers import sampler_label
@@ -73,7 +74,7 @@ class MlflowSweepTracker(tune.Callback):
         self.flush_wait_s = float(cfg.tracking.flush_wait_s)
         self.in_own_process = client_process_wanted(cfg.tracking.client_process, plan.num_trials)
         self.journal_file = journal_path(cfg.output_dir, sweep_id)
-        self.sync_command = sync_command or f"sweeplab sync {sweep_id}"  # sends what a down store missed
+        self.sync_command = sync_command or f"{program()} sync {sweep_id}"  # sends what a down store missed
         self.sweep_id = sweep_id
         self.sweep_file = str(plan.sweep_file)
         self.optuna_storage = hide(plan.optuna_storage)

@@ -1,0 +1,29 @@
+"""The commands sweeplab prints for its user to paste (rerun a trial, resume a sweep, send what a down store missed)
+name sweeplab so that they run as printed: the README calls `.venv/bin/sweeplab` with no venv activated."""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from sweeplab.program import program
+from sweeplab.sweep.launch import resume_command, sync_command
+
+SCRIPT = Path(sys.executable).with_name("sweeplab")  # this installation's console script
+
+
+def test_sweeplab_is_named_by_its_path_unless_path_finds_this_installation(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                               if Path(p).resolve() != SCRIPT.parent.resolve()))
+    assert program() == shlex.quote(str(SCRIPT.absolute()))
+    # every printed command starts so, and runs as printed from another folder, with no venv on PATH
+    for command in (resume_command("smoke-1", ["output_dir=out"]), sync_command("smoke-1", ["output_dir=out"])):
+        assert shlex.split(command)[0] == str(SCRIPT.absolute())
+    done = subprocess.run([*shlex.split(program()), "--version"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "sweeplab" in done.stdout, done.stderr
+    monkeypatch.setenv("PATH", os.pathsep.join([str(SCRIPT.parent), os.environ["PATH"]]))  # an activated venv
+    assert program() == "sweeplab"
+    assert resume_command("smoke-1", ["output_dir=out"]).startswith("sweeplab sweep smoke-1 --resume output_dir=")
