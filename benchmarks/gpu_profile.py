@@ -22,6 +22,12 @@ from sweeplab.graphs import StepGraph
 from sweeplab.models import build_model
 
 
+def _kernels(prof: profile) -> tuple[list, float]:
+    """The GPU kernels the profiler saw, and their seconds summed (the profiler counts microseconds)."""
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return kernels, sum(e.device_time for e in kernels) / 1e6
+
+
 def profiled(device: torch.device, graphed: bool, steps: int, batch: int) -> tuple[dict, str]:
     torch.manual_seed(0)
     x = torch.randn(steps * batch, 1, 28, 28, device=device)
@@ -47,8 +53,7 @@ def profiled(device: torch.device, graphed: bool, steps: int, batch: int) -> tup
             run(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
         sync()
         wall = time.perf_counter() - started
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    kernel_s = sum(e.device_time for e in kernels) / 1e6  # microseconds
+    kernels, kernel_s = _kernels(prof)
     row = {"mode": "cuda_graph" if graphed else "eager", "device": str(device), "steps": steps, "batch": batch,
            "wall_ms_per_step": 1e3 * wall / steps, "kernel_ms_per_step": 1e3 * kernel_s / steps,
            "kernels_per_step": len(kernels) / steps, "gpu_busy": kernel_s / wall if wall else None,
@@ -76,8 +81,7 @@ def profiled_pack(graphed: bool, trials: int) -> tuple[dict, str]:
         train_pack(cfgs, bundle=bundle)
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    kernel_s = sum(e.device_time for e in kernels) / 1e6
+    kernels, kernel_s = _kernels(prof)
     steps = -(-len(bundle.train) // 64)
     row = {"mode": f"fused{trials}_{'cuda_graph' if graphed else 'eager'}", "trials": trials, "train_steps": steps,
            "wall_s": wall, "kernel_s": kernel_s, "kernels": len(kernels), "gpu_busy": kernel_s / wall,

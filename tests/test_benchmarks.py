@@ -188,6 +188,19 @@ def test_b6_packs_as_processes_without_ray(tmp_path):
     assert all(set(m) == {"eager"} for m in f["sweeplab_epoch_s"].values())  # no CUDA graph on a CPU
 
 
+def test_gpu_profile_reads_the_eager_step_on_a_cpu(tmp_path):
+    """benchmarks/gpu_profile.py, which gpu_device.sh runs on the GPU machine: on a CPU it profiles the eager LeNet
+    step alone (no graph, no pack) and writes the profiler's table."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--device", "cpu",
+                           "--steps", "3", "--table", str(tmp_path / "profile.txt")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [(r["mode"], r["device"], r["steps"]) for r in rows] == [("eager", "cpu", 3)]
+    assert rows[0]["wall_ms_per_step"] > 0 and rows[0]["kernels_per_step"] == 0  # no GPU kernels on a CPU
+    assert "## eager" in (tmp_path / "profile.txt").read_text()
+
+
 def test_the_gpu_tier_runs_with_pytest_alone():
     """benchmarks/gpu_device.sh runs the gpu tier on the lent GPU machine, whose image has pytest but none of its
     plugins (xdist, timeout): the tests' conftest must load without them. A CPU collects and skips the tier."""

@@ -157,7 +157,7 @@ def test_a_sweep_stopped_while_the_server_is_down_journals_its_started_runs_as_k
     which would draw a report and leave the trials' runs RUNNING."""
     from ray.tune.experiment import Trial
 
-    from sweeplab.sweep.launch import trial_spec
+    from sweeplab.sweep.launch import sync_command, trial_spec
     from sweeplab.sweep.plan import plan_sweep
     from sweeplab.sweep.tracker import MlflowSweepTracker
     from sweeplab.tracking.journal import Journal
@@ -167,7 +167,7 @@ def test_a_sweep_stopped_while_the_server_is_down_journals_its_started_runs_as_k
     plan = plan_sweep("smoke", [f"output_dir={tmp_path}", "tracking=server", f"tracking.uri={server.url}",
                                 "tracking.experiment=outage-stopped", "tracking.flush_wait_s=1",
                                 f"sweep.num_trials={TRIALS}", f"sweep.max_concurrent={TRIALS}"])
-    tracker = MlflowSweepTracker(plan.cfg, plan, "smoke-stopped", trial_spec(plan))
+    tracker = MlflowSweepTracker(plan.cfg, plan, "smoke-stopped", trial_spec(plan), sync_command("smoke-stopped", []))
     tracker.setup()  # the sweep's parent run, while the server answers
     server.stop(signal.SIGKILL)
     trials = [Trial("t", config={"optuna_trial": n, "seed": 0}, stub=True) for n in range(TRIALS)]

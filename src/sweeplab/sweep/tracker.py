@@ -28,7 +28,6 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from sweeplab.metrics import TrialEnd, error_line, trial_end
-from sweeplab.program import program
 from sweeplab.redact import hide, redact, reveal
 from sweeplab.sweep import tracker_calls as calls
 from sweeplab.sweep.samplers import sampler_label
@@ -62,7 +61,7 @@ class Call(enum.StrEnum):
 
 class MlflowSweepTracker(tune.Callback):
     def __init__(self, cfg: DictConfig, plan: SweepPlan, sweep_id: str, spec: TrialSpec,
-                 sync_command: str | None = None) -> None:
+                 sync_command: str) -> None:
         from omegaconf import OmegaConf
 
         from sweeplab.tracking.store import artifact_root, tracking_uri
@@ -74,7 +73,7 @@ class MlflowSweepTracker(tune.Callback):
         self.flush_wait_s = float(cfg.tracking.flush_wait_s)
         self.in_own_process = client_process_wanted(cfg.tracking.client_process, plan.num_trials)
         self.journal_file = journal_path(cfg.output_dir, sweep_id)
-        self.sync_command = sync_command or f"{program()} sync {sweep_id}"  # sends what a down store missed
+        self.sync_command = sync_command  # sends what a down store missed (launch.sync_command)
         self.sweep_id = sweep_id
         self.sweep_file = str(plan.sweep_file)
         self.optuna_storage = hide(plan.optuna_storage)
