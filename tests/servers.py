@@ -78,3 +78,58 @@ class MlflowServer:
                 os.killpg(self.proc.pid, sig)
             self.proc.wait(timeout=30)
         self.proc = None
+
+
+@contextlib.contextmanager
+def password_postgres():
+    """A PostgreSQL server of its own on a free loopback port that, unlike the machine's trust-auth one, refuses any
+    connection without the right password (scram-sha-256): yields its superuser URL
+    ``postgresql://postgres:PASSWORD@127.0.0.1:PORT``. Skipped (failed in CI) where initdb cannot run here: it needs
+    Debian's PostgreSQL binaries and root, to run them as the ``postgres`` user."""
+    import glob
+    import pwd
+    import secrets
+    import shutil
+    import tempfile
+
+    import pytest
+
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    try:
+        owner = pwd.getpwnam("postgres")
+    except KeyError:
+        owner = None
+    require(bool(binaries) and owner is not None and os.geteuid() == 0 and shutil.which("runuser") is not None,
+            "a password-only PostgreSQL needs Debian's PostgreSQL binaries, root and runuser (make services)")
+    bin_dir = Path(binaries[-1]).parent
+    folder = Path(tempfile.mkdtemp(prefix="sweeplab-pg-"))  # in /tmp: pytest's tmp_path is root's alone
+    os.chown(folder, owner.pw_uid, owner.pw_gid)
+    password, port = secrets.token_hex(8), free_port()
+    (folder / "pw").write_text(password)
+    os.chown(folder / "pw", owner.pw_uid, owner.pw_gid)
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    init = subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "postgres",
+                           "--auth=scram-sha-256", f"--pwfile={folder / 'pw'}", "--no-sync", "-E", "UTF8"],
+                          capture_output=True, text=True, timeout=120)
+    if init.returncode != 0:
+        pytest.fail(f"initdb failed: {init.stderr[-2000:]}")
+    log = open(folder / "postgres.log", "w")  # noqa: SIM115 (closed below, after the server)
+    server = subprocess.Popen([*as_postgres, str(bin_dir / "postgres"), "-D", str(folder / "data"), "-p", str(port),
+                               "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={folder}",
+                               "-c", "fsync=off"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"]).returncode:
+            assert server.poll() is None and time.time() < deadline, (folder / "postgres.log").read_text()[-2000:]
+            time.sleep(0.2)
+        yield f"postgresql://postgres:{password}@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "stop", "-m", "fast"],
+                       capture_output=True, timeout=60)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -7,34 +7,31 @@ import uuid
 from pathlib import Path
 
 import pytest
-from servers import require
+from servers import password_postgres
 from sweep_helpers import sweeplab
-from test_cluster import PG, _pg_ready
 
 from sweeplab.program import program
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def secret_role():
-    """A PostgreSQL role with a password and two databases it owns (Optuna's and MLflow's)."""
-    require(_pg_ready(), f"PostgreSQL is not reachable at {PG} (make services starts it)")
+    """A PostgreSQL role with a password and two databases it owns (Optuna's and MLflow's), on a PostgreSQL server
+    that checks passwords: a connection with the masked ``***`` in place of the password is refused there, as it
+    would be on any real deployment, where the machine's trust-auth server would let it in."""
     import psycopg
 
-    tag = uuid.uuid4().hex[:8]
-    role, secret = f"sweeplab_secret_{tag}", f"SECRET{tag}pw"
-    names = [f"sweeplab_secret_optuna_{tag}", f"sweeplab_secret_mlflow_{tag}"]
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
-        for name in names:
-            admin.execute(f"CREATE DATABASE {name} OWNER {role}")
-    urls = [f"postgresql+psycopg://{role}:{secret}@127.0.0.1:5432/{name}" for name in names]
-    yield secret, urls[0], urls[1]
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
-        for name in names:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"DROP ROLE IF EXISTS {role}")
+    with password_postgres() as admin_url:
+        tag = uuid.uuid4().hex[:8]
+        role, secret = f"sweeplab_secret_{tag}", f"SECRET{tag}pw"
+        names = [f"sweeplab_secret_optuna_{tag}", f"sweeplab_secret_mlflow_{tag}"]
+        with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
+            admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+            for name in names:
+                admin.execute(f"CREATE DATABASE {name} OWNER {role}")
+        host = admin_url.rsplit("@", 1)[1]
+        yield secret, *[f"postgresql+psycopg://{role}:{secret}@{host}/{name}" for name in names]
 
 
 def test_a_password_in_the_storage_urls_is_written_nowhere(secret_role, tmp_path):
@@ -50,7 +47,16 @@ def test_a_password_in_the_storage_urls_is_written_nowhere(secret_role, tmp_path
     best = sweeplab("best", "smoke", *stores, cwd=tmp_path, timeout=120)
     assert best.returncode == 0, best.stderr
     assert best.stdout.startswith(f"{program()} train")
-    console = done.stdout + done.stderr + best.stdout + best.stderr
+    # the report rebuilt reads the study with the password this command was given, not the recorded "***"
+    report = sweeplab("report", "smoke", *stores, "--out", str(tmp_path / "report"), cwd=tmp_path, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "<h2>the Optuna study</h2>" in (tmp_path / "report" / "report.html").read_text()
+    # given only the tracking store, it says how to give the password rather than trying the masked URL in vain
+    bare = sweeplab("report", "smoke", f"tracking.uri={mlflow_url}", "--out", str(tmp_path / "bare"), cwd=tmp_path,
+                    timeout=300)
+    assert bare.returncode == 0, bare.stderr
+    assert "its password is not recorded" in (tmp_path / "bare" / "report.html").read_text()
+    console = "".join(r.stdout + r.stderr for r in (done, best, report, bare))
     assert secret not in console
 
     summaries = optuna.get_all_study_summaries(storage=optuna_url)
@@ -66,6 +72,8 @@ def test_a_password_in_the_storage_urls_is_written_nowhere(secret_role, tmp_path
     client = MlflowClient(tracking_uri=mlflow_url)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert len(runs) >= 3  # the parent and a child per trial
+    parent = next(r for r in runs if r.data.tags.get("sweeplab.kind") == "sweep")
+    assert client.list_artifacts(parent.info.run_id, "report/optuna")  # the sweep's own report read the study
     for run in runs:
         assert secret not in json.dumps([run.data.params, run.data.tags]), run.info.run_name
         folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl" / run.info.run_id)))

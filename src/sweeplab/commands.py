@@ -277,9 +277,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     sweep_id = parent.data.tags.get("sweeplab.sweep_id", parent.info.run_name)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "reports" / sweep_id
     check_writable(out, "--out" if args.out else "output_dir")
-    path = build_report(client, parent.info.run_id, out)
+    path = build_report(client, parent.info.run_id, out, optuna_storage=_recorded_storage(parent, cfg))
     print(f"report for {sweep_id}: {path.resolve()}")
     return 0
+
+
+def _recorded_storage(parent, cfg) -> str | None:
+    """The Optuna storage a sweep's parent run recorded, with its password where the run holds it masked and this
+    command's configuration names the same URL with one (``cluster.optuna_storage=...``); None: the recorded one."""
+    from sweeplab.redact import redact
+    from sweeplab.sweep.plan import optuna_storage_url
+
+    recorded = parent.data.params.get("optuna_storage")
+    own = optuna_storage_url(cfg)
+    return own if recorded and own != recorded and redact(own) == recorded else None
 
 
 def _is_loopback(host: str) -> bool:

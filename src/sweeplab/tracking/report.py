@@ -29,7 +29,7 @@ from sweeplab.metrics import (
     is_fraction,
     ranked_label,
 )
-from sweeplab.redact import redact
+from sweeplab.redact import MASK, redact
 from sweeplab.tracking.artifacts import pyplot
 
 if TYPE_CHECKING:
@@ -370,8 +370,11 @@ def _html(parent: Run, frame: pd.DataFrame, tables: list[tuple[str, pd.DataFrame
     if interactive:
         parts.append("<h2>the Optuna study</h2>")
     elif not study_found:
-        parts.append("<p>The sweep's Optuna study is not reachable from here "
-                     f"({esc(redact(p.get('optuna_storage', 'none recorded')))}): no Optuna figures.</p>")
+        storage = p.get("optuna_storage", "none recorded")
+        how = ("; its password is not recorded: rebuild with the whole URL, "
+               "sweeplab report SWEEP cluster.optuna_storage=URL" if MASK in storage else "")
+        parts.append(f"<p>The sweep's Optuna study is not reachable from here ({esc(redact(storage))}{esc(how)}): "
+                     "no Optuna figures.</p>")
     for name, figure in interactive.items():
         parts.append(f"<h3>{esc(OPTUNA_FIGURES[name][0])}</h3><div class='optuna' id='optuna-{name}'>"
                      + figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{name}") + "</div>")
