@@ -27,3 +27,22 @@ def test_sweeplab_is_named_by_its_path_unless_path_finds_this_installation(tmp_p
     monkeypatch.setenv("PATH", os.pathsep.join([str(SCRIPT.parent), os.environ["PATH"]]))  # an activated venv
     assert program() == "sweeplab"
     assert resume_command("smoke-1", ["output_dir=out"]).startswith("sweeplab sweep smoke-1 --resume output_dir=")
+
+
+def test_the_hints_name_sweeplab_as_the_printed_commands_do(tmp_path, monkeypatch):
+    """A hint that tells its reader what to run next ("no sweeps ... yet: run '... sweep default'") names sweeplab
+    the way the pasteable commands do, so that it runs as printed too."""
+    from sweep_helpers import cli
+
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                               if Path(p).resolve() != SCRIPT.parent.resolve()))
+    out = f"output_dir={tmp_path / 'outputs'}"
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "optuna.journal").touch()  # a store that holds no sweep yet
+    listed = cli("status", out, cwd=tmp_path)
+    assert listed.returncode == 0 and f"yet: run '{program()} sweep default'" in listed.stdout, listed
+    missing = cli("best", "smoke", f"output_dir={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert missing.returncode == 2 and f"(run '{program()} sweep default'" in missing.stderr, missing
+    hinted = listed.stdout.split("run '", 1)[1].split("'", 1)[0].replace("sweep default", f"status {out}")
+    done = subprocess.run(shlex.split(hinted), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "no sweeps in" in done.stdout, done.stderr

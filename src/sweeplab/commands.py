@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweeplab.errors import UserError
 from sweeplab.metrics import format_metric, ranked_label
+from sweeplab.program import program
 from sweeplab.redact import redact
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool) -> int
         return interrupted_exit_code()
     if not outcome.completed():  # nothing to rank: a sweep that produced no result has failed
         print(f"sweeplab sweep: error: no trial of {outcome.sweep_id} ran to the end ({outcome.counts_text()}); "
-              "the reasons are above and in 'sweeplab status'. Fix the config or the space and run it again",
+              f"the reasons are above and in '{program()} status'. Fix the config or the space and run it again",
               file=sys.stderr)
         return 1
     return 0
@@ -217,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append([record["sweep_id"], record["started"], outcome.counts_text(),
                      f"{ranked_label(metric)} {format_metric(metric, best.value())}" if best else "-"])
     if not rows:
-        print(f"no sweeps in {redact(storage)} yet: run 'sweeplab sweep default'")
+        print(f"no sweeps in {redact(storage)} yet: run '{program()} sweep default'")
         return 0
     print(format_table(["sweep", "started", "trials", "best"], rows))
     return 0

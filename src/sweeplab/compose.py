@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sweeplab.config import schema
 from sweeplab.errors import ConfigError, did_you_mean
 from sweeplab.models import MODELS
+from sweeplab.program import program
 from sweeplab.redact import redact
 from sweeplab.structured import its_keys, no_such_key, plain
 
@@ -246,7 +247,7 @@ def _explain(err: Exception, sweep_file: Path | None) -> str:
     if unknown is not None:
         msg += f"; {its_keys(*unknown[1:])}"
     elif "not in" in msg:
-        msg += ". Check the spelling; 'sweeplab models' and conf/ list the valid keys."
+        msg += f". Check the spelling; '{program()} models' and conf/ list the valid keys."
     return msg
 
 

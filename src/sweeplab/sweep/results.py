@@ -8,6 +8,7 @@ import optuna
 
 from sweeplab.errors import UserError
 from sweeplab.metrics import TrialStatus
+from sweeplab.program import program
 from sweeplab.redact import redact
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
 from sweeplab.tracking.study_store import local_file, open_storage
@@ -23,7 +24,8 @@ def _studies(storage: str) -> list[optuna.study.StudySummary]:
     path = local_file(storage)
     if path is not None and not path.exists():
         raise UserError(f"no sweep has run here yet: {path} does not exist "
-                        "(run 'sweeplab sweep default', or pass output_dir=... / cluster=... to find another store)")
+                        f"(run '{program()} sweep default', or pass output_dir=... / cluster=... to find another "
+                        "store)")
     try:
         return optuna.get_all_study_summaries(storage=open_storage(storage), include_best_trial=False)
     except Exception as err:  # a missing file or an unreachable database
@@ -39,7 +41,7 @@ def find_sweep(storage: str, name_or_id: str) -> dict[str, Any]:
     if not found:
         known = sorted({str(s.user_attrs["name"]) for s in summaries if "name" in s.user_attrs})
         hint = (f"Sweeps in this storage: {', '.join(known)}." if known
-                else "It holds no sweep yet: run 'sweeplab sweep <name>' first.")
+                else f"It holds no sweep yet: run '{program()} sweep <name>' first.")
         raise UserError(f"no sweep named {name_or_id!r} in {redact(storage)}. {hint}")
     return dict(found[-1].user_attrs)
 
