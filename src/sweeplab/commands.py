@@ -16,6 +16,7 @@ from sweeplab.program import program
 from sweeplab.redact import redact
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
     from omegaconf import DictConfig
 
     from sweeplab.hydra_habits import TrainLine
@@ -283,10 +284,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded_storage(parent, cfg) -> str | None:
+def _recorded_storage(parent: Run, cfg: DictConfig) -> str | None:
     """The Optuna storage a sweep's parent run recorded, with its password where the run holds it masked and this
     command's configuration names the same URL with one (``cluster.optuna_storage=...``); None: the recorded one."""
-    from sweeplab.redact import redact
     from sweeplab.sweep.plan import optuna_storage_url
 
     recorded = parent.data.params.get("optuna_storage")
