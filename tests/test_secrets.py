@@ -3,12 +3,13 @@ MLflow (params, tags, artifacts), Optuna's attributes, Ray's experiment folder o
 from __future__ import annotations
 
 import json
+import shlex
 import uuid
 from pathlib import Path
 
 import pytest
 from servers import password_postgres
-from sweep_helpers import sweeplab
+from sweep_helpers import interrupt_sweep, sweeplab
 
 from sweeplab.program import program
 
@@ -16,22 +17,29 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def secret_role():
-    """A PostgreSQL role with a password and two databases it owns (Optuna's and MLflow's), on a PostgreSQL server
-    that checks passwords: a connection with the masked ``***`` in place of the password is refused there, as it
-    would be on any real deployment, where the machine's trust-auth server would let it in."""
+def checking_postgres():
+    """A PostgreSQL server that checks passwords (scram-sha-256): a connection with the masked ``***`` in place of
+    the password is refused there, as it would be on any real deployment, where the machine's trust-auth server would
+    let it in. Its superuser's URL."""
+    with password_postgres() as admin_url:
+        yield admin_url
+
+
+@pytest.fixture
+def secret_role(checking_postgres):
+    """A role with a password and two databases it owns (Optuna's and MLflow's) on that server: the secret, the
+    Optuna storage URL and the tracking URI."""
     import psycopg
 
-    with password_postgres() as admin_url:
-        tag = uuid.uuid4().hex[:8]
-        role, secret = f"sweeplab_secret_{tag}", f"SECRET{tag}pw"
-        names = [f"sweeplab_secret_optuna_{tag}", f"sweeplab_secret_mlflow_{tag}"]
-        with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
-            admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
-            for name in names:
-                admin.execute(f"CREATE DATABASE {name} OWNER {role}")
-        host = admin_url.rsplit("@", 1)[1]
-        yield secret, *[f"postgresql+psycopg://{role}:{secret}@{host}/{name}" for name in names]
+    tag = uuid.uuid4().hex[:8]
+    role, secret = f"sweeplab_secret_{tag}", f"SECRET{tag}pw"
+    names = [f"sweeplab_secret_optuna_{tag}", f"sweeplab_secret_mlflow_{tag}"]
+    with psycopg.connect(f"{checking_postgres}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+        for name in names:
+            admin.execute(f"CREATE DATABASE {name} OWNER {role}")
+    host = checking_postgres.rsplit("@", 1)[1]
+    return secret, *[f"postgresql+psycopg://{role}:{secret}@{host}/{name}" for name in names]
 
 
 def test_a_password_in_the_storage_urls_is_written_nowhere(secret_role, tmp_path):
@@ -84,3 +92,28 @@ def test_a_password_in_the_storage_urls_is_written_nowhere(secret_role, tmp_path
     assert any("ray" in p.parts for p in written)  # Ray's experiment folder: trials, tuner.pkl, searcher state
     leaks = [str(p) for p in written if secret.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def test_an_interrupted_sweep_on_password_stores_resumes_with_the_password_retyped(secret_role, tmp_path):
+    """The printed resume command shows the passwords as ``***``; with them retyped, as docs/reliability.md asks, the
+    sweep resumes on stores that check them and completes."""
+    import optuna
+
+    secret, optuna_url, mlflow_url = secret_role
+    stores = [f"cluster.optuna_storage={optuna_url}", f"tracking.uri={mlflow_url}", f"output_dir={tmp_path / 'out'}"]
+    output, code = interrupt_sweep([*stores, "sweep.num_trials=2", "sweep.max_concurrent=1", "train.epochs=2",
+                                    "sweep.scheduler.kind=none", "data.subset=300"],
+                                   "trial_000_seed0 epoch  1/2", cwd=tmp_path)
+    assert code == 130 and secret not in output, output[-3000:]
+    lines = output.splitlines()
+    printed = shlex.split(lines[next(i for i, line in enumerate(lines) if "continue it with:" in line) + 1])
+    command = printed[len(shlex.split(program())):]
+    # each store whose password it masks is on it, for its user to retype: the tracking URI too, which the resumed
+    # sweep otherwise took from the recorded overrides, masked, and was refused
+    assert command[:1] == ["sweep"] and {a.split("=")[0] for a in command if ":***@" in a} == {
+        "cluster.optuna_storage", "tracking.uri"}
+    resumed = sweeplab(*[a.replace(":***@", f":{secret}@") for a in command], cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert secret not in resumed.stdout + resumed.stderr
+    study = optuna.load_study(study_name=command[1], storage=optuna_url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]

@@ -51,7 +51,9 @@ def test_the_resume_command_names_the_stores_and_no_secret(tmp_path, monkeypatch
     from sweeplab.sweep.launch import resume_command
 
     monkeypatch.chdir(tmp_path)
-    overrides = ["output_dir=runs", "train.epochs=3", "cluster.optuna_storage=postgresql://bob:s3cret@db:5432/optuna"]
+    overrides = ["output_dir=runs", "train.epochs=3", "cluster.optuna_storage=postgresql://bob:s3cret@db:5432/optuna",
+                 "tracking.uri=postgresql://bob:s3cret@db:5432/mlflow"]
     command = shlex.split(resume_command("smoke-20260101-120000-2", overrides))
     assert command == [*shlex.split(program()), "sweep", "smoke-20260101-120000-2", "--resume",
-                       f"output_dir={tmp_path / 'runs'}", "cluster.optuna_storage=postgresql://bob:***@db:5432/optuna"]
+                       f"output_dir={tmp_path / 'runs'}", "cluster.optuna_storage=postgresql://bob:***@db:5432/optuna",
+                       "tracking.uri=postgresql://bob:***@db:5432/mlflow"]

@@ -318,11 +318,13 @@ def _shutting_down(started_ray: bool) -> Iterator[None]:
 
 def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
     """The command that continues an interrupted sweep: its id and the overrides that locate its stores
-    (the absolute output_dir, the cluster settings; secrets redacted); the rest is recorded with the sweep."""
+    (the absolute output_dir, the cluster settings, the tracking URI; secrets redacted, for its user to retype);
+    the rest is recorded with the sweep."""
 
     from sweeplab.redact import redact
 
-    locating = [redact(o) for o in overrides if override_key(o) == "cluster" or override_key(o).startswith("cluster.")]
+    locating = [redact(o) for o in overrides
+                if (key := override_key(o)) == "cluster" or key.startswith("cluster.") or key == "tracking.uri"]
     output_dir = Path(compose(overrides).output_dir).resolve()
     return " ".join([program(), shlex.join(["sweep", sweep_id, "--resume", f"output_dir={output_dir}", *locating])])
 
