@@ -323,8 +323,8 @@ def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
 
     from sweeplab.redact import redact
 
-    locating = [redact(o) for o in overrides
-                if (key := override_key(o)) == "cluster" or key.startswith("cluster.") or key == "tracking.uri"]
+    locating = [redact(o) for o in overrides if (key := override_key(o)) == "cluster" or key.startswith("cluster.")
+                or key in LOCATION_KEYS - {"output_dir"}]  # output_dir: below, absolute
     output_dir = Path(compose(overrides).output_dir).resolve()
     return " ".join([program(), shlex.join(["sweep", sweep_id, "--resume", f"output_dir={output_dir}", *locating])])
 
