@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sweeplab.compose import compose
 from sweeplab.program import program
 from sweeplab.sweep.launch import resume_command, sync_command
 
@@ -19,7 +20,8 @@ def test_sweeplab_is_named_by_its_path_unless_path_finds_this_installation(tmp_p
                                                if Path(p).resolve() != SCRIPT.parent.resolve()))
     assert program() == shlex.quote(str(SCRIPT.absolute()))
     # every printed command starts so, and runs as printed from another folder, with no venv on PATH
-    for command in (resume_command("smoke-1", ["output_dir=out"]), sync_command("smoke-1", ["output_dir=out"])):
+    overrides = ["output_dir=out"]
+    for command in (resume_command("smoke-1", overrides), sync_command("smoke-1", overrides, compose(overrides))):
         assert shlex.split(command)[0] == str(SCRIPT.absolute())
     done = subprocess.run([*shlex.split(program()), "--version"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)

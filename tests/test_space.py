@@ -359,7 +359,8 @@ def test_a_worker_composes_its_trial_without_the_sweep_file_on_disk(tmp_path):
 
 
 # --- values travel as Hydra overrides: data, never syntax -------------------------------------
-AWKWARD = ["/data/my datasets", "/données/été", "a,b,c", "it's", "C:\\data\\", "true", "1e-3", "null", ""]
+AWKWARD = ["/data/my datasets", "/données/été", "a,b,c", "it's", "C:\\data\\", "true", "1e-3", "null", "",
+           "/data/plain", "sqlite:////abs/mlflow.db", "postgresql://bob@db:5432/optuna"]
 
 
 @pytest.mark.parametrize("value", AWKWARD)

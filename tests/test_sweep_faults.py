@@ -57,3 +57,29 @@ def test_the_resume_command_names_the_stores_and_no_secret(tmp_path, monkeypatch
     assert command == [*shlex.split(program()), "sweep", "smoke-20260101-120000-2", "--resume",
                        f"output_dir={tmp_path / 'runs'}", "cluster.optuna_storage=postgresql://bob:***@db:5432/optuna",
                        "tracking.uri=postgresql://bob:***@db:5432/mlflow"]
+
+
+def test_the_printed_commands_locate_the_stores_from_any_folder(tmp_path, monkeypatch):
+    """A resume or sync command printed by a sweep run in one folder, pasted in another, opens the same stores:
+    each location given relative to the first folder is printed absolute, quoted where Hydra needs it."""
+    from sweeplab.compose import compose
+    from sweeplab.sweep.launch import resume_command, sync_command
+
+    sweep_id = "smoke-20260101-120000-2"
+    ran_in = tmp_path / "ran in"
+    ran_in.mkdir()
+    monkeypatch.chdir(ran_in)
+    overrides = ["output_dir='mes données'", "tracking.uri=sqlite:///stores/mlflow.db",
+                 "cluster.optuna_storage=stores/optuna.journal", "cluster.storage_path=ray", "train.epochs=3"]
+    commands = {"sweep": resume_command(sweep_id, overrides),
+                "sync": sync_command(sweep_id, overrides, compose(overrides))}
+    monkeypatch.chdir(tmp_path)  # where its user pastes it
+    for verb, command in commands.items():
+        args = shlex.split(command)
+        assert args[len(shlex.split(program())):][:2] == [verb, sweep_id]
+        cfg = compose([a for a in args[len(shlex.split(program())) + 2:] if a != "--resume"])
+        assert cfg.output_dir == str(ran_in / "mes données")
+        assert cfg.tracking.uri == f"sqlite:///{ran_in / 'stores' / 'mlflow.db'}"
+        assert cfg.cluster.optuna_storage == str(ran_in / "stores" / "optuna.journal")
+        assert cfg.cluster.storage_path == str(ran_in / "ray")
+    assert "train.epochs=3" in commands["sync"] and "train.epochs" not in commands["sweep"]  # recorded with the sweep

@@ -167,7 +167,8 @@ def test_a_sweep_stopped_while_the_server_is_down_journals_its_started_runs_as_k
     plan = plan_sweep("smoke", [f"output_dir={tmp_path}", "tracking=server", f"tracking.uri={server.url}",
                                 "tracking.experiment=outage-stopped", "tracking.flush_wait_s=1",
                                 f"sweep.num_trials={TRIALS}", f"sweep.max_concurrent={TRIALS}"])
-    tracker = MlflowSweepTracker(plan.cfg, plan, "smoke-stopped", trial_spec(plan), sync_command("smoke-stopped", []))
+    sync = sync_command("smoke-stopped", [], plan.cfg)
+    tracker = MlflowSweepTracker(plan.cfg, plan, "smoke-stopped", trial_spec(plan), sync)
     tracker.setup()  # the sweep's parent run, while the server answers
     server.stop(signal.SIGKILL)
     trials = [Trial("t", config={"optuna_trial": n, "seed": 0}, stub=True) for n in range(TRIALS)]

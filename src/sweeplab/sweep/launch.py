@@ -27,7 +27,7 @@ from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
 from sweeplab.sweep.samplers import sampler_label
 from sweeplab.sweep.space import Dimension, encode_choice, to_override
 from sweeplab.sweep.stop import watch_sigterm
-from sweeplab.sweep.storage import check_storage, endpoint_env, experiment_path, ray_root
+from sweeplab.sweep.storage import absolute_location, check_storage, endpoint_env, experiment_path, ray_root
 
 if TYPE_CHECKING:
     from ray.tune import Callback
@@ -275,7 +275,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     watch_sigterm()
     _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
     spec = start_packs(plan, sweep_id, trial_spec(plan))
-    sync = sync_command(sweep_id, overrides)
+    sync = sync_command(sweep_id, overrides, plan.cfg)
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
     if resume:
         tuner = _restored_tuner(experiment_path(root, sweep_id), spec, plan, callbacks)
@@ -318,21 +318,29 @@ def _shutting_down(started_ray: bool) -> Iterator[None]:
 
 def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
     """The command that continues an interrupted sweep: its id and the overrides that locate its stores
-    (the absolute output_dir, the cluster settings, the tracking URI; secrets redacted, for its user to retype);
-    the rest is recorded with the sweep."""
-
-    from sweeplab.redact import redact
-
-    locating = [redact(o) for o in overrides if (key := override_key(o)) == "cluster" or key.startswith("cluster.")
-                or key in LOCATION_KEYS - {"output_dir"}]  # output_dir: below, absolute
-    output_dir = Path(compose(overrides).output_dir).resolve()
-    return " ".join([program(), shlex.join(["sweep", sweep_id, "--resume", f"output_dir={output_dir}", *locating])])
+    (the output_dir, the cluster settings, the tracking URI, each absolute; secrets redacted, for its user to
+    retype); the rest is recorded with the sweep."""
+    cfg = compose(overrides)
+    locating = [o for o in _located(overrides, cfg) if (key := override_key(o)) == "cluster"
+                or key.startswith("cluster.") or key in LOCATION_KEYS - {"output_dir"}]  # output_dir: below, always
+    output_dir = to_override("output_dir", absolute_location(cfg.output_dir))
+    return " ".join([program(), shlex.join(["sweep", sweep_id, "--resume", output_dir, *locating])])
 
 
-def sync_command(sweep_id: str, overrides: Sequence[str]) -> str:
-    """The command that sends what a down MLflow store missed: the sweep's id and overrides, a password retyped by
-    its user rather than printed."""
-    return " ".join([program(), shlex.join(["sync", sweep_id, *map(redact, overrides)])])
+def sync_command(sweep_id: str, overrides: Sequence[str], cfg: DictConfig) -> str:
+    """The command that sends what a down MLflow store missed: the sweep's id and overrides (its stores' locations
+    absolute, from ``cfg``, the sweep's config), a password retyped by its user rather than printed."""
+    return " ".join([program(), shlex.join(["sync", sweep_id, *_located(overrides, cfg)])])
+
+
+def _located(overrides: Sequence[str], cfg: DictConfig) -> list[str]:
+    """``overrides`` redacted, each store's location among them absolute: a printed command runs from any folder."""
+    located = []
+    for override in overrides:
+        key = override_key(override)
+        value = OmegaConf.select(cfg, key) if key in LOCATION_KEYS - {"cluster.address"} else None
+        located.append(redact(to_override(key, absolute_location(str(value))) if value else override))
+    return located
 
 
 def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) -> None:

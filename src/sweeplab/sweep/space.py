@@ -115,9 +115,9 @@ def _decode_choice(value: Any) -> Any:
     return value
 
 
-# A string Hydra reads back unchanged without quotes; anything else (spaces, commas, quotes,
-# non-ASCII letters, or text that would parse as a number, bool or null) is quoted.
-_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-./]*", re.ASCII)
+# A string Hydra reads back unchanged without quotes (a name, an absolute path, a URL); anything else (spaces, commas,
+# quotes, non-ASCII letters, or text that would parse as a number, bool or null) is quoted.
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_\-./:@]*", re.ASCII)
 _WORDS = {"true", "false", "null", "inf", "nan"}
 
 

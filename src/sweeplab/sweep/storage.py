@@ -25,6 +25,14 @@ def is_uri(path: str) -> bool:
     return bool(_SCHEME.match(path))
 
 
+def absolute_location(location: str) -> str:
+    """A store's location (a folder, a journal file, ``sqlite:///file``) given relative to the current folder, made
+    absolute, for a command that may run from another one; a URI of a server or bucket unchanged."""
+    if location.startswith("sqlite:///") and not location.startswith("sqlite:////"):
+        return f"sqlite:///{Path(location[len('sqlite:///'):]).expanduser().resolve()}"
+    return location if ":" in location.split("/", 1)[0] else str(Path(location).expanduser().resolve())
+
+
 def storage_root(configured: str | None, output_dir: Path) -> str:
     """Ray's storage_path for a sweep: cluster.storage_path as a URI unchanged, as a local path made
     absolute; by default <output_dir>/ray."""

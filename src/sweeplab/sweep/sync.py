@@ -14,7 +14,8 @@ def sync_sweep(ref: str, overrides: Sequence[str] = ()) -> tuple[str, int, int]:
     from sweeplab.sweep.tracker import MlflowSweepTracker
 
     plan, sweep_id = recorded_plan(ref, overrides)
-    tracker = MlflowSweepTracker(plan.cfg, plan, sweep_id, trial_spec(plan), sync_command(sweep_id, overrides))
+    command = sync_command(sweep_id, overrides, plan.cfg)
+    tracker = MlflowSweepTracker(plan.cfg, plan, sweep_id, trial_spec(plan), command)
     pending = len(tracker.outbox.journal.pending())
     if not pending:
         tracker.outbox.journal.close()
