@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sweeplab.compose import compose
-from sweeplab.program import program
+from sweeplab.program import command_line, program
 from sweeplab.sweep.launch import resume_command, sync_command
 
 SCRIPT = Path(sys.executable).with_name("sweeplab")  # this installation's console script
@@ -48,3 +50,15 @@ def test_the_hints_name_sweeplab_as_the_printed_commands_do(tmp_path, monkeypatc
     hinted = listed.stdout.split("run '", 1)[1].split("'", 1)[0].replace("sweep default", f"status {out}")
     done = subprocess.run(shlex.split(hinted), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "no sweeps in" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("arg", ["output_dir='/data/mes données'", "model.hidden_sizes=[64]", "x=1", "it's", "a b",
+                                 "k='$HOME'", "k='a\"b'", "k='a\\b'"])
+def test_a_printed_command_gives_the_shell_each_argument_as_it_is(arg):
+    """Pasted into a POSIX shell, a printed command passes each argument unchanged; a Hydra override quoted for
+    Hydra reads as its user would type it, in double quotes, where that needs no escape."""
+    line = command_line("sweep", arg)
+    assert shlex.split(line)[len(shlex.split(program())):] == ["sweep", arg]
+    assert shlex.split(command_line(arg)) == shlex.split(program()) + [arg]
+    if arg == "output_dir='/data/mes données'":
+        assert line.endswith(f'"{arg}"')

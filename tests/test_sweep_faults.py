@@ -83,3 +83,4 @@ def test_the_printed_commands_locate_the_stores_from_any_folder(tmp_path, monkey
         assert cfg.cluster.optuna_storage == str(ran_in / "stores" / "optuna.journal")
         assert cfg.cluster.storage_path == str(ran_in / "ray")
     assert "train.epochs=3" in commands["sync"] and "train.epochs" not in commands["sweep"]  # recorded with the sweep
+    assert f"\"output_dir='{ran_in / 'mes données'}'\"" in commands["sweep"]  # as its user would type it

@@ -18,3 +18,17 @@ def program() -> str:
     if script.exists():
         return shlex.quote(str(script.absolute()))
     return shlex.join([sys.executable, "-m", "sweeplab"])
+
+
+def command_line(*args: str) -> str:
+    """A command line to paste: ``program()`` then ``args``, each quoted for a POSIX shell; a Hydra override that
+    holds single quotes (``output_dir='/data/mes données'``) in double quotes, as a user types it, where that
+    needs no escapes."""
+    return " ".join([program(), *map(_shell_word, args)])
+
+
+def _shell_word(arg: str) -> str:
+    quoted = shlex.quote(arg)
+    if quoted != arg and "'" in arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return quoted

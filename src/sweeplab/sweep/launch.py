@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shlex
 import socket
 import threading
 import time
@@ -18,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.compose import compose, override_key, project_root, read_sweep_text
 from sweeplab.errors import ConfigError
-from sweeplab.program import program
+from sweeplab.program import command_line
 from sweeplab.redact import MASK, redact
 from sweeplab.sweep import tune_usage, workers
 from sweeplab.sweep.dashboard import HOST as DASHBOARD_HOST
@@ -324,13 +323,13 @@ def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
     locating = [o for o in _located(overrides, cfg) if (key := override_key(o)) == "cluster"
                 or key.startswith("cluster.") or key in LOCATION_KEYS - {"output_dir"}]  # output_dir: below, always
     output_dir = to_override("output_dir", absolute_location(cfg.output_dir))
-    return " ".join([program(), shlex.join(["sweep", sweep_id, "--resume", output_dir, *locating])])
+    return command_line("sweep", sweep_id, "--resume", output_dir, *locating)
 
 
 def sync_command(sweep_id: str, overrides: Sequence[str], cfg: DictConfig) -> str:
     """The command that sends what a down MLflow store missed: the sweep's id and overrides (its stores' locations
     absolute, from ``cfg``, the sweep's config), a password retyped by its user rather than printed."""
-    return " ".join([program(), shlex.join(["sync", sweep_id, *_located(overrides, cfg)])])
+    return command_line("sync", sweep_id, *_located(overrides, cfg))
 
 
 def _located(overrides: Sequence[str], cfg: DictConfig) -> list[str]:

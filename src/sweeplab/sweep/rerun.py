@@ -1,11 +1,10 @@
 """Hydra recomposition: the `sweeplab train` command line that reruns one trial of a sweep."""
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from sweeplab.compose import compose_with_choices, flatten
-from sweeplab.program import program
+from sweeplab.program import command_line
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
 from sweeplab.sweep.space import GROUPS, overrides_for, to_override
 
@@ -34,4 +33,4 @@ def best_command(outcome: SweepOutcome, trial: TrialRow, seed: int | None = None
     base = flatten(compose_with_choices(groups)[0])
     skip = ("sweep.", "tracking.", "cluster.", "output_dir")
     diffs = [to_override(k, v) for k, v in flatten(cfg).items() if not k.startswith(skip) and base.get(k) != v]
-    return " ".join([program(), "train", *map(shlex.quote, [*groups, *diffs])])  # a shell line: quote for it too
+    return command_line("train", *groups, *diffs)
