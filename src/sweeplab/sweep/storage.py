@@ -38,7 +38,7 @@ def storage_root(configured: str | None, output_dir: Path) -> str:
     absolute; by default <output_dir>/ray."""
     if not configured:
         return str(output_dir / "ray")
-    return configured.rstrip("/") if is_uri(configured) else str(Path(configured).expanduser().resolve())
+    return configured.rstrip("/") if is_uri(configured) else absolute_location(configured)
 
 
 def ray_root(plan: SweepPlan) -> str:
