@@ -3,10 +3,12 @@
 Same model (sweeplab.models.build_model), same tensors (sweeplab.data.load_dataset), plain SGD,
 data normalised once and kept in memory, a val pass each epoch.
 
-    python benchmarks/bare_loop.py --model lenet --data mnist5k --epochs 5 --lrs 0.01 0.03
+    python benchmarks/bare_loop.py --model lenet --data mnist5k --epochs 5 --lrs 0.01 0.03 [--channels-last]
 
 runs one training per learning rate in this process and prints one JSON line with the time its
-first epoch started (seconds since the epoch) and every epoch's seconds.
+first epoch started (seconds since the epoch) and every epoch's seconds. ``--channels-last`` lays the model
+and the images out as sweeplab's trainer does on the CPU (``train.memory_format``): the loop a user who knew
+that would write, to measure the trainer and the sweep against at equal training speed.
 """
 from __future__ import annotations
 
@@ -59,11 +61,14 @@ def build(model: str, tensors: Tensors) -> torch.nn.Module:
 
 
 def train_bare(model: torch.nn.Module, t: Tensors, lr: float, epochs: int, batch_size: int = 64,
-               momentum: float = 0.9, seed: int = 0, eval_batch_size: int = 512) -> list[dict[str, float]]:
+               momentum: float = 0.9, seed: int = 0, eval_batch_size: int = 512,
+               channels_last: bool = False) -> list[dict[str, float]]:
     """One training; per epoch its seconds (train + val) and val accuracy."""
     torch.manual_seed(seed)
     device = t.x_train.device
-    model = model.to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
+    x_train, x_val = t.x_train.contiguous(memory_format=layout), t.x_val.contiguous(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     history = []
     n = len(t.y_train)
@@ -73,7 +78,7 @@ def train_bare(model: torch.nn.Module, t: Tensors, lr: float, epochs: int, batch
         order = torch.randperm(n, device=device)
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
-            loss = F.cross_entropy(model(t.x_train[idx]), t.y_train[idx])
+            loss = F.cross_entropy(model(x_train[idx]), t.y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -82,7 +87,7 @@ def train_bare(model: torch.nn.Module, t: Tensors, lr: float, epochs: int, batch
         with torch.no_grad():
             for i in range(0, len(t.y_val), eval_batch_size):
                 rows = slice(i, i + eval_batch_size)
-                correct += int((model(t.x_val[rows]).argmax(1) == t.y_val[rows]).sum())
+                correct += int((model(x_val[rows]).argmax(1) == t.y_val[rows]).sum())
         history.append({"epoch_seconds": time.perf_counter() - started, "val/acc": correct / len(t.y_val)})
     return history
 
@@ -95,6 +100,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lrs", type=float, nargs="+", required=True)
+    parser.add_argument("--channels-last", action="store_true", help="the model and images laid out NHWC")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tensors = load_tensors(args.data, args.subset)
@@ -102,7 +108,8 @@ def main() -> None:
     epochs = []
     for i, lr in enumerate(args.lrs):
         model = build(args.model, tensors)
-        epochs += [h["epoch_seconds"] for h in train_bare(model, tensors, lr, args.epochs, args.batch_size, seed=i)]
+        epochs += [h["epoch_seconds"] for h in train_bare(model, tensors, lr, args.epochs, args.batch_size, seed=i,
+                                                           channels_last=args.channels_last)]
     print(json.dumps({"first_start": first_start, "epoch_seconds": epochs}), flush=True)
 
 

@@ -106,6 +106,9 @@ def test_b1_trainer_against_the_bare_loop(tmp_path):
     assert checks[next(iter(checks))]["target"] == "<= 1.05"
     f = record["figures"]
     assert f["train_images"] == 1000 and len(f["sweeplab_epochs_s"]) == len(f["bare_epochs_s"]) == 4
+    assert len(f["bare_channels_last_epochs_s"]) == 4 and f["memory_format"] == "auto"
+    assert check_value(checks, "the same, the bare loop laid out") == pytest.approx(
+        f["sweeplab_epoch_s"] / f["bare_channels_last_epoch_s"])  # the trainer's own overhead, like for like
 
 
 def test_b2_b3_b4_share_one_workload(tmp_path):
@@ -117,6 +120,11 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     assert 0 < sweep["startup_s"] < sweep["startup_s"] + sweep["steady_s"] <= sweep["wall_s"]
     assert 0 < bare["startup_s"] < bare["wall_s"]
     assert check_value(b2, "sweeplab sweep / bare") == pytest.approx(sweep["wall_s"] / bare["wall_s"])
+    nhwc = f["bare_channels_last"]  # the bare loop as fast as the trials: what orchestration alone adds
+    assert 0 < nhwc["startup_s"] < nhwc["wall_s"] and nhwc["cpu_s"]["bare loop"] > 0
+    assert check_value(b2, "orchestration alone") == pytest.approx(sweep["wall_s"] / nhwc["wall_s"])
+    assert check_value(b2, "steady-state overhead") == pytest.approx(
+        (sweep["steady_s"] - nhwc["steady_s"]) * 2 / 4)
     assert check_value(b2, "naive Ray Tune") > 0
     # every process each side started is counted, by what it is
     assert bare["cpu_s"]["bare loop"] > 0 and not {"driver", "trial workers"} & set(bare["cpu_s"])

@@ -248,6 +248,23 @@ def test_training_batches_are_normalised(cifar_bundle):
     assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_channels_last_batches_hold_the_same_images_laid_out_channel_innermost(cifar_bundle, augment):
+    plain = BatchSource(cifar_bundle, torch.device("cpu"))
+    nhwc = BatchSource(cifar_bundle, torch.device("cpu"), memory_format=torch.channels_last)
+    def batches(source: BatchSource, split: str) -> list:  # val: in order, never augmented (sweeplab.train)
+        if split == "val":
+            return list(source.batches(split, 16))
+        return list(source.batches(split, 16, torch.Generator().manual_seed(3), augment=augment))
+
+    for split in ("train", "val"):
+        want, got = batches(plain, split), batches(nhwc, split)
+        assert len(got) == len(want) > 1
+        for (x, y), (a, b) in zip(want, got, strict=True):
+            assert a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous(), split
+            assert torch.equal(a, x) and torch.equal(b, y)
+
+
 def test_augment_keeps_shapes_and_only_crops_and_flips(cifar_bundle):
     source = BatchSource(cifar_bundle, torch.device("cpu"))
     plain = list(source.batches("train", 16, torch.Generator().manual_seed(3)))

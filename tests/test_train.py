@@ -10,11 +10,12 @@ import torch
 from omegaconf import OmegaConf
 
 from sweeplab.compose import compose
+from sweeplab.config.schema import MemoryFormat
 from sweeplab.data import DATASETS
 from sweeplab.data import datasets as datasets_module
 from sweeplab.models import MODELS, build_model
 from sweeplab.models.layers import ACTIVATIONS, POOLINGS
-from sweeplab.train import StopTraining, train
+from sweeplab.train import StopTraining, memory_format, train
 
 REPORTED = ("train/loss", "train/acc", "val/loss", "val/acc", "epoch_seconds", "samples_per_second", "lr")
 TIMING = ("epoch_seconds", "samples_per_second")  # wall-clock: the only values allowed to differ
@@ -91,6 +92,36 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
     assert [without_timing(m) for m in resumed.history] == [without_timing(m) for m in uninterrupted.history]
     assert without_timing(resumed.metrics) == without_timing(uninterrupted.metrics)
     assert_same_weights(resumed.model, uninterrupted.model)
+
+
+@pytest.mark.parametrize(("choice", "device", "model", "expected"), [
+    ("auto", "cpu", "lenet", torch.channels_last),
+    ("auto", "cuda", "lenet", torch.contiguous_format),
+    ("auto", "cpu", "mlp", torch.contiguous_format),
+    ("auto", "cpu", "rnn", torch.contiguous_format),
+    ("contiguous", "cpu", "lenet", torch.contiguous_format),
+    ("channels_last", "cuda", "lenet", torch.channels_last),
+    ("channels_last", "cpu", "mlp", torch.contiguous_format),  # no convolution: its images stay as they are
+])
+def test_a_convnet_on_the_cpu_is_laid_out_channels_last_unless_asked_otherwise(choice, device, model, expected):
+    net = build_model(config(f"model={model}").model, (1, 28, 28), 10)
+    assert memory_format(MemoryFormat(choice), torch.device(device), net) == expected
+
+
+def test_a_convnet_trains_the_same_curve_channels_last_as_contiguous():
+    """Dropout, augmentation, momentum and a schedule: only the sums' order may differ between the layouts."""
+    nhwc = fresh_train(config(*SMALL_ALEXNET_DIGITS))
+    nchw = fresh_train(config(*SMALL_ALEXNET_DIGITS, "train.memory_format=contiguous"))
+    def last_conv(result) -> torch.Tensor:  # the first has 1 input channel: either layout would fit it
+        return [m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight
+
+    assert last_conv(nhwc).is_contiguous(memory_format=torch.channels_last) and not last_conv(nhwc).is_contiguous()
+    assert last_conv(nchw).is_contiguous()
+    assert len(nhwc.history) == len(nchw.history) == 3
+    for a, b in zip(nhwc.history, nchw.history, strict=True):
+        assert without_timing(a) == pytest.approx(without_timing(b), rel=1e-4, abs=1e-6)
+    for key, value in nhwc.model.state_dict().items():
+        torch.testing.assert_close(value, nchw.model.state_dict()[key], rtol=1e-3, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

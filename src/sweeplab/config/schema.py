@@ -28,6 +28,12 @@ class LrSchedule(Choice):
     step = "step"
 
 
+class MemoryFormat(Choice):
+    auto = "auto"  # channels_last for a convnet on the CPU, contiguous elsewhere
+    channels_last = "channels_last"  # NHWC: a convnet's images, activations and weights channel-innermost
+    contiguous = "contiguous"  # NCHW, PyTorch's default
+
+
 class SchedulerKind(Choice):
     asha = "asha"
     median = "median"
@@ -98,6 +104,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     cuda_graphs: bool = True  # on CUDA, with SGD: replay each full batch's step from a CUDA graph (sweeplab.graphs)
+    memory_format: MemoryFormat = MemoryFormat.auto  # a convnet's layout (sweeplab.train.memory_format)
 
     def check(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "step_size"):

@@ -18,16 +18,19 @@ def training_starts(n: int, batch_size: int) -> range:
 
 
 class BatchSource:
-    """Normalises uint8 images on the fly; optional random crop + flip for training."""
+    """Normalises uint8 images on the fly; optional random crop + flip for training. Batches come in
+    ``memory_format`` (the images held in it once; a crop and flip's output is laid out again)."""
 
-    def __init__(self, bundle: DatasetBundle, device: torch.device, normalize: bool = True) -> None:
+    def __init__(self, bundle: DatasetBundle, device: torch.device, normalize: bool = True,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.device = device
+        self.memory_format = memory_format
         self.scale = bundle.scale
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(bundle.mean if normalize else [0.0] * len(bundle.mean), device=device).view(shape)
         self.std = torch.tensor(bundle.std if normalize else [1.0] * len(bundle.std), device=device).view(shape)
         self.splits = {
-            name: Split(s.images.to(device), s.labels.to(device))
+            name: Split(s.images.to(device, memory_format=memory_format), s.labels.to(device))
             for name, s in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
             if s is not None
         }
@@ -46,7 +49,7 @@ class BatchSource:
             idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
             x = self.prepare(data.images[idx])
             if augment:
-                x = random_crop_flip(x, generator)
+                x = random_crop_flip(x, generator).contiguous(memory_format=self.memory_format)
             yield x, data.labels[idx]
 
 
