@@ -308,3 +308,19 @@ def test_idle_workers_counts_the_workers_of_either_setting():
     for run in runs.values():
         assert run["most_alive_at_once"] == run["workers_started"] and run["their_uss_gb"] > 0
         assert run["ray_workers_cpu_s"] > 0 and run["wall_s"] > 0
+
+
+def test_memory_format_times_each_convnet_in_either_layout():
+    """benchmarks/memory_format.py, behind train.memory_format's default: a row per model and image shape, whose
+    two layouts train the same model to the same loss but for the order of sums."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_format.py"), "--models", "lenet",
+                           "--images", "64", "--repeats", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| lenet")]
+    assert [row[1].strip() for row in rows] == ["1x28x28", "3x32x32"]
+    for row in rows:
+        for timed in row[2:4]:  # "0.035 / 0.023 s = 1.54x"
+            contiguous, channels_last = (float(t) for t in timed.split("s =")[0].split("/"))
+            assert contiguous > 0 and channels_last > 0
+        first, second = (float(v) for v in row[4].split(","))
+        assert first == pytest.approx(second, rel=1e-3)
