@@ -7,7 +7,7 @@ import torch
 from bare_loop import build, load_tensors, train_bare
 from harness import Check, Result, median
 
-SIZES = {  # repeats of the A B pair, epochs per run, training images (None: all of mnist5k's 4,000)
+SIZES = {  # rounds of the three runs (each first in turn), epochs per run, training images (None: all 4,000)
     "full": {"repeats": 3, "epochs": 3, "subset": None},
     "smoke": {"repeats": 2, "epochs": 2, "subset": 1000},
 }
@@ -24,17 +24,21 @@ def run(size: str, **_) -> Result:
                    "train.lr_schedule=none", "tracking=none"])
     tensors = load_tensors("mnist5k", p["subset"])
     lr, batch = float(cfg.optimizer.lr), int(cfg.train.batch_size)
-    # the first epoch of either pays for warm-up: one untimed run of each before the pairs
-    train(cfg)
-    train_bare(build("lenet", tensors), tensors, lr, 1, batch)
-    train_bare(build("lenet", tensors), tensors, lr, 1, batch, channels_last=True)
-    sweeplab_epochs, bare_epochs, nhwc_epochs = [], [], []
-    for _ in range(p["repeats"]):  # A B C A B C: drift on a shared machine hits all alike
-        sweeplab_epochs += [h["epoch_seconds"] for h in train(cfg).history]
-        bare = train_bare(build("lenet", tensors), tensors, lr, p["epochs"], batch)
-        bare_epochs += [h["epoch_seconds"] for h in bare]
-        nhwc = train_bare(build("lenet", tensors), tensors, lr, p["epochs"], batch, channels_last=True)
-        nhwc_epochs += [h["epoch_seconds"] for h in nhwc]
+    arms = {  # each run's epoch seconds
+        "sweeplab": lambda: [h["epoch_seconds"] for h in train(cfg).history],
+        "bare": lambda: [h["epoch_seconds"] for h in train_bare(build("lenet", tensors), tensors, lr, p["epochs"],
+                                                                 batch)],
+        "channels_last": lambda: [h["epoch_seconds"] for h in train_bare(build("lenet", tensors), tensors, lr,
+                                                                          p["epochs"], batch, channels_last=True)],
+    }
+    for run_arm in arms.values():  # the first epoch of each pays for warm-up: one untimed run of each first
+        run_arm()
+    epochs: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
+    for r in range(p["repeats"]):  # A B C, B C A, C A B: drift on a shared machine, and going first, hit all alike
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            epochs[name] += arms[name]()
+    sweeplab_epochs, bare_epochs, nhwc_epochs = epochs["sweeplab"], epochs["bare"], epochs["channels_last"]
     sweeplab_s, bare_s, nhwc_s = median(sweeplab_epochs), median(bare_epochs), median(nhwc_epochs)
     return Result("B1", "trainer vs hand-written loop", size, checks=[
         Check("sweeplab.train epoch / bare epoch (LeNet, mnist5k, 1 thread)", sweeplab_s / bare_s, "<= 1.05"),
