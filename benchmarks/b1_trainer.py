@@ -24,13 +24,12 @@ def run(size: str, **_) -> Result:
                    "train.lr_schedule=none", "tracking=none"])
     tensors = load_tensors("mnist5k", p["subset"])
     lr, batch = float(cfg.optimizer.lr), int(cfg.train.batch_size)
-    arms = {  # each run's epoch seconds
-        "sweeplab": lambda: [h["epoch_seconds"] for h in train(cfg).history],
-        "bare": lambda: [h["epoch_seconds"] for h in train_bare(build("lenet", tensors), tensors, lr, p["epochs"],
-                                                                 batch)],
-        "channels_last": lambda: [h["epoch_seconds"] for h in train_bare(build("lenet", tensors), tensors, lr,
-                                                                          p["epochs"], batch, channels_last=True)],
-    }
+    def bare(channels_last: bool) -> list[float]:
+        history = train_bare(build("lenet", tensors), tensors, lr, p["epochs"], batch, channels_last=channels_last)
+        return [h["epoch_seconds"] for h in history]
+
+    arms = {"sweeplab": lambda: [h["epoch_seconds"] for h in train(cfg).history],  # each run's epoch seconds
+            "bare": lambda: bare(False), "channels_last": lambda: bare(True)}
     for run_arm in arms.values():  # the first epoch of each pays for warm-up: one untimed run of each first
         run_arm()
     epochs: dict[str, list[float]] = {name: [] for name in arms}

@@ -63,7 +63,8 @@ def build(model: str, tensors: Tensors) -> torch.nn.Module:
 def train_bare(model: torch.nn.Module, t: Tensors, lr: float, epochs: int, batch_size: int = 64,
                momentum: float = 0.9, seed: int = 0, eval_batch_size: int = 512,
                channels_last: bool = False) -> list[dict[str, float]]:
-    """One training; per epoch its seconds (train + val) and val accuracy."""
+    """One training; per epoch its seconds (train + val), its training pass's seconds, the pass's last batch loss
+    and val accuracy."""
     torch.manual_seed(seed)
     device = t.x_train.device
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -82,13 +83,15 @@ def train_bare(model: torch.nn.Module, t: Tensors, lr: float, epochs: int, batch
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        trained = time.perf_counter()
         model.eval()
         correct = 0
         with torch.no_grad():
             for i in range(0, len(t.y_val), eval_batch_size):
                 rows = slice(i, i + eval_batch_size)
                 correct += int((model(x_val[rows]).argmax(1) == t.y_val[rows]).sum())
-        history.append({"epoch_seconds": time.perf_counter() - started, "val/acc": correct / len(t.y_val)})
+        history.append({"epoch_seconds": time.perf_counter() - started, "train_seconds": trained - started,
+                        "train/loss": loss.item(), "val/acc": correct / len(t.y_val)})
     return history
 
 

@@ -2,45 +2,31 @@
 
     python benchmarks/memory_format.py [--models lenet alexnet vgg googlenet] [--images 1024] [--repeats 2]
 
-Each model of conf/model/ as it stands, on random images of MNIST's shape (1x28x28) and CIFAR-10's (3x32x32), plain
-SGD with momentum at batch 64 and one torch thread: one training pass and one evaluation pass per layout, the layouts
-alternating, the fastest of ``--repeats`` kept. Prints a Markdown row per model and shape, and the first pass's last
-loss in each layout (equal but for the order of sums).
+Each model of conf/model/ as it stands, on random images of MNIST's shape (1x28x28) and CIFAR-10's (3x32x32), one
+epoch of the bare loop (bare_loop.train_bare: plain SGD with momentum at batch 64, shuffled) and one torch thread: its
+training pass and its evaluation pass per layout, the layouts alternating, the fastest of ``--repeats`` kept. Prints
+a Markdown row per model and shape, and the first pass's last loss in each layout (equal but for the order of sums).
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from torch.nn import functional as F
 
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+LAYOUTS = {"contiguous": False, "channels_last": True}  # bare_loop.train_bare's channels_last
 SHAPES = ((1, 28, 28), (3, 32, 32))
 
 
-def passes(model_name: str, shape: tuple[int, int, int], layout: torch.memory_format, images: torch.Tensor,
+def passes(model_name: str, shape: tuple[int, int, int], channels_last: bool, images: torch.Tensor,
            labels: torch.Tensor) -> tuple[float, float, float]:
-    """(training pass seconds, evaluation pass seconds, the training pass's last loss) of a fresh model."""
-    from bare_loop import Tensors, build
+    """(training pass seconds, evaluation pass seconds, the training pass's last loss) of a fresh model, from one
+    epoch of the bare loop over ``images``, evaluated on them too."""
+    from bare_loop import Tensors, build, train_bare
 
-    torch.manual_seed(0)
-    model = build(model_name, Tensors(images, labels, images, labels, shape, 10)).to(memory_format=layout)
-    x = images.contiguous(memory_format=layout)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    started = time.perf_counter()
-    model.train()
-    for i in range(0, len(x), 64):
-        loss = F.cross_entropy(model(x[i : i + 64]), labels[i : i + 64])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    trained = time.perf_counter()
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(x), 512):
-            model(x[i : i + 512])
-    return trained - started, time.perf_counter() - trained, loss.item()
+    tensors = Tensors(images, labels, images, labels, shape, 10)
+    torch.manual_seed(0)  # the same initial weights in either layout
+    (epoch,) = train_bare(build(model_name, tensors), tensors, lr=0.01, epochs=1, channels_last=channels_last)
+    return epoch["train_seconds"], epoch["epoch_seconds"] - epoch["train_seconds"], epoch["train/loss"]
 
 
 def main() -> None:
@@ -57,8 +43,8 @@ def main() -> None:
             images, labels = torch.randn(args.images, *shape), torch.randint(0, 10, (args.images,))
             best: dict[str, list[float]] = {}
             for _ in range(args.repeats):
-                for layout, fmt in LAYOUTS.items():
-                    run = passes(name, shape, fmt, images, labels)
+                for layout, channels_last in LAYOUTS.items():
+                    run = passes(name, shape, channels_last, images, labels)
                     kept = best.setdefault(layout, list(run))
                     kept[0], kept[1] = min(kept[0], run[0]), min(kept[1], run[1])
             nchw, nhwc = best["contiguous"], best["channels_last"]

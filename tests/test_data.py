@@ -252,6 +252,7 @@ def test_training_batches_are_normalised(cifar_bundle):
 def test_channels_last_batches_hold_the_same_images_laid_out_channel_innermost(cifar_bundle, augment):
     plain = BatchSource(cifar_bundle, torch.device("cpu"))
     nhwc = BatchSource(cifar_bundle, torch.device("cpu"), memory_format=torch.channels_last)
+
     def batches(source: BatchSource, split: str) -> list:  # val: in order, never augmented (sweeplab.train)
         if split == "val":
             return list(source.batches(split, 16))
