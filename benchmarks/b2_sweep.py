@@ -86,6 +86,7 @@ def sweeplab_run(size: str, tracking: bool, concurrency: int = CONCURRENCY) -> d
     what = f"sweeplab sweep (tracking {'on' if tracking else 'off'}, {concurrency} at a time)"
     _check_all_completed(times, trials, what)
     _runs[key] = {"wall_s": timed.wall, "startup_s": times.first_start, "steady_s": times.steady,
+                  "began_s": times.first_began, "training_s": times.training,
                   "teardown_s": timed.wall - times.last_complete, "first_metric_s": timed.events.get("first_metric"),
                   "cpu_s": cpu.by_role()}
     return _runs[key]
@@ -214,13 +215,17 @@ def run_b2(size: str, **_) -> Result:
     hydra_reason = hydra_available()
     hydra = hydra_run(size) if not hydra_reason else None
     spare_bare, spare_sweep = bare_run(size, 1), sweeplab_run(size, True, 1)
-    overhead = (sweep["steady_s"] - bare_nhwc["steady_s"]) * CONCURRENCY / p["trials"]
+    # each side from its first training's start: the workers' start and imports are start-up, as the bare
+    # processes' imports and data loading are
+    overhead = (sweep["training_s"] - bare_nhwc["steady_s"]) * CONCURRENCY / p["trials"]
     checks = [
         Check("sweeplab sweep / bare, wall time, start-up included", sweep["wall_s"] / bare["wall_s"], "<= 1.20"),
         Check("orchestration alone: sweeplab sweep / bare loop laid out channels_last as its trials are, wall time",
               sweep["wall_s"] / bare_nhwc["wall_s"], ""),
-        Check("steady-state overhead per trial (s of its CPU beyond training, against the bare loop in its layout)",
-              overhead, "<= 0.25", "s"),
+        Check("steady-state overhead per trial, each side from its first training's start (s beyond training, "
+              "against the bare loop in its layout)", overhead, "<= 0.25", "s"),
+        Check("the first workers' start: the first trial asked of Optuna -> begun on its worker",
+              sweep["began_s"] - sweep["startup_s"], "", "s"),
         Check("CPU seconds of all its processes, sweeplab sweep / bare", _cpu(sweep) / _cpu(bare), ""),
         Check("the same, Ray's trial workers and services alone (no driver) / bare",
               (sweep["cpu_s"].get("trial workers", 0) + sweep["cpu_s"].get("Ray's services", 0)) / _cpu(bare), ""),
@@ -234,8 +239,8 @@ def run_b2(size: str, **_) -> Result:
                "bare": bare, "bare_channels_last": bare_nhwc, "sweeplab": sweep, "ray_naive": ray_naive,
                "hydra_optuna": hydra or hydra_reason,
                "one_at_a_time": {"trials": _trials(size, 1), "bare": spare_bare, "sweeplab": spare_sweep},
-               "overhead_definition": "((last trial end - first trial start) - (bare end - bare first epoch start),"
-                                      " the bare loop channels_last) x concurrency / trials"}
+               "overhead_definition": "((last trial end - first trial begun on its worker) - (bare end - bare "
+                                      "first epoch start), the bare loop channels_last) x concurrency / trials"}
     return Result("B2", "sweep overhead vs bare loop", size, checks=checks, figures=figures)
 
 
@@ -251,7 +256,8 @@ def run_b3(size: str, **_) -> Result:
         Check("sweep wall, tracking on / tracking=none", on["wall_s"] / off["wall_s"], "<= 1.03"),
         Check("with a core to spare: one trial at a time, tracking on / tracking=none",
               spare_on["wall_s"] / spare_off["wall_s"], ""),
-        Check("trial phase (first start to last end), tracking on / none", on["steady_s"] / off["steady_s"], ""),
+        Check("trial phase (first trial begun on its worker to last end), tracking on / none",
+              on["training_s"] / off["training_s"], ""),
         Check("the driver's CPU, tracking on - none", on["cpu_s"].get("driver", 0) - off["cpu_s"].get("driver", 0),
               "", "s"),
     ], figures={"tracking_on": on, "tracking_none": off,
@@ -265,4 +271,5 @@ def run_b4(size: str, **_) -> Result:
     return Result("B4", "launch latency", size, checks=[
         Check("command start -> first epoch metric readable in MLflow", run["first_metric_s"], "<= 15", "s"),
         Check("command start -> first trial started (Optuna)", run["startup_s"], "", "s"),
+        Check("command start -> first trial begun on its worker", run["began_s"], "", "s"),
     ], figures=run)

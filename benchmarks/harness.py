@@ -208,15 +208,41 @@ def sweeplab_sweep(sweep: str | Path, overrides: Sequence[str], cwd: Path, watch
 
 @dataclass
 class StudyTimes:
-    """When the trials of a sweep's Optuna study ran, as seconds from the command's start."""
+    """When the trials of a sweep's Optuna study ran, as seconds from the command's start. A trial starts when
+    Optuna is asked for it (``first_start``), before a worker holds it; it trains from ``began``: its end less the
+    seconds Ray Tune counted it running on its worker (its config, data and epochs: ``time_total_s``), so a
+    worker's start and imports before it are not in its span."""
 
     first_start: float
     last_complete: float
-    trials: list[dict[str, Any]]  # number, state, start, complete, epochs, value, intermediate
+    trials: list[dict[str, Any]]  # number, state, start, began, complete, epochs, value, intermediate
 
     @property
     def steady(self) -> float:
         return self.last_complete - self.first_start
+
+    @property
+    def first_began(self) -> float:
+        """When the first trial began on its worker (``first_start`` where Ray's results are not at hand)."""
+        return min((t["began"] for t in self.trials if t.get("began") is not None), default=self.first_start)
+
+    @property
+    def training(self) -> float:
+        """The first trial's beginning on its worker → the last trial's end."""
+        return self.last_complete - self.first_began
+
+
+def ray_seconds(output_dir: Path) -> dict[int, float]:
+    """Optuna trial number → the seconds Ray Tune counted that trial running (``time_total_s`` of its last
+    result), from the sweep's Ray results under ``output_dir``/ray; the longest of its seeds' trials."""
+    seconds: dict[int, float] = {}
+    for result in Path(output_dir).glob("ray/*/*/result.json"):
+        lines = result.read_text().splitlines()
+        params = result.with_name("params.json")
+        if lines and params.is_file():
+            number = int(json.loads(params.read_text())["optuna_trial"])
+            seconds[number] = max(seconds.get(number, 0.0), json.loads(lines[-1])["time_total_s"])
+    return seconds
 
 
 def study_times(output_dir: Path, started_at: float) -> StudyTimes:
@@ -233,12 +259,14 @@ def study_times(output_dir: Path, started_at: float) -> StudyTimes:
         raise RuntimeError(f"expected one study in {where}, found {names}")
     study = optuna.load_study(study_name=names[0], storage=storage)
     rows = []
+    ran = ray_seconds(output_dir)
     for t in study.get_trials(deepcopy=False):
         if t.datetime_start is None:
             continue
         complete = t.datetime_complete.timestamp() - started_at if t.datetime_complete else None
+        began = complete - ran[t.number] if complete is not None and t.number in ran else None
         rows.append({"number": t.number, "state": t.state.name, "status": t.user_attrs.get("status"),
-                     "start": t.datetime_start.timestamp() - started_at, "complete": complete,
+                     "start": t.datetime_start.timestamp() - started_at, "began": began, "complete": complete,
                      "epochs": t.user_attrs.get("epochs"),
                      "value": t.value if t.values is not None and len(t.values) == 1 else None,
                      "intermediate": dict(sorted(t.intermediate_values.items()))})

@@ -123,8 +123,12 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     nhwc = f["bare_channels_last"]  # the bare loop as fast as the trials: what orchestration alone adds
     assert 0 < nhwc["startup_s"] < nhwc["wall_s"] and nhwc["cpu_s"]["bare loop"] > 0
     assert check_value(b2, "orchestration alone") == pytest.approx(sweep["wall_s"] / nhwc["wall_s"])
+    # the steady state begins at the first trial's start on its worker, after the workers' start-up, as the bare
+    # loop's begins after its imports and data loading
+    assert sweep["startup_s"] < sweep["began_s"] < sweep["wall_s"] and sweep["training_s"] < sweep["steady_s"]
+    assert check_value(b2, "the first workers' start") == pytest.approx(sweep["began_s"] - sweep["startup_s"])
     assert check_value(b2, "steady-state overhead") == pytest.approx(
-        (sweep["steady_s"] - nhwc["steady_s"]) * 2 / 4)
+        (sweep["training_s"] - nhwc["steady_s"]) * 2 / 4)
     assert check_value(b2, "naive Ray Tune") > 0
     # every process each side started is counted, by what it is
     assert bare["cpu_s"]["bare loop"] > 0 and not {"driver", "trial workers"} & set(bare["cpu_s"])
@@ -146,6 +150,8 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     figures = records["B3"]["figures"]
     assert figures["tracking_on"] == sweep  # B3 reuses B2's tracked run, and adds the untracked one
     assert check_value(b3, "sweep wall") == pytest.approx(sweep["wall_s"] / figures["tracking_none"]["wall_s"])
+    assert check_value(b3, "trial phase") == pytest.approx(
+        sweep["training_s"] / figures["tracking_none"]["training_s"])
     one_at_a_time = figures["one_at_a_time"]
     assert one_at_a_time["tracking_on"] == spare["sweeplab"]
     assert check_value(b3, "with a core to spare") == pytest.approx(
@@ -153,7 +159,8 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
 
     b4 = ok(records["B4"])
     latency = check_value(b4, "command start -> first epoch metric")
-    assert sweep["startup_s"] < latency < sweep["wall_s"]  # a metric exists only after a trial started
+    assert sweep["began_s"] < latency < sweep["wall_s"]  # a metric exists only after a trial began on its worker
+    assert check_value(b4, "command start -> first trial begun") == sweep["began_s"]
 
 
 def test_b5_search_efficiency_reads_both_sweeps(tmp_path):
