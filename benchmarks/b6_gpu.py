@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 SIZES = {  # resident images, packed K, epochs and training images per packed trial (mnist5k: 4,000)
     "gpu": {"images": 60_000, "ks": [1, 4, 8], "epochs": 5, "subset": None, "batch": 64},
-    "tiny": {"images": 64, "ks": [1, 2], "epochs": 1, "subset": 300, "batch": 64},  # one batch: VGG in bf16 is slow on a CPU
+    "tiny": {"images": 64, "ks": [1, 2], "epochs": 1, "subset": 300, "batch": 64},  # one batch: CPU bf16 VGG is slow
 }
 MODELS = ("lenet", "vgg")
 OPTIONS = {  # name -> (bf16 autocast, channels_last)

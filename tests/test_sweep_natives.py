@@ -82,9 +82,11 @@ def qmc_points(n: int, **args) -> list[dict]:
 
 
 def test_pbt_copies_a_strong_trials_checkpoint_and_trains_on_with_perturbed_values(ray_session, tmp_path):
-    # six epochs, five chances to exploit: with the shipped four, an asynchronous PBT whose trials happened to tie
-    # or to report in an unlucky order made no exploit in about one run in four
-    outcome = run(project_root() / "sweeps" / "pbt.yaml", tmp_path, "train.epochs=6")
+    # ten epochs, nine chances to exploit. Ray's PBT is asynchronous: a lower-quantile trial exploits a random
+    # upper-quantile one only if that one's own last result was in the upper quantile too (else it kept no
+    # checkpoint), so with the shipped four epochs about one run in four made no exploit, and with six one
+    # full suite of 2026-12-01 in three
+    outcome = run(project_root() / "sweeps" / "pbt.yaml", tmp_path, "train.epochs=10")
     assert {t.status for t in outcome.trials} == {"completed"}
     # Ray's record of each exploit: [trial, donor, trial's epoch, donor's epoch, donor's config, new config]
     exploits = [json.loads(line) for line in (Path(outcome.record["ray_path"]) / "pbt_global.txt").read_text()
