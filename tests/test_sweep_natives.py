@@ -84,8 +84,8 @@ def qmc_points(n: int, **args) -> list[dict]:
 def test_pbt_copies_a_strong_trials_checkpoint_and_trains_on_with_perturbed_values(ray_session, tmp_path):
     # ten epochs, nine chances to exploit. Ray's PBT is asynchronous: a lower-quantile trial exploits a random
     # upper-quantile one only if that one's own last result was in the upper quantile too (else it kept no
-    # checkpoint), so with the shipped four epochs about one run in four made no exploit, and with six one
-    # full suite of 2026-12-01 in three
+    # checkpoint), so with the shipped four epochs about one run in four made no exploit, and with six a full
+    # suite of 2026-12-01 07:16 made none
     outcome = run(project_root() / "sweeps" / "pbt.yaml", tmp_path, "train.epochs=10")
     assert {t.status for t in outcome.trials} == {"completed"}
     # Ray's record of each exploit: [trial, donor, trial's epoch, donor's epoch, donor's config, new config]
