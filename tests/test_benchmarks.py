@@ -159,7 +159,8 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
 
     b4 = ok(records["B4"])
     latency = check_value(b4, "command start -> first epoch metric")
-    assert sweep["began_s"] < latency < sweep["wall_s"]  # a metric exists only after a trial began on its worker
+    assert sweep["startup_s"] < latency < sweep["wall_s"]  # a metric exists only after a trial started
+    # (a trial's beginning on its worker is dated from its end, which the driver records late on a busy machine)
     assert check_value(b4, "command start -> first trial begun") == sweep["began_s"]
 
 
