@@ -29,10 +29,12 @@ from harness import (
     write_sweep,
 )
 
-SIZES = {  # spare_trials: the one-at-a-time runs' trial count
+SIZES = {  # spare_trials: the one-at-a-time runs' trial count, 0 for none (the smoke size: the same two functions at
+    # another concurrency, for three more runs, a third of the smoke test's time)
     "full": {"trials": 16, "epochs": 5, "subset": None, "spare_trials": 16},
-    "smoke": {"trials": 4, "epochs": 2, "subset": 500, "spare_trials": 2},
+    "smoke": {"trials": 4, "epochs": 2, "subset": 500, "spare_trials": 0},
 }
+ONE_AT_A_TIME_SKIPPED = "not run at this size (spare_trials 0): `make bench` runs it"
 CONCURRENCY = 2
 LR_RANGE = (0.005, 0.05)  # log-uniform; small enough that no LeNet diverges (a diverged trial ends early)
 SWEEP_NAME = "bench_overhead"
@@ -214,7 +216,8 @@ def run_b2(size: str, **_) -> Result:
     ray_naive = ray_naive_run(size)
     hydra_reason = hydra_available()
     hydra = hydra_run(size) if not hydra_reason else None
-    spare_bare, spare_sweep = bare_run(size, 1), sweeplab_run(size, True, 1)
+    spare = bool(p["spare_trials"])
+    spare_bare, spare_sweep = (bare_run(size, 1), sweeplab_run(size, True, 1)) if spare else (None, None)
     # each side from its first training's start: the workers' start and imports are start-up, as the bare
     # processes' imports and data loading are
     overhead = (sweep["training_s"] - bare_nhwc["steady_s"]) * CONCURRENCY / p["trials"]
@@ -230,7 +233,7 @@ def run_b2(size: str, **_) -> Result:
         Check("the same, Ray's trial workers and services alone (no driver) / bare",
               (sweep["cpu_s"].get("trial workers", 0) + sweep["cpu_s"].get("Ray's services", 0)) / _cpu(bare), ""),
         Check("with a core to spare: one trial at a time, sweeplab sweep / bare loop in 1 process, wall time",
-              spare_sweep["wall_s"] / spare_bare["wall_s"], ""),
+              _ratio(spare_sweep, spare_bare), ""),
         Check("naive Ray Tune script / bare, wall time", ray_naive["wall_s"] / bare["wall_s"], ""),
         Check("Hydra Optuna sweeper (--multirun, joblib) / bare, wall time",
               hydra["wall_s"] / bare["wall_s"] if hydra else None, ""),
@@ -238,10 +241,16 @@ def run_b2(size: str, **_) -> Result:
     figures = {"workload": {**p, "concurrency": CONCURRENCY, "model": "lenet", "data": "mnist5k"},
                "bare": bare, "bare_channels_last": bare_nhwc, "sweeplab": sweep, "ray_naive": ray_naive,
                "hydra_optuna": hydra or hydra_reason,
-               "one_at_a_time": {"trials": _trials(size, 1), "bare": spare_bare, "sweeplab": spare_sweep},
+               "one_at_a_time": {"trials": _trials(size, 1), "bare": spare_bare, "sweeplab": spare_sweep}
+               if spare else ONE_AT_A_TIME_SKIPPED,
                "overhead_definition": "((last trial end - first trial begun on its worker) - (bare end - bare "
                                       "first epoch start), the bare loop channels_last) x concurrency / trials"}
     return Result("B2", "sweep overhead vs bare loop", size, checks=checks, figures=figures)
+
+
+def _ratio(run: dict | None, other: dict | None) -> float | None:
+    """``run``'s wall time over ``other``'s; None where they were not run."""
+    return run["wall_s"] / other["wall_s"] if run and other else None
 
 
 def _cpu(run: dict) -> float:
@@ -251,17 +260,19 @@ def _cpu(run: dict) -> float:
 
 def run_b3(size: str, **_) -> Result:
     on, off = sweeplab_run(size, tracking=True), sweeplab_run(size, tracking=False)
-    spare_on, spare_off = sweeplab_run(size, True, 1), sweeplab_run(size, False, 1)
+    spare = bool(SIZES[size]["spare_trials"])
+    spare_on, spare_off = (sweeplab_run(size, True, 1), sweeplab_run(size, False, 1)) if spare else (None, None)
     return Result("B3", "tracking on vs tracking=none", size, checks=[
         Check("sweep wall, tracking on / tracking=none", on["wall_s"] / off["wall_s"], "<= 1.03"),
-        Check("with a core to spare: one trial at a time, tracking on / tracking=none",
-              spare_on["wall_s"] / spare_off["wall_s"], ""),
+        Check("with a core to spare: one trial at a time, tracking on / tracking=none", _ratio(spare_on, spare_off),
+              ""),
         Check("trial phase (first trial begun on its worker to last end), tracking on / none",
               on["training_s"] / off["training_s"], ""),
         Check("the driver's CPU, tracking on - none", on["cpu_s"].get("driver", 0) - off["cpu_s"].get("driver", 0),
               "", "s"),
     ], figures={"tracking_on": on, "tracking_none": off,
-                "one_at_a_time": {"tracking_on": spare_on, "tracking_none": spare_off}})
+                "one_at_a_time": {"tracking_on": spare_on, "tracking_none": spare_off} if spare
+                else ONE_AT_A_TIME_SKIPPED})
 
 
 def run_b4(size: str, **_) -> Result:

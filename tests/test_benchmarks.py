@@ -136,10 +136,8 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     assert sweep["cpu_s"]["trial workers"] > 0 and sweep["cpu_s"]["driver"] > 0
     all_cpu = sum(sweep["cpu_s"].values())
     assert check_value(b2, "CPU seconds of all") == pytest.approx(all_cpu / sum(bare["cpu_s"].values()))
-    spare = f["one_at_a_time"]  # the same trainings one at a time: a core left to the driver and Ray
-    assert spare["trials"] == 2 and spare["bare"]["cpu_s"]["bare loop"] > 0
-    assert check_value(b2, "with a core to spare") == pytest.approx(
-        spare["sweeplab"]["wall_s"] / spare["bare"]["wall_s"])
+    # the same trainings one at a time (a core left to the driver and Ray): at full size only, two more sweeps
+    assert "make bench" in f["one_at_a_time"] and check_value(b2, "with a core to spare") is None
     hydra = check_value(b2, "Hydra Optuna sweeper")
     if VENDOR.is_dir():
         assert hydra > 0
@@ -152,10 +150,7 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     assert check_value(b3, "sweep wall") == pytest.approx(sweep["wall_s"] / figures["tracking_none"]["wall_s"])
     assert check_value(b3, "trial phase") == pytest.approx(
         sweep["training_s"] / figures["tracking_none"]["training_s"])
-    one_at_a_time = figures["one_at_a_time"]
-    assert one_at_a_time["tracking_on"] == spare["sweeplab"]
-    assert check_value(b3, "with a core to spare") == pytest.approx(
-        spare["sweeplab"]["wall_s"] / one_at_a_time["tracking_none"]["wall_s"])
+    assert figures["one_at_a_time"] == f["one_at_a_time"] and check_value(b3, "with a core to spare") is None
 
     b4 = ok(records["B4"])
     latency = check_value(b4, "command start -> first epoch metric")
