@@ -124,7 +124,7 @@ sweep:
   resources: {cpu: 0.5}
   scheduler: {kind: hyperband, reduction_factor: 2}
 """ + SPACE)
-    outcome = run(path, tmp_path)
+    outcome = run(path, tmp_path, "tracking=none")  # nothing here reads MLflow: the driver's CPU left to the trials
     # max_t 2, eta 2: Ray's first bracket runs 2 trials to the end; the second runs 2 for one epoch,
     # pausing the first to finish until the other has, and keeps the better one
     assert sorted(t.epochs for t in outcome.trials) == [1, 2, 2, 2]
@@ -192,7 +192,7 @@ sweep:
   time_budget_s: 10
   scheduler: {kind: none}
 """ + SPACE)
-    outcome = run(path, tmp_path)
+    outcome = run(path, tmp_path, "tracking=none")
     ended = [t for t in outcome.trials if t.status != "running"]
     assert len(ended) < 1000  # a trial that the budget cut off stays running, as in an interrupted sweep
     assert outcome.record["ended_by"].startswith("sweep.time_budget_s=10")

@@ -245,7 +245,8 @@ def test_a_sweep_runs_from_a_folder_whose_name_has_accents_and_spaces(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_whose_trials_all_end_invalid_exits_non_zero_and_says_so(tmp_path):
     path = write_sweep(tmp_path, "diverges", TINY_SWEEP.replace("LOW", "1.0e8").replace("HIGH", "1.0e9"))
-    done = cli("sweep", str(path), "data=mnist5k", f"output_dir={tmp_path / 'out'}", "--quiet", cwd=tmp_path)
+    done = cli("sweep", str(path), "data=mnist5k", f"output_dir={tmp_path / 'out'}", "tracking=none", "--quiet",
+               cwd=tmp_path)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("sweeplab sweep: error: no trial of diverges-") and "2 invalid" in error, done.stderr
