@@ -13,11 +13,14 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
+# The last step makes the empty MLflow store every new local store is copied from (sweeplab.tracking.store), so
+# that not even the first sweep waits for MLflow's migrations.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[dev]' $(CONSTRAINTS)
+	-$(BIN)/python -c 'from sweeplab.tracking.store import empty_store_template; empty_store_template()'
 	touch $@
 
 sweep: venv

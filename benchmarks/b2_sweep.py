@@ -29,6 +29,8 @@ from harness import (
     write_sweep,
 )
 
+from sweeplab.tracking.store import store_template_path
+
 SIZES = {  # spare_trials: the one-at-a-time runs' trial count, 0 for none (the smoke size: the same two functions at
     # another concurrency, for three more runs, a third of the smoke test's time)
     "full": {"trials": 16, "epochs": 5, "subset": None, "spare_trials": 16},
@@ -82,6 +84,7 @@ def sweeplab_run(size: str, tracking: bool, concurrency: int = CONCURRENCY) -> d
         out = tmp / "outputs"
         overrides = [f"output_dir={out}", *([] if tracking else ["tracking=none"])]
         watch = mlflow_first_metric_watcher(out / "mlflow.db", "val/acc") if tracking else None
+        template = store_template_path().exists()  # else this sweep runs MLflow's migrations (make venv makes it)
         with CpuAccount() as cpu:
             timed = sweeplab_sweep(sweep, overrides, cwd=tmp, watch=watch)
         times = study_times(out, timed.started_at)
@@ -90,7 +93,7 @@ def sweeplab_run(size: str, tracking: bool, concurrency: int = CONCURRENCY) -> d
     _runs[key] = {"wall_s": timed.wall, "startup_s": times.first_start, "steady_s": times.steady,
                   "began_s": times.first_began, "training_s": times.training,
                   "teardown_s": timed.wall - times.last_complete, "first_metric_s": timed.events.get("first_metric"),
-                  "cpu_s": cpu.by_role()}
+                  "cpu_s": cpu.by_role(), **({"store_template_existed": template} if tracking else {})}
     return _runs[key]
 
 

@@ -112,6 +112,9 @@ def test_b1_trainer_against_the_bare_loop(tmp_path):
 
 
 def test_b2_b3_b4_share_one_workload(tmp_path):
+    from sweeplab.tracking.store import empty_store_template
+
+    empty_store_template()  # as `make venv` makes it
     records = run_benchmarks("B2", "B3", "B4", results=tmp_path)
     b2 = ok(records["B2"])
     f = records["B2"]["figures"]
@@ -134,6 +137,7 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     assert bare["cpu_s"]["bare loop"] > 0 and not {"driver", "trial workers"} & set(bare["cpu_s"])
     assert {"driver", "trial workers", "Ray's services"} <= set(sweep["cpu_s"])
     assert sweep["cpu_s"]["trial workers"] > 0 and sweep["cpu_s"]["driver"] > 0
+    assert sweep["store_template_existed"] is True  # so the tracked sweep ran no MLflow migrations
     all_cpu = sum(sweep["cpu_s"].values())
     assert check_value(b2, "CPU seconds of all") == pytest.approx(all_cpu / sum(bare["cpu_s"].values()))
     # the same trainings one at a time (a core left to the driver and Ray): at full size only, two more sweeps
@@ -231,6 +235,8 @@ def test_b7_fused_trials_report_every_figure(tmp_path):
     for key in ("one_by_one_samples_per_second", "packed_samples_per_second", "fused_samples_per_second"):
         assert row[key] > 0
     assert check_value(checks, "16 LeNet trials packed / one by one") == pytest.approx(row["packed_speedup"])
+    rounds = row["rounds_seconds"]  # each side's every round, the best of which it reports
+    assert len(rounds["one_by_one"]) == len(rounds["packed"]) == 3 and min(rounds["packed"]) == row["packed_seconds"]
     assert row["max_val_loss_rel_diff"] < 1e-4  # the fused pack trained the same 16 trials
 
 

@@ -99,6 +99,32 @@ def test_provenance_in_a_git_checkout_records_its_commit_and_whether_it_was_edit
     assert provenance_tags()["git.dirty"] == "true"
 
 
+def test_a_new_local_store_is_a_copy_of_the_empty_one_that_make_venv_makes(tmp_path, monkeypatch):
+    """MLflow's migrations run once per machine and MLflow version, when `make venv` installs: every new local
+    store is a copy of that empty one (a marker put in it turns up in the copy), which is not made again."""
+    import sqlite3
+
+    import mlflow
+
+    from sweeplab.tracking.store import client_for, empty_store_template
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = empty_store_template()
+    assert template == tmp_path / "cache" / "sweeplab" / f"mlflow-{mlflow.__version__}-empty.db"
+    with sqlite3.connect(template) as db:
+        db.execute("CREATE TABLE marker (x)")
+    made = template.stat().st_mtime_ns
+    assert empty_store_template() == template
+    client = client_for(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    with sqlite3.connect(tmp_path / "out" / "mlflow.db") as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'marker'").fetchall() == [("marker",)]
+    assert template.stat().st_mtime_ns == made
+    recipe = subprocess.run(["make", "-n", "-B", ".venv/.installed"], cwd=ROOT, capture_output=True, text=True,
+                            check=True, timeout=60).stdout.splitlines()
+    assert recipe[-2].endswith("empty_store_template()'") and recipe[-1] == "touch .venv/.installed"
+
+
 def test_provenance_never_takes_the_commit_of_a_repository_that_merely_encloses_the_project(tmp_path, monkeypatch):
     git("init", "-q", cwd=tmp_path)  # e.g. a home folder under version control
     git("commit", "-q", "--allow-empty", "-m", "dotfiles", cwd=tmp_path)
