@@ -109,9 +109,9 @@ def store_template_path() -> Path:
 
 def empty_store_template() -> Path:
     """An empty local store at the installed MLflow's schema, made once per machine and MLflow version in the user's
-    cache folder: MLflow's migrations take seconds, a copy milliseconds (a new store opened in 4.1–4.9 s without it,
-    1.3–1.7 s with it, on a slow 2-core machine). ``make venv`` makes it, so that not even the first sweep after
-    installing waits for the migrations. Raises OSError where the cache folder cannot be written."""
+    cache folder: MLflow's migrations take seconds, a copy milliseconds (docs/performance-log.md, "The slowest
+    machine"). ``make venv`` makes it, so that not even the first sweep after installing waits for the migrations.
+    Raises OSError where the cache folder cannot be written."""
     import os
 
     template = store_template_path()
