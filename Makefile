@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[dev]' $(CONSTRAINTS)
-	-$(BIN)/python -c 'from sweeplab.tracking.store import empty_store_template; empty_store_template()'
+	$(BIN)/python -c 'from sweeplab.tracking.store import prepare_store_template; prepare_store_template()'
 	touch $@
 
 sweep: venv

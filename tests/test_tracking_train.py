@@ -122,8 +122,37 @@ def test_a_new_local_store_is_a_copy_of_the_empty_one_that_make_venv_makes(tmp_p
     assert template.stat().st_mtime_ns == made
     recipe = subprocess.run(["make", "--no-print-directory", "-n", "-B", ".venv/.installed"], cwd=ROOT,
                             capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
-    built = next(i for i, line in enumerate(recipe) if line.endswith("empty_store_template()'"))
+    built = next(i for i, line in enumerate(recipe) if line.endswith("prepare_store_template()'"))
     assert recipe[built + 1:] == ["touch .venv/.installed"]  # once everything is installed, before it is marked done
+
+
+def test_make_venv_says_in_one_line_where_no_empty_store_can_be_made(tmp_path, monkeypatch):
+    """A cache folder that cannot be written (here: XDG_CACHE_HOME under a file; MLflow refusing the file it would
+    build it in) costs the install one line, not a traceback, nor minutes of MLflow retrying to open it, and sweeps'
+    new stores are built by MLflow as before."""
+    import os
+
+    from sweeplab.tracking.store import client_for, empty_store_template, store_template_path
+
+    recipe = subprocess.run(["make", "--no-print-directory", "-n", "-B", ".venv/.installed"], cwd=ROOT,
+                            capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+    step = next(line for line in recipe if "store_template" in line)
+    (tmp_path / "a-file").write_text("")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "a-file" / "cache")}
+    made = subprocess.run(["bash", "-c", step], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert "Traceback" not in made.stdout + made.stderr
+    assert made.stdout.startswith("sweeplab: no empty MLflow store made (") and "XDG_CACHE_HOME" in made.stdout
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = store_template_path()
+    building = template.with_name(f".{template.name}.{os.getpid()}")
+    building.mkdir(parents=True)  # the file it would be built in cannot be made (as root no folder is read-only)
+    with pytest.raises(OSError):
+        empty_store_template()
+    client = client_for(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert not template.exists()
 
 
 def test_provenance_never_takes_the_commit_of_a_repository_that_merely_encloses_the_project(tmp_path, monkeypatch):

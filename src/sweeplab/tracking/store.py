@@ -1,6 +1,7 @@
 """Where MLflow runs live: a SQLite file under output_dir by default, a server on clusters."""
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,9 +121,27 @@ def empty_store_template() -> Path:
         building = template.with_name(f".{template.name}.{os.getpid()}")
         from mlflow import MlflowClient
 
-        MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
-        os.replace(building, template)
+        # made here first: where sqlite cannot open it, MLflow retries for minutes before it gives up
+        open(building, "wb").close()  # a file left by a dead process with this pid is ours
+        try:
+            MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
+            os.replace(building, template)
+        except Exception as err:  # whatever MLflow raises: no half-built store stays behind
+            with contextlib.suppress(OSError):
+                building.unlink(missing_ok=True)
+            raise OSError(f"could not build an empty MLflow store at {building}: {str(err).splitlines()[0]}") from err
     return template
+
+
+def prepare_store_template() -> int:
+    """``make venv``'s last step: ``empty_store_template`` with one line instead of a traceback where the cache
+    folder cannot be written (sweeps then build each new store with MLflow's migrations, as without it)."""
+    try:
+        print(f"sweeplab: new local MLflow stores are copied from {empty_store_template()}")
+    except OSError as err:
+        print(f"sweeplab: no empty MLflow store made ({err}); each new local store will run MLflow's migrations "
+              "(seconds). Point XDG_CACHE_HOME at a writable folder and run `make venv` again to make it")
+    return 0
 
 
 def _new_sqlite_store(path: Path) -> None:
