@@ -151,6 +151,7 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     b3 = ok(records["B3"])
     figures = records["B3"]["figures"]
     assert figures["tracking_on"] == sweep  # B3 reuses B2's tracked run, and adds the untracked one
+    assert figures["order"] == ["on", "off"] and figures["runs"] == [sweep, figures["tracking_none"]]
     assert check_value(b3, "sweep wall") == pytest.approx(sweep["wall_s"] / figures["tracking_none"]["wall_s"])
     assert check_value(b3, "trial phase") == pytest.approx(
         sweep["training_s"] / figures["tracking_none"]["training_s"])
