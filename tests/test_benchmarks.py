@@ -164,6 +164,31 @@ def test_b2_b3_b4_share_one_workload(tmp_path):
     assert check_value(b4, "command start -> first trial begun") == sweep["began_s"]
 
 
+def test_b3_at_full_size_sums_its_own_sweeps_run_off_on_on_off(monkeypatch):
+    """At full size B3 runs four sweeps of its own, back to back and mirrored, after a warm-up that counts on neither
+    side when nothing ran before it, and takes each ratio from the sums (the sweeps stubbed: their figures chosen)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import b2_sweep
+
+    calls = []
+    walls = {1: 10.0, 2: 13.0, 3: 11.0, 4: 12.0}  # off, on, on, off
+
+    def stub(size, tracking, concurrency=2, repeat=0):
+        calls.append((tracking, concurrency, repeat))
+        return {"wall_s": walls.get(repeat, 99.0), "training_s": walls.get(repeat, 99.0) / 2,
+                "cpu_s": {"driver": 5.0 if tracking else 1.0}}
+
+    monkeypatch.setattr(b2_sweep, "sweeplab_run", stub)
+    monkeypatch.setattr(b2_sweep, "_runs", {})
+    record = b2_sweep.run_b3("full").record({})
+    checks = ok(record)
+    assert calls[:5] == [(False, 2, -1), (False, 2, 1), (True, 2, 2), (True, 2, 3), (False, 2, 4)]
+    assert check_value(checks, "sweep wall") == pytest.approx((13 + 11) / (10 + 12))
+    assert check_value(checks, "trial phase") == pytest.approx((13 + 11) / (10 + 12))
+    assert check_value(checks, "the driver's CPU") == pytest.approx(4.0)
+    assert record["figures"]["order"] == ["off", "on", "on", "off"]
+
+
 def test_b5_search_efficiency_reads_both_sweeps(tmp_path):
     record = run_benchmarks("B5", results=tmp_path)["B5"]
     ok(record)

@@ -121,7 +121,7 @@ def empty_store_template() -> Path:
         building = template.with_name(f".{template.name}.{os.getpid()}")
         from mlflow import MlflowClient
 
-        # made here first: where sqlite cannot open it, MLflow retries for minutes before it gives up
+        # made here first: where it cannot be created, MLflow would retry for minutes before it gave up
         open(building, "wb").close()  # a file left by a dead process with this pid is ours
         try:
             MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
@@ -129,7 +129,8 @@ def empty_store_template() -> Path:
         except Exception as err:  # whatever MLflow raises: no half-built store stays behind
             with contextlib.suppress(OSError):
                 building.unlink(missing_ok=True)
-            raise OSError(f"could not build an empty MLflow store at {building}: {str(err).splitlines()[0]}") from err
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise OSError(f"could not build an empty MLflow store at {building}: {first}") from err
     return template
 
 
@@ -138,7 +139,7 @@ def prepare_store_template() -> int:
     folder cannot be written (sweeps then build each new store with MLflow's migrations, as without it)."""
     try:
         print(f"sweeplab: new local MLflow stores are copied from {empty_store_template()}")
-    except OSError as err:
+    except Exception as err:  # an install never fails on it: sweeps build each store as they would without it
         print(f"sweeplab: no empty MLflow store made ({err}); each new local store will run MLflow's migrations "
               "(seconds). Point XDG_CACHE_HOME at a writable folder and run `make venv` again to make it")
     return 0
@@ -157,7 +158,7 @@ def _new_sqlite_store(path: Path) -> None:
         with sqlite3.connect(staged) as db:  # MLflow's Default experiment, as it would have made it here
             db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
                        (str(Path.cwd() / "mlruns" / "0"),))
-    except OSError:  # no writable cache: MLflow creates the schema in place
+    except (OSError, RuntimeError):  # no writable cache (or no home folder): MLflow creates the schema in place
         return
     try:
         os.link(staged, path)
