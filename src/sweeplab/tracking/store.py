@@ -134,7 +134,7 @@ def empty_store_template() -> Path:
     return template
 
 
-def prepare_store_template() -> int:
+def prepare_store_template() -> None:
     """``make venv``'s last step: ``empty_store_template`` with one line instead of a traceback where the cache
     folder cannot be written (sweeps then build each new store with MLflow's migrations, as without it)."""
     try:
@@ -142,7 +142,6 @@ def prepare_store_template() -> int:
     except Exception as err:  # an install never fails on it: sweeps build each store as they would without it
         print(f"sweeplab: no empty MLflow store made ({err}); each new local store will run MLflow's migrations "
               "(seconds). Point XDG_CACHE_HOME at a writable folder and run `make venv` again to make it")
-    return 0
 
 
 def _new_sqlite_store(path: Path) -> None:
