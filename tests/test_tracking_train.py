@@ -99,6 +99,12 @@ def test_provenance_in_a_git_checkout_records_its_commit_and_whether_it_was_edit
     assert provenance_tags()["git.dirty"] == "true"
 
 
+def venv_recipe() -> list[str]:
+    """The command lines `make venv` runs, as make prints them (whatever make prints around them left out)."""
+    return subprocess.run(["make", "--no-print-directory", "-n", "-B", ".venv/.installed"], cwd=ROOT,
+                          capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+
+
 def test_a_new_local_store_is_a_copy_of_the_empty_one_that_make_venv_makes(tmp_path, monkeypatch):
     """MLflow's migrations run once per machine and MLflow version, when `make venv` installs: every new local
     store is a copy of that empty one (a marker put in it turns up in the copy), which is not made again."""
@@ -120,8 +126,7 @@ def test_a_new_local_store_is_a_copy_of_the_empty_one_that_make_venv_makes(tmp_p
     with sqlite3.connect(tmp_path / "out" / "mlflow.db") as db:
         assert db.execute("SELECT name FROM sqlite_master WHERE name = 'marker'").fetchall() == [("marker",)]
     assert template.stat().st_mtime_ns == made
-    recipe = subprocess.run(["make", "--no-print-directory", "-n", "-B", ".venv/.installed"], cwd=ROOT,
-                            capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+    recipe = venv_recipe()
     built = next(i for i, line in enumerate(recipe) if line.endswith("prepare_store_template()'"))
     assert recipe[built + 1:] == ["touch .venv/.installed"]  # once everything is installed, before it is marked done
 
@@ -134,9 +139,7 @@ def test_make_venv_says_in_one_line_where_no_empty_store_can_be_made(tmp_path, m
 
     from sweeplab.tracking.store import client_for, empty_store_template, store_template_path
 
-    recipe = subprocess.run(["make", "--no-print-directory", "-n", "-B", ".venv/.installed"], cwd=ROOT,
-                            capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
-    step = next(line for line in recipe if "store_template" in line)
+    step = next(line for line in venv_recipe() if "store_template" in line)
     (tmp_path / "a-file").write_text("")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "a-file" / "cache")}
     made = subprocess.run(["bash", "-c", step], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
