@@ -85,6 +85,8 @@ class DataConfig:
         """Ranges; whether subset covers every class is the dataset's to say (sweeplab.data)."""
         if not 0 < self.val_fraction < 1:
             raise out_of_range("data.val_fraction", self.val_fraction, "strictly between 0 and 1")
+        if self.split_seed < 0:  # NumPy's generators take no negative seed
+            raise out_of_range("data.split_seed", self.split_seed, ">= 0")
         if self.subset is not None and self.subset < 1:
             raise out_of_range("data.subset", self.subset, ">= 1 (or null for all images)")
         if self.resize is not None and self.resize < 1:

@@ -74,8 +74,10 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     if sc.objectives and (objectives[0][0] != sc.metric or objectives[0][1] != sc.mode):
         raise ConfigError(f"sweep.objectives in {sweep_file}: the first objective must be sweep.metric/sweep.mode "
                           f"({sc.metric}, {sc.mode}); it drives early stopping")
-    if sc.scheduler.kind == "asha" and sc.scheduler.reduction_factor <= 1:
-        raise ConfigError(f"sweep.scheduler.reduction_factor in {sweep_file} must be > 1")
+    if sc.scheduler.kind in ("asha", "hyperband") and sc.scheduler.reduction_factor <= 1:
+        raise ConfigError(f"sweep.scheduler.reduction_factor in {sweep_file} must be > 1 for {sc.scheduler.kind}, "
+                          f"got {sc.scheduler.reduction_factor} (each rung keeps 1 / reduction_factor of its trials; "
+                          "sweeplab's default is 2)")
     if sc.resources.cpu <= 0 or sc.resources.gpu < 0:
         raise ConfigError(f"sweep.resources in {sweep_file}: cpu must be > 0 and gpu >= 0")
     if sc.resources.gpu > 1 and sc.resources.gpu != int(sc.resources.gpu):

@@ -184,6 +184,9 @@ def parse_space(
         kind = spec.get("type")
         if kind not in TYPES:
             raise ConfigError(f"{where}: type must be one of {', '.join(TYPES)}, got {kind!r}")
+        choices = spec.get("choices")
+        if choices is not None and not isinstance(choices, (list, tuple)):
+            raise ConfigError(f"{where}: choices must be a list, e.g. choices: [{choices}], got {choices!r}")
         if key in GROUPS:
             if kind != "categorical":
                 raise ConfigError(f"{where}: a config group is searched with type: categorical and choices")
@@ -240,6 +243,8 @@ def _check_dimension(dim: Dimension, where: str) -> None:
         value = getattr(dim, field_)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(f"{where}: {field_} must be a number, got {value!r}")
+    if not (math.isfinite(dim.low) and math.isfinite(dim.high)):
+        raise ConfigError(f"{where}: low and high must be finite numbers, got low={dim.low}, high={dim.high}")
     if not dim.low < dim.high:
         raise ConfigError(f"{where}: empty or inverted range low={dim.low} >= high={dim.high}; low must be below high")
     if dim.log and dim.low <= 0:

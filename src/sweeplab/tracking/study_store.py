@@ -20,6 +20,7 @@ import optuna
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from sweeplab.errors import ConfigError
+from sweeplab.redact import redact
 from sweeplab.tracking.store import creation_lock
 
 JOURNAL_FILE = "optuna.journal"
@@ -38,7 +39,7 @@ def default_storage(output_dir: str | Path) -> str:
 def configured_storage(storage: str, key: str) -> str:
     """A storage named in a config, checked; a journal file's path made absolute."""
     if "://" in storage:
-        return storage
+        return _checked_url(storage, key)
     if _SCHEME.match(storage):
         raise ConfigError(f"{key}={storage!r} is neither a database URL (postgresql://user@host/db, "
                           "sqlite:///path/optuna.db) nor a journal file path (outputs/optuna.journal)")
@@ -50,6 +51,33 @@ def configured_storage(storage: str, key: str) -> str:
             if f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER:
                 raise ConfigError(f"{key}={storage} is a SQLite database, not a journal file: write sqlite:///{path}")
     return str(path)
+
+
+def _checked_url(storage: str, key: str) -> str:
+    """A database URL whose dialect SQLAlchemy knows, whose driver is installed and, for SQLite, that names a file:
+    what Optuna's ``RDBStorage`` would otherwise fail on with a traceback, after the sweep's folders exist."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    given = f"{key}={redact(storage)}"
+    try:
+        url = make_url(storage)
+        dialect = url.get_dialect()
+    except (ArgumentError, ValueError) as err:  # an unknown scheme (NoSuchModuleError), a port that is no number
+        scheme = storage.split("://", 1)[0]
+        hint = "postgresql://user@host/db" + ("" if scheme.startswith("postgres") else ", sqlite:///path/optuna.db")
+        raise ConfigError(f"{given} is no database URL SQLAlchemy opens ({redact(str(err))}): write {hint}, "
+                          "or give a journal file path (outputs/optuna.journal)") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        raise ConfigError(f"{given}: the driver of {url.drivername}:// is not installed ({err}); PostgreSQL's is "
+                          "(postgresql://user@host/db)") from None
+    if url.get_backend_name() == "sqlite" and (url.host or not url.database or url.database == ":memory:"):
+        named = Path(url.host or url.database or "optuna.db").resolve()
+        raise ConfigError(f"{given} names no SQLite file (a file's URL has three slashes; an in-memory database "
+                          f"is not shared with the trials' processes): write sqlite:///{named}")
+    return storage
 
 
 def local_file(storage: str) -> Path | None:
