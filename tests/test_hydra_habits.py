@@ -139,6 +139,21 @@ def test_multirun_refuses_what_has_no_grid(override, named, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no sweep file left behind
 
 
+@pytest.mark.parametrize("override, named", [
+    ("optimizer.lr=0.1,-1", "-m optimizer.lr=0.1,-1: the value -1 fails"),
+    ("tracking.uri=http://127.0.0.1:9", "http://127.0.0.1:9"),  # a store checked before the sweep starts
+])
+def test_a_multirun_mistake_names_the_command_line_and_leaves_no_grid_file(override, named, tmp_path):
+    """A value out of range, or a store that does not answer, is found before the grid is announced, named as
+    typed (not in a file the user never wrote), and the file and folders made for the grid are gone."""
+    done = cli("train", "-m", "model=mlp,lenet", "data=digits", f"output_dir={tmp_path / 'out'}", override,
+               cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and "multirun.yaml" not in lines[0], done.stderr
+    assert "written to" not in done.stdout and not (tmp_path / "out").exists()
+
+
 # --- shell completion -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("words, current, expected", [
     ([], "tr", ["train"]),

@@ -479,6 +479,24 @@ def test_best_reruns_the_sweep_file_as_it_ran_and_resume_refuses_a_changed_one(t
         recorded_plan("s-1", [f"output_dir={tmp_path}"])
 
 
+def test_resume_refuses_an_override_the_sweep_did_not_begin_with(tmp_path):
+    """A resumed sweep composes its trials as it began: a changed override would be dropped without a word, so it
+    is refused, naming what the sweep began with; the overrides it began with and its stores' locations pass."""
+    from sweeplab.errors import ConfigError
+    from sweeplab.sweep.launch import recorded_plan
+
+    searcher, _ = make_searcher(tmp_path, num_configs=1)
+    searcher.study.set_user_attr("overrides", ["train.epochs=2", "tracking.uri=postgresql://u:***@127.0.0.1/x"])
+    where = f"output_dir={tmp_path}"
+    with pytest.raises(ConfigError, match=r"train.epochs=5 is not what sweep s-1 began with \(it had train.epochs=2\)"):
+        recorded_plan("s-1", [where, "train.epochs=5"])
+    with pytest.raises(ConfigError, match="optimizer.momentum=0.5 is not what sweep s-1 began with .it gave no "
+                                          "optimizer.momentum."):
+        recorded_plan("s-1", [where, "train.epochs=2", "optimizer.momentum=0.5"])
+    plan, sweep_id = recorded_plan("s-1", [where, "train.epochs=2", "tracking.uri=sqlite:///elsewhere.db"])
+    assert sweep_id == "s-1" and plan.cfg.train.epochs == 2 and plan.cfg.tracking.uri == "sqlite:///elsewhere.db"
+
+
 def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):
     """ASHA stops a small model after one epoch: its one-epoch accuracy is not comparable and must not
     make the front, in Optuna (what NSGA-II and optuna-dashboard see) nor in the summary."""

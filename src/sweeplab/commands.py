@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from sweeplab.hydra_habits import TrainLine
+    from sweeplab.sweep.plan import SweepPlan
     from sweeplab.train import TrainResult
 
 
@@ -111,13 +112,13 @@ def _train(cfg: DictConfig, choices: dict[str, str], line: TrainLine, folder: Pa
 
 def _multirun(args: argparse.Namespace) -> int:
     """``train -m``: the overrides' grid as a sweep (Ray, Optuna's grid sampler, MLflow parent and child runs)."""
-    from sweeplab.sweep.multirun import multirun_sweep
+    from sweeplab.sweep.multirun import planned_multirun
 
     if args.cfg or args.info:
         raise UserError("--cfg and --info show one run's config: drop -m (--multirun) to see it")
-    path, fixed = multirun_sweep(args.overrides)
-    print(f"sweeplab train -m: a grid sweep, written to {path}", flush=True)
-    return _run_sweep(str(path), fixed, resume=False, quiet=False)
+    plan, fixed = planned_multirun(args.overrides)
+    print(f"sweeplab train -m: a grid sweep, written to {plan.sweep_file}", flush=True)
+    return _run_sweep(str(plan.sweep_file), fixed, resume=False, quiet=False, planned=plan)
 
 
 def _override_text(value) -> str:
@@ -163,11 +164,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return _run_sweep(args.sweep, args.overrides, resume=args.resume, quiet=args.quiet)
 
 
-def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool) -> int:
+def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool, planned: SweepPlan | None = None) -> int:
     from sweeplab.sweep.launch import launch_sweep
     from sweeplab.sweep.summary import format_summary
 
-    outcome = launch_sweep(ref, overrides, resume=resume, quiet=quiet,
+    outcome = launch_sweep(ref, overrides, resume=resume, quiet=quiet, planned=planned,
                            on_outcome=lambda outcome: print(f"\n{format_summary(outcome)}", flush=True))
     if outcome.unfinished:
         from sweeplab.sweep.launch import resume_command

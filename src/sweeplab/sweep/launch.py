@@ -240,16 +240,12 @@ def stopping_epochs(scheduler: DictConfig, epochs: int) -> frozenset[int]:
     return frozenset()
 
 
-def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False,
-                 on_outcome: Callable[[SweepOutcome], object] | None = None) -> SweepOutcome:
-    """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna.
-    ``on_outcome`` (the summary) runs while a Ray of our own shuts down and the tracker draws the report."""
-    from sweeplab.sweep.results import load_outcome
+def check_before_start(plan: SweepPlan) -> str:
+    """Every check of a planned sweep's folders, stores and cluster before anything is written, so that a mistake
+    leaves nothing behind; the Ray storage root (``ray_root``), opened."""
     from sweeplab.tracking.store import check_database, check_reachable, check_writable, tracking_uri
     from sweeplab.tracking.study_store import local_file
 
-    plan, sweep_id = _plan(ref, overrides, resume)
-    # every check before anything is written: a mistake leaves nothing behind
     _check_cluster_address(plan.cfg)  # a dead address fails in seconds
     check_writable(plan.output_dir, "output_dir")
     if plan.optuna_storage.startswith("postgresql"):  # Optuna would wait on it after Ray has started
@@ -262,6 +258,19 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
         check_dashboard(plan.cfg.cluster)  # what a local Ray's start would end in a traceback
     root = ray_root(plan)
     check_storage(root)
+    return root
+
+
+def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, quiet: bool = False,
+                 on_outcome: Callable[[SweepOutcome], object] | None = None,
+                 planned: SweepPlan | None = None) -> SweepOutcome:
+    """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna.
+    ``on_outcome`` (the summary) runs while a Ray of our own shuts down and the tracker draws the report.
+    ``planned``: a new sweep's plan of ``ref`` and ``overrides``, already made."""
+    from sweeplab.sweep.results import load_outcome
+
+    plan, sweep_id = (planned, None) if planned is not None else _plan(ref, overrides, resume)
+    root = check_before_start(plan)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     ray_environment(plan.cfg)  # before anything imports ray
     from sweeplab.sweep.packs import start_packs
@@ -408,9 +417,21 @@ LOCATION_KEYS = frozenset({"output_dir", "cluster.storage_path", "cluster.optuna
                            "tracking.uri"})
 
 
-def _resumed_overrides(recorded: Sequence[str], given: Sequence[str]) -> list[str]:
+def _resumed_overrides(recorded: Sequence[str], given: Sequence[str], sweep_id: str) -> list[str]:
     """The recorded overrides, each masked one replaced by the same key's override on this command line, and the
-    command line's LOCATION_KEYS in place of the recorded ones."""
+    command line's LOCATION_KEYS in place of the recorded ones. Any other override must be one the sweep began
+    with: its trials go on composing what they began with, and a change would be lost without a word."""
+    masked = {override_key(o) for o in recorded if f":{MASK}@" in o}
+    for override in given:
+        key = override_key(override)
+        if key in LOCATION_KEYS or key in masked or override in recorded:
+            continue
+        began = next((o for o in recorded if override_key(o) == key), None)
+        raise ConfigError(
+            f"--resume: {redact(override)} is not what sweep {sweep_id} began with "
+            f"({'it had ' + began if began else f'it gave no {key}'}); a resumed sweep runs as it began, and takes "
+            f"only where its files and stores are ({', '.join(sorted(LOCATION_KEYS))}) and retyped passwords: drop "
+            "it, or start a new sweep without --resume")
     by_key = {override_key(o): o for o in given}
     located = [o for o in given if override_key(o) in LOCATION_KEYS]
     kept = [o for o in recorded if override_key(o) not in LOCATION_KEYS or override_key(o) not in by_key]
@@ -429,7 +450,8 @@ def recorded_plan(ref: str, overrides: Sequence[str]) -> tuple[SweepPlan, str]:
                           f"{record['sweep_id']} started, and its trials must go on composing what they began with: "
                           "put the file back as it was (the study keeps its text in the attribute 'sweep_text', "
                           "optuna.load_study(...).user_attrs), or start a new sweep")
-    return plan_sweep(str(path), _resumed_overrides(record["overrides"], overrides)), record["sweep_id"]
+    sweep_id = record["sweep_id"]
+    return plan_sweep(str(path), _resumed_overrides(record["overrides"], overrides, sweep_id)), sweep_id
 
 
 def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool, sync_command: str) -> list[Callback]:

@@ -6,18 +6,22 @@ enumerated first); ``train.seed=0,1`` becomes ``sweep.seeds``. The file is writt
 """
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.core.override_parser.types import Glob, Override
 
-from sweeplab.compose import compose, conf_dir
-from sweeplab.errors import ConfigError
+from sweeplab.compose import compose, conf_dir, override_key
+from sweeplab.errors import ConfigError, UserError
 from sweeplab.hydra_habits import parse
 from sweeplab.sweep.space import NOT_SEARCHED, to_override
+
+if TYPE_CHECKING:
+    from sweeplab.sweep.plan import SweepPlan
 
 NAME = "multirun"
 SEED_KEY = "train.seed"
@@ -40,7 +44,14 @@ def _values(text: str, o: Override) -> list[Any]:
 
 
 def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str]]:
-    """Write the grid sweep file for a multirun command line; (its path, the overrides every trial shares)."""
+    """Write the grid sweep file for a multirun command line; (its path, the overrides every trial shares).
+    ``planned_multirun`` also plans and checks it."""
+    path, fixed, _ = _write_grid(overrides)
+    return path, fixed
+
+
+def _write_grid(overrides: Sequence[str]) -> tuple[Path, list[str], Path | None]:
+    """``multirun_sweep``, and the outermost folder it made for the file (None where it made none)."""
     parsed = parse(overrides)
     if not parsed:  # an override Hydra cannot read: compose names it
         compose(overrides)
@@ -67,8 +78,42 @@ def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str]]:
     sweep = {"name": NAME, "sampler": "grid", "seeds": list(seeds or [int(cfg.train.seed)]),
              "scheduler": {"kind": "none"}, "space": space}
     folder = Path(cfg.output_dir) / NAME / time.strftime("%Y%m%d-%H%M%S")
+    made = _first_missing(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{NAME}.yaml"
     header = f"# @package _global_\n# sweeplab train -m {' '.join(overrides)}\n"
     path.write_text(header + yaml.safe_dump({"sweep": sweep}, sort_keys=False))
-    return path, fixed
+    return path, fixed, made
+
+
+def planned_multirun(overrides: Sequence[str]) -> tuple[SweepPlan, list[str]]:
+    """The grid sweep of a multirun command line, written, planned and checked as ``sweeplab sweep`` checks a sweep
+    before it starts: (its plan, the overrides every trial shares). A mistake (a value out of range, a store that
+    does not answer) names the command line's override, and removes the file and the folders made for it."""
+    from sweeplab.sweep.launch import check_before_start
+    from sweeplab.sweep.plan import plan_sweep
+
+    path, fixed, made = _write_grid(overrides)
+    try:
+        plan = plan_sweep(str(path), fixed)
+        check_before_start(plan)
+    except UserError as err:
+        if made is not None:
+            shutil.rmtree(made)
+        else:
+            path.unlink()
+        text = str(err)
+        for override in overrides:
+            text = text.replace(f"sweep.space.{override_key(override)} in {path}", f"-m {override}")
+        raise type(err)(text.replace(str(path), f"the -m grid of {' '.join(overrides)}")) from None
+    return plan, fixed
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (None where it all exists)."""
+    missing = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return missing
+        missing = candidate
+    return missing
