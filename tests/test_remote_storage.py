@@ -20,11 +20,17 @@ BUCKET = "sweeplab-test"
     ("s3://bucket/ray/", "s3://bucket/ray/smoke-1"),
     ("gs://bucket/deep/ray", "gs://bucket/deep/ray/smoke-1"),
     ("file:///mnt/shared/ray", "file:///mnt/shared/ray/smoke-1"),
+    ("s3://bucket/ray?endpoint_override=127.0.0.1:9000&scheme=http",  # pyarrow's own way to name an endpoint
+     "s3://bucket/ray/smoke-1?endpoint_override=127.0.0.1:9000&scheme=http"),
 ])
 def test_a_uri_storage_path_is_joined_not_mangled(tmp_path, configured, expected):
+    import pyarrow.fs
+
     from sweeplab.sweep.storage import experiment_path, storage_root
 
     assert experiment_path(storage_root(configured, tmp_path), "smoke-1") == expected
+    if "endpoint_override" in expected:  # (without one, pyarrow asks AWS for the bucket's region)
+        assert pyarrow.fs.FileSystem.from_uri(expected)[1] == "bucket/ray/smoke-1"  # what --resume opens
 
 
 def test_a_local_storage_path_is_absolute_and_defaults_to_the_output_dir(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from sweeplab.errors import ConfigError
 
@@ -47,8 +48,14 @@ def ray_root(plan: SweepPlan) -> str:
 
 
 def experiment_path(root: str, sweep_id: str) -> str:
-    """The sweep's Ray experiment under ``storage_root`` (what ``Tuner.restore`` and ``ExperimentAnalysis`` open)."""
-    return f"{root}/{sweep_id}" if is_uri(root) else str(Path(root) / sweep_id)
+    """The sweep's Ray experiment under ``storage_root`` (what ``Tuner.restore`` and ``ExperimentAnalysis`` open);
+    a URI's query (``s3://b/x?endpoint_override=host:9000&scheme=http``, as pyarrow takes it) stays at its end."""
+    if not is_uri(root):
+        return str(Path(root) / sweep_id)
+    if "?" not in root:
+        return f"{root}/{sweep_id}"
+    parts = urlsplit(root)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{sweep_id}"))
 
 
 def check_storage(root: str) -> None:
