@@ -132,7 +132,7 @@ def bare_run(size: str, concurrency: int = CONCURRENCY, channels_last: bool = Fa
             if proc.returncode != 0:
                 raise RuntimeError(f"bare_loop.py exited {proc.returncode}: {err.strip().splitlines()[-1:]}")
             reports.append(json.loads(out.strip().splitlines()[-1]))
-    wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0  # before the account's last look at /proc, as the sweep's side is timed
     startup = min(r["first_start"] for r in reports) - started_at
     epochs = [s for r in reports for s in r["epoch_seconds"]]
     return {"wall_s": wall, "startup_s": startup, "steady_s": wall - startup, "epoch_s_mean": sum(epochs) / len(epochs),

@@ -57,7 +57,10 @@ def one_sweep(trials: int, concurrency: int, profile: bool = False, address: str
         raise RuntimeError(f"{ended} of {trials} trials ended in the {trials}-trial sweep")
     cpu = driver["user_s"] + driver["sys_s"]
     return {"trials": trials, "concurrency": concurrency, "wall_s": timed.wall, "wall_per_trial_s": timed.wall / trials,
-            "trial_phase_s": times.steady, "trial_phase_per_trial_s": times.steady / trials,
+            # from the first trial's start on its worker, as B2 counts: the first workers' start is fixed, and
+            # counted in, it would weigh on the small count's cost per trial more than on the large one's
+            "trial_phase_s": times.training, "trial_phase_per_trial_s": times.training / trials,
+            "from_first_ask_s": times.steady,
             "driver_cpu_s": cpu, "driver_cpu_per_trial_s": cpu / trials,
             "driver_results_per_cpu_s": trials / cpu,  # one epoch result per trial
             # the tracker's MLflow client process, where a sweep has one (tracking.client_process)
@@ -100,6 +103,8 @@ def run(size: str, **_) -> Result:
     shares = {name: seconds / profiled["main_thread_cpu_s"] for name, seconds in parts.items()}
     growth = runs[large]["trial_phase_per_trial_s"] / runs[small]["trial_phase_per_trial_s"]
     return Result("B8", "scale: many short trials, tracking on", size, checks=[
+        Check(f"{small} trials, wall time, start-up included", runs[small]["wall_s"], "<= 45" if small == 128 else "",
+              "s"),
         Check(f"wall per trial at {large} trials, start-up included", runs[large]["wall_per_trial_s"], "<= 0.25", "s"),
         Check(f"trial phase per trial, {large} / {small} trials", growth, "<= 1.5"),
         Check(f"driver CPU per extra trial ({small} -> {large} trials)", marginal_cpu, "", "s"),

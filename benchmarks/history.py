@@ -49,7 +49,9 @@ def table(results: Path, size: str = "full", benchmarks: list[str] | None = None
     lines = [HEADER]
     for (benchmark, what), row in sorted(rows.items(), key=lambda item: item[0][0]):  # stable: run order within
         target = target_text(row["target"])
-        met = f"{sum(m is True for m in row['met'])} of {len(row['met'])} runs" if target else ""
+        measured = [m for m in row["met"] if m is not None]  # None: the run could not measure it (n/a)
+        met = f"{sum(m is True for m in measured)} of {len(measured)} runs" if measured else "not measured"
+        met = met if target else ""
         lines.append(f"| {benchmark} | {what} | {target} | {met} | {'; '.join(row['values'])} |")
     return "\n".join(lines) + "\n"
 

@@ -30,7 +30,8 @@ def test_every_run_s_value_newest_first_with_its_date_and_machine(tmp_path):
               [Result("B1", "trainer", "full", checks=[Check("train / bare", 1.0, "<= 1.05")]), b2(1.55)])
     write_run(tmp_path, "20261130-130000-smoke", "2026-11-30 13:00:00 UTC", "x86_64, 2 CPUs, AMD EPYC", [b2(9.0)])
     write_run(tmp_path, "20261130-140000-full", "2026-11-30 14:00:00 UTC", "x86_64, 16 CPUs, AMD EPYC",
-              [Result("B6", "GPU", "full", checks=[Check("LeNet epoch", 2.11, "<= 0.5", "s")])], gpu="NVIDIA H200")
+              [Result("B6", "GPU", "full", checks=[Check("LeNet epoch", 2.11, "<= 0.5", "s"),
+                                                    Check("8 packed / 1", None, ">= 4")])], gpu="NVIDIA H200")
 
     amd, intel = "(2026-11-30 12:00, AMD EPYC)", "(2026-11-29 10:00, Intel Xeon Gold)"
     rows = history.table(tmp_path).splitlines()
@@ -40,8 +41,10 @@ def test_every_run_s_value_newest_first_with_its_date_and_machine(tmp_path):
         f"| B2 | sweep / bare | ≤ 1.20 | 1 of 2 runs | 1.55 {amd}; 1.1 {intel} |",
         f"| B2 | naive Ray Tune / bare |  |  | 3.5 {amd}; 3.5 {intel} |",
         "| B6 | LeNet epoch | ≤ 0.5 | 0 of 1 runs | 2.11 s (2026-11-30 14:00, NVIDIA H200) |",  # the skipped run: none
+        "| B6 | 8 packed / 1 | ≥ 4 | not measured | n/a (2026-11-30 14:00, NVIDIA H200) |",  # no value: not a miss
     ]
-    assert [row.split(" | ")[1] for row in history.table(tmp_path, "full", ["B6"]).splitlines()[2:]] == ["LeNet epoch"]
+    assert [row.split(" | ")[1] for row in history.table(tmp_path, "full", ["B6"]).splitlines()[2:]] == [
+        "LeNet epoch", "8 packed / 1"]
     assert "9 (2026-11-30 13:00" in history.table(tmp_path, "smoke")
 
 

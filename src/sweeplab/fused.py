@@ -29,7 +29,7 @@ from sweeplab.data.batches import BatchSource, random_crop_flip, training_starts
 from sweeplab.data.datasets import DatasetBundle, load_dataset
 from sweeplab.errors import ConfigError
 from sweeplab.fusion import MEMBER_KEYS, shared_settings, should_fuse
-from sweeplab.graphs import Capture, step_runner
+from sweeplab.graphs import Capture, finished, step_runner
 from sweeplab.models import build_model, count_parameters
 from sweeplab.optim import build_optimizer, build_schedule
 from sweeplab.structured import typed
@@ -279,6 +279,7 @@ def train_fused(
                 x = torch.stack([random_crop_flip(x[i], m.generator) for i, m in enumerate(pack.members)])
             run_step(x, train_split.labels[idx])
             seen += idx.shape[1]
+        finished(device)
         train_seconds = time.perf_counter() - started
         for m in pack.members:
             if m.schedule is not None:

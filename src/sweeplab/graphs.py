@@ -95,3 +95,10 @@ def step_runner(step: Step, device: torch.device, enabled: bool, optimizer: torc
     if enabled and device.type == "cuda" and capturable(optimizer) and (capture is None or capture.failed is None):
         return StepGraph(step, capture)
     return step
+
+
+def finished(device: torch.device) -> None:
+    """Return once ``device`` has run every step queued on it. A CUDA step (a graph's replay above all) returns as
+    soon as it is queued, so an epoch's clock read without this counts the host's queueing, not the training."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -22,7 +22,7 @@ from sweeplab.config.schema import DataConfig, Loss, MemoryFormat, OptimizerConf
 from sweeplab.data.batches import BatchSource, training_starts
 from sweeplab.data.datasets import DatasetBundle, dataset_record, load_dataset
 from sweeplab.errors import ConfigError, UserError
-from sweeplab.graphs import Capture, step_runner
+from sweeplab.graphs import Capture, finished, step_runner
 from sweeplab.models import build_model, count_parameters
 from sweeplab.optim import apply_hyperparameters, build_optimizer, build_schedule
 from sweeplab.structured import typed
@@ -231,6 +231,7 @@ class _Run:
         started = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         loss_sum, correct, seen = self.train_epoch(epoch)
+        finished(self.device)
         train_seconds = time.perf_counter() - started
         if self.schedule is not None:
             self.schedule.step()
