@@ -414,6 +414,30 @@ def test_optuna_sees_every_epoch_of_a_trial_that_ran_to_its_end(tmp_path):
     assert trial.intermediate_values == pytest.approx({1: 0.5, 2: 0.6, 3: 0.7})
 
 
+def test_a_resume_from_a_snapshot_older_than_the_study_leaves_finished_configurations_as_they_ended(tmp_path):
+    """Tune snapshots the searcher every few seconds while Optuna's storage is written at once: a driver killed in
+    between (SIGKILL) leaves a snapshot in which a configuration Optuna finished is still running. Tune reruns its
+    trial on --resume; what it reports must leave the finished trial as it ended, not end the resumed sweep."""
+    from sweeplab.sweep.searcher import OptunaSearcher
+
+    searcher, _ = make_searcher(tmp_path, num_configs=2)
+    searcher.suggest("ray-1")
+    searcher.on_trial_result("ray-1", epoch(1, 0.5))
+    searcher.save(str(tmp_path / "snapshot.pkl"))  # the last snapshot before the kill
+    searcher.on_trial_result("ray-1", epoch(2, 0.6))
+    searcher.on_trial_complete("ray-1", epoch(3, 0.7))  # told to Optuna; then the driver is killed
+
+    resumed = OptunaSearcher.__new__(OptunaSearcher)
+    resumed.restore(str(tmp_path / "snapshot.pkl"))
+    run_seed(resumed, "ray-1", [0.1, 0.2, 0.3])  # Tune reruns the trial the snapshot holds as running
+    resumed.suggest("ray-2")
+    run_seed(resumed, "ray-2", [0.4, 0.5, 0.6])
+    first, second = optuna.load_study(study_name="s-1", storage=journal_in(tmp_path)).trials
+    assert first.state == optuna.trial.TrialState.COMPLETE and first.value == pytest.approx(0.7)
+    assert first.intermediate_values == pytest.approx({1: 0.5, 2: 0.6, 3: 0.7})
+    assert second.state == optuna.trial.TrialState.COMPLETE and second.value == pytest.approx(0.6)
+
+
 def test_with_several_seeds_optuna_sees_the_mean_of_each_epoch_every_seed_reached(tmp_path):
     searcher, _ = make_searcher(tmp_path, seeds=(0, 1), num_configs=1)
     first, second = searcher.suggest("ray-1"), searcher.suggest("ray-2")

@@ -233,6 +233,21 @@ class OptunaSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.set_state(pickle.load(f))
+        self._forget_finished()
+
+    def _forget_finished(self) -> None:
+        """Drop what the restored state holds of configurations Optuna has already finished. Tune's snapshot of this
+        searcher lags the storage by up to its checkpoint period: a driver killed within it (SIGKILL, out of memory)
+        told Optuna of a configuration its snapshot still has running. Tune reruns that trial on --resume; its
+        results then change nothing in Optuna, where writing to a finished trial raises, and ended every resume."""
+        finished = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()}
+        if not finished:
+            return
+        self._live = {ray_id: (n, seed) for ray_id, (n, seed) in self._live.items() if n not in finished}
+        self._pending = deque(entry for entry in self._pending if entry[0] not in finished)
+        for held in (self._outcomes, self._curves, self._reported, self._asked_params):
+            for number in finished & held.keys():
+                del held[number]
 
 
 def _told(study: optuna.Study, number: int, values: Any = None, state: Any = None) -> None:
