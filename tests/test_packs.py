@@ -46,10 +46,19 @@ def test_fuse_must_be_at_least_one(tmp_path):
     (["optimizer=adam"], "optimizer.name=adam: only sgd"),  # every pack would be refused
     (["model=alexnet"], "dropout"),
     (["sweep.fuse=4"], "sweep.max_concurrent=2"),  # a pack holds trials that run at once
+    (["sweep.scheduler.kind=hyperband"], "kind=hyperband pauses trials"),  # a paused member would hold its pack
 ])
 def test_a_sweep_that_could_never_fuse_is_refused(tmp_path, overrides, named):
     with pytest.raises(ConfigError, match=named):
         plan(tmp_path, GRID, "sweep.fuse=2", *overrides)
+
+
+def test_pbt_which_pauses_trials_to_exploit_does_not_fuse(tmp_path):
+    body = "train: {epochs: 3}\nsweep:\n  sampler: random\n  max_concurrent: 2\n  scheduler: {kind: pbt}\n" \
+           "  space:\n    optimizer.lr: {type: float, low: 0.01, high: 0.1}\n"
+    assert plan(tmp_path, body).cfg.sweep.scheduler.kind == "pbt"  # unfused, the same sweep plans
+    with pytest.raises(ConfigError, match="kind=pbt pauses trials"):
+        plan(tmp_path, body, "sweep.fuse=2")
 
 
 def test_a_searched_range_outside_the_member_keys_is_named(tmp_path):

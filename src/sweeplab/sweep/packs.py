@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 MEMBER_CPU = 0.01  # what a member trial asks of Ray: its pack holds the real resources
 FORMATION_S = 2.0  # a pack with room starts this long after its last member joined
 NAMESPACE = "sweeplab"  # the pack manager's: trial workers find it by name
+PAUSING = ("hyperband", "pbt")  # schedulers that pause trials (Ray's HyperBand at its milestones, PBT to exploit)
 _MANAGERS: dict[str, Any] = {}  # the driver holds each manager's handle: without one, Ray ends the actor
 
 
@@ -56,6 +57,10 @@ def check_fusable_plan(cfg: DictConfig, dims: list, overrides: list[str], sweep_
     if sc.fuse > sc.max_concurrent:
         raise ConfigError(f"{where}: a pack holds trials that run at once, but "
                           f"sweep.max_concurrent={sc.max_concurrent}; set sweep.max_concurrent to at least {sc.fuse}")
+    if str(sc.scheduler.kind) in PAUSING:  # Tune has no callback for a pause: the member would not leave its pack
+        raise ConfigError(f"{where}: sweep.scheduler.kind={sc.scheduler.kind} pauses trials, and a pack's members "
+                          "train each epoch together, so a paused member would hold its pack up for good; fuse "
+                          "with asha, median or none, or set sweep.fuse=1")
     for dim in dims:
         if dim.type != "categorical" and dim.key.startswith(TRAINING_GROUPS) and dim.key not in MEMBER_KEYS:
             raise ConfigError(f"{where}: sweep.space searches {dim.key} over a range, so no two trials share it and "
