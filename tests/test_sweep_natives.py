@@ -113,6 +113,43 @@ def test_pbt_copies_a_strong_trials_checkpoint_and_trains_on_with_perturbed_valu
     assert f"rerun it ({PBT_RERUN}): {program()} train" in format_summary(outcome)
 
 
+def test_an_exploit_of_a_donor_behind_logs_the_epochs_trained_again(tmp_path):
+    """Asynchronous PBT may copy a donor whose last checkpoint is behind the trial: the trial trains those epochs
+    again from the donor's weights with its new values, and its MLflow run logs them at their steps; a retried
+    trial (the same config) repeats no epoch its run holds."""
+    from mlflow import MlflowClient
+    from ray.tune.experiment import Trial
+
+    from sweeplab.sweep.launch import sync_command, trial_spec
+    from sweeplab.sweep.plan import plan_sweep
+    from sweeplab.sweep.tracker import MlflowSweepTracker
+
+    plan = plan_sweep("smoke", [f"output_dir={tmp_path}", "tracking.experiment=exploit", "tracking.log_models=0"])
+    tracker = MlflowSweepTracker(plan.cfg, plan, "smoke-exploit", trial_spec(plan),
+                                 sync_command("smoke-exploit", [], plan.cfg))
+    tracker.setup()
+    trial = Trial("t", config={"optuna_trial": 0, "seed": 0, "optimizer.lr": 0.01}, stub=True)
+    tracker.on_trial_start(0, [trial], trial)
+
+    def report(step: int, lr: float) -> None:
+        config = {**trial.config, "optimizer.lr": lr}
+        tracker.on_trial_result(0, [trial], trial, {"epoch": step, "lr": lr, "val/loss": 1.0 / step, "config": config})
+
+    for step in (1, 2, 3):
+        report(step, 0.01)
+    report(3, 0.01)  # a retry from its own checkpoint: logged once
+    for step in (2, 3, 4):  # exploited a donor at epoch 1, with a perturbed lr
+        report(step, 0.02)
+    tracker.on_experiment_end([trial])
+    tracker.finish()
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("exploit").experiment_id
+    (run,) = client.search_runs([experiment], "tags.`sweeplab.kind` = 'trial'")
+    history = sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(run.info.run_id, "lr"))
+    assert history == [(1, 0.01), (2, 0.01), (2, 0.02), (3, 0.01), (3, 0.02), (4, 0.02)]
+
+
 def test_hyperband_with_a_named_sampler_stops_the_weaker_trial_of_its_halving_bracket(ray_session, tmp_path):
     path = write_sweep(tmp_path, "hyperband", """
 train: {epochs: 2}

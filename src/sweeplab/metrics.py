@@ -23,6 +23,15 @@ FINAL_ONLY_KEYS = ("test/loss", "test/acc")
 RANKED_BY = "final epoch"
 
 
+def result_config(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's config as a result of it holds it (Tune flattens it to config/<key> for searchers): after a PBT
+    exploit, the new one."""
+    nested = result.get("config")
+    if isinstance(nested, dict):
+        return nested
+    return {k[len("config/"):]: v for k, v in result.items() if k.startswith("config/")}
+
+
 class TrialStatus(enum.StrEnum):
     COMPLETED = "completed"  # ran every epoch
     STOPPED = "stopped"  # ended early by the scheduler (ASHA, median rule)

@@ -21,19 +21,11 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from sweeplab.metrics import TrialStatus, trial_end
+from sweeplab.metrics import TrialStatus, result_config, trial_end
 from sweeplab.redact import hide, reveal
 from sweeplab.sweep.samplers import make_sampler, study_directions
 from sweeplab.sweep.space import Dimension, sample
 from sweeplab.tracking.study_store import open_storage
-
-
-def _config_of(result: dict) -> dict[str, Any]:
-    """The trial's config as its last result holds it (Tune flattens it to config/<key> for searchers)."""
-    nested = result.get("config")
-    if isinstance(nested, dict):
-        return nested
-    return {k[len("config/"):]: v for k, v in result.items() if k.startswith("config/")}
 
 
 def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
@@ -135,7 +127,7 @@ class OptunaSearcher(Searcher):
         end = trial_end(result, self.max_epochs, [metric for metric, _ in self.objectives],
                         error="the trial crashed (see its error.txt)" if error else None)
         outcome: dict[str, Any] = {"status": end.status.value, "epoch": end.epoch, "ray_trial": trial_id}
-        final = self._mutated(number, _config_of(result))
+        final = self._mutated(number, result_config(result))
         if final:
             outcome["final_params"] = final
         if end.status in (TrialStatus.COMPLETED, TrialStatus.STOPPED):

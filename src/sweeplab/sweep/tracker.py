@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ray import tune
 from ray.tune.experiment import Trial
 
-from sweeplab.metrics import TrialEnd, error_line, trial_end
+from sweeplab.metrics import TrialEnd, error_line, result_config, trial_end
 from sweeplab.redact import hide, redact, reveal
 from sweeplab.sweep import tracker_calls as calls
 from sweeplab.sweep.samplers import sampler_label
@@ -99,6 +99,7 @@ class MlflowSweepTracker(tune.Callback):
         self.parent_run_id: str | None = None
         self._children: dict[str, str] = {}  # trial name -> run id
         self._last_step: dict[str, int] = {}
+        self._logged_config: dict[str, dict] = {}  # trial name -> the config of its last logged epoch
         self._placed: set[str] = set()
         self._restarts: dict[str, int] = {}  # trial name -> restarts before this launch (resume)
         self._ended: set[str] = set()  # trials whose run has its final status (the rest are open)
@@ -267,9 +268,12 @@ class MlflowSweepTracker(tune.Callback):
             return
         name = str(trial)
         step = int(result["epoch"])
-        if step <= self._last_step.get(name, 0):
+        config = result_config(result)
+        if step <= self._last_step.get(name, 0) and config == self._logged_config.get(name, config):
             return  # a retried trial repeats no epoch it already logged
-        self._last_step[name] = step
+        # (with a config of its own, an epoch again is PBT's exploit of a donor that was behind: the trial trains
+        # those epochs anew, from the donor's weights with the new values, and its run logs them at their steps)
+        self._last_step[name], self._logged_config[name] = step, config
         tags: dict[str, str] = {}
         if name not in self._placed:  # where the trial runs: a tag sent with its first epoch's metrics
             self._placed.add(name)
