@@ -113,21 +113,52 @@ def test_pbt_copies_a_strong_trials_checkpoint_and_trains_on_with_perturbed_valu
     assert f"rerun it ({PBT_RERUN}): {program()} train" in format_summary(outcome)
 
 
-def test_an_exploit_of_a_donor_behind_logs_the_epochs_trained_again(tmp_path):
-    """Asynchronous PBT may copy a donor whose last checkpoint is behind the trial: the trial trains those epochs
-    again from the donor's weights with its new values, and its MLflow run logs them at their steps; a retried
-    trial (the same config) repeats no epoch its run holds."""
-    from mlflow import MlflowClient
-    from ray.tune.experiment import Trial
-
+def _tracker(out: Path, experiment: str):
+    """The MLflow tracker of a smoke sweep whose store is ``out``'s own, set up: its parent run made or found."""
     from sweeplab.sweep.launch import sync_command, trial_spec
     from sweeplab.sweep.plan import plan_sweep
     from sweeplab.sweep.tracker import MlflowSweepTracker
 
-    plan = plan_sweep("smoke", [f"output_dir={tmp_path}", "tracking.experiment=exploit", "tracking.log_models=0"])
-    tracker = MlflowSweepTracker(plan.cfg, plan, "smoke-exploit", trial_spec(plan),
-                                 sync_command("smoke-exploit", [], plan.cfg))
+    plan = plan_sweep("smoke", [f"output_dir={out}", f"tracking.experiment={experiment}", "tracking.log_models=0"])
+    tracker = MlflowSweepTracker(plan.cfg, plan, f"smoke-{experiment}", trial_spec(plan),
+                                 sync_command(f"smoke-{experiment}", [], plan.cfg))
     tracker.setup()
+    return tracker
+
+
+def _trial_runs(out: Path, experiment: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment).experiment_id
+    return client, client.search_runs([found], "tags.`sweeplab.kind` = 'trial'")
+
+
+def test_a_resumed_trial_paused_and_started_again_counts_one_restart(tmp_path):
+    """Tune starts a trial again after each pause (HyperBand, PBT): a resumed sweep's trial restarted once."""
+    from ray.tune.experiment import Trial
+
+    trial = Trial("t", config={"optuna_trial": 0, "seed": 0}, stub=True)
+    first = _tracker(tmp_path, "paused")
+    first.on_trial_start(0, [trial], trial)
+    first.on_trial_result(0, [trial], trial, {"epoch": 1, "val/loss": 1.0})
+    first.on_experiment_end([trial])  # interrupted: the run ends KILLED
+    first.finish()
+    resumed = _tracker(tmp_path, "paused")
+    resumed.on_trial_start(0, [trial], trial)
+    resumed.on_trial_start(0, [trial], trial)  # after a pause
+    resumed.finish()
+    _, (run,) = _trial_runs(tmp_path, "paused")
+    assert run.info.status == "RUNNING" and run.data.tags["sweeplab.restarts"] == "1"
+
+
+def test_an_exploit_of_a_donor_behind_logs_the_epochs_trained_again(tmp_path):
+    """Asynchronous PBT may copy a donor whose last checkpoint is behind the trial: the trial trains those epochs
+    again from the donor's weights with its new values, and its MLflow run logs them at their steps; a retried
+    trial (the same config) repeats no epoch its run holds."""
+    from ray.tune.experiment import Trial
+
+    tracker = _tracker(tmp_path, "exploit")
     trial = Trial("t", config={"optuna_trial": 0, "seed": 0, "optimizer.lr": 0.01}, stub=True)
     tracker.on_trial_start(0, [trial], trial)
 
@@ -143,9 +174,7 @@ def test_an_exploit_of_a_donor_behind_logs_the_epochs_trained_again(tmp_path):
     tracker.on_experiment_end([trial])
     tracker.finish()
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("exploit").experiment_id
-    (run,) = client.search_runs([experiment], "tags.`sweeplab.kind` = 'trial'")
+    client, (run,) = _trial_runs(tmp_path, "exploit")
     history = sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(run.info.run_id, "lr"))
     assert history == [(1, 0.01), (2, 0.01), (2, 0.02), (3, 0.01), (3, 0.02), (4, 0.02)]
 

@@ -100,6 +100,7 @@ class MlflowSweepTracker(tune.Callback):
         self._children: dict[str, str] = {}  # trial name -> run id
         self._last_step: dict[str, int] = {}
         self._logged_config: dict[str, dict] = {}  # trial name -> the config of its last logged epoch
+        self._restarted: set[str] = set()  # trials of _restarts this launch has started
         self._placed: set[str] = set()
         self._restarts: dict[str, int] = {}  # trial name -> restarts before this launch (resume)
         self._ended: set[str] = set()  # trials whose run has its final status (the rest are open)
@@ -244,7 +245,8 @@ class MlflowSweepTracker(tune.Callback):
         name = str(trial)
         self._opened.add(name)
         self._submit(Call.CREATE_CHILD, name=name, trial_id=trial.trial_id, config=dict(trial.config))
-        if name in self._restarts:  # continued by a resumed sweep: its KILLED run is running again
+        if name in self._restarts and name not in self._restarted:  # continued by a resumed sweep: its KILLED run
+            self._restarted.add(name)  # is running again (once: Tune starts a trial again after each pause too)
             self._restarts[name] += 1
             self._submit(Call.MARK, name=name, status="RUNNING")
             self._submit(Call.SET_TAG, name=name, key="sweeplab.restarts",
