@@ -123,6 +123,16 @@ def test_multirun_turns_sweep_overrides_into_a_grid(tmp_path):
     assert list(sweep.seeds) == [3, 4]
 
 
+def test_two_grids_written_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *_: "20260101-120000")
+    first, _ = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.01,0.1"])
+    second, _ = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.2,0.3"])
+    assert [first.parent.name, second.parent.name] == ["20260101-120000", "20260101-120000-2"]
+    assert "0.01" in first.read_text() and "0.2" in second.read_text()
+
+
 def test_multirun_glob_picks_the_matching_options_of_a_group(tmp_path):
     path, _ = multirun_sweep([f"output_dir={tmp_path}", "model=glob(*net*)"])
     expected = sorted(p.stem for p in (conf_dir() / "model").glob("*net*.yaml"))

@@ -510,15 +510,18 @@ def test_resume_refuses_an_override_the_sweep_did_not_begin_with(tmp_path):
     from sweeplab.sweep.launch import recorded_plan
 
     searcher, _ = make_searcher(tmp_path, num_configs=1)
-    searcher.study.set_user_attr("overrides", ["train.epochs=2", "tracking.uri=postgresql://u:***@127.0.0.1/x"])
+    searcher.study.set_user_attr("overrides", ["train.epochs=2", "tracking.uri=postgresql://u:***@127.0.0.1/x",
+                                               "cluster.dashboard_port=8300"])
     where = f"output_dir={tmp_path}"
     with pytest.raises(ConfigError, match=r"train.epochs=5 is not what sweep s-1 began with \(it had train.epochs=2\)"):
         recorded_plan("s-1", [where, "train.epochs=5"])
     with pytest.raises(ConfigError, match="optimizer.momentum=0.5 is not what sweep s-1 began with .it gave no "
                                           "optimizer.momentum."):
         recorded_plan("s-1", [where, "train.epochs=2", "optimizer.momentum=0.5"])
-    plan, sweep_id = recorded_plan("s-1", [where, "train.epochs=2", "tracking.uri=sqlite:///elsewhere.db"])
+    plan, sweep_id = recorded_plan("s-1", [where, "train.epochs=2", "tracking.uri=sqlite:///elsewhere.db",
+                                           "cluster.dashboard_port=8301"])  # the cluster's own: where it runs
     assert sweep_id == "s-1" and plan.cfg.train.epochs == 2 and plan.cfg.tracking.uri == "sqlite:///elsewhere.db"
+    assert plan.cfg.cluster.dashboard_port == 8301
 
 
 def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):

@@ -158,21 +158,25 @@ def test_an_exploit_of_a_donor_behind_logs_the_epochs_trained_again(tmp_path):
     trial (the same config) repeats no epoch its run holds."""
     from ray.tune.experiment import Trial
 
-    tracker = _tracker(tmp_path, "exploit")
     trial = Trial("t", config={"optuna_trial": 0, "seed": 0, "optimizer.lr": 0.01}, stub=True)
-    tracker.on_trial_start(0, [trial], trial)
 
-    def report(step: int, lr: float) -> None:
+    def report(tracker, step: int, lr: float) -> None:
         config = {**trial.config, "optimizer.lr": lr}
         tracker.on_trial_result(0, [trial], trial, {"epoch": step, "lr": lr, "val/loss": 1.0 / step, "config": config})
 
+    first = _tracker(tmp_path, "exploit")
+    first.on_trial_start(0, [trial], trial)
     for step in (1, 2, 3):
-        report(step, 0.01)
-    report(3, 0.01)  # a retry from its own checkpoint: logged once
+        report(first, step, 0.01)
+    report(first, 3, 0.01)  # a retry from its own checkpoint: logged once
+    first.on_experiment_end([trial])  # interrupted
+    first.finish()
+    resumed = _tracker(tmp_path, "exploit")  # --resume: the trial goes on from its checkpoint of epoch 2
+    resumed.on_trial_start(0, [trial], trial)
+    report(resumed, 3, 0.01)  # logged before the interruption: once
     for step in (2, 3, 4):  # exploited a donor at epoch 1, with a perturbed lr
-        report(step, 0.02)
-    tracker.on_experiment_end([trial])
-    tracker.finish()
+        report(resumed, step, 0.02)
+    resumed.finish()
 
     client, (run,) = _trial_runs(tmp_path, "exploit")
     history = sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(run.info.run_id, "lr"))

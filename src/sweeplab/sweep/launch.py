@@ -266,11 +266,14 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
                  planned: SweepPlan | None = None) -> SweepOutcome:
     """Plan (every check before Ray starts), start Ray, run the trials, read the outcome back from Optuna.
     ``on_outcome`` (the summary) runs while a Ray of our own shuts down and the tracker draws the report.
-    ``planned``: a new sweep's plan of ``ref`` and ``overrides``, already made."""
+    ``planned``: a new sweep's plan of ``ref`` and ``overrides``, already made and checked (``check_before_start``)."""
     from sweeplab.sweep.results import load_outcome
 
-    plan, sweep_id = (planned, None) if planned is not None else _plan(ref, overrides, resume)
-    root = check_before_start(plan)
+    if planned is None:
+        plan, sweep_id = _plan(ref, overrides, resume)
+        root = check_before_start(plan)
+    else:
+        plan, sweep_id, root = planned, None, ray_root(planned)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     ray_environment(plan.cfg)  # before anything imports ray
     from sweeplab.sweep.packs import start_packs
@@ -417,24 +420,30 @@ LOCATION_KEYS = frozenset({"output_dir", "cluster.storage_path", "cluster.optuna
                            "tracking.uri"})
 
 
+def _locating(key: str) -> bool:
+    """Whether an override says where a sweep's files, stores and cluster are (LOCATION_KEYS, and the cluster's own
+    settings, which start its Ray and compose no trial): the command line's replace the recorded ones."""
+    return key in LOCATION_KEYS or key == "cluster" or key.startswith("cluster.")
+
+
 def _resumed_overrides(recorded: Sequence[str], given: Sequence[str], sweep_id: str) -> list[str]:
     """The recorded overrides, each masked one replaced by the same key's override on this command line, and the
-    command line's LOCATION_KEYS in place of the recorded ones. Any other override must be one the sweep began
+    command line's locating overrides in place of the recorded ones. Any other override must be one the sweep began
     with: its trials go on composing what they began with, and a change would be lost without a word."""
     masked = {override_key(o) for o in recorded if f":{MASK}@" in o}
     for override in given:
         key = override_key(override)
-        if key in LOCATION_KEYS or key in masked or override in recorded:
+        if _locating(key) or key in masked or override in recorded:
             continue
         began = next((o for o in recorded if override_key(o) == key), None)
         raise ConfigError(
-            f"--resume: {redact(override)} is not what sweep {sweep_id} began with "
-            f"({'it had ' + began if began else f'it gave no {key}'}); a resumed sweep runs as it began, and takes "
-            f"only where its files and stores are ({', '.join(sorted(LOCATION_KEYS))}) and retyped passwords: drop "
-            "it, or start a new sweep without --resume")
+            f"{redact(override)} is not what sweep {sweep_id} began with "
+            f"({'it had ' + began if began else f'it gave no {key}'}); its trials go on as they began, so give only "
+            f"where its files, stores and cluster are (output_dir, cluster.*, tracking.uri) and retyped passwords, "
+            "or start a new sweep")
     by_key = {override_key(o): o for o in given}
-    located = [o for o in given if override_key(o) in LOCATION_KEYS]
-    kept = [o for o in recorded if override_key(o) not in LOCATION_KEYS or override_key(o) not in by_key]
+    located = [o for o in given if _locating(override_key(o))]
+    kept = [o for o in recorded if not _locating(override_key(o)) or override_key(o) not in by_key]
     return [by_key.get(override_key(o), o) if f":{MASK}@" in o else o for o in kept] + located
 
 

@@ -50,8 +50,8 @@ def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str]]:
     return path, fixed
 
 
-def _write_grid(overrides: Sequence[str]) -> tuple[Path, list[str], Path | None]:
-    """``multirun_sweep``, and the outermost folder it made for the file (None where it made none)."""
+def _write_grid(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
+    """``multirun_sweep``, and the outermost folder it made for the file."""
     parsed = parse(overrides)
     if not parsed:  # an override Hydra cannot read: compose names it
         compose(overrides)
@@ -77,9 +77,11 @@ def _write_grid(overrides: Sequence[str]) -> tuple[Path, list[str], Path | None]
     space = {key: {"type": "categorical", "choices": choices} for key, choices in values.items()}
     sweep = {"name": NAME, "sampler": "grid", "seeds": list(seeds or [int(cfg.train.seed)]),
              "scheduler": {"kind": "none"}, "space": space}
-    folder = Path(cfg.output_dir) / NAME / time.strftime("%Y%m%d-%H%M%S")
-    made = _first_missing(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    runs = Path(cfg.output_dir) / NAME
+    made = _first_missing(runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    folder = _new_folder(runs, time.strftime("%Y%m%d-%H%M%S"))
+    made = made or folder
     path = folder / f"{NAME}.yaml"
     header = f"# @package _global_\n# sweeplab train -m {' '.join(overrides)}\n"
     path.write_text(header + yaml.safe_dump({"sweep": sweep}, sort_keys=False))
@@ -98,10 +100,7 @@ def planned_multirun(overrides: Sequence[str]) -> tuple[SweepPlan, list[str]]:
         plan = plan_sweep(str(path), fixed)
         check_before_start(plan)
     except UserError as err:
-        if made is not None:
-            shutil.rmtree(made)
-        else:
-            path.unlink()
+        shutil.rmtree(made)
         text = str(err)
         for override in overrides:
             text = text.replace(f"sweep.space.{override_key(override)} in {path}", f"-m {override}")
@@ -114,6 +113,18 @@ def _first_missing(folder: Path) -> Path | None:
     missing = None
     for candidate in (folder, *folder.parents):
         if candidate.exists():
-            return missing
+            break
         missing = candidate
     return missing
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """``parent/name`` made now, or ``name-2``, ``name-3``... where another -m started in the same second made it."""
+    folder, n = parent / name, 1
+    while True:
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            n += 1
+            folder = parent / f"{name}-{n}"

@@ -99,7 +99,7 @@ class MlflowSweepTracker(tune.Callback):
         self.parent_run_id: str | None = None
         self._children: dict[str, str] = {}  # trial name -> run id
         self._last_step: dict[str, int] = {}
-        self._logged_config: dict[str, dict] = {}  # trial name -> the config of its last logged epoch
+        self._seen_config: dict[str, dict] = {}  # trial name -> the config of its last result
         self._restarted: set[str] = set()  # trials of _restarts this launch has started
         self._placed: set[str] = set()
         self._restarts: dict[str, int] = {}  # trial name -> restarts before this launch (resume)
@@ -271,11 +271,13 @@ class MlflowSweepTracker(tune.Callback):
         name = str(trial)
         step = int(result["epoch"])
         config = result_config(result)
-        if step <= self._last_step.get(name, 0) and config == self._logged_config.get(name, config):
+        exploited = config != self._seen_config.setdefault(name, config)  # PBT gave the trial another's config
+        self._seen_config[name] = config
+        if step <= self._last_step.get(name, 0) and not exploited:
             return  # a retried trial repeats no epoch it already logged
-        # (with a config of its own, an epoch again is PBT's exploit of a donor that was behind: the trial trains
-        # those epochs anew, from the donor's weights with the new values, and its run logs them at their steps)
-        self._last_step[name], self._logged_config[name] = step, config
+        # (an epoch again after an exploit: the donor was behind, and the trial trains those epochs anew from its
+        # weights with the new values; its run logs them at their steps)
+        self._last_step[name] = step
         tags: dict[str, str] = {}
         if name not in self._placed:  # where the trial runs: a tag sent with its first epoch's metrics
             self._placed.add(name)

@@ -71,10 +71,10 @@ def _checked_url(storage: str, key: str) -> str:
     try:
         dialect.import_dbapi()
     except ImportError as err:
-        raise ConfigError(f"{given}: the driver of {url.drivername}:// is not installed ({err}); PostgreSQL's is "
-                          "(postgresql://user@host/db)") from None
+        raise ConfigError(f"{given}: the driver of {url.drivername}:// is not installed ({err}); use PostgreSQL "
+                          "(postgresql://user@host/db), whose driver is, or install that one") from None
     if url.get_backend_name() == "sqlite" and (url.host or not url.database or url.database == ":memory:"):
-        named = Path(url.host or url.database or "optuna.db").resolve()
+        named = Path(url.host or (url.database if url.database != ":memory:" else None) or "optuna.db").resolve()
         raise ConfigError(f"{given} names no SQLite file (a file's URL has three slashes; an in-memory database "
                           f"is not shared with the trials' processes): write sqlite:///{named}")
     return storage
