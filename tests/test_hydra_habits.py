@@ -123,6 +123,13 @@ def test_multirun_turns_sweep_overrides_into_a_grid(tmp_path):
     assert list(sweep.seeds) == [3, 4]
 
 
+def test_a_grid_file_holds_no_password_from_the_command_line(tmp_path):
+    storage = "cluster.optuna_storage=postgresql://sweeplab:s3cret@127.0.0.1:9/optuna"
+    path, fixed = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.01,0.1", storage])
+    assert storage in fixed  # the trials get it; the file on disk does not
+    assert "s3cret" not in path.read_text() and "sweeplab:***@" in path.read_text()
+
+
 def test_two_grids_written_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
     import time
 

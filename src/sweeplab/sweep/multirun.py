@@ -18,6 +18,7 @@ from hydra.core.override_parser.types import Glob, Override
 from sweeplab.compose import compose, conf_dir, override_key
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.hydra_habits import parse
+from sweeplab.redact import redact
 from sweeplab.sweep.space import NOT_SEARCHED, to_override
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def _write_grid(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
     swept = [(text, o) for text, o in zip(overrides, parsed, strict=True) if o.is_sweep_override()]
     if not swept:
         raise ConfigError(f"-m (--multirun) needs an override with several values, e.g. optimizer.lr=0.01,0.1; "
-                          f"got {' '.join(overrides) or 'none'}")
+                          f"got {redact(' '.join(overrides)) or 'none'}")
     for text, o in swept:
         if o.is_add() or o.is_delete() or o.is_force_add():
             raise ConfigError(f"{text}: -m sweeps keys that exist in the config; drop the "
@@ -83,7 +84,7 @@ def _write_grid(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
     folder = _new_folder(runs, time.strftime("%Y%m%d-%H%M%S"))
     made = made or folder
     path = folder / f"{NAME}.yaml"
-    header = f"# @package _global_\n# sweeplab train -m {' '.join(overrides)}\n"
+    header = f"# @package _global_\n# sweeplab train -m {redact(' '.join(overrides))}\n"
     path.write_text(header + yaml.safe_dump({"sweep": sweep}, sort_keys=False))
     return path, fixed, made
 
@@ -104,7 +105,7 @@ def planned_multirun(overrides: Sequence[str]) -> tuple[SweepPlan, list[str]]:
         text = str(err)
         for override in overrides:
             text = text.replace(f"sweep.space.{override_key(override)} in {path}", f"-m {override}")
-        raise type(err)(text.replace(str(path), f"the -m grid of {' '.join(overrides)}")) from None
+        raise type(err)(text.replace(str(path), f"the -m grid of {redact(' '.join(overrides))}")) from None
     return plan, fixed
 
 
