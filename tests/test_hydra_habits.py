@@ -112,7 +112,7 @@ def test_hydra_run_dir_is_the_run_folder_and_holds_hydras_record(run_cli, tmp_pa
 
 # --- -m: the grid as a sweep file ---------------------------------------------------------------------------
 def test_multirun_turns_sweep_overrides_into_a_grid(tmp_path):
-    path, fixed = multirun_sweep([f"output_dir={tmp_path}", "model=mlp,lenet", "optimizer.lr=0.01,0.1",
+    path, fixed, _ = multirun_sweep([f"output_dir={tmp_path}", "model=mlp,lenet", "optimizer.lr=0.01,0.1",
                                   "train.batch_size=range(32,96,32)", "train.seed=3,4", "data=digits"])
     assert path.parent.parent == tmp_path / "multirun"
     assert fixed == [f"output_dir={tmp_path}", "data=digits"]
@@ -125,7 +125,7 @@ def test_multirun_turns_sweep_overrides_into_a_grid(tmp_path):
 
 def test_a_grid_file_holds_no_password_from_the_command_line(tmp_path):
     storage = "cluster.optuna_storage=postgresql://sweeplab:s3cret@127.0.0.1:9/optuna"
-    path, fixed = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.01,0.1", storage])
+    path, fixed, _ = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.01,0.1", storage])
     assert storage in fixed  # the trials get it; the file on disk does not
     assert "s3cret" not in path.read_text() and "sweeplab:***@" in path.read_text()
 
@@ -134,14 +134,14 @@ def test_two_grids_written_in_the_same_second_get_folders_of_their_own(tmp_path,
     import time
 
     monkeypatch.setattr(time, "strftime", lambda fmt, *_: "20260101-120000")
-    first, _ = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.01,0.1"])
-    second, _ = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.2,0.3"])
+    first, _, _ = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.01,0.1"])
+    second, _, _ = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.2,0.3"])
     assert [first.parent.name, second.parent.name] == ["20260101-120000", "20260101-120000-2"]
     assert "0.01" in first.read_text() and "0.2" in second.read_text()
 
 
 def test_multirun_glob_picks_the_matching_options_of_a_group(tmp_path):
-    path, _ = multirun_sweep([f"output_dir={tmp_path}", "model=glob(*net*)"])
+    path, _, _ = multirun_sweep([f"output_dir={tmp_path}", "model=glob(*net*)"])
     expected = sorted(p.stem for p in (conf_dir() / "model").glob("*net*.yaml"))
     assert yaml.safe_load(path.read_text())["sweep"]["space"]["model"]["choices"] == expected
 

@@ -44,15 +44,9 @@ def _values(text: str, o: Override) -> list[Any]:
                           "(sweeps/*.yaml, sweep.space)") from None
 
 
-def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str]]:
-    """Write the grid sweep file for a multirun command line; (its path, the overrides every trial shares).
-    ``planned_multirun`` also plans and checks it."""
-    path, fixed, _ = _write_grid(overrides)
-    return path, fixed
-
-
-def _write_grid(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
-    """``multirun_sweep``, and the outermost folder it made for the file."""
+def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
+    """Write the grid sweep file for a multirun command line: (its path, the overrides every trial shares, the
+    outermost folder made for it). ``planned_multirun`` also plans and checks it."""
     parsed = parse(overrides)
     if not parsed:  # an override Hydra cannot read: compose names it
         compose(overrides)
@@ -96,7 +90,7 @@ def planned_multirun(overrides: Sequence[str]) -> tuple[SweepPlan, list[str]]:
     from sweeplab.sweep.launch import check_before_start
     from sweeplab.sweep.plan import plan_sweep
 
-    path, fixed, made = _write_grid(overrides)
+    path, fixed, made = multirun_sweep(overrides)
     try:
         plan = plan_sweep(str(path), fixed)
         check_before_start(plan)
