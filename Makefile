@@ -44,7 +44,6 @@ services:
 	@if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then \
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start || true; fi
 
-# ruff's rules and the import-layering contracts, both configured in pyproject.toml; both run, either fails it
 # ruff, the import-layering contracts (pyproject.toml [tool.importlinter]) and mypy on src/
 lint: venv
 	@status=0; $(BIN)/ruff check src tests benchmarks || status=1; $(BIN)/lint-imports || status=1; \

@@ -144,6 +144,18 @@ def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, 
     assert scores.shape == (3, 10)
 
 
+def test_a_sweep_asking_more_than_the_cluster_has_is_refused_once_joined(ray_cluster, tmp_path):
+    """What a cluster has is known only once the driver has joined it (a local Ray's is checked before it starts:
+    tests/test_user_errors.py): one error naming the cluster's CPUs rather than trials waiting forever."""
+    from sweeplab.errors import ConfigError
+    from sweeplab.sweep.launch import launch_sweep
+
+    with pytest.raises(ConfigError, match=r"sweep.resources.cpu=3 \(in .*smoke.yaml\) but the Ray cluster has 2 CPUs "
+                                          r"in all: no trial could start; ask for at most 2"):
+        launch_sweep("smoke", [f"output_dir={tmp_path}", f"cluster.address={ray_cluster.address}",
+                               "sweep.resources.cpu=3", "tracking=none"], quiet=True)
+
+
 def test_the_compose_ray_head_command_serves_the_dashboard(tmp_path):
     """docker-compose's ray-head command, run as it is on loopback (its ports moved to free ones and the
     dashboard bound to 127.0.0.1 instead of the container's 0.0.0.0): the dashboard answers HTTP."""

@@ -141,17 +141,25 @@ def _check_cluster_address(cfg: DictConfig) -> None:
         check_ray_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
 
 
-def _check_resources(resources, sweep_file: Path) -> None:
-    """A trial that asks for more than the cluster has would wait forever: say so instead."""
-    import ray
-
-    total = ray.cluster_resources()
+def _check_resources(resources, sweep_file: Path, total: dict[str, float], where: str) -> None:
+    """A trial that asks for more than ``total`` (what a Ray cluster has, said by ``where``) would wait forever:
+    say so instead."""
     for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
         asked, have = float(resources[key]), float(total.get(ray_key, 0))
         if asked > have:
             hint = "set sweep.resources.gpu=0 to run on CPUs" if key == "gpu" else f"ask for at most {have:g}"
-            raise ConfigError(f"sweep.resources.{key}={asked:g} (in {sweep_file}) but the Ray cluster has "
-                              f"{have:g} {ray_key}s in all: no trial could start; {hint}")
+            raise ConfigError(f"sweep.resources.{key}={asked:g} (in {sweep_file}) but {where} {have:g} {ray_key}s "
+                              f"in all: no trial could start; {hint}")
+
+
+def _local_ray_resources(cfg: DictConfig) -> dict[str, float]:
+    """The CPUs and GPUs a local Ray of these settings will have, resolved before it starts as ``ray.init``
+    resolves them (cluster.num_cpus / num_gpus, else what this machine has and CUDA_VISIBLE_DEVICES shows)."""
+    from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+    spec = ResourceAndLabelSpec(num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
+    spec.resolve(is_head=True, node_ip_address="127.0.0.1")
+    return {"CPU": float(spec.num_cpus or 0), "GPU": float(spec.num_gpus or 0)}
 
 
 def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
@@ -254,8 +262,11 @@ def check_before_start(plan: SweepPlan) -> str:
         check_writable(study_file.parent, "the Optuna storage (cluster.optuna_storage)")
     if plan.cfg.tracking.enabled:
         check_reachable(tracking_uri(plan.cfg))
-    if plan.cfg.cluster.dashboard and not (plan.cfg.cluster.address or os.environ.get("RAY_ADDRESS")):
-        check_dashboard(plan.cfg.cluster)  # what a local Ray's start would end in a traceback
+    if not ray_environment(plan.cfg):  # a local Ray: what it will have is known before it starts
+        _check_resources(plan.cfg.sweep.resources, plan.sweep_file, _local_ray_resources(plan.cfg),
+                         "a local Ray here has")
+        if plan.cfg.cluster.dashboard:
+            check_dashboard(plan.cfg.cluster)  # what a local Ray's start would end in a traceback
     root = ray_root(plan)
     check_storage(root)
     return root
@@ -284,7 +295,10 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
         sweep_id = claim_sweep_id(plan.optuna_storage, plan.name, plan.objectives)
     started_ray = _start_ray_and_store(plan.cfg, searched=len(plan.dims), trials=plan.num_trials)
     watch_sigterm()
-    _check_resources(plan.cfg.sweep.resources, plan.sweep_file)
+    if not started_ray:  # a local Ray's were checked before it started
+        import ray
+
+        _check_resources(plan.cfg.sweep.resources, plan.sweep_file, ray.cluster_resources(), "the Ray cluster has")
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     sync = sync_command(sweep_id, overrides, plan.cfg)
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
