@@ -47,10 +47,16 @@ RAY_ENV = {
 }
 
 
-def _not_the_summarys(record: logging.LogRecord) -> bool:
-    """Tune's "Trials did not complete: [...]" error line: the live view and the summary name each such trial, and
-    why it ended."""
-    return not str(record.msg).startswith("Trials did not complete")
+# Tune's lines that sweeplab says itself: "Trials did not complete" (the live view and the summary name each such
+# trial, and why it ended), the resume hint after an interruption (sweeplab prints its own command), and, after an
+# interruption or on --resume, the warning that trials which had reported nothing yet have no result files (sweeplab
+# reads every result from Optuna)
+TUNES_OWN_LINES = {"ray.tune.tune": ("Trials did not complete", "Experiment has been interrupted"),
+                   "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics for",)}
+
+
+def _not_tunes_own(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(TUNES_OWN_LINES.get(record.name, ()))
 
 
 def ray_environment(cfg: DictConfig) -> str | None:
@@ -61,9 +67,9 @@ def ray_environment(cfg: DictConfig) -> str | None:
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
-    tune_log = logging.getLogger("ray.tune.tune")
-    if _not_the_summarys not in tune_log.filters:
-        tune_log.addFilter(_not_the_summarys)
+    for name in TUNES_OWN_LINES:
+        if _not_tunes_own not in (log := logging.getLogger(name)).filters:
+            log.addFilter(_not_tunes_own)
     if not address:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # binds every Ray service to 127.0.0.1
         # Ray turns token authentication on for a local Ray (RAY_AUTH_MODE unset) and warns that it did, at the
