@@ -140,6 +140,30 @@ def test_two_grids_written_in_the_same_second_get_folders_of_their_own(tmp_path,
     assert "0.01" in first.read_text() and "0.2" in second.read_text()
 
 
+def test_a_quoted_grid_plans_its_trials_with_the_unquoted_values(tmp_path):
+    """Quoted values are grid values like any other: the file holds their text, each trial's config gets it, and
+    the trial's command line quotes it again (a path with a space stays one value)."""
+    import itertools
+
+    from sweeplab.sweep.launch import trial_spec
+    from sweeplab.sweep.multirun import planned_multirun
+    from sweeplab.sweep.trainable import compose_trial, trial_overrides
+
+    plan, _ = planned_multirun([f"output_dir={tmp_path}", "model.activation='relu','tanh'",
+                                "data.root='/tmp/a b','/tmp/c'", "data=digits", "tracking=none"])
+    space = yaml.safe_load(plan.sweep_file.read_text())["sweep"]["space"]
+    assert {key: spec["choices"] for key, spec in space.items()} == {
+        "model.activation": ["relu", "tanh"], "data.root": ["/tmp/a b", "/tmp/c"]}
+    assert plan.num_configs == 4
+    spec = trial_spec(plan)
+    for activation, root in itertools.product(["relu", "tanh"], ["/tmp/a b", "/tmp/c"]):
+        config = {"model.activation": activation, "data.root": root, "seed": 0}
+        for cfg in (compose_trial(spec, config), compose(trial_overrides(spec, config))):
+            assert (cfg.model.activation, cfg.data.root) == (activation, root)
+    assert "data.root='/tmp/a b'" in trial_overrides(spec, {"model.activation": "relu", "data.root": "/tmp/a b",
+                                                             "seed": 0})
+
+
 def test_multirun_glob_picks_the_matching_options_of_a_group(tmp_path):
     path, _, _ = multirun_sweep([f"output_dir={tmp_path}", "model=glob(*net*)"])
     expected = sorted(p.stem for p in (conf_dir() / "model").glob("*net*.yaml"))
@@ -156,15 +180,18 @@ def test_multirun_refuses_what_has_no_grid(override, named, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no sweep file left behind
 
 
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
 @pytest.mark.parametrize("override, named", [
-    ("optimizer.lr=0.1,-1", "-m optimizer.lr=0.1,-1: the value -1 fails"),
+    ("optimizer.lr=0.1,-1", "error: -m optimizer.lr=0.1,-1: the value -1 fails"),
+    ("model.activation='relu','foo'", "error: -m model.activation='relu','foo': the value 'foo' fails"),
     ("tracking.uri=http://127.0.0.1:9", "http://127.0.0.1:9"),  # a store checked before the sweep starts
 ])
-def test_a_multirun_mistake_names_the_command_line_and_leaves_no_grid_file(override, named, tmp_path):
+def test_a_multirun_mistake_names_the_command_line_and_leaves_no_grid_file(override, named, relative, tmp_path):
     """A value out of range, or a store that does not answer, is found before the grid is announced, named as
-    typed (not in a file the user never wrote), and the file and folders made for the grid are gone."""
-    done = cli("train", "-m", "model=mlp,lenet", "data=digits", f"output_dir={tmp_path / 'out'}", override,
-               cwd=tmp_path)
+    typed (not in a file the user never wrote, wherever output_dir is), and the file and folders made for the grid
+    are gone."""
+    output_dir = "out" if relative else tmp_path / "out"
+    done = cli("train", "-m", "model=mlp,lenet", "data=digits", f"output_dir={output_dir}", override, cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and "multirun.yaml" not in lines[0], done.stderr

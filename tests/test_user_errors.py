@@ -61,6 +61,11 @@ def _a_file_in_the_way(tmp: Path) -> Path:
     return tmp / "a-file" / "out"
 
 
+def _a_file(tmp: Path) -> Path:
+    (tmp / "a-file").write_text("not a folder")
+    return tmp / "a-file"
+
+
 def _not_a_database(tmp: Path) -> Path:
     (tmp / "broken").mkdir()
     (tmp / "broken" / "mlflow.db").write_text("this is not SQLite")
@@ -140,6 +145,18 @@ CASES = [
     Case("output-dir-unwritable", _train(), "is a file, not a folder", output_dir=_a_file_in_the_way),
     Case("run-dir-unwritable", lambda tmp: [*TRAIN, f"hydra.run.dir={_a_file_in_the_way(tmp)}"], "hydra.run.dir"),
     Case("mlflow-db-not-a-database", _train(), "not an MLflow SQLite store", output_dir=_not_a_database),
+    # train -m: the grid's folder, before anything is made
+    Case("multirun-output-dir-a-file", lambda tmp: ["train", "-m", "optimizer.lr=0.1,0.2"],
+         "is a file, not a folder", output_dir=_a_file),
+    Case("multirun-output-dir-under-a-file", lambda tmp: ["train", "-m", "optimizer.lr=0.1,0.2"],
+         "is a file, not a folder", output_dir=_a_file_in_the_way),
+    Case("multirun-output-dir-uncreatable", lambda tmp: ["train", "-m", "optimizer.lr=0.1,0.2"],
+         "cannot write output_dir at /proc/sweeplab", output_dir=lambda tmp: Path("/proc/sweeplab")),
+    Case("multirun-hydra-sweep-dir", lambda tmp: ["train", "-m", "hydra.sweep.dir=/tmp/x", "optimizer.lr=0.1,0.2"],
+         "hydra.sweep.dir=/tmp/x: -m does not use Hydra's folders; it writes its grid under output_dir=<folder> "
+         "(the grid file in <output_dir>/multirun/<time>/"),
+    Case("multirun-hydra-run-dir", lambda tmp: ["train", "-m", "hydra.run.dir=/tmp/x", "optimizer.lr=0.1,0.2"],
+         "set output_dir=<folder> instead of hydra.run.dir"),
     # data and devices that only training finds out about: nothing is left behind
     Case("cifar-files-invalid", _bad_cifar_files, "cannot be read"),
     Case("download-root-uncreatable",

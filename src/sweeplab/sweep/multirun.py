@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from hydra.core.override_parser.types import Glob, Override
+from hydra.core.override_parser.types import Glob, Override, QuotedString
 
 from sweeplab.compose import compose, conf_dir, override_key
 from sweeplab.errors import ConfigError, UserError
@@ -37,16 +37,44 @@ def _values(text: str, o: Override) -> list[Any]:
             raise ConfigError(f"{text}: glob() picks options of a config group; {o.key_or_group} is not one")
         return list(value.filter(sorted(p.stem for p in folder.glob("*.yaml"))))
     try:
-        return list(o.sweep_iterator())
+        return [_plain(v) for v in o.sweep_iterator()]
     except Exception:  # interval(): a continuous range has no grid points
         raise ConfigError(f"{text}: -m runs a grid, and interval() has no grid points; list the values "
                           f"({o.key_or_group}=a,b,c), use range(start,stop,step), or search it with a sweep file "
                           "(sweeps/*.yaml, sweep.space)") from None
 
 
+def _plain(value: Any) -> Any:
+    """A grid value as the config gets it: a quoted one ('relu', '/tmp/a b') is its text, in a list or mapping too
+    (the trials get it back quoted, by ``to_override``)."""
+    if isinstance(value, QuotedString):
+        return value.text
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _refuse_hydra_keys(overrides: Sequence[str]) -> None:
+    """Hydra's settings under -m: its folders (hydra.sweep.dir, hydra.run.dir) are output_dir's here."""
+    for text in overrides:
+        key = override_key(text)
+        if key.startswith(("hydra.sweep.", "hydra.run.")):
+            raise ConfigError(f"{text}: -m does not use Hydra's folders; it writes its grid under "
+                              f"output_dir=<folder> (the grid file in <output_dir>/{NAME}/<time>/, the trials' "
+                              f"results and stores beside it): set output_dir=<folder> instead of {key}")
+        if key == "hydra" or key.startswith("hydra."):
+            raise ConfigError(f"{key} is a Hydra setting that sweeplab does not use ({text}); remove {key}=... "
+                              "(-m writes its grid under output_dir=<folder>)")
+
+
 def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
     """Write the grid sweep file for a multirun command line: (its path, the overrides every trial shares, the
     outermost folder made for it). ``planned_multirun`` also plans and checks it."""
+    from sweeplab.tracking.store import check_writable
+
+    _refuse_hydra_keys(overrides)
     parsed = parse(overrides)
     if not parsed:  # an override Hydra cannot read: compose names it
         compose(overrides)
@@ -73,8 +101,17 @@ def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
     sweep = {"name": NAME, "sampler": "grid", "seeds": list(seeds or [int(cfg.train.seed)]),
              "scheduler": {"kind": "none"}, "space": space}
     runs = Path(cfg.output_dir) / NAME
+    check_writable(Path(cfg.output_dir), "output_dir")  # what `sweeplab train` and `sweeplab sweep` say
+    check_writable(runs, f"output_dir's {NAME} folder")
     made = _first_missing(runs)
-    runs.mkdir(parents=True, exist_ok=True)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # what check_writable cannot tell beforehand (/proc/x as root)
+        if made is not None and made.exists():
+            shutil.rmtree(made)
+        raise UserError(f"cannot write output_dir at {Path(cfg.output_dir).resolve()}: {err.filename or runs} "
+                        f"cannot be made ({err.strerror}); choose a folder you can write, e.g. output_dir=./outputs"
+                        ) from None
     folder = _new_folder(runs, time.strftime("%Y%m%d-%H%M%S"))
     made = made or folder
     path = folder / f"{NAME}.yaml"
@@ -91,6 +128,7 @@ def planned_multirun(overrides: Sequence[str]) -> tuple[SweepPlan, list[str]]:
     from sweeplab.sweep.plan import plan_sweep
 
     path, fixed, made = multirun_sweep(overrides)
+    path = path.resolve()  # as plan_sweep names it: a relative output_dir's path is only part of what errors hold
     try:
         plan = plan_sweep(str(path), fixed)
         check_before_start(plan)
@@ -98,7 +136,7 @@ def planned_multirun(overrides: Sequence[str]) -> tuple[SweepPlan, list[str]]:
         shutil.rmtree(made)
         text = str(err)
         for override in overrides:
-            text = text.replace(f"sweep.space.{override_key(override)} in {path}", f"-m {override}")
+            text = text.replace(f"sweep.space.{override_key(override)} in {path}", f"-m {redact(override)}")
         raise type(err)(text.replace(str(path), f"the -m grid of {redact(' '.join(overrides))}")) from None
     return plan, fixed
 
