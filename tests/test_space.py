@@ -307,6 +307,30 @@ def test_a_misspelled_key_in_a_sweep_file_gets_the_nearest_right_one(tmp_path, b
     assert message.endswith("?") or "did you mean" in message, message
 
 
+def test_a_step_that_divides_the_range_as_written_is_accepted(tmp_path):
+    """In floats 0.1 - 0.01 is not a whole number of 0.01 steps; as written it is, and every point is searched."""
+    sweep_plan = plan(tmp_path, """
+sweep:
+  sampler: grid
+  space:
+    optimizer.lr: {type: float, low: 0.01, high: 0.1, step: 0.01}
+    train.batch_size: {type: int, low: 16, high: 64, step: 16}
+""")
+    assert distributions(sweep_plan)["optimizer.lr"] == FloatDistribution(0.01, 0.1, step=0.01)
+    assert sweep_plan.num_configs == 10 * 4
+
+
+def test_a_loss_is_minimised_and_offline_datasets_are_searched(tmp_path):
+    sweep_plan = plan(tmp_path, """
+sweep:
+  sampler: grid
+  metric: val/loss
+  mode: min
+  space: {data: {type: categorical, choices: [mnist5k, digits]}}
+""")
+    assert sweep_plan.objectives == [("val/loss", "min")] and sweep_plan.num_configs == 2
+
+
 def test_a_searched_key_cannot_also_be_set_on_the_command_line(tmp_path):
     path = write_sweep(tmp_path, "clash", "sweep:\n  space:\n    optimizer.lr: {type: float, low: 0.01, high: 0.1}")
     with pytest.raises(ConfigError, match="optimizer.lr"):

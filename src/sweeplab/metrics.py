@@ -90,6 +90,13 @@ def is_fraction(metric: str) -> bool:
     return metric.endswith("acc")
 
 
+def better_mode(metric: str) -> str | None:
+    """The mode that improves ``metric`` where its meaning fixes one: min for a loss, max for an accuracy."""
+    if metric.endswith("loss"):
+        return "min"
+    return "max" if is_fraction(metric) else None
+
+
 def display_scale(metric: str) -> float:
     """Factor from a stored value to the shown one (plots): 100 for accuracies."""
     return 100.0 if is_fraction(metric) else 1.0

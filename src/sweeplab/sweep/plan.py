@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.compose import compose, conf_dir, override_key, read_sweep_text, resolve_sweep_file
 from sweeplab.config.schema import SweepConfig
-from sweeplab.errors import ConfigError, UserError
-from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS
+from sweeplab.errors import ConfigError, DatasetNotFoundError, UserError
+from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS, better_mode
 from sweeplab.redact import hide
 from sweeplab.structured import typed
 from sweeplab.sweep.space import GROUPS, Dimension, grid_size, parse_space
@@ -118,11 +118,9 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
 def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], sweep_file: Path) -> None:
     """Metrics that trials report, distinct seeds, a scheduler that fits the epochs, data that exists."""
     from sweeplab.checks import validate
-    from sweeplab.data.datasets import missing_files
-    from sweeplab.errors import DatasetNotFoundError
 
     sc = cfg.sweep
-    for metric, _ in objectives:
+    for index, (metric, mode) in enumerate(objectives):
         if metric in FINAL_ONLY_KEYS:
             raise ConfigError(f"sweep metric {metric!r} in {sweep_file}: the test split is scored once after "
                               "training and never reported per epoch, so it cannot steer a sweep; use val/"
@@ -130,6 +128,12 @@ def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], swee
         if metric not in REPORTED_KEYS:
             raise ConfigError(f"sweep metric {metric!r} in {sweep_file} is not reported by trials; "
                               f"use one of {', '.join(REPORTED_KEYS)}")
+        better = better_mode(metric)
+        if better and mode != better:
+            fix = f"sweep.objectives[{index}].mode={better}" if sc.objectives else f"sweep.mode={better}"
+            fix += f" and sweep.mode={better}" if sc.objectives and index == 0 else ""
+            raise ConfigError(f"sweep metric {metric!r} in {sweep_file} with mode {mode!r} would seek the worst "
+                              f"{metric} ({'lower' if better == 'min' else 'higher'} is better): set {fix}")
     if len(set(sc.seeds)) != len(sc.seeds):
         raise ConfigError(f"sweep.seeds in {sweep_file} repeats a seed ({list(sc.seeds)}); give distinct seeds")
     if sc.scheduler.kind in ("asha", "median") and not 1 <= sc.scheduler.grace_period <= cfg.train.epochs:
@@ -139,12 +143,20 @@ def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], swee
         validate(cfg, shapes=False)
     except UserError as err:
         raise ConfigError(f"{err} (in {sweep_file} and the command line)") from None
+    missing = _missing_data(cfg)
+    if missing:
+        raise DatasetNotFoundError(f"sweep {sc.name!r} needs {missing}")
+
+
+def _missing_data(cfg: DictConfig) -> str:
+    """What of ``cfg``'s dataset is not on disk and how to get it, or "" when nothing is missing."""
+    from sweeplab.data.datasets import missing_files
+
     missing = missing_files(cfg.data)
-    if missing and not cfg.data.download:
-        raise DatasetNotFoundError(f"sweep {sc.name!r} needs dataset {cfg.data.name!r} under "
-                                   f"data.root={Path(cfg.data.root).resolve()}: missing {', '.join(missing)}. "
-                                   "Put torchvision's files there, "
-                                   "or add data.download=true on a machine with internet.")
+    if not missing or cfg.data.download:
+        return ""
+    return (f"dataset {cfg.data.name!r} under data.root={Path(cfg.data.root).resolve()}: missing {', '.join(missing)}. "
+            "Put torchvision's files there, or add data.download=true on a machine with internet.")
 
 
 def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Path, cfg: DictConfig) -> None:
@@ -164,9 +176,14 @@ def _probe_space(dims: list[Dimension], overrides: Sequence[str], sweep_file: Pa
     for dim in groups:
         for choice in dim.choices:
             try:
-                validate(compose([*overrides, f"{dim.key}={choice}"], sweep_file), shapes=False)
+                composed = compose([*overrides, f"{dim.key}={choice}"], sweep_file)
+                validate(composed, shapes=False)
             except UserError as err:
                 raise fails(dim, choice, err) from None
+            missing = _missing_data(composed)
+            if missing:  # as for the sweep's own data: found now, not by each trial that picks it
+                raise DatasetNotFoundError(f"sweep.space.{dim.key} in {sweep_file}: the choice {choice!r} needs "
+                                           f"{missing}")
     # each group at its first choice that a key applies to; without groups, the plan's own config
     bases: dict[tuple[str, ...], DictConfig] = {} if groups else {(): cfg}
     for dim in (d for d in dims if not d.is_group):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,11 @@ def parse_space(
         where = f"sweep.space.{key} in {source}"
         if key in NOT_SEARCHED:
             raise ConfigError(f"{where}: {NOT_SEARCHED[key]}")
+        top = key.split(".")[0]
+        if top not in GROUPS and top in base:  # tracking, cluster, sweep, output_dir: one for the whole sweep
+            raise ConfigError(f"{where}: {top} is shared by all of a sweep's trials, so it cannot be searched; a "
+                              f"space searches keys under {', '.join(GROUPS)} (e.g. optimizer.lr) or picks one of "
+                              "their options (e.g. model: {type: categorical, choices: [mlp, lenet]})")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 0.001, high: 0.1}}, got {spec!r}")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
@@ -193,13 +199,16 @@ def parse_space(
             bad = [c for c in spec.get("choices") or [] if c not in group_options[key]]
             if bad:
                 raise ConfigError(f"{where}: unknown {key} {bad[0]!r}; options: {', '.join(group_options[key])}")
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{where}: log must be true or false, got {log!r}")
         when = _parse_when(spec.get("when"), dims, where)
         per_choice = key.split(".")[0] in searched_groups or any(k in GROUPS for k, _ in when)
         if key not in GROUPS and not per_choice and OmegaConf.select(base, key, default="__missing__") == "__missing__":
             hint = did_you_mean(key, flatten(base)) or "; check the spelling"
             raise ConfigError(f"{where}: {key!r} is not a key of the composed config{hint} (a key that only some "
                               "choices have takes e.g. when: {model: lenet})")
-        dim = Dimension(key, kind, spec.get("low"), spec.get("high"), bool(spec.get("log", False)), spec.get("step"),
+        dim = Dimension(key, kind, spec.get("low"), spec.get("high"), log, spec.get("step"),
                         tuple(spec["choices"]) if spec.get("choices") is not None else (), when)
         _check_dimension(dim, where)
         dims.append(dim)
@@ -257,6 +266,22 @@ def _check_dimension(dim: Dimension, where: str) -> None:
         raise ConfigError(f"{where}: step must be > 0, got {dim.step}")
     if dim.type == "int" and dim.step is not None and dim.step != int(dim.step):
         raise ConfigError(f"{where}: an int dimension's step must be a whole number, got {dim.step}")
+    if dim.step is not None:
+        _check_step(dim, dim.step, where)
+
+
+def _check_step(dim: Dimension, step: float, where: str) -> None:
+    """Optuna cuts a range its step does not divide down to the last step inside it, with only a warning: refuse
+    that here, naming the highs that fit. In decimals, as Optuna checks, so 0.01..0.1 by 0.01 divides."""
+    low, high, by = (Decimal(str(int(v) if dim.type == "int" else v)) for v in (*dim.bounds, step))
+    span = high - low
+    if by > span:
+        raise ConfigError(f"{where}: step={by} is larger than the range high - low = {span}, so every trial would "
+                          f"get low={low}; give a step of at most {span}")
+    if span % by:
+        below = low + span // by * by
+        raise ConfigError(f"{where}: step={by} does not divide the range {low}..{high} (Optuna would search only "
+                          f"up to {below}); set high to {below} or {below + by}, or give a step that divides {span}")
 
 
 def grid(dims: list[Dimension]) -> dict[str, list]:
