@@ -59,6 +59,31 @@ def test_cfg_all_adds_hydra_record_with_the_picked_options_and_run_dir(tmp_path)
     assert not (tmp_path / "here").exists()
 
 
+@pytest.mark.parametrize("which", ["job", "all"])
+def test_sweep_cfg_prints_what_its_trials_compose_from_and_starts_nothing(which, tmp_path):
+    """`sweeplab sweep smoke --cfg job`: the sweep file and the overrides composed, sweep: block included, as
+    `train --cfg` prints a run's; no Ray, no store, no output folder."""
+    out = tmp_path / "out"
+    done = cli("sweep", "smoke", "--cfg", which, "train.epochs=1", f"output_dir={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    composed = _plain(compose(["train.epochs=1", f"output_dir={out}"], conf_dir().parent / "sweeps" / "smoke.yaml"))
+    assert {k: v for k, v in printed.items() if k != "hydra"} == yaml.safe_load(yaml.safe_dump(composed))
+    assert printed["sweep"]["name"] == "smoke" and "optimizer.lr" in printed["sweep"]["space"]
+    if which == "all":
+        assert printed["hydra"]["runtime"]["choices"]["model"] == "mlp"
+    assert not out.exists()
+
+
+def test_a_removal_override_may_follow_a_flag(tmp_path):
+    """`~key` and `~key=value` are Hydra's overrides that remove a key: after a flag they reach Hydra as before it."""
+    for removal in ("~model", "~model=mlp"):
+        before = cli("train", "model=mlp", removal, "--cfg", "job", cwd=tmp_path)
+        after = cli("train", "model=mlp", "--cfg", "job", removal, cwd=tmp_path)
+        assert after.returncode == before.returncode == 2 and after.stderr == before.stderr, after.stderr
+        assert f"({removal} removed it)" in after.stderr
+
+
 def test_info_lists_search_path_groups_and_their_options(tmp_path):
     done = cli("train", "model=mlp", "--info", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -524,6 +524,60 @@ def test_resume_refuses_an_override_the_sweep_did_not_begin_with(tmp_path):
     assert plan.cfg.cluster.dashboard_port == 8301
 
 
+def _recorded_sweep_of(tmp_path, name: str = "s"):
+    """A study as a sweep of tmp_path/sweeps/s.yaml records it (named after the file: it sets no sweep.name) with one
+    completed trial."""
+    searcher, _ = make_searcher(tmp_path, num_configs=1)
+    searcher.study.set_user_attr("name", name)
+    searcher.suggest("ray-1")
+    run_seed(searcher, "ray-1", [0.5, 0.6, 0.7])
+    return Path(searcher.study.user_attrs["sweep_file"])
+
+
+def test_a_sweep_file_given_by_path_stands_for_its_latest_sweep(tmp_path):
+    """`sweeplab sweep sweeps/s.yaml` then the same command plus --resume (and best, status, report) find the
+    latest sweep of that file's sweep.name, whether the file is given by its path or its .yaml name."""
+    sweep_file = _recorded_sweep_of(tmp_path)
+    where = f"output_dir={tmp_path}"
+    best = cli("best", "sweeps/s.yaml", where, cwd=tmp_path)
+    assert best.returncode == 0 and "best of s-1" in best.stderr, best.stderr
+    status = cli("status", "sweeps/s.yaml", where, cwd=tmp_path)
+    assert status.returncode == 0 and "sweep s-1" in status.stdout, status.stderr
+    for ref, cwd in ((str(sweep_file), tmp_path), ("sweeps/s.yaml", tmp_path), ("s.yaml", sweep_file.parent)):
+        resumed = cli("sweep", ref, "--resume", "--cfg", "job", where, cwd=cwd)  # --cfg: the resumed plan, no Ray
+        assert resumed.returncode == 0 and yaml_of(resumed.stdout)["sweep"]["name"] == "s", resumed.stderr
+    from sweeplab.tracking.store import client_for
+
+    client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a store where no sweep ran tracked
+    report = cli("report", "sweeps/s.yaml", where, cwd=tmp_path)
+    assert "no sweep 's' in the MLflow store" in report.stderr, report.stderr
+    write_sweep(tmp_path, "other", "sweep:\n  name: elsewhere\n  space:\n    optimizer.lr: {type: float, low: 0.1, "
+                "high: 0.2}")
+    other = cli("best", "sweeps/other.yaml", where, cwd=tmp_path)
+    assert "no sweep named 'elsewhere' (the sweep.name of sweeps/other.yaml)" in other.stderr, other.stderr
+
+
+def test_the_overrides_may_come_before_the_sweeps_name(tmp_path):
+    """`sweeplab best output_dir=... s`, as `status` and `dashboard` take it: the sweep is the word that is no
+    override, wherever it stands."""
+    _recorded_sweep_of(tmp_path)
+    where = f"output_dir={tmp_path}"
+    best = cli("best", where, "s", cwd=tmp_path)
+    assert best.returncode == 0 and "best of s-1" in best.stderr, best.stderr
+    status = cli("status", where, "s", cwd=tmp_path)
+    assert status.returncode == 0 and "sweep s-1" in status.stdout, status.stderr
+    resumed = cli("sweep", where, "s", "--resume", "--cfg", "job", cwd=tmp_path)
+    assert resumed.returncode == 0 and yaml_of(resumed.stdout)["sweep"]["name"] == "s", resumed.stderr
+    planned = cli("sweep", where, "smoke", "--cfg", "job", cwd=tmp_path)
+    assert planned.returncode == 0 and yaml_of(planned.stdout)["output_dir"] == str(tmp_path), planned.stderr
+
+
+def yaml_of(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def test_a_trial_the_scheduler_stopped_stays_off_the_pareto_front(tmp_path):
     """ASHA stops a small model after one epoch: its one-epoch accuracy is not comparable and must not
     make the front, in Optuna (what NSGA-II and optuna-dashboard see) nor in the summary."""

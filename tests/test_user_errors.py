@@ -267,6 +267,12 @@ CASES = [
          _sweep_body("sweep:\n  sampler: nsga2\n  objectives: [{metric: val/acc, mode: max}, "
                      "{metric: train/loss, mode: max}]\n" + SPACE),
          "would seek the worst train/loss (lower is better): set sweep.objectives[1].mode=min"),
+    # a command line whose sweep is missing: its overrides only (the runner adds output_dir=...)
+    Case("sweep-without-a-name", lambda tmp: ["sweep"],
+         "no sweep given: its name or file comes first, then the overrides (sweeplab sweep NAME [key=value ...])"),
+    *(Case(f"{command}-without-a-name", lambda tmp, command=command: [command, "train.epochs=1"],
+           f"no sweep given: its name or id comes first, then the overrides (sweeplab {command} NAME [key=value ...])")
+      for command in ("best", "report", "sync")),
     # sweeplab ui
     Case("ui-port-range", lambda tmp: ["ui", "--port", "99999"], "between 1 and 65535"),
     Case("ui-port-busy", _busy_port, "already in use"),

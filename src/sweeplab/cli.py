@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sweeplab.errors import UserError
 from sweeplab.sweep.stop import interrupted_exit_code, watch_sigterm
@@ -47,31 +48,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", help="sweep name (sweeps/<name>.yaml) or path to a sweep file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every trial")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted sweep: the latest of this name, "
-                        "or the sweep id given instead of a name")
+                   help="continue an interrupted sweep: the latest of this name or file, "
+                        "or the sweep id given instead")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines, only trial ends and the summary")
+    p.add_argument("-c", "--cfg", choices=("job", "hydra", "all"),
+                   help="print the config the trials compose from (job), Hydra's record (hydra) or both, then exit")
 
     p = sub.add_parser("sync", help="send the MLflow calls a sweep kept while its tracking store was down")
-    p.add_argument("sweep", help="sweep name or id")
+    p.add_argument("sweep", help="sweep name, id or file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores (output_dir=..., cluster=...)")
 
     p = sub.add_parser("status", help="trials by state and the best so far")
-    p.add_argument("sweep", nargs="?", help="sweep name or id (default: all sweeps)")
+    p.add_argument("sweep", nargs="?", help="sweep name, id or file (default: all sweeps)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores (output_dir=..., cluster=...)")
 
     p = sub.add_parser("best", help="print the best trial as a runnable 'sweeplab train' command")
-    p.add_argument("sweep", help="sweep name or id")
+    p.add_argument("sweep", help="sweep name, id or file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores")
     p.add_argument("--register", metavar="NAME",
                    help="also register the best trial's MLflow Model in the Model Registry as NAME")
 
     p = sub.add_parser("report", help="rebuild a sweep's HTML report from the tracking store")
-    p.add_argument("sweep", help="sweep name or id")
+    p.add_argument("sweep", help="sweep name, id or file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores")
     p.add_argument("--out", help="folder to write the report to (default: outputs/reports/<sweep id>)")
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard for the sweeps' Optuna storage on 127.0.0.1")
-    p.add_argument("sweep", nargs="?", help="sweep name or id to open (default: the list of every sweep)")
+    p.add_argument("sweep", nargs="?", help="sweep name, id or file to open (default: the list of every sweep)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the storage (output_dir=..., cluster=...)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1")
@@ -101,15 +104,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    unknown = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    unknown = [e for e in extra if not _is_override(e) or not hasattr(args, "overrides")]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like key=value)")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like key=value or ~key)")
     if extra:
         args.overrides = [*args.overrides, *extra]
     watch_sigterm()  # SIGTERM ends a command as Ctrl-C does (exit 143), not midway through a write
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial MLflow database tables" chatter
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars after the summary
     try:
+        _sweep_before_overrides(args)
         from sweeplab import commands
 
         return getattr(commands, f"cmd_{args.command}")(args) or 0
@@ -119,6 +123,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sweeplab {args.command}: interrupted", file=sys.stderr)
         return interrupted_exit_code()
+
+
+def _is_override(word: str) -> bool:
+    """Hydra's override grammar: key=value, +key=value, ++key=value, ~key, ~key=value."""
+    return not word.startswith("-") and ("=" in word or word.startswith("~"))
+
+
+def _sweep_before_overrides(args: argparse.Namespace) -> None:
+    """``sweeplab best output_dir=... NAME``: argparse gives the first word to the sweep, wherever the name is;
+    the sweep is the first word that is no override (a sweep file's path may hold '='), the rest are overrides.
+    None where the command lists every sweep without one (status, dashboard)."""
+    ref = getattr(args, "sweep", None)
+    if ref is None or not _is_override(ref) or Path(ref).is_file():
+        return
+    words = [ref, *args.overrides]
+    name = next((w for w in words if not _is_override(w)), None)
+    if name is not None:
+        words.remove(name)
+    elif args.command not in ("status", "dashboard"):
+        what = "name or file" if args.command == "sweep" else "name or id"
+        raise UserError(f"no sweep given: its {what} comes first, then the overrides "
+                        f"(sweeplab {args.command} NAME [key=value ...])")
+    args.sweep, args.overrides = name, words
 
 
 def _shell_completion(parser: argparse.ArgumentParser, request: str) -> int:

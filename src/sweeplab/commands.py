@@ -161,7 +161,27 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.cfg:
+        print(_sweep_config_text(args), end="")
+        return 0
     return _run_sweep(args.sweep, args.overrides, resume=args.resume, quiet=args.quiet)
+
+
+def _sweep_config_text(args: argparse.Namespace) -> str:
+    """``sweep --cfg``: what its trials compose from, the sweep: block included, as ``train --cfg`` prints it (Hydra's
+    record names the sweep's output_dir as its folder); with --resume, from the recorded file and overrides."""
+    from sweeplab.compose import SWEEP_GROUP, compose_with_choices, resolve_sweep_file
+    from sweeplab.hydra_habits import TrainLine, config_text
+    from sweeplab.sweep.launch import recorded_plan
+
+    if args.resume:
+        plan = recorded_plan(args.sweep, args.overrides)[0]
+        sweep_file, overrides, text = plan.sweep_file, plan.overrides, plan.sweep_text
+    else:
+        sweep_file, overrides, text = resolve_sweep_file(args.sweep), list(args.overrides), None
+    cfg, choices = compose_with_choices(overrides, sweep_file, text)
+    choices[SWEEP_GROUP] = str(sweep_file)  # not the name of the copy Hydra composed
+    return config_text(cfg, args.cfg, choices, TrainLine(overrides, typed=overrides), Path(cfg.output_dir))
 
 
 def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool, planned: SweepPlan | None = None) -> int:
@@ -207,8 +227,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sweeplab.sweep.results import find_sweep, list_sweeps, load_outcome
     from sweeplab.sweep.summary import format_summary, format_table
 
-    if args.sweep and "=" in args.sweep:  # `sweeplab status output_dir=...`: an override, not a sweep
-        args.overrides, args.sweep = [args.sweep, *args.overrides], None
     storage = _storage(args.overrides)
     if args.sweep:
         print(format_summary(load_outcome(storage, find_sweep(storage, args.sweep)["sweep_id"])))
@@ -271,12 +289,14 @@ def _register_best(args: argparse.Namespace, sweep_id: str, storage: str) -> Non
 
 def cmd_report(args: argparse.Namespace) -> int:
     from sweeplab.compose import compose
+    from sweeplab.sweep.results import file_sweep
     from sweeplab.tracking.report import build_report, find_parent_run
     from sweeplab.tracking.store import check_writable, existing_client, tracking_uri
 
     cfg = compose(args.overrides)
     client = existing_client(tracking_uri(cfg))
-    parent = find_parent_run(client, args.sweep, cfg.tracking.experiment)
+    named = file_sweep(args.sweep)  # a sweep file stands for its sweep.name
+    parent = find_parent_run(client, named[0] if named else args.sweep, cfg.tracking.experiment)
     sweep_id = parent.data.tags.get("sweeplab.sweep_id", parent.info.run_name)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "reports" / sweep_id
     check_writable(out, "--out" if args.out else "output_dir")
@@ -327,8 +347,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from sweeplab.sweep.results import find_sweep, list_sweeps
     from sweeplab.tracking.study_store import open_storage
 
-    if args.sweep and "=" in args.sweep:  # `sweeplab dashboard output_dir=...`: an override, not a sweep
-        args.overrides, args.sweep = [args.sweep, *args.overrides], None
     check_port_free(args.host, args.port)
     storage = _storage(args.overrides)
     url = f"http://{args.host}:{args.port}/dashboard"

@@ -1,7 +1,9 @@
 """Reading sweeps back from the Optuna storage: which sweeps exist, and one sweep's outcome."""
 from __future__ import annotations
 
+import os
 import statistics
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-__all__ = ["SweepOutcome", "best_trial_runs", "find_sweep", "list_sweeps", "load_outcome"]
+__all__ = ["SweepOutcome", "best_trial_runs", "file_sweep", "find_sweep", "list_sweeps", "load_outcome"]
 
 
 def _studies(storage: str) -> list[optuna.study.StudySummary]:
@@ -32,18 +34,32 @@ def _studies(storage: str) -> list[optuna.study.StudySummary]:
         raise UserError(f"cannot read the Optuna storage {redact(storage)}: {str(err).splitlines()[0][:300]}") from None
 
 
-def find_sweep(storage: str, name_or_id: str) -> dict[str, Any]:
-    """The record of a sweep id, or of the latest sweep with that name."""
+def find_sweep(storage: str, ref: str) -> dict[str, Any]:
+    """The record of a sweep id, or of the latest sweep with that name; a sweep file given by path or .yaml name
+    stands for the sweeps run from it, else (moved since) for those of its sweep.name."""
     summaries = [s for s in _studies(storage) if "sweep_id" in s.user_attrs]
-    exact = [s for s in summaries if s.study_name == name_or_id]
-    named = [s for s in summaries if s.user_attrs.get("name") == name_or_id]
-    found = exact or sorted(named, key=lambda s: s.user_attrs.get("started", ""))
+    name, path = file_sweep(ref) or (ref, None)
+    found = [s for s in summaries if s.study_name == ref] or sorted(
+        [s for s in summaries if path is not None and s.user_attrs.get("sweep_file") == path]
+        or [s for s in summaries if s.user_attrs.get("name") == name], key=lambda s: s.user_attrs.get("started", ""))
     if not found:
         known = sorted({str(s.user_attrs["name"]) for s in summaries if "name" in s.user_attrs})
         hint = (f"Sweeps in this storage: {', '.join(known)}." if known
                 else f"It holds no sweep yet: run '{program()} sweep <name>' first.")
-        raise UserError(f"no sweep named {name_or_id!r} in {redact(storage)}. {hint}")
+        of_file = f" (the sweep.name of {ref})" if name != ref else ""
+        raise UserError(f"no sweep named {name!r}{of_file} in {redact(storage)}. {hint}")
     return dict(found[-1].user_attrs)
+
+
+def file_sweep(ref: str) -> tuple[str, str] | None:
+    """A sweep file named by path or .yaml name (sw/datagrid.yaml): its sweep.name and its resolved path, as a sweep
+    records them; None for a sweep's name or id."""
+    if Path(ref).suffix not in (".yaml", ".yml") and os.sep not in ref:
+        return None
+    from sweeplab.compose import compose, resolve_sweep_file
+
+    path = resolve_sweep_file(ref)
+    return str(compose((), path).sweep.name), str(path)
 
 
 def list_sweeps(storage: str) -> list[dict[str, Any]]:
