@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sweeplab.compose import compose, flatten, resolve_sweep_file, to_yaml
-from sweeplab.config.schema import Loss, LrSchedule, Mode, OptimizerConfig, SchedulerKind, TrainConfig
+from sweeplab.config.schema import Loss, LrSchedule, Mode, SchedulerKind, TrainConfig
 from sweeplab.errors import ConfigError
 from sweeplab.models import MODELS
 from sweeplab.models.layers import WeightInit
@@ -89,12 +89,99 @@ def test_a_misspelled_key_or_option_gets_the_nearest_right_one(overrides, messag
     assert message in str(err.value)
 
 
-def test_a_key_added_with_plus_is_refused_in_the_same_words_when_the_config_is_typed():
+@pytest.mark.parametrize("key", ["optimizer.lrr", "foo", "outptu_dir", "train.epoch", "sweep.scheduler.kindd",
+                                 "model.hidden_size"])
+def test_a_key_added_with_plus_is_refused_in_the_same_words_as_without(key):
+    """Hydra's + (and ++) adds any key, even to a node its schema types: composition refuses it as it refuses the
+    key without +, so that --cfg, train and a sweep's planning all say so, and no typo is silently ignored."""
     with pytest.raises(ConfigError) as plain_override:
-        compose(["optimizer.lrr=0.1"])
-    with pytest.raises(ConfigError) as added:  # Hydra adds it; the training's typing refuses it
-        typed(compose(["+optimizer.lrr=0.1"]).optimizer, OptimizerConfig, "optimizer")
-    assert str(added.value) == str(plain_override.value)
+        compose(["model=mlp", f"{key}=1"])
+    for plus in ("+", "++"):
+        with pytest.raises(ConfigError) as added:
+            compose(["model=mlp", f"{plus}{key}=1"])
+        assert str(added.value) == str(plain_override.value)
+    assert f"has no key '{key.rpartition('.')[2]}' ({key})" in str(plain_override.value)
+
+
+def test_a_misspelled_top_level_key_added_with_plus_gets_the_nearest_one():
+    with pytest.raises(ConfigError) as err:
+        compose(["+outptu_dir=/data/runs"])
+    assert str(err.value).startswith("the config has no key 'outptu_dir' (outptu_dir); its keys are: cluster, data,")
+    assert str(err.value).endswith("; did you mean 'output_dir'?")
+
+
+def test_plus_still_adds_keys_where_no_schema_types_them():
+    """sweep.space and a sampler's arguments are free-form: + adds to them as Hydra users expect."""
+    cfg = compose(["+sweep.space.model={type:categorical,choices:[mlp,lenet]}",
+                   "sweep.sampler={_target_:optuna.samplers.TPESampler}", "+sweep.sampler.n_startup_trials=5"])
+    assert list(cfg.sweep.space.model.choices) == ["mlp", "lenet"] and cfg.sweep.sampler.n_startup_trials == 5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("~data.subset", "data.subset is a key of the data schema and cannot be deleted (~data.subset); "
+                     "to unset it: data.subset=null"),
+    ("~train.epochs=12", "train.epochs is a key of the train schema and cannot be deleted (~train.epochs=12); "
+                         "set it instead, e.g. train.epochs=12 (its default)"),
+    ("~optimizer.lr", "set it instead: optimizer.lr=<value>"),
+    ("~output_dir", "output_dir is a key of the top-level schema and cannot be deleted (~output_dir); "
+                    "set it instead, e.g. output_dir=outputs (its default)"),
+    ("~sweep.space", "set it instead, e.g. sweep.space={} (its default)"),
+    ("~data.subsett", "data has no key 'subsett' (data.subsett); its keys are: augment,"),
+    ("~foo", "the config has no key 'foo' (foo)"),
+    ("~model", "model has no value (~model removed it)"),  # a group: removed, then named as missing
+])
+def test_deleting_a_key_of_a_schema_says_how_to_set_it_instead(override, message):
+    """Hydra says a key whose value is null "does not exist", and a typed node refuses any deletion."""
+    with pytest.raises(ConfigError) as err:
+        compose([override])
+    assert message in str(err.value)
+
+
+SHAPES = [  # (the sweep block's line, or an override; the message)
+    ("space:\n    - optimizer.lr", "sweep.space must be a mapping like {optimizer.lr: {type: float, "),
+    ("scheduler: asha", "sweep.scheduler must be a mapping like {kind: asha}, not asha"),
+    ("scheduler: [asha]", "sweep.scheduler must be a mapping like {kind: asha}, not [asha]"),
+    ("resources: 2", "sweep.resources must be a mapping like {cpu: 1.0}, not 2"),
+    ("objectives: val/acc", "sweep.objectives must be a list of mappings like [{metric: val/acc, mode: max}, "),
+    ("objectives: [val/acc]", "sweep.objectives must be a list of mappings like [{metric: val/acc, mode: max}, "),
+    ("seeds: 3", "sweep.seeds must be a list like [0, 1, 2], not 3"),
+    ("scheduler: {kind: [asha]}", "sweep.scheduler.kind must be one of asha, median, hyperband, pbt, none"),
+    ("num_trials: [4]", "sweep.num_trials must be a whole number, not [4]"),
+]
+
+
+@pytest.mark.parametrize("line, message", SHAPES, ids=[line for line, _ in SHAPES])
+def test_a_key_of_the_wrong_shape_in_a_sweep_file_is_named_with_its_shape(line, message, tmp_path):
+    """A mapping where the schema has a list or a value, or the other way round: the key, the shape it takes
+    (from its schema type), and the file."""
+    path = tmp_path / "shape.yaml"
+    path.write_text("# @package _global_\nsweep:\n  " + line.replace("\n", "\n  ") + "\n")
+    with pytest.raises(ConfigError) as err:
+        compose([], path)
+    assert message in str(err.value) and str(err.value).endswith(f"(in {path})"), str(err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sweep.scheduler=asha", "sweep.scheduler must be a mapping like {kind: asha}, not asha (sweep.scheduler=asha)"),
+    ("sweep.seeds=3", "sweep.seeds must be a list like [0, 1, 2], not 3 (sweep.seeds=3)"),
+    ("sweep.space=[optimizer.lr]", "sweep.space must be a mapping like {optimizer.lr: "),
+    ("sweep.objectives=[val/acc]", "sweep.objectives must be a list of mappings like [{metric: val/acc, "),
+    ("optimizer.betas=0.9", "optimizer.betas must be a list like [0.9, 0.999], not 0.9 (optimizer.betas=0.9)"),
+    ("model.hidden_sizes=3", "model.hidden_sizes must be a list like [100, 100], not 3"),
+    ("train.epochs=[1]", "train.epochs must be a whole number, not [1] (train.epochs=[1])"),
+])
+def test_an_override_of_the_wrong_shape_is_named_with_its_shape(override, message):
+    with pytest.raises(ConfigError) as err:
+        compose(["model=mlp", override])
+    assert message in str(err.value), str(err.value)
+
+
+def test_a_value_of_the_right_shape_but_wrong_type_keeps_the_key_and_the_value(tmp_path):
+    path = tmp_path / "seeds.yaml"
+    path.write_text("# @package _global_\nsweep:\n  seeds: [a]\n")
+    with pytest.raises(ConfigError) as err:
+        compose([], path)
+    assert "'a'" in str(err.value) and "sweep.seeds[0]" in str(err.value)
 
 
 def test_nothing_close_is_suggested_as_a_guess():

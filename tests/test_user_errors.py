@@ -133,6 +133,12 @@ CASES = [
     Case("rnn-cell", _train("model=rnn", "model.cell=transformer"), "model.cell"),
     Case("unknown-model", _train("model=nosuch"), "nosuch"),
     Case("plus-unknown-key", _train("+optimizer.lrr=0.1"), "optimizer.lrr"),
+    Case("plus-unknown-top-level-key", _train("+outptu_dir=/data/runs"),
+         "the config has no key 'outptu_dir' (outptu_dir); its keys are: "),
+    Case("cfg-plus-unknown-key", lambda tmp: ["train", "--cfg", "job", "+train.epoch=3"],
+         "train has no key 'epoch' (train.epoch); its keys are: "),
+    Case("cfg-delete-schema-key", lambda tmp: ["train", "--cfg", "job", "~data.subset"],
+         "data.subset is a key of the data schema and cannot be deleted (~data.subset); to unset it: data.subset=null"),
     Case("misspelled-key", _train("optimizer.lrr=0.1"), "its keys are: betas, lr, momentum, name, nesterov, "
                                                       "weight_decay; did you mean 'lr'?"),
     Case("misspelled-model", _train("model=lenett"), "did you mean 'lenet'?"),
@@ -157,6 +163,8 @@ CASES = [
          "(the grid file in <output_dir>/multirun/<time>/"),
     Case("multirun-hydra-run-dir", lambda tmp: ["train", "-m", "hydra.run.dir=/tmp/x", "optimizer.lr=0.1,0.2"],
          "set output_dir=<folder> instead of hydra.run.dir"),
+    Case("mlflow-sqlite-folder-uncreatable", _train("tracking.uri=sqlite:////proc/sweeplab/mlflow.db"),
+         "at /proc/sweeplab: no folder can be created in /proc"),
     # data and devices that only training finds out about: nothing is left behind
     Case("cifar-files-invalid", _bad_cifar_files, "cannot be read"),
     Case("download-root-uncreatable",
@@ -167,6 +175,14 @@ CASES = [
     # sweep files
     Case("sweep-metric", _sweep_body("sweep:\n  metric: val/accuracy\n" + SPACE), "val/accuracy"),
     Case("sweep-seeds", _sweep_body("sweep:\n  seeds: [0, 0]\n" + SPACE), "sweep.seeds"),
+    Case("sweep-scheduler-a-name", _sweep_body("sweep:\n  scheduler: asha\n" + SPACE),
+         "sweep.scheduler must be a mapping like {kind: asha}, not asha (in "),
+    Case("sweep-space-a-list", _sweep_body("sweep:\n  space:\n    - optimizer.lr\n"),
+         "sweep.space must be a mapping like {optimizer.lr: {type: float, "),
+    Case("sweep-seeds-a-number", _sweep_body("sweep:\n  seeds: 3\n" + SPACE),
+         "sweep.seeds must be a list like [0, 1, 2], not 3 (in "),
+    Case("sweep-objectives-a-name", _sweep_body("sweep:\n  objectives: val/acc\n" + SPACE),
+         "sweep.objectives must be a list of mappings like [{metric: val/acc, mode: max}, "),
     Case("sweep-name-quote", _sweep_body("sweep:\n  name: \"it's\"\n" + SPACE), """sweep.name="it's" must hold"""),
     Case("grace-period",
          _sweep_body("train: {epochs: 2}\nsweep:\n  scheduler: {kind: asha, grace_period: 5}\n" + SPACE),
@@ -207,6 +223,10 @@ CASES = [
     Case("misspelled-sweep", lambda tmp: ["sweep", "defualt"], "unknown sweep 'defualt'; did you mean 'default'?"),
     Case("max-failures", lambda tmp: ["sweep", "smoke", "sweep.max_failures=-5"], "sweep.max_failures"),
     Case("sweep-plus-unknown-key", lambda tmp: ["sweep", "smoke", "+optimizer.lrr=0.1"], "optimizer.lrr"),
+    Case("sweep-plus-unknown-top-level-key", lambda tmp: ["sweep", "smoke", "+foo=1"], "the config has no key 'foo'"),
+    Case("sweep-mlflow-sqlite-folder-uncreatable",
+         lambda tmp: ["sweep", "smoke", "tracking.uri=sqlite:////proc/sweeplab/mlflow.db"],
+         "at /proc/sweeplab: no folder can be created in /proc"),
     Case("sweep-tracking-postgres-refused",
          lambda tmp: ["sweep", "smoke", f"tracking.uri=postgresql+psycopg://u:pw@127.0.0.1:{_closed_port()}/x"],
          "does not answer"),
@@ -338,6 +358,55 @@ def test_a_database_that_never_answers_is_named_within_seconds(tmp_path):
     assert time.monotonic() - started < 15
     assert done.returncode == 2 and "does not answer" in done.stderr and "timeout" in done.stderr, done.stderr
     assert "pw@" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("written", ["file-url", "path"])
+def test_mlflows_file_store_is_refused_before_anything_starts_naming_the_sqlite_store_to_use(command, written,
+                                                                                            tmp_path, monkeypatch):
+    """MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE is true, in a message sweeplab cut short, and a
+    sweep found out after Ray had started: one line now, before anything starts, with the store to use instead."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folder = tmp_path / "mlruns"
+    uri = folder.as_uri() if written == "file-url" else str(folder)
+    args = TRAIN if command == "train" else ["sweep", "smoke"]
+    done = cli(*args, f"tracking.uri={uri}", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"sweeplab {command}: error: tracking.uri={uri} is an MLflow file store"), lines[0]
+    assert f"tracking.uri=sqlite:///{folder.resolve()}/mlflow.db" in lines[0]
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no store, no output folder, no Ray
+
+
+def test_mlflows_file_store_is_let_through_where_mlflow_is_told_to_allow_it(tmp_path, monkeypatch):
+    """What MLflow requires, checked against MLflow itself: it refuses the file store unless MLFLOW_ALLOW_FILE_STORE
+    is true (or 1), and takes nothing but true, false, 1 or 0."""
+    from mlflow import MlflowClient
+
+    from sweeplab.errors import UserError
+    from sweeplab.tracking.store import check_reachable, client_for
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(Exception, match="MLFLOW_ALLOW_FILE_STORE=true"):
+        MlflowClient(tracking_uri=(tmp_path / "refused").as_uri()).search_experiments()
+    with pytest.raises(UserError, match="is an MLflow file store"):
+        check_reachable((tmp_path / "refused").as_uri())
+    for allowed in ("true", "1", "TRUE"):
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", allowed)
+        check_reachable((tmp_path / "allowed").as_uri())
+    client_for((tmp_path / "allowed").as_uri()).search_experiments()  # MLflow agrees
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "yes")
+    with pytest.raises(UserError, match="MLFLOW_ALLOW_FILE_STORE='yes': MLflow takes true, false, 1 or 0"):
+        check_reachable(str(tmp_path / "allowed"))
+
+
+def test_a_writable_folder_is_checked_without_leaving_anything_behind(tmp_path):
+    from sweeplab.tracking.store import check_writable
+
+    check_writable(tmp_path / "not" / "yet", "output_dir")
+    check_writable(tmp_path, "output_dir")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_sweep_file_may_live_in_a_folder_named_like_a_config_group(tmp_path):

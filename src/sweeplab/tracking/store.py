@@ -30,12 +30,15 @@ def artifact_root(cfg: DictConfig) -> str | None:
     return (Path(cfg.output_dir).resolve() / "mlartifacts").as_uri()
 
 
+STORE_FOLDER = "the MLflow store's folder (output_dir or tracking.uri)"
+
+
 def client_for(uri: str) -> MlflowClient:
     """An MlflowClient; for SQLite the schema is created once here, and WAL lets readers
     (the UI, sweeplab report) work while a sweep writes."""
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
-        check_writable(path.parent, "the MLflow store's folder (output_dir or tracking.uri)")
+        check_writable(path.parent, STORE_FOLDER)
         path.parent.mkdir(parents=True, exist_ok=True)
         with creation_lock(path):  # two sweeps starting in a fresh folder would both create the schema
             if not path.exists():
@@ -78,14 +81,17 @@ def _opened(uri: str) -> MlflowClient:
 def check_store(uri: str) -> None:
     """The store at ``uri`` can be written, without creating it: a run that fails leaves no mlflow.db behind."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        check_writable(Path(uri[len("sqlite:///"):]).parent, "the MLflow store's folder (output_dir or tracking.uri)")
+        check_writable(Path(uri[len("sqlite:///"):]).parent, STORE_FOLDER)
     else:
         client_for(uri)
 
 
 def check_writable(path: Path, what: str) -> None:
-    """``path`` is, or could be made as, a folder this process writes in; nothing is created."""
+    """``path`` is, or could be made as, a folder this process writes in; nothing is left behind. Where the
+    permissions allow it, a folder is made in the nearest existing one and removed at once: root may write
+    anywhere, and still not create a folder in /proc or on a full or read-only mount."""
     import os
+    import tempfile
 
     path = path.resolve()
     existing = next(p for p in (path, *path.parents) if p.exists())
@@ -94,7 +100,11 @@ def check_writable(path: Path, what: str) -> None:
     elif not os.access(existing, os.W_OK | os.X_OK):
         reason = f"{existing} is read-only"
     else:
-        return
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".sweeplab-probe-", dir=existing))
+            return
+        except OSError as err:
+            reason = f"no folder can be created in {existing} ({err.strerror or err})"
     raise UserError(f"cannot write {what} at {path}: {reason}; choose a folder you can write, "
                     "e.g. output_dir=./outputs")
 
@@ -179,10 +189,16 @@ def existing_client(uri: str) -> MlflowClient:
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """A tracking server answers its health check, a database server a connection, within ``timeout``
-    seconds (MLflow itself retries a database for over a minute). A local file: nothing to check."""
+    seconds (MLflow itself retries a database for over a minute); a new SQLite store's folder can be made;
+    MLflow's file store is refused as MLflow refuses it, unless MLFLOW_ALLOW_FILE_STORE lets it through."""
     import urllib.request
 
-    if uri.startswith(("http://", "https://")):
+    if (folder := file_store_folder(uri)) is not None:
+        check_file_store(uri, folder)
+    elif uri.startswith("sqlite:///"):
+        if not Path(uri[len("sqlite:///"):]).exists():
+            check_writable(Path(uri[len("sqlite:///"):]).parent, STORE_FOLDER)
+    elif uri.startswith(("http://", "https://")):
         try:
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
         except OSError as err:
@@ -190,6 +206,44 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                             "Start it, fix tracking.uri / MLFLOW_TRACKING_URI, or run with tracking=none") from None
     elif uri.startswith("postgresql"):
         check_database(uri, "tracking.uri / MLFLOW_TRACKING_URI", timeout)
+
+
+def file_store_folder(uri: str) -> Path | None:
+    """The folder of the MLflow file store that ``uri`` names (file:///data/mlruns, or a bare path, as MLflow reads
+    a URI without a scheme, but for the names it takes as they are), else None."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    scheme = urlparse(uri).scheme
+    if uri in ("databricks", "databricks-uc", "uc"):  # mlflow.tracking.registry
+        return None
+    if scheme == "file":
+        return Path(url2pathname(urlparse(uri).path))
+    if scheme == "" or (len(scheme) == 1 and scheme.isalpha()):  # a path; C:\... on Windows
+        return Path(uri)
+    return None
+
+
+ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+
+
+def check_file_store(uri: str, folder: Path) -> None:
+    """MLflow 3 refuses its file store (in maintenance mode) unless MLFLOW_ALLOW_FILE_STORE is true or 1: say so in
+    one line, with the SQLite store to use in that folder, before anything starts."""
+    import os
+
+    allowed = os.environ.get(ALLOW_FILE_STORE)
+    if allowed is not None and allowed.lower() not in ("true", "false", "1", "0"):
+        raise UserError(f"{ALLOW_FILE_STORE}={allowed!r}: MLflow takes true, false, 1 or 0")
+    if allowed is not None and allowed.lower() in ("true", "1"):
+        check_writable(folder, "the MLflow file store (tracking.uri)")
+        return
+    from importlib import metadata
+
+    sqlite = f"sqlite:///{folder.resolve() / 'mlflow.db'}"
+    raise UserError(f"tracking.uri={redact(uri)} is an MLflow file store, which MLflow {metadata.version('mlflow')} "
+                    f"refuses (the file store is in maintenance mode): keep the runs in a SQLite file there instead, "
+                    f"tracking.uri={sqlite} (or set {ALLOW_FILE_STORE}=true to use the file store anyway)")
 
 
 def check_database(url: str, setting: str, timeout: float = 5.0) -> None:
