@@ -172,6 +172,9 @@ CASES = [
          "data.root=/proc/sweeplab cannot be created"),
     Case("cuda-without-cuda", _train("train.device=cuda"), "no CUDA device",
          marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
+    Case("sweep-cuda-without-cuda", lambda tmp: ["sweep", "smoke", "train.device=cuda"],
+         "train.device=cuda but no CUDA device is visible; use train.device=auto or cpu",
+         marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
     # sweep files
     Case("sweep-metric", _sweep_body("sweep:\n  metric: val/accuracy\n" + SPACE), "val/accuracy"),
     Case("sweep-seeds", _sweep_body("sweep:\n  seeds: [0, 0]\n" + SPACE), "sweep.seeds"),

@@ -271,6 +271,10 @@ def check_before_start(plan: SweepPlan) -> str:
     if not ray_environment(plan.cfg):  # a local Ray: what it will have is known before it starts
         _check_resources(plan.cfg.sweep.resources, plan.sweep_file, _local_ray_resources(plan.cfg),
                          "a local Ray here has")
+        if str(plan.cfg.train.device).startswith("cuda"):  # else every trial would end invalid, after Ray's start
+            from sweeplab.train import resolve_device
+
+            resolve_device(plan.cfg.train.device)
         if plan.cfg.cluster.dashboard:
             check_dashboard(plan.cfg.cluster)  # what a local Ray's start would end in a traceback
     root = ray_root(plan)
