@@ -126,6 +126,9 @@ def test_resuming_a_sweep_whose_trial_crashed_leaves_the_crash_as_it_was(tmp_pat
                            env={**ENV, "SWEEPLAB_FAULT_AFTER_EPOCH": "1"}, timeout=600)
     assert first.returncode == 1 and "1 error" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Trials did not complete" not in first.stdout + first.stderr  # the summary says which, and why
+    _, parent, (child,) = _runs(tmp_path)
+    assert child.data.tags["sweeplab.restarts"] == "0"  # it crashed once, and was not restarted
+    assert parent.info.status == "FAILED"  # no configuration completed: the sweep failed, as its exit status says
     (sweep_id,) = [p.name for p in (tmp_path / "ray").iterdir()]
 
     second = subprocess.run([*SWEEPLAB, "sweep", sweep_id, "--resume", f"output_dir={tmp_path}"], capture_output=True,
@@ -135,6 +138,7 @@ def test_resuming_a_sweep_whose_trial_crashed_leaves_the_crash_as_it_was(tmp_pat
     (trial,) = optuna.load_study(study_name=sweep_id, storage=journal_in(tmp_path)).trials
     assert trial.state.name == "FAIL" and trial.user_attrs["status"] == "error"
     client, parent, (child,) = _runs(tmp_path)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED"
     assert child.info.status == "FAILED" and child.data.tags["sweeplab.status"] == "error"
+    assert child.data.tags["sweeplab.restarts"] == "0"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")] == [1]

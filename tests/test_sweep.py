@@ -309,10 +309,11 @@ def test_invalid_configurations_end_invalid_with_their_reason_and_the_sweep_comp
     for run in children:
         if run.data.params["model.conv.filter_size"] == "40":
             assert run.data.tags["sweeplab.status"] == "invalid"
+            assert run.info.status == "FAILED"  # as Optuna is told: the UI's status column and filters find it
             assert "conv1" in run.data.tags["sweeplab.failure_reason"]
             assert not client.get_metric_history(run.info.run_id, "val/acc")
         else:
-            assert run.data.tags["sweeplab.status"] == "completed"
+            assert run.data.tags["sweeplab.status"] == "completed" and run.info.status == "FINISHED"
             assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1]
     from sweeplab.sweep.summary import format_summary
 

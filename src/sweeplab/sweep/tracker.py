@@ -309,10 +309,13 @@ class MlflowSweepTracker(tune.Callback):
         self._finish(trial, trial_end(trial.last_result, int(self.plan_info["max_epochs"]), objectives))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._finish(trial, trial_end(trial.last_result, int(self.plan_info["max_epochs"]), error=error_line(trial)))
+        end = trial_end(trial.last_result, int(self.plan_info["max_epochs"]), error=error_line(trial))
+        self._finish(trial, end, crashed=True)
 
-    def _finish(self, trial: Trial, end: TrialEnd) -> None:
-        restarts = self._restarts.get(str(trial), 0) + trial.num_failures
+    def _finish(self, trial: Trial, end: TrialEnd, crashed: bool = False) -> None:
+        """``crashed``: Tune counted the failure that ended the trial, which no restart followed."""
+        failures = max(trial.num_failures - 1, 0) if crashed else trial.num_failures
+        restarts = self._restarts.get(str(trial), 0) + failures
         self._ended.add(str(trial))
         checkpoint = trial.checkpoint
         where = None
@@ -349,23 +352,25 @@ class MlflowSweepTracker(tune.Callback):
         from sweeplab.tracking.report import log_report
 
         parent, storage = str(self.parent_run_id), reveal(self.optuna_storage)
-        self._drawing("sweep metrics", calls.log_sweep_metrics, parent, storage, self.sweep_id)
+        completed = self._drawing("sweep metrics", calls.log_sweep_metrics, parent, storage, self.sweep_id)
         self._drawing("figures", calls.log_best_trial_figures, parent, storage, self.sweep_id)
         if self.log_models > 0:  # its module imports torch
             self._drawing("models", calls.log_best_models, parent, storage, self.sweep_id, self.log_models)
         self._drawing("report", log_report, parent, storage)
-        self.client.set_terminated(parent, "FINISHED")
+        # a sweep with no completed configuration has failed, as the command's exit status says
+        self.client.set_terminated(parent, "FAILED" if completed is False else "FINISHED")
 
-    def _drawing(self, what: str, draw: Callable[..., object], *args: Any) -> None:
-        """``draw(client, *args)`` (in the client process when there is one). A figure or report that cannot be
-        drawn is reported and leaves the runs as they are; a store that went down meanwhile fails the whole call,
-        which is tried again."""
+    def _drawing(self, what: str, draw: Callable[..., object], *args: Any) -> object:
+        """``draw(client, *args)`` (in the client process when there is one): what it returns, or None when it
+        failed. A figure or report that cannot be drawn is reported and leaves the runs as they are; a store that
+        went down meanwhile fails the whole call, which is tried again."""
         try:
-            with_client(self.client, draw, *args)
+            return with_client(self.client, draw, *args)
         except Exception as err:
             if not self._store_answers():
                 raise
             self.outbox.failed.append(f"{what}: {str(err).splitlines()[0][:300]}")
+            return None
 
     def finish(self, command: str = "sweep") -> None:
         """Wait for every MLflow call, the report included, or for at most tracking.flush_wait_s while the store

@@ -79,7 +79,8 @@ def end_trial_run(client: MlflowClient, run_id: str, status: str, reason: str, r
     if checkpoint is not None:
         with _checkpoint_folder(checkpoint) as folder:
             log_run_files(client, run_id, folder)
-    client.set_terminated(run_id, "FAILED" if status == TrialStatus.ERROR else "FINISHED")
+    failed = status in (TrialStatus.ERROR, TrialStatus.INVALID)  # as Optuna is told: the UI's status column agrees
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
 @contextlib.contextmanager
@@ -105,9 +106,9 @@ def log_run_files(client: MlflowClient, run_id: str, folder: Path) -> None:
         client.log_inputs(run_id, datasets=runs.dataset_inputs(read_dataset(folder / "dataset.json")))
 
 
-def log_sweep_metrics(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> None:
+def log_sweep_metrics(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str) -> bool:
     """The sweep's best value and its trials by status as metrics of the parent run, so sweeps sort and
-    compare in the MLflow UI (``best/val/acc``, ``trials/completed``, ...)."""
+    compare in the MLflow UI (``best/val/acc``, ``trials/completed``, ...); whether any configuration completed."""
     from mlflow.entities import Metric
 
     from sweeplab.sweep.results import load_outcome
@@ -121,6 +122,7 @@ def log_sweep_metrics(client: MlflowClient, parent_run_id: str, optuna_storage: 
         metrics += [Metric(f"best/{metric}", best.value(i), stamp, 0)
                     for i, (metric, _) in enumerate(outcome.objectives)]
     client.log_batch(parent_run_id, metrics=metrics)
+    return best is not None
 
 
 def log_best_models(client: MlflowClient, parent_run_id: str, optuna_storage: str, sweep_id: str,
