@@ -3,6 +3,7 @@ and provenance that holds where the project is no git checkout (a Docker image h
 from __future__ import annotations
 
 import getpass
+import json
 import shutil
 import subprocess
 from importlib import metadata
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from sweep_helpers import sweeplab
+from sweep_helpers import cli, sweeplab
 
 from sweeplab.tracking.runs import provenance_tags
 
@@ -73,6 +74,41 @@ def test_a_train_run_is_logged_to_the_local_mlflow_store(tmp_path, monkeypatch):
     assert tags["version.sweeplab"] == metadata.version("sweeplab")
     assert tags["mlflow.source.name"] == "sweeplab" and tags["mlflow.user"] == getpass.getuser()
     assert not set(GIT_TAGS) & set(tags)
+
+
+@pytest.mark.slow  # it trains, then builds and saves its MLflow Model
+def test_a_train_run_is_in_mlflow_from_its_start_with_each_epoch_as_it_ended_and_its_test_metrics(tmp_path):
+    from mlflow import MlflowClient
+    from test_data import write_idx_dataset
+
+    write_idx_dataset(tmp_path / "data", "MNIST", 0)  # a dataset with a test split
+    out = tmp_path / "out"
+    done = cli("train", "model=mlp", "data=mnist", f"data.root={tmp_path / 'data'}", "train.epochs=2",
+               "train.num_threads=1", f"output_dir={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    final = json.loads(next((out / "train").glob("*/final_metrics.json")).read_text())
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["sweeplab.status"] == "completed"
+    stamps = [m.timestamp for m in client.get_metric_history(run.info.run_id, "val/acc")]
+    assert run.info.start_time <= stamps[0] < stamps[1] <= run.info.end_time  # each epoch logged as it ended
+    for key in ("test/loss", "test/acc"):  # scored once, after the last epoch
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] == [(2, final[key])]
+
+
+def test_a_train_that_fails_leaves_a_failed_run_with_the_reason(tmp_path):
+    from mlflow import MlflowClient
+
+    out = tmp_path / "out"
+    done = cli("train", "model=mlp", "data=digits", "optimizer.lr=1e5", "train.epochs=1", "train.num_threads=1",
+               f"output_dir={out}", cwd=tmp_path)
+    assert done.returncode == 2 and "the loss became nan" in done.stderr
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["sweeplab.status"] == "invalid"
+    reason = run.data.tags["sweeplab.failure_reason"]
+    assert reason.startswith("the loss became nan") and reason in done.stderr
+    assert run.data.params["optimizer.lr"] == "100000.0"
 
 
 def test_provenance_without_git_has_versions_and_no_commit(tmp_path, monkeypatch):

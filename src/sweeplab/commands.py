@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from sweeplab.hydra_habits import TrainLine
     from sweeplab.sweep.plan import SweepPlan
+    from sweeplab.tracking.runs import TrainRun
     from sweeplab.train import TrainResult
 
 
@@ -92,17 +93,37 @@ def _train(cfg: DictConfig, choices: dict[str, str], line: TrainLine, folder: Pa
     print(f"sweeplab train: {cfg.model.name} on {cfg.data.name}, {cfg.optimizer.name} lr={cfg.optimizer.lr}, "
           f"{cfg.train.epochs} epochs, seed {cfg.train.seed} -> {folder}", flush=True)
 
+    # the MLflow run is made before training, to hold each epoch as it ends and a failure, but after the device
+    # and the data are found: a mistake in either leaves no run behind
+    run: TrainRun | None = None
+    bundle = None
+    if cfg.tracking.enabled:
+        from sweeplab.config.schema import DataConfig
+        from sweeplab.data.datasets import load_dataset
+        from sweeplab.structured import typed
+        from sweeplab.tracking.runs import TrainRun
+        from sweeplab.train import resolve_device
+
+        resolve_device(cfg.train.device)
+        bundle = load_dataset(typed(cfg.data, DataConfig))
+        run = TrainRun(cfg, folder)
+
     def report(metrics, _checkpoint):
         print(format_metrics(metrics, cfg.train.epochs), flush=True)
+        if run is not None:
+            run.log_epoch(metrics)
 
-    with EpochBar(int(cfg.train.epochs)) as bar:
-        result = train(cfg, reporter=report, on_batch=bar.on_batch if bar.enabled else None)
-    save_run(folder, cfg, result)  # the run folder exists only once there is something in it
-    write_record(folder, cfg, choices, line)
-    if cfg.tracking.enabled:
-        from sweeplab.tracking.runs import log_single_run
-
-        log_single_run(cfg, result, folder)
+    try:
+        with EpochBar(int(cfg.train.epochs)) as bar:
+            result = train(cfg, reporter=report, bundle=bundle, on_batch=bar.on_batch if bar.enabled else None)
+        save_run(folder, cfg, result)  # the run folder exists only once there is something in it
+        write_record(folder, cfg, choices, line)
+        if run is not None:
+            run.finish(result, folder)
+    except BaseException as err:
+        if run is not None:
+            run.fail(err)
+        raise
     final = result.metrics
     shown = [k for k in ("val/acc", "val/loss", "test/acc") if k in final]
     print("final: " + "  ".join(f"{k} {format_metric(k, final[k])}" for k in shown)

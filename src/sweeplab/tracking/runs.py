@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeplab.compose import flatten, project_root
-from sweeplab.metrics import METRIC_KEYS, SYSTEM_PREFIX
+from sweeplab.metrics import FINAL_ONLY_KEYS, METRIC_KEYS, SYSTEM_PREFIX, TrialStatus
 
 if TYPE_CHECKING:
-    from mlflow.entities import Param
+    from mlflow.entities import Metric, Param
     from omegaconf import DictConfig
 
     from sweeplab.train import TrainResult
@@ -35,7 +35,7 @@ def config_params(cfg: DictConfig) -> list[Param]:
     return [Param(k, param_value(v)) for k, v in flatten(cfg).items() if not k.startswith(skip)]
 
 
-def epoch_metrics(result: dict[str, float]) -> list:
+def epoch_metrics(result: dict[str, float]) -> list[Metric]:
     from mlflow.entities import Metric
 
     step = int(result["epoch"])
@@ -98,29 +98,73 @@ def dataset_inputs(record: dict[str, Any], context: str = "training") -> list[An
     return [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
 
 
-def log_single_run(cfg: DictConfig, result: TrainResult, folder: Path) -> str:
-    """`sweeplab train` logs one run (experiment 'train' unless tracking.experiment says otherwise):
-    its metrics, params, dataset, the files of its run folder, its two figures and its MLflow Model."""
-    from mlflow.entities import RunTag
+class TrainRun:
+    """`sweeplab train`'s one run (experiment 'train' unless tracking.experiment says otherwise), made before
+    training: its params, each epoch's metrics as the epoch ends, then its test metrics, dataset, the files of
+    its run folder, its two figures and its MLflow Model; or, when the training fails, the reason."""
 
-    from sweeplab.run_files import RUN_FILES, read_dataset
-    from sweeplab.tracking.artifacts import figures
-    from sweeplab.tracking.models import log_model
-    from sweeplab.tracking.store import artifact_root, client_for, get_or_create_experiment, tracking_uri
+    def __init__(self, cfg: DictConfig, folder: Path) -> None:
+        from sweeplab.tracking.store import artifact_root, client_for, get_or_create_experiment, tracking_uri
 
-    client = client_for(tracking_uri(cfg))
-    experiment_id = get_or_create_experiment(client, cfg.tracking.experiment or "train", artifact_root(cfg))
-    run = client.create_run(experiment_id, run_name=folder.name, tags={"sweeplab.kind": "train", **provenance_tags()})
-    run_id = run.info.run_id
-    metrics = [m for h in result.history for m in epoch_metrics(h)]
-    client.log_batch(run_id, metrics=metrics, params=config_params(cfg),
-                     tags=[RunTag("sweeplab.status", "completed"), RunTag("sweeplab.run_folder", str(folder))])
-    client.log_inputs(run_id, datasets=dataset_inputs(read_dataset(folder / "dataset.json")))
-    for name in RUN_FILES:
-        client.log_artifact(run_id, str(folder / name))
-    with tempfile.TemporaryDirectory() as tmp:
-        figures(Path(tmp), result.history, result.confusion, result.class_names, folder.name)
-        client.log_artifacts(run_id, tmp)
-    log_model(client, run_id, folder)
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
+        self.client = client_for(tracking_uri(cfg))
+        experiment_id = get_or_create_experiment(self.client, cfg.tracking.experiment or "train", artifact_root(cfg))
+        tags = {"sweeplab.kind": "train", "sweeplab.status": TrialStatus.RUNNING.value,
+                "sweeplab.run_folder": str(folder), **provenance_tags()}
+        self.run_id = self.client.create_run(experiment_id, run_name=folder.name, tags=tags).info.run_id
+        self.client.log_batch(self.run_id, params=config_params(cfg))
+        self._unsent: list[Metric] = []
+
+    def log_epoch(self, result: dict[str, float]) -> None:
+        """An epoch's metrics as it ends. A store that stops answering does not stop the training: what it
+        missed is sent with the next epoch's, or at the end."""
+        self._unsent += epoch_metrics(result)
+        with contextlib.suppress(Exception):
+            self.client.log_batch(self.run_id, metrics=self._unsent)
+            self._unsent = []
+
+    def finish(self, result: TrainResult, folder: Path) -> None:
+        """The trained run's end: FINISHED."""
+        from mlflow.entities import RunTag
+
+        from sweeplab.run_files import RUN_FILES, read_dataset
+        from sweeplab.tracking.artifacts import figures
+        from sweeplab.tracking.models import log_model
+
+        self.client.log_batch(self.run_id, metrics=[*self._unsent, *final_metrics(result.metrics)],
+                              tags=[RunTag("sweeplab.status", TrialStatus.COMPLETED.value)])
+        self._unsent = []
+        self.client.log_inputs(self.run_id, datasets=dataset_inputs(read_dataset(folder / "dataset.json")))
+        for name in RUN_FILES:
+            self.client.log_artifact(self.run_id, str(folder / name))
+        with tempfile.TemporaryDirectory() as tmp:
+            figures(Path(tmp), result.history, result.confusion, result.class_names, folder.name)
+            self.client.log_artifacts(self.run_id, tmp)
+        log_model(self.client, self.run_id, folder)
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def fail(self, err: BaseException) -> None:
+        """A training that raised: FAILED with the reason, as a sweep's trial ends (invalid: a config that cannot
+        train; error: a crash), or KILLED when interrupted. Errors of the store are dropped: the training's own
+        error is the one its user needs to see."""
+        from mlflow.entities import RunTag
+
+        from sweeplab.errors import UserError
+
+        with contextlib.suppress(Exception):
+            if isinstance(err, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (sweeplab.cli)
+                self.client.log_batch(self.run_id, metrics=self._unsent)
+                self.client.set_terminated(self.run_id, "KILLED")
+                return
+            status = TrialStatus.INVALID if isinstance(err, UserError) else TrialStatus.ERROR
+            reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            tags = [RunTag("sweeplab.status", status.value), RunTag("sweeplab.failure_reason", reason[:5000])]
+            self.client.log_batch(self.run_id, metrics=self._unsent, tags=tags)
+            self.client.set_terminated(self.run_id, "FAILED")
+
+
+def final_metrics(final: dict[str, float]) -> list[Metric]:
+    """The metrics scored once after training (FINAL_ONLY_KEYS: the test split's), at the last epoch's step."""
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    return [Metric(k, float(final[k]), stamp, int(final["epoch"])) for k in FINAL_ONLY_KEYS if k in final]
