@@ -836,6 +836,25 @@ def test_report_shows_the_real_study_interactively_stopped_trials_included(smoke
 
 
 @pytest.mark.slow
+def test_an_end_tried_again_logs_nothing_twice(smoke, tmp_path):
+    """A store that goes down half-way through a sweep's end makes the tracker (or `sweeplab sync`, from the
+    journal) run the whole end again: the parent's metrics and the study's table are logged once all the same."""
+    from sweeplab.sweep import tracker_calls as calls
+    from sweeplab.tracking.report import log_report
+
+    out, outcome = smoke
+    client, _, parent, _ = parent_and_children(out, "smoke")
+    run_id, storage = parent.info.run_id, str(out / "optuna.journal")
+    for _ in range(2):
+        calls.log_sweep_metrics(client, run_id, storage, outcome.sweep_id)
+        log_report(client, run_id, storage)
+    for key in ("trials/completed", "best/val/acc"):
+        assert [m.value for m in client.get_metric_history(run_id, key)] == [parent.data.metrics[key]]
+    table = json.loads(Path(client.download_artifacts(run_id, "report/optuna/trials.json", str(tmp_path))).read_text())
+    assert len(table["data"]) == len(study_of(out, outcome).trials)
+
+
+@pytest.mark.slow
 def test_dashboard_serves_the_study_on_loopback(smoke, tmp_path):
     import signal
     import subprocess

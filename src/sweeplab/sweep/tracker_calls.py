@@ -121,7 +121,8 @@ def log_sweep_metrics(client: MlflowClient, parent_run_id: str, optuna_storage: 
     if best is not None:
         metrics += [Metric(f"best/{metric}", best.value(i), stamp, 0)
                     for i, (metric, _) in enumerate(outcome.objectives)]
-    client.log_batch(parent_run_id, metrics=metrics)
+    logged = client.get_run(parent_run_id).data.metrics  # a retried end (the store went down) logs each once
+    client.log_batch(parent_run_id, metrics=[m for m in metrics if logged.get(m.key) != m.value])
     return best is not None
 
 

@@ -333,8 +333,10 @@ def build_report(
         client.log_artifacts(parent_run_id, str(folder), "report")
         for name, figure in interactive.items():
             client.log_figure(parent_run_id, figure, f"report/optuna/{name}.html")
-        if study is not None:
-            client.log_table(parent_run_id, study_table(study), "report/optuna/trials.json")
+        table = "report/optuna/trials.json"  # log_table adds to a table logged before (a retried end)
+        logged = {a.path for a in client.list_artifacts(parent_run_id, "report/optuna")}
+        if study is not None and table not in logged:
+            client.log_table(parent_run_id, study_table(study), table)
     return folder / "report.html"
 
 
