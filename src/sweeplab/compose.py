@@ -6,18 +6,13 @@ override or file it came from, and what would be right.
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
 import hashlib
-import json
 import os
 import re
 import tempfile
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import Any
 
 import yaml
 from hydra import compose as hydra_compose
@@ -33,10 +28,24 @@ from sweeplab.errors import ConfigError, did_you_mean
 from sweeplab.models import MODELS
 from sweeplab.program import program
 from sweeplab.redact import redact
+from sweeplab.schema_shapes import (
+    ABSENT,
+    described,
+    field_default,
+    file_data,
+    first_misfit,
+    flow_text,
+    hints_of,
+    is_optional,
+    is_schema,
+    joined_key,
+    nested_at,
+    omegaconf_error,
+    override_value,
+    typed_key,
+    value_at,
+)
 from sweeplab.structured import its_keys, no_such_key, plain
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
 
 _registered = False
 
@@ -208,15 +217,15 @@ def _check_keys(node: Any, overrides: Sequence[str], where: str = "") -> None:
             _check_keys(node._get_node(index), overrides, f"{where}[{index}]")
         return
     schema_type = OmegaConf.get_type(node)
-    if _is_schema(schema_type):
+    if is_schema(schema_type):
         known = [f.name for f in dataclasses.fields(schema_type)]
         present = list(node)  # not `key in node`, false for a key without a value (???): _check_complete names it
         if unknown := [key for key in present if key not in known]:
             raise ConfigError(no_such_key(where, str(unknown[0]), known))
         if deleted := [key for key in known if key not in present]:
-            raise ConfigError(_cannot_delete(_joined(where, deleted[0]), schema_type, overrides))
+            raise ConfigError(_cannot_delete(joined_key(where, deleted[0]), schema_type, overrides))
     for key in node:
-        _check_keys(node._get_node(key), overrides, _joined(where, str(key)))
+        _check_keys(node._get_node(key), overrides, joined_key(where, str(key)))
 
 
 def _check_complete(cfg: DictConfig, overrides: list[str]) -> None:
@@ -308,16 +317,6 @@ def _source_file(name: str, sweep_file: Path | None) -> Path:
     return conf_dir() / f"{name}.yaml"
 
 
-def _omegaconf_error(err: BaseException) -> OmegaConfBaseException | None:
-    """The OmegaConf error under Hydra's, with the key it was placing (``full_key``) and its schema."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None) is not None:
-            return cause
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
 def _undeletable(err: Exception, overrides: Sequence[str], sweep_file: Path | None,
                  sweep_text: str | None) -> str | None:
     """``~data.subset``: a key of a schema is always in the config (Hydra says a key whose value is null "does not
@@ -325,7 +324,7 @@ def _undeletable(err: Exception, overrides: Sequence[str], sweep_file: Path | No
     text = str(err)
     match = re.search(r"Could not delete from config\. '([^']+)' does not exist", text)
     key = match.group(1) if match else None
-    oc = _omegaconf_error(err)
+    oc = omegaconf_error(err)
     if key is None and oc is not None and "does not support deletion" in str(oc):
         key = str(oc.full_key)
     if not key:
@@ -338,7 +337,7 @@ def _undeletable(err: Exception, overrides: Sequence[str], sweep_file: Path | No
     where, _, last = key.rpartition(".")
     parent = cfg if not where else OmegaConf.select(cfg, where, default=None)
     schema_type = OmegaConf.get_type(parent) if isinstance(parent, DictConfig) else None
-    if not _is_schema(schema_type):
+    if not is_schema(schema_type):
         return None  # an untyped node (sweep.space): Hydra's message is right
     known = [f.name for f in dataclasses.fields(schema_type)]
     return _cannot_delete(key, schema_type, overrides) if last in known else no_such_key(where, last, known)
@@ -348,11 +347,11 @@ def _cannot_delete(key: str, schema_type: type, overrides: Sequence[str]) -> str
     """The message for ``~key``, where ``key`` is a field of ``schema_type``: how to set it instead."""
     where, _, last = key.rpartition(".")
     field = next(f for f in dataclasses.fields(schema_type) if f.name == last)
-    default = _default(field)
-    if _optional(_type_hints(schema_type).get(last, Any)):
+    default = field_default(field)
+    if is_optional(hints_of(schema_type).get(last, Any)):
         instead = f"to unset it: {key}=null"
     elif default is not MISSING:
-        instead = f"set it instead, e.g. {key}={_override_value(default)} (its default)"
+        instead = f"set it instead, e.g. {key}={override_value(default)} (its default)"
     else:
         instead = f"set it instead: {key}=<value>"
     given = next((o for o in overrides if o.startswith("~") and override_key(o) == key), f"~{key}")
@@ -360,19 +359,12 @@ def _cannot_delete(key: str, schema_type: type, overrides: Sequence[str]) -> str
             f"{instead}")
 
 
-# keys whose schema type says too little to make a good example from
-_EXAMPLES: dict[str, Any] = {
-    "sweep.space": {"optimizer.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True}},
-    "sweep.objectives": [{"metric": "val/acc", "mode": "max"}, {"metric": "params", "mode": "min"}],
-}
-
-
 def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None) -> str | None:
     """A mapping where the schema has a list or a single value, or the other way round (``scheduler: asha``,
     ``seeds: 3``, ``space:`` as a YAML list): the key and the shape it takes, with an example. OmegaConf names
     the key (``full_key``) where it assigns a value, and no key where it merges a file onto the config: then the
     file's YAML is matched against the schema, key by key."""
-    oc = _omegaconf_error(err)
+    oc = omegaconf_error(err)
     if not isinstance(oc, ValidationError | ConfigTypeError):  # not a key it does not have, say
         return None
     text = str(err)
@@ -385,271 +377,30 @@ def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None
             return None
         if parsed.is_sweep_override() or parsed.is_delete():
             return None
-        data = _nested(parsed.key_or_group, parsed.value())
+        data = nested_at(parsed.key_or_group, parsed.value())
         where = f"({redact(override.group(1))})"
         within = parsed.key_or_group
     elif source:
         file = _source_file(source.group(1), sweep_file)
         try:
-            data = _file_data(file, source.group(1), sweep_text if file == sweep_file else None)
+            data = file_data(file, source.group(1), sweep_text if file == sweep_file else None)
         except (OSError, yaml.YAMLError, ConfigError):
             return None
         where = f"(in {file})"
         within = ""
     else:
         return None
-    path, typed_as, default = _typed_key(oc)
+    path, typed_as, default = typed_key(oc)
     if typed_as is None or not (path == within or path.startswith((f"{within}.", f"{within}[")) or not within):
         return None  # OmegaConf lost the key's path (an item of a list in a list): what it said stands
-    value = _value_at(data, path)
-    if value is _ABSENT:
+    value = value_at(data, path)
+    if value is ABSENT:
         return None
-    found = _first_misfit(value, typed_as, default, path)
+    found = first_misfit(value, typed_as, default, path)
     if found is None:
         return None
     path, typed_as, default, value = found
-    return f"{path or 'the config'} must be {_described(typed_as, default, path)}, not {_shown(value)} {where}"
-
-
-_ABSENT = object()
-_PART = re.compile(r"[^.\[\]]+|\[(\d+)\]")
-
-
-def _parts(path: str) -> list[str | int]:
-    """``sweep.objectives[0].metric`` -> ['sweep', 'objectives', 0, 'metric']"""
-    return [int(m.group(1)) if m.group(1) is not None else m.group(0) for m in _PART.finditer(path)]
-
-
-def _joined(path: str, part: str | int) -> str:
-    if isinstance(part, int):
-        return f"{path}[{part}]"
-    return f"{path}.{part}" if path else part
-
-
-def _nested(key: str, value: Any) -> Any:
-    """``value`` placed at the dotted ``key`` of an empty config: ('sweep.seeds', 3) -> {'sweep': {'seeds': 3}}."""
-    for part in reversed([p for p in key.split(".") if p]):
-        value = {part: value}
-    return value
-
-
-def _file_data(file: Path, name: str, text: str | None) -> Any:
-    """A config file's YAML placed where Hydra merges it: its ``# @package``, else its group (the sweep file and
-    config.yaml: the top level)."""
-    text = file.read_text() if text is None else text
-    data = yaml.safe_load(text)
-    header = re.match(r"(?:[ \t]*(?:#[^\n]*)?\n)*?[ \t]*#\s*@package\s+(\S+)", text)
-    group = name.rpartition("/")[0]
-    package = header.group(1) if header else group
-    package = package.replace("_group_", group)
-    return data if package in ("", "_global_") else _nested(package.replace("/", "."), data)
-
-
-def _value_at(data: Any, path: str) -> Any:
-    """The value at ``path`` in plain YAML data (``_ABSENT`` where there is none)."""
-    for part in _parts(path):
-        items = data if isinstance(data, dict) else dict(enumerate(data)) if isinstance(data, list) else {}
-        if part not in items:
-            return _ABSENT
-        data = items[part]
-    return data
-
-
-def _type_hints(schema_type: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(schema_type)
-    except Exception:  # a hint that does not evaluate: no shape to check against
-        return {}
-
-
-def _default(field: dataclasses.Field) -> Any:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return MISSING
-
-
-def _optional(typed_as: Any) -> bool:
-    return typing.get_origin(typed_as) in (typing.Union, types.UnionType) and type(None) in typing.get_args(typed_as)
-
-
-def _bare(typed_as: Any) -> Any:
-    """``X | None`` -> ``X``"""
-    if _optional(typed_as):
-        rest = [a for a in typing.get_args(typed_as) if a is not type(None)]
-        return rest[0] if len(rest) == 1 else Any
-    return typed_as
-
-
-def _list_item(typed_as: Any) -> Any | None:
-    """The item type of a ``list[X]`` (Any for a bare list); None for any other type."""
-    bare = _bare(typed_as)
-    if bare is list or typing.get_origin(bare) is list:
-        args = typing.get_args(bare)
-        return args[0] if args else Any
-    return None
-
-
-def _is_schema(typed_as: Any) -> TypeGuard[type[DataclassInstance]]:
-    return isinstance(typed_as, type) and dataclasses.is_dataclass(typed_as)
-
-
-def _typed_key(oc: OmegaConfBaseException) -> tuple[str, Any, Any]:
-    """(the key, its schema type, its default) that OmegaConf was placing a value at: a list's item counts as its
-    list (``sweep.objectives[0]`` -> ``sweep.objectives``); the top level where it merged a whole file."""
-    parts = _parts(str(oc.full_key or ""))
-    owner, key, ref = (getattr(oc, name, None) for name in ("object_type", "key", "ref_type"))
-    if parts and isinstance(parts[-1], int):
-        if _list_item(ref) is not None:
-            return functools.reduce(_joined, parts[:-1], ""), ref, MISSING
-        parts = parts[:-1]
-    elif parts and _is_schema(owner) and key == parts[-1]:  # the schema it was placing the key in (a model's too)
-        fields = {f.name: f for f in dataclasses.fields(owner)}
-        if key in fields:
-            return str(oc.full_key), _type_hints(owner).get(key, Any), _default(fields[key])
-    typed_as: Any = schema.Config
-    default: Any = MISSING
-    path = ""
-    for part in parts:  # from the top: the schema's type of each key on the way
-        bare = _bare(typed_as)
-        if isinstance(part, int) and _list_item(bare) is not None:
-            typed_as, default = _list_item(bare), MISSING
-        elif isinstance(part, str) and _is_schema(bare):
-            fields = {f.name: f for f in dataclasses.fields(bare)}
-            if part not in fields:
-                return path, None, MISSING
-            typed_as, default = _type_hints(bare).get(part, Any), _default(fields[part])
-        else:
-            return path, None, MISSING
-        path = _joined(path, part)
-    return path, typed_as, default
-
-
-def _shape(typed_as: Any, default: Any) -> str | None:
-    """The shape a key of this type holds: 'mapping', 'list' or 'value'; None where the type does not say (Any)."""
-    bare = _bare(typed_as)
-    if bare is Any or bare is object:
-        return "mapping" if isinstance(default, dict) else "list" if isinstance(default, list) else None
-    if _is_schema(bare) or bare is dict or typing.get_origin(bare) is dict:
-        return "mapping"
-    if _list_item(bare) is not None:
-        return "list"
-    return "value" if isinstance(bare, type) else None
-
-
-def _value_shape(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return "mapping"
-    if isinstance(value, list | tuple):
-        return "list"
-    if value is None or (isinstance(value, str) and value.startswith("${")):  # null, an interpolation: any shape
-        return None
-    return "value"
-
-
-def _first_misfit(value: Any, typed_as: Any, default: Any, path: str) -> tuple[str, Any, Any, Any] | None:
-    """The first key under ``path`` whose ``value`` has another shape than its schema type: (key, type, default,
-    value); a list's item that does not fit names its list."""
-    want, got = _shape(typed_as, default), _value_shape(value)
-    if want and got and want != got:
-        return path, typed_as, default, value
-    bare = _bare(typed_as)
-    if got == "mapping" and _is_schema(bare):
-        fields = {f.name: f for f in dataclasses.fields(bare)}
-        hints = _type_hints(bare)
-        for key, item in value.items():
-            if key not in fields:
-                continue
-            item_type = hints.get(key, Any)
-            if bare is schema.Config and key == "model":  # typed by the chosen model's schema
-                item_type = _model_schema(item)
-            found = _first_misfit(item, item_type, _default(fields[key]), _joined(path, key))
-            if found is not None:
-                return found
-    elif got == "list" and _list_item(bare) is not None:
-        for index, item in enumerate(value):
-            found = _first_misfit(item, _list_item(bare), MISSING, _joined(path, index))
-            if found is not None:
-                return (path, typed_as, default, value) if found[0] == _joined(path, index) else found
-    return None
-
-
-def _model_schema(model: Any) -> Any:
-    name = model.get("name") if isinstance(model, dict) else None
-    return MODELS.get(name).schema if isinstance(name, str) and name in MODELS.names() else Any
-
-
-def _described(typed_as: Any, default: Any, path: str) -> str:
-    """The shape of a key, with an example: 'a mapping like {kind: asha}', 'a list like [0, 1, 2]'."""
-    shape = _shape(typed_as, default)
-    example = _shown(_example(typed_as, default, path))
-    if shape == "mapping":
-        return f"a mapping like {example}"
-    if shape == "list":
-        item = _bare(_list_item(typed_as))
-        kind = "a list of mappings" if _is_schema(item) else "a list of lists" if _list_item(item) else "a list"
-        return f"{kind} like {example}"
-    bare = _bare(typed_as)
-    if isinstance(bare, type) and issubclass(bare, enum.Enum):
-        return f"one of {', '.join(str(m.value) for m in bare)}"
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-    return names.get(bare, "a single value")
-
-
-def _example(typed_as: Any, default: Any, path: str | None = None) -> Any:
-    """A value of ``typed_as``, made from the schema: its default where that shows the shape."""
-    if path in _EXAMPLES:
-        return _EXAMPLES[path]
-    bare = _bare(typed_as)
-    if _is_schema(bare):
-        fields = dataclasses.fields(bare)
-        hints = _type_hints(bare)
-        mandatory = [f for f in fields if _default(f) is MISSING]
-        return {f.name: _example(hints.get(f.name, Any), _default(f)) for f in (mandatory or fields[:1])}
-    item = _list_item(bare)
-    if item is not None:
-        if isinstance(default, list) and len(default) >= 2:
-            return _plain_value(default)
-        item_bare = _bare(item)
-        if item_bare is int:
-            return [0, 1, 2]
-        if item_bare is float:
-            return [0.1, 0.2]
-        if _is_schema(item_bare) or _list_item(item_bare) is not None:
-            return [_example(item, MISSING)]
-        return _plain_value(default) if isinstance(default, list) and default else ["a", "b"]
-    if default is not MISSING and default is not None:
-        return _plain_value(default)
-    if isinstance(bare, type) and issubclass(bare, enum.Enum):
-        return next(iter(bare)).value
-    return {int: 1, float: 0.1, bool: True}.get(bare, "...")
-
-
-def _plain_value(value: Any) -> Any:
-    """Enum members as their values, recursively: what YAML shows."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain_value(v) for v in value]
-    return value
-
-
-def _shown(value: Any, width: int = 80) -> str:
-    """``value`` in YAML's flow style, on one line: {kind: asha}, [0, 1, 2], asha."""
-    text = yaml.safe_dump(_plain_value(value), default_flow_style=True, width=10**6, sort_keys=False).strip()
-    text = text.removesuffix("...").strip()
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def _override_value(value: Any) -> str:
-    """A value as typed after key= on a command line (null, true, [0.9,0.999], {})."""
-    value = _plain_value(value)
-    if value is None or isinstance(value, bool | list | dict):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    return f"{path or 'the config'} must be {described(typed_as, default, path)}, not {flow_text(value)} {where}"
 
 
 def to_yaml(cfg: DictConfig) -> str:
