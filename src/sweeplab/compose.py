@@ -89,10 +89,15 @@ def sweeps_dir() -> Path:
     return project_root() / "sweeps"
 
 
+def names_a_file(ref: str) -> bool:
+    """Whether a sweep reference is a path to a YAML file rather than a sweep's name (or id)."""
+    return Path(ref).suffix in (".yaml", ".yml") or os.sep in ref
+
+
 def resolve_sweep_file(ref: str) -> Path:
     """A sweep by name (sweeps/<name>.yaml) or by path to a YAML file."""
     path = Path(ref)
-    if path.suffix in (".yaml", ".yml") or os.sep in ref:
+    if names_a_file(ref):
         if not path.is_file():
             raise ConfigError(f"sweep file {ref!r} does not exist")
         path = path.resolve()

@@ -1,9 +1,7 @@
 """Reading sweeps back from the Optuna storage: which sweeps exist, and one sweep's outcome."""
 from __future__ import annotations
 
-import os
 import statistics
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -54,9 +52,10 @@ def find_sweep(storage: str, ref: str) -> dict[str, Any]:
 def file_sweep(ref: str) -> tuple[str, str] | None:
     """A sweep file named by path or .yaml name (sw/datagrid.yaml): its sweep.name and its resolved path, as a sweep
     records them; None for a sweep's name or id."""
-    if Path(ref).suffix not in (".yaml", ".yml") and os.sep not in ref:
+    from sweeplab.compose import compose, names_a_file, resolve_sweep_file
+
+    if not names_a_file(ref):
         return None
-    from sweeplab.compose import compose, resolve_sweep_file
 
     path = resolve_sweep_file(ref)
     return str(compose((), path).sweep.name), str(path)
