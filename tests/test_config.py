@@ -169,11 +169,42 @@ def test_a_key_of_the_wrong_shape_in_a_sweep_file_is_named_with_its_shape(line, 
     ("optimizer.betas=0.9", "optimizer.betas must be a list like [0.9, 0.999], not 0.9 (optimizer.betas=0.9)"),
     ("model.hidden_sizes=3", "model.hidden_sizes must be a list like [100, 100], not 3"),
     ("train.epochs=[1]", "train.epochs must be a whole number, not [1] (train.epochs=[1])"),
+    # a list in a typed list: OmegaConf merged it unchecked (and names no key where it does check)
+    ("model.hidden_sizes=[[1]]", "model.hidden_sizes must be a list like [100, 100], not [[1]] "
+                                 "(model.hidden_sizes=[[1]])"),
 ])
 def test_an_override_of_the_wrong_shape_is_named_with_its_shape(override, message):
     with pytest.raises(ConfigError) as err:
         compose(["model=mlp", override])
     assert message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("override", ["model.stages=[1,2]", "model.stages=[[1],2]", "model.stages=3"])
+def test_an_item_of_a_list_in_a_list_of_the_wrong_shape_names_its_key(override):
+    with pytest.raises(ConfigError) as err:
+        compose(["model=vgg", override])
+    assert str(err.value).startswith("model.stages must be a list of lists like [[32], [64], [128, 128], "), err.value
+    assert str(err.value).endswith(f"({override})") and "(key 0)" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["train=[1]", "train=1", "model=null", "model=[1,2]"])
+def test_a_config_group_given_no_option_name_lists_its_options(override):
+    group = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:  # Hydra raised a TypeError or a ValueError from inside itself
+        compose([override])
+    assert str(err.value).startswith(f"{override}: {group} is a config group; give it the name of one of its "
+                                     "options: "), err.value
+    assert "_schema" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["model=[lenet,mlp]", "model=lenet,mlp"])
+def test_several_options_of_a_config_group_say_how_to_run_each(override):
+    with pytest.raises(ConfigError) as err:
+        compose([override])
+    assert "picks several options of the config group model, which takes one: train each with 'sweeplab train " \
+           "-m model=lenet,mlp', or search them in a sweep file's space (model: {type: categorical, choices: " \
+           "[lenet, mlp]})" in str(err.value)
+    assert compose(["model=[mlp]"]).model.name == "mlp"  # Hydra's list of one option is that option
 
 
 def test_a_value_of_the_right_shape_but_wrong_type_keeps_the_key_and_the_value(tmp_path):

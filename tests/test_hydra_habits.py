@@ -102,6 +102,15 @@ def test_a_comma_list_without_multirun_says_to_add_m(tmp_path):
     assert len(done.stderr.splitlines()) == 1
 
 
+def test_several_options_of_a_group_without_multirun_say_to_pick_one_not_to_give_a_list():
+    from sweeplab.errors import UserError
+    from sweeplab.hydra_habits import refuse_sweeps_without_multirun
+
+    with pytest.raises(UserError) as err:
+        refuse_sweeps_without_multirun(["model=mlp,lenet"])
+    assert str(err.value).endswith("for one run, pick one of them, e.g. model=mlp") and "[a,b]" not in str(err.value)
+
+
 def test_hydra_settings_other_than_the_run_dir_are_refused_by_name(tmp_path):
     done = cli("train", "hydra.job.chdir=true", cwd=tmp_path)
     assert done.returncode == 2

@@ -414,3 +414,12 @@ def test_the_best_command_reruns_with_a_data_root_holding_spaces_and_accents(tmp
     assert command[:len(prog) + 1] == [*prog, "train"]
     cfg = compose(command[len(prog) + 1:])
     assert (cfg.data.root, cfg.model.activation, cfg.train.seed) == (root, "tanh", 3)
+
+
+def test_a_schema_file_of_a_config_group_is_not_one_of_its_options(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown model 'mlp_schema'; options: alexnet, googlenet, lenet, mlp, rnn"):
+        plan(tmp_path, """
+sweep:
+  space:
+    model: {type: categorical, choices: [mlp, mlp_schema]}
+""")

@@ -90,6 +90,8 @@ def test_a_train_run_is_in_mlflow_from_its_start_with_each_epoch_as_it_ended_and
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["sweeplab.status"] == "completed"
+    assert (out / "train" / run.info.run_name).is_dir() and run.data.tags["sweeplab.run_folder"].endswith(
+        run.info.run_name)
     stamps = [m.timestamp for m in client.get_metric_history(run.info.run_id, "val/acc")]
     assert run.info.start_time <= stamps[0] < stamps[1] <= run.info.end_time  # each epoch logged as it ended
     for key in ("test/loss", "test/acc"):  # scored once, after the last epoch
@@ -106,6 +108,7 @@ def test_a_train_that_fails_leaves_a_failed_run_with_the_reason(tmp_path):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["sweeplab.status"] == "invalid"
+    assert "sweeplab.run_folder" not in run.data.tags and not (out / "train" / run.info.run_name).exists()
     reason = run.data.tags["sweeplab.failure_reason"]
     assert reason.startswith("the loss became nan") and reason in done.stderr
     assert run.data.params["optimizer.lr"] == "100000.0"

@@ -163,6 +163,7 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
     register_configs()
     overrides = given = list(overrides)
     _refuse_hydra_keys(overrides)
+    _check_group_choices(overrides)
     if sweep_file is not None:
         # A sweep file is an option of a config group (package _global_): staged under a fixed group
         # name, so any folder name or path works.
@@ -177,6 +178,7 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
         _check_keys(cfg, overrides)
         OmegaConf.resolve(cfg)
         _check_complete(cfg, overrides)
+        _check_shapes(cfg, given)
     except MissingConfigException as err:
         raise ConfigError(_missing_option(err, overrides)) from None
     except OverrideParseException as err:
@@ -208,6 +210,40 @@ def _refuse_hydra_keys(overrides: Sequence[str]) -> None:
         if key == "hydra" or key.startswith("hydra."):
             raise ConfigError(f"{key} is a Hydra setting that sweeplab does not use ({text}); the one it honours is "
                               f"{RUN_DIR_KEY}=<folder>, the run folder of 'sweeplab train'. Remove {key}=...")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (conf/<group>/*.yaml), its schemas' files left out."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.endswith("_schema"))
+
+
+def _check_group_choices(overrides: Sequence[str]) -> None:
+    """A config group (model=, optimizer=...) takes the name of one of its options. Hydra would merge a list of
+    options into one node, which a group typed by its option's schema cannot hold; it fails with a traceback on a
+    number or null (train=1, model=null); and for several options separated by commas its message speaks of its
+    own --multirun."""
+    groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+    for text in overrides:
+        if override_key(text) not in groups or text.startswith("~"):
+            continue
+        try:
+            (parsed,) = OverridesParser.create().parse_overrides([text])
+        except HydraException:
+            continue  # compose names the mistake
+        group, value = parsed.key_or_group, parsed.value()
+        if parsed.package is not None or group not in groups or isinstance(value, str):
+            continue
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            continue  # Hydra's list of one option: that option
+        options = group_options(group)
+        picked = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else value
+        if isinstance(picked, list) and len(picked) > 1 and all(isinstance(v, str) for v in picked):
+            raise ConfigError(
+                f"{text} picks several options of the config group {group}, which takes one: train each with "
+                f"'sweeplab train -m {group}={','.join(picked)}', or search them in a sweep file's space "
+                f"({group}: {{type: categorical, choices: [{', '.join(picked)}]}})")
+        raise ConfigError(f"{text}: {group} is a config group; give it the name of one of its options: "
+                          f"{', '.join(options)}")
 
 
 def _check_keys(node: Any, overrides: Sequence[str], where: str = "") -> None:
@@ -244,6 +280,18 @@ def _check_complete(cfg: DictConfig, overrides: list[str]) -> None:
         raise ConfigError(f"{key} has no value{cause}; {hint}")
 
 
+def _check_shapes(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Every key's value has its schema's shape. OmegaConf checks a value it assigns, but not the items of a list
+    it merges into a typed list: ``model.fc_sizes=[[1]]`` composed, and failed inside torch."""
+    found = first_misfit(plain(cfg), schema.Config, MISSING, "")
+    if found is None:
+        return
+    path, typed_as, default, value = found
+    given = [o for o in overrides if override_key(o) == path]
+    where = f" ({redact(given[-1])})" if given else ""
+    raise ConfigError(f"{path} must be {described(typed_as, default, path)}, not {flow_text(value)}{where}")
+
+
 def _stage(sweep_file: Path, text: str | None = None) -> Path:
     """A copy of the sweep file at <tmp>/<digest>/sweeplab_sweep_file/sweep.yaml (same content, same copy)."""
     text = read_sweep_text(sweep_file) if text is None else text
@@ -276,7 +324,7 @@ def _explain(err: Exception, sweep_file: Path | None, overrides: Sequence[str] =
     deleted = _undeletable(err, overrides, sweep_file, sweep_text)
     if deleted is not None:
         return deleted
-    shape = _wrong_shape(err, sweep_file, sweep_text)
+    shape = _wrong_shape(err, sweep_file, sweep_text, overrides)
     if shape is not None:
         return shape
     text = str(err) + ("\n" + str(err.__cause__) if err.__cause__ else "")
@@ -364,7 +412,8 @@ def _cannot_delete(key: str, schema_type: type, overrides: Sequence[str]) -> str
             f"{instead}")
 
 
-def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None) -> str | None:
+def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None,
+                 overrides: Sequence[str] = ()) -> str | None:
     """A mapping where the schema has a list or a single value, or the other way round (``scheduler: asha``,
     ``seeds: 3``, ``space:`` as a YAML list): the key and the shape it takes, with an example. OmegaConf names
     the key (``full_key``) where it assigns a value, and no key where it merges a file onto the config: then the
@@ -396,8 +445,11 @@ def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None
     else:
         return None
     path, typed_as, default = typed_key(oc)
-    if typed_as is None or not (path == within or path.startswith((f"{within}.", f"{within}[")) or not within):
-        return None  # OmegaConf lost the key's path (an item of a list in a list): what it said stands
+    if within and (typed_as is None or not (path == within or path.startswith((f"{within}.", f"{within}[")))):
+        # OmegaConf lost the key's path (an item of a list in a list: model.stages=[1,2])
+        path, (typed_as, default) = within, _key_type(within, overrides, sweep_file, sweep_text)
+    if typed_as is None:
+        return None  # what OmegaConf said stands
     value = value_at(data, path)
     if value is ABSENT:
         return None
@@ -406,6 +458,24 @@ def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None
         return None
     path, typed_as, default, value = found
     return f"{path or 'the config'} must be {described(typed_as, default, path)}, not {flow_text(value)} {where}"
+
+
+def _key_type(key: str, overrides: Sequence[str], sweep_file: Path | None,
+              sweep_text: str | None) -> tuple[Any, Any]:
+    """The schema type and default of ``key`` in the config that the other overrides compose (the model an
+    override picks has keys of its own); (None, MISSING) where it cannot be found."""
+    *parent, last = key.split(".")
+    try:
+        cfg = compose([o for o in overrides if override_key(o) != key], sweep_file, sweep_text)
+        owner = OmegaConf.get_type(OmegaConf.select(cfg, ".".join(parent))) if parent else schema.Config
+    except (ConfigError, OmegaConfBaseException):
+        return None, MISSING
+    if not is_schema(owner):
+        return None, MISSING
+    fields = {f.name: f for f in dataclasses.fields(owner)}
+    if last not in fields:
+        return None, MISSING
+    return hints_of(owner).get(last, Any), field_default(fields[last])
 
 
 def to_yaml(cfg: DictConfig) -> str:

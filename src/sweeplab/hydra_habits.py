@@ -35,9 +35,11 @@ def refuse_sweeps_without_multirun(overrides: Sequence[str]) -> None:
     for text, o in zip(overrides, parse(overrides), strict=False):
         if not o.is_sweep_override():
             continue
+        key = o.key_or_group
+        one = (f"pick one of them, e.g. {key}={next(o.sweep_string_iterator())}" if (conf_dir() / key).is_dir()
+               else f"give a list as {key}=[a,b] or a string with a comma as {key}='a,b'")
         raise UserError(f"{text} names several values: add -m (--multirun) to train each as a trial of a "
-                        f"grid sweep (sweeplab train -m {' '.join(overrides)}); for one run, give a list as "
-                        f"{o.key_or_group}=[a,b] or a string with a comma as {o.key_or_group}='a,b'")
+                        f"grid sweep (sweeplab train -m {' '.join(overrides)}); for one run, {one}")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.compose import compose, conf_dir, override_key, read_sweep_text, resolve_sweep_file
+from sweeplab.compose import compose, group_options, override_key, read_sweep_text, resolve_sweep_file
 from sweeplab.config.schema import SweepConfig
 from sweeplab.errors import ConfigError, DatasetNotFoundError, UserError
 from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS, better_mode
@@ -43,10 +43,6 @@ class SweepPlan:
         return self.num_configs * len(self.cfg.sweep.seeds)
 
 
-def group_options() -> dict[str, list[str]]:
-    return {g: sorted(p.stem for p in (conf_dir() / g).glob("*.yaml")) for g in GROUPS}
-
-
 def optuna_storage_url(cfg: DictConfig) -> str:
     """The storage cluster.optuna_storage names, or output_dir's own (sweeplab.tracking.study_store)."""
     from sweeplab.tracking.study_store import configured_storage, default_storage
@@ -62,7 +58,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     sweep_text = read_sweep_text(sweep_file)  # composed and recorded as read here, whatever the file becomes
     cfg = compose(overrides, sweep_file, sweep_text)
     sc = cfg.sweep
-    dims = parse_space(sc.space, cfg, sweep_file, group_options())
+    dims = parse_space(sc.space, cfg, sweep_file, {g: group_options(g) for g in GROUPS})
     _check_group_choices(dims, overrides, sweep_file)
     clash = [override_key(o) for o in overrides if override_key(o) in {d.key for d in dims}]
     if clash:

@@ -108,8 +108,7 @@ class TrainRun:
 
         self.client = client_for(tracking_uri(cfg))
         experiment_id = get_or_create_experiment(self.client, cfg.tracking.experiment or "train", artifact_root(cfg))
-        tags = {"sweeplab.kind": "train", "sweeplab.status": TrialStatus.RUNNING.value,
-                "sweeplab.run_folder": str(folder), **provenance_tags()}
+        tags = {"sweeplab.kind": "train", "sweeplab.status": TrialStatus.RUNNING.value, **provenance_tags()}
         self.run_id = self.client.create_run(experiment_id, run_name=folder.name, tags=tags).info.run_id
         self.client.log_batch(self.run_id, params=config_params(cfg))
         self._unsent: list[Metric] = []
@@ -123,7 +122,7 @@ class TrainRun:
             self._unsent = []
 
     def finish(self, result: TrainResult, folder: Path) -> None:
-        """The trained run's end: FINISHED."""
+        """The trained run's end: FINISHED, tagged with its run folder (which exists only once training ended)."""
         from mlflow.entities import RunTag
 
         from sweeplab.run_files import RUN_FILES, read_dataset
@@ -131,7 +130,8 @@ class TrainRun:
         from sweeplab.tracking.models import log_model
 
         self.client.log_batch(self.run_id, metrics=[*self._unsent, *final_metrics(result.metrics)],
-                              tags=[RunTag("sweeplab.status", TrialStatus.COMPLETED.value)])
+                              tags=[RunTag("sweeplab.status", TrialStatus.COMPLETED.value),
+                                    RunTag("sweeplab.run_folder", str(folder))])
         self._unsent = []
         self.client.log_inputs(self.run_id, datasets=dataset_inputs(read_dataset(folder / "dataset.json")))
         for name in RUN_FILES:
