@@ -15,7 +15,7 @@ from sweeplab.data import DATASETS
 from sweeplab.data import datasets as datasets_module
 from sweeplab.models import MODELS, build_model
 from sweeplab.models.layers import ACTIVATIONS, POOLINGS
-from sweeplab.train import StopTraining, memory_format, train
+from sweeplab.train import StopTraining, granted_device, memory_format, train
 
 REPORTED = ("train/loss", "train/acc", "val/loss", "val/acc", "epoch_seconds", "samples_per_second", "lr")
 TIMING = ("epoch_seconds", "samples_per_second")  # wall-clock: the only values allowed to differ
@@ -237,3 +237,11 @@ def test_cli_datasets_lists_every_dataset(run_cli):
     assert proc.returncode == 0, proc.stderr
     first_words = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
     assert set(DATASETS.names()) <= first_words
+
+
+@pytest.mark.parametrize("device, gpu_ids, expected", [
+    ("auto", [], "cpu"),  # Ray granted no GPU: a GPU the trial can see is not its own
+    ("auto", [0], "auto"), ("cpu", [0], "cpu"), ("cuda", [], "cuda"), ("cuda:1", [1], "cuda:1"),
+])
+def test_a_trial_trains_on_a_gpu_only_where_ray_granted_one(device, gpu_ids, expected):
+    assert granted_device(device, gpu_ids) == expected

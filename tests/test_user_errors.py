@@ -172,9 +172,13 @@ CASES = [
          "data.root=/proc/sweeplab cannot be created"),
     Case("cuda-without-cuda", _train("train.device=cuda"), "no CUDA device",
          marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
-    Case("sweep-cuda-without-cuda", lambda tmp: ["sweep", "smoke", "train.device=cuda"],
+    Case("sweep-cuda-without-cuda",
+         lambda tmp: ["sweep", "smoke", "train.device=cuda", "sweep.resources.gpu=1", "cluster.num_gpus=1"],
          "train.device=cuda but no CUDA device is visible; use train.device=auto or cpu",
          marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
+    # Ray 2.60 hides no GPU from a trial granted none: it would train on one that Ray does not count
+    Case("sweep-cuda-without-a-gpu-granted", lambda tmp: ["sweep", "smoke", "train.device=cuda:0"],
+         "train.device=cuda:0 but sweep.resources.gpu=0: Ray would grant the trials no GPU"),
     # sweep files
     Case("sweep-metric", _sweep_body("sweep:\n  metric: val/accuracy\n" + SPACE), "val/accuracy"),
     Case("sweep-seeds", _sweep_body("sweep:\n  seeds: [0, 0]\n" + SPACE), "sweep.seeds"),

@@ -64,6 +64,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def granted_device(device: str, gpu_ids: list) -> str:
+    """A trial's ``train.device`` as Ray granted it: ``auto`` is a GPU only where Ray gave the trial one. Ray 2.60
+    leaves CUDA_VISIBLE_DEVICES as it is for a trial granted no GPU (``sweep.resources.gpu=0``), so the trial
+    would find every GPU of its node and train on one that Ray does not count, beside the trials it gave it to.
+    An explicit cuda with no GPU granted is refused before Ray starts (``sweeplab.sweep.launch``)."""
+    return "cpu" if device == "auto" and not gpu_ids else device
+
+
 def memory_format(choice: MemoryFormat, device: torch.device, model: nn.Module) -> torch.memory_format:
     """The layout of a run's images, activations and convolution weights. ``auto`` gives a convnet on the CPU
     channels_last, oneDNN's own layout there: a LeNet step took 0.66× the time, its convolutions' backward and its

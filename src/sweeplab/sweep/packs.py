@@ -201,6 +201,9 @@ class _PackActor:
         with self.cond:
             if self.closed or len(self.seats) >= self.capacity:
                 return False
+            from sweeplab.train import granted_device
+
+            cfg.train.device = granted_device(cfg.train.device, ray.get_gpu_ids())  # the pack's grant
             self.seats[trial_id] = _Seat(cfg, resume, order)
             self.last_join = time.monotonic()
             self.cond.notify_all()

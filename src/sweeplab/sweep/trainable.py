@@ -102,7 +102,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     from sweeplab.compose import to_yaml
     from sweeplab.errors import UserError
     from sweeplab.run_files import write_run_files
-    from sweeplab.train import run_dataset, train
+    from sweeplab.train import granted_device, run_dataset, train
 
     try:
         cfg = compose_trial(spec, config)
@@ -116,7 +116,9 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry or a resumed sweep: continue exactly where it stopped
         resume, warning = readable_state(checkpoint)
-    config_yaml = to_yaml(cfg)
+    config_yaml = to_yaml(cfg)  # train.device as given, as in a pack member's config and `sweeplab train`'s
+    if spec.pack_manager is None:  # a pack member's GPU is its pack's (sweeplab.sweep.packs)
+        cfg.train.device = granted_device(cfg.train.device, ray.get_gpu_ids())
     summary: list[str] = []
     dataset: list[dict[str, Any]] = []
     placement = {"gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "node_ip": ray.util.get_node_ip_address()}
