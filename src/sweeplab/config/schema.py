@@ -103,7 +103,7 @@ class TrainConfig:
     lr_schedule: LrSchedule = LrSchedule.cosine
     step_size: int = 5  # lr_schedule=step: epochs between decays
     gamma: float = 0.1  # lr_schedule=step: decay factor
-    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (cuda when present; a sweep's trial: when Ray granted it one) | cpu | cuda | cuda:N
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     cuda_graphs: bool = True  # on CUDA, with SGD: replay each full batch's step from a CUDA graph (sweeplab.graphs)
     memory_format: MemoryFormat = MemoryFormat.auto  # a convnet's layout (sweeplab.train.memory_format)
