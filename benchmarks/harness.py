@@ -349,6 +349,8 @@ class CpuAccount:
 
     def __init__(self, poll_s: float = 0.5) -> None:
         self.poll_s = poll_s
+        self.timeline: list[tuple[float, dict[str, float]]] = []  # (seconds since open, by_role then), each sample
+        self._opened = time.monotonic()
         self._seen: dict[tuple[str, int], tuple[str, float]] = {}  # (pid, start tick) -> (role, CPU s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -356,6 +358,7 @@ class CpuAccount:
         self._born_after = 0
 
     def __enter__(self) -> CpuAccount:
+        self._opened = time.monotonic()
         with open("/proc/uptime") as f:
             self._born_after = int(float(f.read().split()[0]) * self._hz) - 1
         self._thread.start()
@@ -402,6 +405,7 @@ class CpuAccount:
             if ours(pid):
                 cpu = (int(fields[11]) + int(fields[12])) / self._hz
                 self._seen[(pid, int(fields[19]))] = (process_role(cmdline), cpu)
+        self.timeline.append((time.monotonic() - self._opened, self.by_role()))
 
     def by_role(self) -> dict[str, float]:
         totals: dict[str, float] = {}

@@ -319,13 +319,20 @@ def test_sweep_cpu_accounts_one_command_by_process_role():
     """benchmarks/sweep_cpu.py, behind docs/performance.md's per-sweep CPU figures: a real sweep from a fresh folder."""
     outputs = ROOT / "outputs"  # where the sweep would write, were it started from the repository
     before = sorted(outputs.iterdir()) if outputs.exists() else []
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_cpu.py"), "--", "sweep", "smoke",
-                           "sweep.num_trials=1", "train.epochs=1", "data.subset=300", "tracking=none"],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_cpu.py"), "--every", "1", "--", "sweep",
+                           "smoke", "sweep.num_trials=1", "train.epochs=1", "data.subset=300", "tracking=none"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = json.loads(proc.stdout)
+    *table, last = proc.stdout.splitlines()
+    run = json.loads(last)
     assert {"driver", "trial workers", "Ray's services"} <= set(run["cpu_s"]) and run["wall_s"] > 0
     assert run["cpu_total_s"] == pytest.approx(sum(run["cpu_s"].values()), abs=0.1)
+    # --every: each second's CPU by role, which adds up to the run's
+    roles = [cell.strip() for cell in table[0].strip("|").split("|")][1:]
+    rows = [[float(cell) for cell in line.strip("|").split("|")] for line in table[2:]]
+    assert roles == sorted(run["cpu_s"]) and len(rows) >= run["wall_s"] - 1
+    for index, role in enumerate(roles, start=1):
+        assert sum(row[index] for row in rows) == pytest.approx(run["cpu_s"][role], abs=0.05 * len(rows) + 0.1)
     assert (sorted(outputs.iterdir()) if outputs.exists() else []) == before  # it wrote in a folder of its own
 
 
