@@ -130,6 +130,13 @@ def test_resuming_a_sweep_whose_trial_crashed_leaves_the_crash_as_it_was(tmp_pat
     assert child.data.tags["sweeplab.restarts"] == "0"  # it crashed once, and was not restarted
     assert parent.info.status == "FAILED"  # no configuration completed: the sweep failed, as its exit status says
     (sweep_id,) = [p.name for p in (tmp_path / "ray").iterdir()]
+    # Optuna (and so `sweeplab status`) has the crash's own line, as MLflow has, not "see its error.txt"
+    (trial,) = optuna.load_study(study_name=sweep_id, storage=journal_in(tmp_path)).trials
+    assert "injected fault after epoch" in trial.user_attrs["reason"]
+    assert trial.user_attrs["reason"] == child.data.tags["sweeplab.failure_reason"]
+    status = subprocess.run([*SWEEPLAB, "status", sweep_id, f"output_dir={tmp_path}"], capture_output=True,
+                            text=True, env=ENV, timeout=600)
+    assert "injected fault after epoch" in status.stdout, status.stdout[-3000:] + status.stderr[-3000:]
 
     second = subprocess.run([*SWEEPLAB, "sweep", sweep_id, "--resume", f"output_dir={tmp_path}"], capture_output=True,
                             text=True, env=ENV, timeout=600)  # no fault this time: a rerun would complete

@@ -493,17 +493,18 @@ def recorded_plan(ref: str, overrides: Sequence[str]) -> tuple[SweepPlan, str]:
 
 
 def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool, sync_command: str) -> list[Callback]:
-    """The live view, Tune's result.json and progress.csv per trial (TensorBoard's files with tracking.tensorboard),
-    the MLflow tracker, the packs' callback."""
+    """The searcher's Trials at hand, the live view, Tune's result.json and progress.csv per trial (TensorBoard's
+    files with tracking.tensorboard), the MLflow tracker, the packs' callback."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    from sweeplab.sweep.searcher import TrialsSeen
     from sweeplab.sweep.view import LiveView
 
     metric, mode = plan.objectives[0]
     sc = plan.cfg.sweep
     view = LiveView(spec.space_keys, metric, mode, int(plan.cfg.train.epochs), sc.max_failures, quiet,
                     total_trials=plan.num_trials)
-    callbacks: list[Callback] = [view, JsonLoggerCallback(), CSVLoggerCallback()]
+    callbacks: list[Callback] = [TrialsSeen(), view, JsonLoggerCallback(), CSVLoggerCallback()]
     if plan.cfg.tracking.tensorboard:
         from ray.tune.logger import TBXLoggerCallback
 

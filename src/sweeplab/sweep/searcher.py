@@ -19,9 +19,10 @@ from collections import deque
 from typing import Any
 
 import optuna
+from ray.tune import Callback
 from ray.tune.search import Searcher
 
-from sweeplab.metrics import TrialStatus, result_config, trial_end
+from sweeplab.metrics import TrialStatus, error_line, result_config, trial_end
 from sweeplab.redact import hide, reveal
 from sweeplab.sweep.samplers import make_sampler, study_directions
 from sweeplab.sweep.space import Dimension, sample
@@ -33,6 +34,19 @@ def _existing_trials(storage: optuna.storages.BaseStorage, study_name: str) -> i
         return len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
     except KeyError:  # a new study
         return 0
+
+
+_TRIALS: dict[str, Any] = {}  # Tune's Trial by its id, for a crashed trial's reason (TrialsSeen)
+
+
+class TrialsSeen(Callback):
+    """Tune tells a searcher only a trial's id; a crashed trial's reason is in its error file, which its Trial
+    names. This driver-side callback keeps each started Trial at hand for ``OptunaSearcher.on_trial_complete``,
+    which Tune calls before any callback's ``on_trial_error``; it holds no searcher (Tune pickles callbacks, and a
+    resumed sweep's searcher is unpickled apart from them)."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _TRIALS[trial.trial_id] = trial
 
 
 class OptunaSearcher(Searcher):
@@ -124,8 +138,10 @@ class OptunaSearcher(Searcher):
         result = {**self._last.pop(trial_id, {}), **(result or {})}
         self._record_epoch(trial_id, result)  # Ray hands a trial's last epoch to on_trial_complete only
         number, seed = self._live.pop(trial_id)
+        trial = _TRIALS.pop(trial_id, None)
+        crash = error_line(trial) if trial is not None else "the trial crashed (see its error.txt)"
         end = trial_end(result, self.max_epochs, [metric for metric, _ in self.objectives],
-                        error="the trial crashed (see its error.txt)" if error else None)
+                        error=crash if error else None)
         outcome: dict[str, Any] = {"status": end.status.value, "epoch": end.epoch, "ray_trial": trial_id}
         final = self._mutated(number, result_config(result))
         if final:
