@@ -350,7 +350,7 @@ class CpuAccount:
     def __init__(self, poll_s: float = 0.5) -> None:
         self.poll_s = poll_s
         self.timeline: list[tuple[float, dict[str, float]]] = []  # (seconds since open, by_role then), each sample
-        self._opened = time.monotonic()
+        self._opened = 0.0  # time.monotonic() as it opened
         self._seen: dict[tuple[str, int], tuple[str, float]] = {}  # (pid, start tick) -> (role, CPU s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)

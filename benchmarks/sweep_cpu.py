@@ -19,20 +19,24 @@ from harness import SWEEPLAB, CpuAccount, check_ok, run_timed
 
 
 def one_run(args: list[str], every: float | None = None) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-sweep-cpu-") as tmp, CpuAccount(poll_s=every or 0.5) as cpu:
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-cpu-") as tmp, CpuAccount() as cpu:
         timed = check_ok(run_timed([SWEEPLAB, *args], Path(tmp)), f"sweeplab {' '.join(args[:2])}")
     by_role = cpu.by_role()
     if every:
-        print(timeline_table(cpu.timeline), flush=True)
+        print(timeline_table(cpu.timeline, every), flush=True)
     return {"wall_s": round(timed.wall, 2), "cpu_s": by_role, "cpu_total_s": round(sum(by_role.values()), 1)}
 
 
-def timeline_table(timeline: list[tuple[float, dict[str, float]]]) -> str:
-    """Each sample's CPU seconds by role since the one before, as a Markdown table."""
+def timeline_table(timeline: list[tuple[float, dict[str, float]]], every: float) -> str:
+    """The CPU seconds each role took in each ``every`` seconds (from the account's samples, the last of each
+    interval), as a Markdown table."""
     roles = sorted({role for _, by_role in timeline for role in by_role})
     lines = ["| s | " + " | ".join(roles) + " |", "|---:|" + "---:|" * len(roles)]
-    before: dict[str, float] = {}
+    last_of: dict[int, tuple[float, dict[str, float]]] = {}
     for at, by_role in timeline:
+        last_of[int(at // every)] = (at, by_role)
+    before: dict[str, float] = {}
+    for at, by_role in last_of.values():
         lines.append(f"| {at:.1f} | " + " | ".join(f"{by_role.get(r, 0) - before.get(r, 0):.1f}" for r in roles) + " |")
         before = by_role
     return "\n".join(lines)
@@ -45,6 +49,8 @@ def main() -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="after --: the sweeplab arguments")
     options = parser.parse_args()
     args = options.command[1:] if options.command[:1] == ["--"] else options.command
+    if options.every is not None and options.every <= 0:
+        parser.error(f"--every {options.every:g}: give a number of seconds > 0, e.g. --every 1")
     if not args:
         parser.error("give the sweeplab arguments after --, e.g. -- sweep smoke sweep.num_trials=1")
     for _ in range(options.runs):

@@ -109,6 +109,10 @@ def test_several_options_of_a_group_without_multirun_say_to_pick_one_not_to_give
     with pytest.raises(UserError) as err:
         refuse_sweeps_without_multirun(["model=mlp,lenet"])
     assert str(err.value).endswith("for one run, pick one of them, e.g. model=mlp") and "[a,b]" not in str(err.value)
+    with pytest.raises(UserError) as err:  # glob(): the group's options
+        refuse_sweeps_without_multirun(["model=glob(*net*)"])
+    assert str(err.value).endswith("for one run, pick one of the group's options: alexnet, googlenet, lenet, mlp, "
+                                   "rnn, simple_convnet, vgg, vgg16")
 
 
 def test_hydra_settings_other_than_the_run_dir_are_refused_by_name(tmp_path):

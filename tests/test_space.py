@@ -416,10 +416,14 @@ def test_the_best_command_reruns_with_a_data_root_holding_spaces_and_accents(tmp
     assert (cfg.data.root, cfg.model.activation, cfg.train.seed) == (root, "tanh", 3)
 
 
-def test_a_schema_file_of_a_config_group_is_not_one_of_its_options(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown model 'mlp_schema'; options: alexnet, googlenet, lenet, mlp, rnn"):
-        plan(tmp_path, """
+
+def test_a_space_drawing_cuda_without_a_gpu_granted_is_refused(tmp_path):
+    """Ray grants no GPU at sweep.resources.gpu=0 and hides none: a trial drawing cuda would train unaccounted."""
+    body = """
 sweep:
   space:
-    model: {type: categorical, choices: [mlp, mlp_schema]}
-""")
+    train.device: {type: categorical, choices: [cpu, cuda]}
+"""
+    with pytest.raises(ConfigError, match=r"train.device=cuda \(a choice of sweep.space\) but sweep.resources.gpu=0"):
+        plan(tmp_path, body)
+    assert plan(tmp_path, body, overrides=["sweep.resources.gpu=1"]).dims[0].choices == ("cpu", "cuda")

@@ -151,14 +151,14 @@ def _override_text(value) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Each model with the keys its presets give it: what `sweeplab train model=X` uses."""
-    from sweeplab.compose import compose, conf_dir, flatten
+    from sweeplab.compose import compose, flatten, group_options
     from sweeplab.models import MODELS
     from sweeplab.models.layers import ACTIVATIONS, POOLINGS, WeightInit
 
     presets: dict[str, list[tuple[str, dict]]] = {}
-    for path in sorted((conf_dir() / "model").glob("*.yaml")):
-        model = compose([f"model={path.stem}"]).model
-        presets.setdefault(model.name, []).append((path.stem, flatten(model)))
+    for option in group_options("model"):
+        model = compose([f"model={option}"]).model
+        presets.setdefault(model.name, []).append((option, flatten(model)))
     for name in MODELS.names():
         print(f"{name:<15} {MODELS.get(name).description}")
         for preset, keys in presets.get(name, []):

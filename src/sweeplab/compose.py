@@ -19,6 +19,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
@@ -163,7 +164,7 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
     register_configs()
     overrides = given = list(overrides)
     _refuse_hydra_keys(overrides)
-    _check_group_choices(overrides)
+    overrides = _group_choices(overrides)
     if sweep_file is not None:
         # A sweep file is an option of a config group (package _global_): staged under a fixed group
         # name, so any folder name or path works.
@@ -178,7 +179,7 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
         _check_keys(cfg, overrides)
         OmegaConf.resolve(cfg)
         _check_complete(cfg, overrides)
-        _check_shapes(cfg, given)
+        _check_shapes(cfg, given, sweep_file)
     except MissingConfigException as err:
         raise ConfigError(_missing_option(err, overrides)) from None
     except OverrideParseException as err:
@@ -213,17 +214,21 @@ def _refuse_hydra_keys(overrides: Sequence[str]) -> None:
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group (conf/<group>/*.yaml), its schemas' files left out."""
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.endswith("_schema"))
+    """The options of a config group: its YAML files under conf/<group>. (The schemas Hydra also lists as options,
+    model/lenet_schema say, are register_configs' ConfigStore nodes, which the group's files extend.)"""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
-def _check_group_choices(overrides: Sequence[str]) -> None:
-    """A config group (model=, optimizer=...) takes the name of one of its options. Hydra would merge a list of
-    options into one node, which a group typed by its option's schema cannot hold; it fails with a traceback on a
-    number or null (train=1, model=null); and for several options separated by commas its message speaks of its
-    own --multirun."""
+def _group_choices(overrides: Sequence[str]) -> list[str]:
+    """The overrides, each config group's (model=, optimizer=...) naming one of its options: Hydra's list of one
+    option (model=[mlp]) becomes that option, which Hydra then records as the group's choice. Hydra would merge a
+    list of several options into one node, which a group typed by its option's schema cannot hold; it fails with a
+    traceback on a number or null (train=1, model=null); and for several options separated by commas its message
+    speaks of its own --multirun."""
     groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+    named = []
     for text in overrides:
+        named.append(text)
         if override_key(text) not in groups or text.startswith("~"):
             continue
         try:
@@ -231,19 +236,23 @@ def _check_group_choices(overrides: Sequence[str]) -> None:
         except HydraException:
             continue  # compose names the mistake
         group, value = parsed.key_or_group, parsed.value()
-        if parsed.package is not None or group not in groups or isinstance(value, str):
-            continue
+        if parsed.package is not None or group not in groups or isinstance(value, str | dict):
+            continue  # a dict: keys merged into the group's node (model={activation:tanh})
+        if parsed.is_sweep_override() and not (isinstance(value, ChoiceSweep) and len(value.list) > 1):
+            continue  # glob(), range(), interval(), choice(one): Hydra's "requires --multirun" says it
+        picked = value.list if isinstance(value, ChoiceSweep) else value
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-            continue  # Hydra's list of one option: that option
-        options = group_options(group)
-        picked = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else value
-        if isinstance(picked, list) and len(picked) > 1 and all(isinstance(v, str) for v in picked):
+            named[-1] = f"{text.split('=', 1)[0]}={value[0]}"
+            continue
+        names = [v for v in picked if isinstance(v, str)] if isinstance(picked, list) else []
+        if len(names) > 1 and isinstance(picked, list) and len(names) == len(picked):
             raise ConfigError(
                 f"{text} picks several options of the config group {group}, which takes one: train each with "
-                f"'sweeplab train -m {group}={','.join(picked)}', or search them in a sweep file's space "
-                f"({group}: {{type: categorical, choices: [{', '.join(picked)}]}})")
+                f"'sweeplab train -m {group}={','.join(names)}', or search them in a sweep file's space "
+                f"({group}: {{type: categorical, choices: [{', '.join(names)}]}})")
         raise ConfigError(f"{text}: {group} is a config group; give it the name of one of its options: "
-                          f"{', '.join(options)}")
+                          f"{', '.join(group_options(group))}")
+    return named
 
 
 def _check_keys(node: Any, overrides: Sequence[str], where: str = "") -> None:
@@ -280,15 +289,23 @@ def _check_complete(cfg: DictConfig, overrides: list[str]) -> None:
         raise ConfigError(f"{key} has no value{cause}; {hint}")
 
 
-def _check_shapes(cfg: DictConfig, overrides: Sequence[str]) -> None:
+def _check_shapes(cfg: DictConfig, overrides: Sequence[str], sweep_file: Path | None) -> None:
     """Every key's value has its schema's shape. OmegaConf checks a value it assigns, but not the items of a list
-    it merges into a typed list: ``model.fc_sizes=[[1]]`` composed, and failed inside torch."""
+    it merges into a typed list: ``model.fc_sizes=[[1]]`` composed, and failed inside torch. The value came from
+    the override that sets the key, a key within it or a key above it (not a config group's choice), else from
+    the sweep file."""
     found = first_misfit(plain(cfg), schema.Config, MISSING, "")
     if found is None:
         return
     path, typed_as, default, value = found
-    given = [o for o in overrides if override_key(o) == path]
-    where = f" ({redact(given[-1])})" if given else ""
+
+    def sets(key: str) -> bool:
+        if key == path or key.startswith((f"{path}.", f"{path}[")):
+            return True
+        return path.startswith((f"{key}.", f"{key}[")) and not (conf_dir() / key).is_dir()
+
+    given = [o for o in overrides if sets(override_key(o))]
+    where = f" ({redact(given[-1])})" if given else f" (in {sweep_file})" if sweep_file is not None else ""
     raise ConfigError(f"{path} must be {described(typed_as, default, path)}, not {flow_text(value)}{where}")
 
 
@@ -437,7 +454,7 @@ def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None
     elif source:
         file = _source_file(source.group(1), sweep_file)
         try:
-            data = file_data(file, source.group(1), sweep_text if file == sweep_file else None)
+            data = _model_named(file_data(file, source.group(1), sweep_text if file == sweep_file else None))
         except (OSError, yaml.YAMLError, ConfigError):
             return None
         where = f"(in {file})"
@@ -448,16 +465,28 @@ def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None
     if within and (typed_as is None or not (path == within or path.startswith((f"{within}.", f"{within}[")))):
         # OmegaConf lost the key's path (an item of a list in a list: model.stages=[1,2])
         path, (typed_as, default) = within, _key_type(within, overrides, sweep_file, sweep_text)
-    if typed_as is None:
+    value = value_at(data, path) if typed_as is not None else ABSENT
+    if value is ABSENT and not within:  # OmegaConf lost the key's path in a file: the whole file, checked
+        path, typed_as, default, value = "", schema.Config, MISSING, data
+    if typed_as is None or value is ABSENT:
         return None  # what OmegaConf said stands
-    value = value_at(data, path)
-    if value is ABSENT:
-        return None
     found = first_misfit(value, typed_as, default, path)
     if found is None:
         return None
     path, typed_as, default, value = found
     return f"{path or 'the config'} must be {described(typed_as, default, path)}, not {flow_text(value)} {where}"
+
+
+def _model_named(data: Any) -> Any:
+    """A file's YAML whose ``model:`` keys are checked against the model its defaults pick (``override /model:
+    vgg``): the keys name no model of their own."""
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or "name" in model:
+        return data
+    picks = [entry.get("override /model") for entry in data.get("defaults") or [] if isinstance(entry, dict)]
+    if not picks or not isinstance(picks[-1], str) or picks[-1] not in group_options("model"):
+        return data
+    return {**data, "model": {**model, "name": compose([f"model={picks[-1]}"]).model.name}}
 
 
 def _key_type(key: str, overrides: Sequence[str], sweep_file: Path | None,

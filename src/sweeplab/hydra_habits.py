@@ -14,11 +14,11 @@ from typing import Any
 import hydra
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import ChoiceSweep, Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.compose import RUN_DIR_KEY, conf_dir, to_yaml
+from sweeplab.compose import RUN_DIR_KEY, conf_dir, group_options, to_yaml
 from sweeplab.errors import UserError
 
 
@@ -36,8 +36,14 @@ def refuse_sweeps_without_multirun(overrides: Sequence[str]) -> None:
         if not o.is_sweep_override():
             continue
         key = o.key_or_group
-        one = (f"pick one of them, e.g. {key}={next(o.sweep_string_iterator())}" if (conf_dir() / key).is_dir()
-               else f"give a list as {key}=[a,b] or a string with a comma as {key}='a,b'")
+        value = o.value()
+        first = value.list[0] if isinstance(value, ChoiceSweep) else None
+        if not (conf_dir() / key).is_dir():
+            one = f"give a list as {key}=[a,b] or a string with a comma as {key}='a,b'"
+        elif isinstance(first, str):
+            one = f"pick one of them, e.g. {key}={first}"
+        else:
+            one = f"pick one of the group's options: {', '.join(group_options(key))}"
         raise UserError(f"{text} names several values: add -m (--multirun) to train each as a trial of a "
                         f"grid sweep (sweeplab train -m {' '.join(overrides)}); for one run, {one}")
 
@@ -111,9 +117,8 @@ def write_record(folder: Path, cfg: DictConfig, choices: dict[str, str], line: T
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Every config group under conf/ with its options (the YAML files' names)."""
-    root = conf_dir()
-    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(root.iterdir()) if d.is_dir()}
+    """Every config group under conf/ with its options."""
+    return {d.name: group_options(d.name) for d in sorted(conf_dir().iterdir()) if d.is_dir()}
 
 
 def info_text(cfg: DictConfig, choices: dict[str, str], overrides: Sequence[str], section: str = "all") -> str:

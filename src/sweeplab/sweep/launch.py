@@ -268,11 +268,6 @@ def check_before_start(plan: SweepPlan) -> str:
         check_writable(study_file.parent, "the Optuna storage (cluster.optuna_storage)")
     if plan.cfg.tracking.enabled:
         check_reachable(tracking_uri(plan.cfg))
-    if str(plan.cfg.train.device).startswith("cuda") and not plan.cfg.sweep.resources.gpu:
-        raise ConfigError(f"train.device={plan.cfg.train.device} but sweep.resources.gpu=0: Ray would grant the "
-                          "trials no GPU and place them by their CPUs alone, all on GPUs it does not count; set "
-                          "sweep.resources.gpu (1: a GPU per trial, 0.25: four trials sharing one), or "
-                          "train.device=auto to train where Ray grants a GPU")
     if not ray_environment(plan.cfg):  # a local Ray: what it will have is known before it starts
         _check_resources(plan.cfg.sweep.resources, plan.sweep_file, _local_ray_resources(plan.cfg),
                          "a local Ray here has")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from hydra.core.override_parser.types import Glob, Override, QuotedString
 
-from sweeplab.compose import compose, conf_dir, override_key
+from sweeplab.compose import compose, conf_dir, group_options, override_key
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.hydra_habits import parse
 from sweeplab.redact import redact
@@ -35,7 +35,7 @@ def _values(text: str, o: Override) -> list[Any]:
         folder = conf_dir() / o.key_or_group
         if not folder.is_dir():
             raise ConfigError(f"{text}: glob() picks options of a config group; {o.key_or_group} is not one")
-        return list(value.filter(sorted(p.stem for p in folder.glob("*.yaml"))))
+        return list(value.filter(group_options(o.key_or_group)))
     try:
         return [_plain(v) for v in o.sweep_iterator()]
     except Exception:  # interval(): a continuous range has no grid points

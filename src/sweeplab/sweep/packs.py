@@ -201,9 +201,6 @@ class _PackActor:
         with self.cond:
             if self.closed or len(self.seats) >= self.capacity:
                 return False
-            from sweeplab.train import granted_device
-
-            cfg.train.device = granted_device(cfg.train.device, ray.get_gpu_ids())  # the pack's grant
             self.seats[trial_id] = _Seat(cfg, resume, order)
             self.last_join = time.monotonic()
             self.cond.notify_all()
@@ -255,10 +252,12 @@ class _PackActor:
 
     def _run(self) -> None:
         from sweeplab.fused import train_pack
-        from sweeplab.train import TrainingDiverged, train
+        from sweeplab.train import TrainingDiverged, granted_device, train
 
         seats = self._form()
         cfgs = [seat.cfg for _, seat in seats]
+        for cfg in cfgs:  # the pack's GPU grant, not its members' (they ask Ray for none)
+            cfg.train.device = granted_device(cfg.train.device, ray.get_gpu_ids())
         reporters = [self._reporter(seat, len(seats)) for _, seat in seats]
         ended: set[int] = set()
 

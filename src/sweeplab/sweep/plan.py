@@ -101,6 +101,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     except ConfigError as err:
         raise ConfigError(f"{err} (in {sweep_file})") from None
     _check_run_settings(cfg, objectives, sweep_file)
+    _check_gpu_granted(cfg, dims, sweep_file)
     _probe_space(dims, overrides, sweep_file, cfg)
     if sc.fuse > 1:  # packs import Ray and torch: planning an ordinary sweep does not
         from sweeplab.sweep.packs import check_fusable_plan
@@ -142,6 +143,22 @@ def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], swee
     missing = _missing_data(cfg)
     if missing:
         raise DatasetNotFoundError(f"sweep {sc.name!r} needs {missing}")
+
+
+def _check_gpu_granted(cfg: DictConfig, dims: list[Dimension], sweep_file: Path) -> None:
+    """A trial told to train on CUDA (train.device, as given or as the space may draw it) needs a GPU from Ray:
+    Ray 2.60 hides no GPU from a trial granted none, which would train on GPUs Ray does not count, placed by its
+    CPUs alone (``train.granted_device``)."""
+    if cfg.sweep.resources.gpu:
+        return
+    searched = [str(choice) for d in dims if d.key == "train.device" for choice in d.choices]
+    cuda = next((device for device in searched or [str(cfg.train.device)] if device.startswith("cuda")), None)
+    if cuda is not None:
+        raise ConfigError(f"train.device={cuda}{' (a choice of sweep.space)' if searched else ''} but "
+                          "sweep.resources.gpu=0: Ray would grant the trials no GPU and place them by their CPUs "
+                          "alone, all on GPUs it does not count; set sweep.resources.gpu (1: a GPU per trial, 0.25: "
+                          f"four trials sharing one), or train.device=auto to train where Ray grants a GPU (in "
+                          f"{sweep_file} and the command line)")
 
 
 def _missing_data(cfg: DictConfig) -> str:

@@ -133,15 +133,14 @@ class OptunaSearcher(Searcher):
         self._record_epoch(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = _TRIALS.pop(trial_id, None)
         if trial_id not in self._live:
             return
         result = {**self._last.pop(trial_id, {}), **(result or {})}
         self._record_epoch(trial_id, result)  # Ray hands a trial's last epoch to on_trial_complete only
         number, seed = self._live.pop(trial_id)
-        trial = _TRIALS.pop(trial_id, None)
-        crash = error_line(trial) if trial is not None else "the trial crashed (see its error.txt)"
         end = trial_end(result, self.max_epochs, [metric for metric, _ in self.objectives],
-                        error=crash if error else None)
+                        error=error_line(trial) if error else None)
         outcome: dict[str, Any] = {"status": end.status.value, "epoch": end.epoch, "ray_trial": trial_id}
         final = self._mutated(number, result_config(result))
         if final:
