@@ -213,6 +213,11 @@ def _refuse_hydra_keys(overrides: Sequence[str]) -> None:
                               f"{RUN_DIR_KEY}=<folder>, the run folder of 'sweeplab train'. Remove {key}=...")
 
 
+def is_config_group(key: str) -> bool:
+    """Whether ``key`` names a config group (model, optimizer, ...): a folder of options under conf/."""
+    return key.isidentifier() and (conf_dir() / key).is_dir()
+
+
 def group_options(group: str) -> list[str]:
     """The options of a config group: its YAML files under conf/<group>. (The schemas Hydra also lists as options,
     model/lenet_schema say, are register_configs' ConfigStore nodes, which the group's files extend.)"""
@@ -225,18 +230,17 @@ def _group_choices(overrides: Sequence[str]) -> list[str]:
     list of several options into one node, which a group typed by its option's schema cannot hold; it fails with a
     traceback on a number or null (train=1, model=null); and for several options separated by commas its message
     speaks of its own --multirun."""
-    groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
     named = []
     for text in overrides:
         named.append(text)
-        if override_key(text) not in groups or text.startswith("~"):
+        if not is_config_group(override_key(text)) or text.startswith("~"):
             continue
         try:
             (parsed,) = OverridesParser.create().parse_overrides([text])
         except HydraException:
             continue  # compose names the mistake
         group, value = parsed.key_or_group, parsed.value()
-        if parsed.package is not None or group not in groups or isinstance(value, str | dict):
+        if parsed.package is not None or not is_config_group(group) or isinstance(value, str | dict):
             continue  # a dict: keys merged into the group's node (model={activation:tanh})
         if parsed.is_sweep_override() and not (isinstance(value, ChoiceSweep) and len(value.list) > 1):
             continue  # glob(), range(), interval(), choice(one): Hydra's "requires --multirun" says it
@@ -302,7 +306,7 @@ def _check_shapes(cfg: DictConfig, overrides: Sequence[str], sweep_file: Path | 
     def sets(key: str) -> bool:
         if key == path or key.startswith((f"{path}.", f"{path}[")):
             return True
-        return path.startswith((f"{key}.", f"{key}[")) and not (conf_dir() / key).is_dir()
+        return path.startswith((f"{key}.", f"{key}[")) and not is_config_group(key)
 
     given = [o for o in overrides if sets(override_key(o))]
     where = f" ({redact(given[-1])})" if given else f" (in {sweep_file})" if sweep_file is not None else ""

@@ -18,7 +18,7 @@ from hydra.core.override_parser.types import ChoiceSweep, Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.compose import RUN_DIR_KEY, conf_dir, group_options, to_yaml
+from sweeplab.compose import RUN_DIR_KEY, conf_dir, group_options, is_config_group, to_yaml
 from sweeplab.errors import UserError
 
 
@@ -38,7 +38,7 @@ def refuse_sweeps_without_multirun(overrides: Sequence[str]) -> None:
         key = o.key_or_group
         value = o.value()
         first = value.list[0] if isinstance(value, ChoiceSweep) else None
-        if not (conf_dir() / key).is_dir():
+        if not is_config_group(key):
             one = f"give a list as {key}=[a,b] or a string with a comma as {key}='a,b'"
         elif isinstance(first, str):
             one = f"pick one of them, e.g. {key}={first}"
@@ -118,7 +118,7 @@ def write_record(folder: Path, cfg: DictConfig, choices: dict[str, str], line: T
 
 def config_groups() -> dict[str, list[str]]:
     """Every config group under conf/ with its options."""
-    return {d.name: group_options(d.name) for d in sorted(conf_dir().iterdir()) if d.is_dir()}
+    return {d.name: group_options(d.name) for d in sorted(conf_dir().iterdir()) if is_config_group(d.name)}
 
 
 def info_text(cfg: DictConfig, choices: dict[str, str], overrides: Sequence[str], section: str = "all") -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from hydra.core.override_parser.types import Glob, Override, QuotedString
 
-from sweeplab.compose import compose, conf_dir, group_options, override_key
+from sweeplab.compose import compose, group_options, is_config_group, override_key
 from sweeplab.errors import ConfigError, UserError
 from sweeplab.hydra_habits import parse
 from sweeplab.redact import redact
@@ -32,8 +32,7 @@ def _values(text: str, o: Override) -> list[Any]:
     """The values a sweep override names, in order."""
     value = o.value()
     if isinstance(value, Glob):
-        folder = conf_dir() / o.key_or_group
-        if not folder.is_dir():
+        if not is_config_group(o.key_or_group):
             raise ConfigError(f"{text}: glob() picks options of a config group; {o.key_or_group} is not one")
         return list(value.filter(group_options(o.key_or_group)))
     try:
