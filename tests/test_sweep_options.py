@@ -261,3 +261,21 @@ def test_optuna_keeps_the_asked_values_and_the_values_pbt_left_a_trial_with(tmp_
         "optimizer.lr": second["optimizer.lr"] * 1.2, "optimizer.momentum": second["optimizer.momentum"]}
     assert b.state == optuna.trial.TrialState.PRUNED and b.user_attrs["status"] == "stopped"
     assert b.user_attrs["epochs"] == 1 and "final_params" not in b.user_attrs["seeds"]["0"]
+
+
+@pytest.mark.parametrize("overrides, said", [
+    (["cluster.num_gpus=1"], True),  # a local Ray with a GPU, trials asking for none
+    (["cluster.num_gpus=1", "sweep.resources.gpu=1"], False),
+    (["cluster.num_gpus=1", "train.device=cpu"], False),  # CPUs asked for by name
+    (["cluster.num_gpus=0"], False),
+])
+def test_a_gpu_the_trials_do_not_ask_for_is_said_before_ray_starts(tmp_path, capsys, overrides, said):
+    """Ray 2.60 hides no GPU from a trial granted none, so such trials train on CPUs (train.granted_device): a GPU
+    left idle is a choice the user sees, in one line."""
+    from sweeplab.sweep.launch import check_before_start
+
+    check_before_start(plan_sweep("smoke", [f"output_dir={tmp_path}", "tracking=none", *overrides]))
+    out = capsys.readouterr().out
+    line = ("sweeplab sweep: a local Ray here has 1 GPU and the trials ask for none (sweep.resources.gpu=0): they "
+            "train on CPUs; sweep.resources.gpu=1 gives each trial a GPU, 0.25 puts four on one")
+    assert (line in out) is said, out

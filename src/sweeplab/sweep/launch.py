@@ -158,6 +158,16 @@ def _check_resources(resources, sweep_file: Path, total: dict[str, float], where
                               f"in all: no trial could start; {hint}")
 
 
+def _say_gpus_unasked(cfg: DictConfig, total: dict[str, float], where: str) -> None:
+    """A Ray with GPUs whose trials ask for none train on CPUs (``train.granted_device``): said once, so that a
+    GPU left idle is a choice the user sees."""
+    gpus = float(total.get("GPU", 0))
+    if gpus and not cfg.sweep.resources.gpu and str(cfg.train.device) == "auto":
+        print(f"sweeplab sweep: {where} {gpus:g} GPU{'s' if gpus != 1 else ''} and the trials ask for none "
+              "(sweep.resources.gpu=0): they train on CPUs; sweep.resources.gpu=1 gives each trial a GPU, 0.25 "
+              "puts four on one", flush=True)
+
+
 def _local_ray_resources(cfg: DictConfig) -> dict[str, float]:
     """The CPUs and GPUs a local Ray of these settings will have, resolved before it starts as ``ray.init``
     resolves them (cluster.num_cpus / num_gpus, else what this machine has and CUDA_VISIBLE_DEVICES shows)."""
@@ -269,8 +279,9 @@ def check_before_start(plan: SweepPlan) -> str:
     if plan.cfg.tracking.enabled:
         check_reachable(tracking_uri(plan.cfg))
     if not ray_environment(plan.cfg):  # a local Ray: what it will have is known before it starts
-        _check_resources(plan.cfg.sweep.resources, plan.sweep_file, _local_ray_resources(plan.cfg),
-                         "a local Ray here has")
+        have = _local_ray_resources(plan.cfg)
+        _check_resources(plan.cfg.sweep.resources, plan.sweep_file, have, "a local Ray here has")
+        _say_gpus_unasked(plan.cfg, have, "a local Ray here has")
         if str(plan.cfg.train.device).startswith("cuda"):  # else every trial would end invalid, after Ray's start
             from sweeplab.train import resolve_device
 
@@ -308,7 +319,9 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     if not started_ray:  # a local Ray's were checked before it started
         import ray
 
-        _check_resources(plan.cfg.sweep.resources, plan.sweep_file, ray.cluster_resources(), "the Ray cluster has")
+        have = ray.cluster_resources()
+        _check_resources(plan.cfg.sweep.resources, plan.sweep_file, have, "the Ray cluster has")
+        _say_gpus_unasked(plan.cfg, have, "the Ray cluster has")
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     sync = sync_command(sweep_id, overrides, plan.cfg)
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
