@@ -147,20 +147,17 @@ def _check_cluster_address(cfg: DictConfig) -> None:
         check_ray_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
 
 
-def _check_resources(resources, sweep_file: Path, total: dict[str, float], where: str) -> None:
+def _check_resources(cfg: DictConfig, sweep_file: Path, total: dict[str, float], where: str) -> None:
     """A trial that asks for more than ``total`` (what a Ray cluster has, said by ``where``) would wait forever:
-    say so instead."""
+    say so instead; and say that GPUs the trials do not ask for stay idle."""
+    resources = cfg.sweep.resources
     for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
         asked, have = float(resources[key]), float(total.get(ray_key, 0))
         if asked > have:
             hint = "set sweep.resources.gpu=0 to run on CPUs" if key == "gpu" else f"ask for at most {have:g}"
             raise ConfigError(f"sweep.resources.{key}={asked:g} (in {sweep_file}) but {where} {have:g} {ray_key}s "
                               f"in all: no trial could start; {hint}")
-
-
-def _say_gpus_unasked(cfg: DictConfig, total: dict[str, float], where: str) -> None:
-    """A Ray with GPUs whose trials ask for none train on CPUs (``train.granted_device``): said once, so that a
-    GPU left idle is a choice the user sees."""
+    # trials granted no GPU train on CPUs (train.granted_device): a GPU left idle is a choice the user sees
     gpus = float(total.get("GPU", 0))
     if gpus and not cfg.sweep.resources.gpu and str(cfg.train.device) == "auto":
         print(f"sweeplab sweep: {where} {gpus:g} GPU{'s' if gpus != 1 else ''} and the trials ask for none "
@@ -279,9 +276,7 @@ def check_before_start(plan: SweepPlan) -> str:
     if plan.cfg.tracking.enabled:
         check_reachable(tracking_uri(plan.cfg))
     if not ray_environment(plan.cfg):  # a local Ray: what it will have is known before it starts
-        have = _local_ray_resources(plan.cfg)
-        _check_resources(plan.cfg.sweep.resources, plan.sweep_file, have, "a local Ray here has")
-        _say_gpus_unasked(plan.cfg, have, "a local Ray here has")
+        _check_resources(plan.cfg, plan.sweep_file, _local_ray_resources(plan.cfg), "a local Ray here has")
         if str(plan.cfg.train.device).startswith("cuda"):  # else every trial would end invalid, after Ray's start
             from sweeplab.train import resolve_device
 
@@ -319,9 +314,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     if not started_ray:  # a local Ray's were checked before it started
         import ray
 
-        have = ray.cluster_resources()
-        _check_resources(plan.cfg.sweep.resources, plan.sweep_file, have, "the Ray cluster has")
-        _say_gpus_unasked(plan.cfg, have, "the Ray cluster has")
+        _check_resources(plan.cfg, plan.sweep_file, ray.cluster_resources(), "the Ray cluster has")
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     sync = sync_command(sweep_id, overrides, plan.cfg)
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
