@@ -1,11 +1,13 @@
 """Every run's figures, read from benchmarks/results/*.jsonl: one row per figure, its values newest first, each
-with the run's date and machine. `run.py` rewrites benchmarks/results/history.md with it after each run, so the
-results files stay the one record of what was measured and the history is never copied out by hand.
+with the run's date and machine. `run.py` rewrites benchmarks/results/history.md with it after each run, and
+docs/performance.md's table of targets (each target's newest figure and how often it was met), so the results files
+stay the one record of what was measured and no figure is copied out by hand.
 
     python benchmarks/history.py               # the full-size runs, as Markdown
     python benchmarks/history.py B2 B3         # some benchmarks
     python benchmarks/history.py --size smoke
-    python benchmarks/history.py --write       # rewrite benchmarks/results/history.md (after a run cut short)
+    python benchmarks/history.py --write       # rewrite benchmarks/results/history.md and docs/performance.md's
+                                               # table of targets (after a run cut short)
 """
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ from harness import target_text, value_text
 RESULTS = Path(__file__).resolve().parent / "results"
 HISTORY_FILE = "history.md"
 HEADER = "| benchmark | figure | target | met in | every run, newest first |\n|---|---|---|---|---|"
+STANDING_HEADER = ("| benchmark | figure | target | newest run | met in | over the runs |\n"
+                   "|---|---|---|---|---|---|")
+# docs/performance.md's table of targets sits between these lines, written by `write`
+DOC = RESULTS.parents[1] / "docs" / "performance.md"
+STANDING_BEGIN = "<!-- written by benchmarks/history.py from benchmarks/results: edit there, not here -->"
+STANDING_END = "<!-- end of the table benchmarks/history.py writes -->"
 
 
 def runs(results: Path, size: str = "full") -> list[list[dict[str, Any]]]:
@@ -34,26 +42,63 @@ def where(env: dict[str, Any]) -> str:
     return f"{env.get('date', '')[:16]}, {machine}"
 
 
-def table(results: Path, size: str = "full", benchmarks: list[str] | None = None) -> str:
-    """The Markdown table: figures in the order the newest run that has them lists them."""
+def _figures(results: Path, size: str, benchmarks: list[str] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each figure's target, its checks newest first: (value, unit, where, met), in the order the newest run
+    that has it lists it, and whether it is current: the newest run of its benchmark on the same kind of machine
+    (with a GPU or without) still measures it, under the same name."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    newest: dict[tuple[str, bool], set[str]] = {}  # (benchmark, on a GPU) -> the figures its newest run has
     for run in runs(results, size):
         for record in run:
             if record["status"] != "ok" or (benchmarks and record["benchmark"] not in benchmarks):
                 continue
+            kind = (record["benchmark"], bool(record["env"].get("gpu")))
+            names = newest.setdefault(kind, {check["what"] for check in record["checks"]})
             for check in record["checks"]:
-                row = rows.setdefault((record["benchmark"], check["what"]), {"target": check["target"], "values": [],
-                                                                                      "met": []})
-                row["met"].append(check["met"])
-                row["values"].append(f"{value_text(check['value'], check['unit'])} ({where(record['env'])})")
+                row = rows.setdefault((record["benchmark"], check["what"]),
+                                      {"target": check["target"], "checks": [], "current": check["what"] in names})
+                row["checks"].append((check["value"], check["unit"], where(record["env"]), check["met"]))
+    return dict(sorted(rows.items(), key=lambda item: item[0][0]))  # stable: run order within a benchmark
+
+
+def _met(checks: list[tuple]) -> str:
+    measured = [met for *_, met in checks if met is not None]  # None: the run could not measure it (n/a)
+    return f"{sum(m is True for m in measured)} of {len(measured)} runs" if measured else "not measured"
+
+
+def table(results: Path, size: str = "full", benchmarks: list[str] | None = None) -> str:
+    """The Markdown table of every run's values."""
     lines = [HEADER]
-    for (benchmark, what), row in sorted(rows.items(), key=lambda item: item[0][0]):  # stable: run order within
+    for (benchmark, what), row in _figures(results, size, benchmarks).items():
         target = target_text(row["target"])
-        measured = [m for m in row["met"] if m is not None]  # None: the run could not measure it (n/a)
-        met = f"{sum(m is True for m in measured)} of {len(measured)} runs" if measured else "not measured"
-        met = met if target else ""
-        lines.append(f"| {benchmark} | {what} | {target} | {met} | {'; '.join(row['values'])} |")
+        values = "; ".join(f"{value_text(value, unit)} ({at})" for value, unit, at, _ in row["checks"])
+        lines.append(f"| {benchmark} | {what} | {target} | {_met(row['checks']) if target else ''} | {values} |")
     return "\n".join(lines) + "\n"
+
+
+def standing(results: Path, size: str = "full") -> str:
+    """The current figures that have a target: the newest value and its run, how often the target was met, and
+    the values' range over the runs (docs/performance.md's table of targets). A figure measured by an earlier
+    definition, under another name, is left to history.md."""
+    lines = [STANDING_HEADER]
+    for (benchmark, what), row in _figures(results, size).items():
+        if not row["target"] or not row["current"]:
+            continue
+        value, unit, at, _ = row["checks"][0]
+        values = [v for v, *_ in row["checks"] if v is not None]
+        low, high = (value_text(min(values), unit), value_text(max(values), unit)) if values else ("", "")
+        spread = f"{low} – {high}" if low != high else ""
+        lines.append(f"| {benchmark} | {what} | {target_text(row['target'])} | {value_text(value, unit)} ({at}) | "
+                     f"{_met(row['checks'])} | {spread} |")
+    return "\n".join(lines) + "\n"
+
+
+def with_standing(doc: str, results: Path, size: str = "full") -> str:
+    """``doc`` with the table between its STANDING markers made from ``results``."""
+    if STANDING_BEGIN not in doc or STANDING_END not in doc:
+        raise ValueError(f"no table markers ({STANDING_BEGIN} ... {STANDING_END}) to write the figures between")
+    head, rest = doc.split(STANDING_BEGIN, 1)
+    return head + STANDING_BEGIN + "\n" + standing(results, size) + STANDING_END + rest.split(STANDING_END, 1)[1]
 
 
 def document(results: Path, size: str = "full") -> str:
@@ -63,9 +108,13 @@ def document(results: Path, size: str = "full") -> str:
             + table(results, size))
 
 
-def write(results: Path, size: str = "full") -> Path:
+def write(results: Path, size: str = "full", doc: Path | None = None) -> Path:
+    """history.md beside the results and, given ``doc``, its table of targets (``DOC`` for this repository's own
+    results)."""
     out = results / HISTORY_FILE
     out.write_text(document(results, size))
+    if doc is not None:
+        doc.write_text(with_standing(doc.read_text(), results, size))
     return out
 
 
@@ -79,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if not any(args.results.glob(f"*-{args.size}.jsonl")):
         parser.error(f"no {args.size}-size results in {args.results}: run `make bench` (or --size smoke)")
     if args.write:
-        print(write(args.results, args.size))
+        print(write(args.results, args.size, DOC if args.results.resolve() == RESULTS and args.size == "full"
+                    else None))
     else:
         print(table(args.results, args.size, [b.upper() for b in args.benchmarks] or None), end="")
     return 0

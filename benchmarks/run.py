@@ -7,7 +7,8 @@
 
 Prints the machine, versions and date, then per benchmark one `BENCH_JSON {...}` line and its
 Markdown rows (figure, value, target, met), and writes both to benchmarks/results/<UTC time>-<size>.*
-(the source of docs/performance.md's figures); after a full run, benchmarks/results/history.md (history.py).
+(the source of docs/performance.md's figures); after a full run, benchmarks/results/history.md and
+docs/performance.md's table of targets (history.py).
 """
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
     stem.with_suffix(".md").write_text(table)
     print(f"\nall benchmarks ({size}):\n{table}\nresults: {jsonl} and {stem.with_suffix('.md')}", flush=True)
     if size == "full":
-        print(f"every full run's figures: {history.write(results_dir)}", flush=True)
+        doc = history.DOC if results_dir.resolve() == history.RESULTS else None  # this repository's own results
+        print(f"every full run's figures: {history.write(results_dir, doc=doc)}", flush=True)
     return 1 if any("| error:" in r for r in rows) else 0
 
 

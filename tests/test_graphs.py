@@ -28,7 +28,7 @@ def test_on_the_cpu_or_with_adam_the_step_runs_as_it_is():
     assert step_runner(step, torch.device("cpu"), True, torch.optim.SGD(weights, lr=0.1)) is step
     assert step_runner(step, torch.device("cuda"), False) is step
     assert step_runner(step, torch.device("cuda"), True, torch.optim.Adam(weights)) is step
-    # by default a GPU replays SGD's steps from graphs (the H200 ran LeNet's epoch 7.9x faster so)
+    # by default a GPU replays SGD's steps from graphs (docs/performance.md, "B6 and B7 on a GPU": why)
     assert isinstance(step_runner(step, torch.device("cuda"), compose([]).train.cuda_graphs,
                                   torch.optim.SGD(weights, lr=0.1)), StepGraph)
     # three eager steps before a run's first capture (they make the lazy state), one before each later epoch's

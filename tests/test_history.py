@@ -68,3 +68,34 @@ def test_a_folder_without_results_is_named_with_what_fills_it(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"no full-size results in {tmp_path}: run `make bench`" in proc.stderr
+
+
+def test_the_table_of_targets_holds_each_current_figure_s_newest_value_and_how_often_it_was_met(tmp_path):
+    old_b2 = Result("B2", "sweep overhead", "full", checks=[Check("sweep / bare", 1.6, "<= 1.20"),
+                                                            Check("overhead per trial (old count)", 0.9, "<= 0.25")])
+    write_run(tmp_path, "20261129-100000-full", "2026-11-29 10:00:00 UTC", "x86_64, 2 CPUs, AMD EPYC", [old_b2])
+    write_run(tmp_path, "20261130-120000-full", "2026-11-30 12:00:00 UTC", "x86_64, 2 CPUs, AMD EPYC", [b2(1.1)])
+    write_run(tmp_path, "20261130-140000-full", "2026-11-30 14:00:00 UTC", "x86_64, 16 CPUs, AMD EPYC",
+              [Result("B6", "GPU", "full", checks=[Check("LeNet epoch", 0.3, "<= 0.5", "s")])], gpu="NVIDIA H200")
+    write_run(tmp_path, "20261130-150000-full", "2026-11-30 15:00:00 UTC", "x86_64, 2 CPUs, AMD EPYC",
+              [Result("B6", "GPU", "full", status="skipped", reason="no CUDA device")])
+
+    rows = history.standing(tmp_path).splitlines()
+    assert rows[:2] == history.STANDING_HEADER.splitlines()
+    assert rows[2:] == [  # the old count left to history.md; B6's newest GPU run still counts after a CPU skip
+        "| B2 | sweep / bare | ≤ 1.20 | 1.1 (2026-11-30 12:00, AMD EPYC) | 1 of 2 runs | 1.1 – 1.6 |",
+        "| B6 | LeNet epoch | ≤ 0.5 | 0.3 s (2026-11-30 14:00, NVIDIA H200) | 1 of 1 runs |  |",
+    ]
+
+    doc = tmp_path / "performance.md"
+    begin, end = history.STANDING_BEGIN, history.STANDING_END
+    doc.write_text(f"# Performance\n\nprose\n\n{begin}\n| stale |\n{end}\n\nmore prose\n")
+    history.write(tmp_path, doc=doc)
+    assert doc.read_text() == (f"# Performance\n\nprose\n\n{history.STANDING_BEGIN}\n{history.standing(tmp_path)}"
+                               f"{history.STANDING_END}\n\nmore prose\n")
+
+
+def test_docs_performance_table_of_targets_is_what_the_committed_results_give():
+    """docs/performance.md quotes no figure of a target by hand: run.py writes its table after each full run."""
+    assert history.with_standing(history.DOC.read_text(), history.RESULTS) == history.DOC.read_text(), \
+        "docs/performance.md's table of targets is behind the results files: run `benchmarks/history.py --write`"
