@@ -187,7 +187,7 @@ def test_an_item_of_a_list_in_a_list_of_the_wrong_shape_names_its_key(override):
     assert str(err.value).endswith(f"({override})") and "(key 0)" not in str(err.value)
 
 
-@pytest.mark.parametrize("override", ["train=[1]", "train=1", "model=null", "model=[1,2]"])
+@pytest.mark.parametrize("override", ["train=[1]", "train=1", "model=null", "model=[1,2]", "model=", "model=''"])
 def test_a_config_group_given_no_option_name_lists_its_options(override):
     group = override.split("=")[0]
     with pytest.raises(ConfigError) as err:  # Hydra raised a TypeError or a ValueError from inside itself
@@ -205,6 +205,35 @@ def test_several_options_of_a_config_group_say_how_to_run_each(override):
            "[lenet, mlp]})" in str(err.value)
     cfg, choices = compose_with_choices(["model=[mlp]"])  # Hydra's list of one option is that option
     assert cfg.model.name == "mlp" and choices["model"] == "mlp"  # and recorded as the group's choice
+
+
+def test_several_options_of_a_group_a_sweep_shares_say_to_pick_one():
+    """tracking, cluster and sweep are one for all of a sweep's trials: neither -m nor a sweep space searches them."""
+    with pytest.raises(ConfigError) as err:
+        compose(["tracking=[local,none]"])
+    assert str(err.value) == ("tracking=[local,none] picks several options of the config group tracking, which takes "
+                              "one, shared by all of a sweep's trials: pick one of them, e.g. tracking=local")
+
+
+def test_an_unknown_option_is_named_as_typed_with_the_group_s_options():
+    with pytest.raises(ConfigError) as err:
+        compose(["model=[MLP]"])
+    assert str(err.value).startswith("unknown model 'MLP' (model=[MLP]). Available model options: alexnet, googlenet, "
+                                     "lenet, mlp, rnn, simple_convnet, vgg, vgg16"), err.value
+
+
+def test_a_group_s_mapping_of_the_wrong_shape_is_named_not_the_sweep_file():
+    with pytest.raises(ConfigError) as err:
+        compose(["model=mlp", "model={hidden_sizes:[[1]]}"], resolve_sweep_file("smoke"))
+    assert str(err.value) == ("model.hidden_sizes must be a list like [100, 100], not [[1]] "
+                              "(model={hidden_sizes:[[1]]})")
+
+
+def test_an_item_set_by_its_dotted_index_is_named_by_its_key():
+    with pytest.raises(ConfigError) as err:
+        compose(["model=vgg", "model.stages.0=3"])
+    assert str(err.value).startswith("model.stages[0] must be a list like ") and \
+        str(err.value).endswith(", not 3 (model.stages.0=3)"), err.value
 
 
 @pytest.mark.parametrize("override", ["model=glob(*)", "model=range(1,3)", "model=interval(0,1)", "model=range(0)"])

@@ -115,6 +115,24 @@ def test_several_options_of_a_group_without_multirun_say_to_pick_one_not_to_give
                                    "rnn, simple_convnet, vgg, vgg16")
 
 
+def test_several_values_of_what_a_sweep_shares_do_not_send_the_user_to_m():
+    """-m's grid would refuse them too: a sweep's tracking, cluster and sweep settings are one for all its runs."""
+    from sweeplab.errors import UserError
+    from sweeplab.hydra_habits import refuse_sweeps_without_multirun
+
+    with pytest.raises(UserError) as err:
+        refuse_sweeps_without_multirun(["tracking=local,none"])
+    assert str(err.value) == ("tracking=local,none names several values, and tracking is one for all of a sweep's "
+                              "runs, so -m cannot train a run for each either; pick one of them, e.g. tracking=local")
+
+
+def test_multirun_gives_each_run_told_to_train_on_cuda_a_gpu(tmp_path):
+    """As `sweeplab train train.device=cuda` trains on a GPU, so does each run of the same -m line."""
+    for device, gpu in (("train.device=cuda", 1), ("train.device=cpu,cuda", 1), ("train.device=auto", 0)):
+        path, _, _ = multirun_sweep([f"output_dir={tmp_path}", "optimizer.lr=0.01,0.1", device])
+        assert yaml.safe_load(path.read_text())["sweep"].get("resources", {"gpu": 0})["gpu"] == gpu, device
+
+
 def test_hydra_settings_other_than_the_run_dir_are_refused_by_name(tmp_path):
     done = cli("train", "hydra.job.chdir=true", cwd=tmp_path)
     assert done.returncode == 2

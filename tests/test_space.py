@@ -427,3 +427,6 @@ sweep:
     with pytest.raises(ConfigError, match=r"train.device=cuda \(a choice of sweep.space\) but sweep.resources.gpu=0"):
         plan(tmp_path, body)
     assert plan(tmp_path, body, overrides=["sweep.resources.gpu=1"]).dims[0].choices == ("cpu", "cuda")
+    # a sweep begun before this was checked resumes (and syncs) with the overrides it recorded
+    recorded = plan_sweep(str(write_sweep(tmp_path, "space", body)), [f"output_dir={tmp_path / 'out'}"], recorded=True)
+    assert recorded.dims[0].choices == ("cpu", "cuda")

@@ -179,6 +179,11 @@ CASES = [
     # Ray 2.60 hides no GPU from a trial granted none: it would train on one that Ray does not count
     Case("sweep-cuda-without-a-gpu-granted", lambda tmp: ["sweep", "smoke", "train.device=cuda:0"],
          "train.device=cuda:0 but sweep.resources.gpu=0: Ray would grant the trials no GPU"),
+    # the grant that message asks for, on a machine without a GPU: the way out leaves cuda too, not back to it
+    Case("sweep-cuda-granted-a-gpu-this-machine-lacks",
+         lambda tmp: ["sweep", "smoke", "train.device=cuda", "sweep.resources.gpu=1"],
+         "set sweep.resources.gpu=0 and train.device=auto (or cpu) to run on CPUs",
+         marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
     # sweep files
     Case("sweep-metric", _sweep_body("sweep:\n  metric: val/accuracy\n" + SPACE), "val/accuracy"),
     Case("sweep-seeds", _sweep_body("sweep:\n  seeds: [0, 0]\n" + SPACE), "sweep.seeds"),

@@ -40,6 +40,7 @@ from sweeplab.schema_shapes import (
     is_optional,
     is_schema,
     joined_key,
+    list_item_type,
     nested_at,
     omegaconf_error,
     override_value,
@@ -181,7 +182,7 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
         _check_complete(cfg, overrides)
         _check_shapes(cfg, given, sweep_file)
     except MissingConfigException as err:
-        raise ConfigError(_missing_option(err, overrides)) from None
+        raise ConfigError(_missing_option(err, given, sweep_file)) from None
     except OverrideParseException as err:
         raise ConfigError(f"cannot parse the override {err.override!r}: quote a value holding spaces, commas, "
                           "quotes or non-ASCII letters for Hydra, e.g. \"output_dir='/data/mes données'\"") from None
@@ -240,7 +241,8 @@ def _group_choices(overrides: Sequence[str]) -> list[str]:
         except HydraException:
             continue  # compose names the mistake
         group, value = parsed.key_or_group, parsed.value()
-        if parsed.package is not None or not is_config_group(group) or isinstance(value, str | dict):
+        blank = isinstance(value, str) and not value.strip()  # model= , model='' (a script's unset $MODEL)
+        if parsed.package is not None or not is_config_group(group) or (isinstance(value, str | dict) and not blank):
             continue  # a dict: keys merged into the group's node (model={activation:tanh})
         if parsed.is_sweep_override() and not (isinstance(value, ChoiceSweep) and len(value.list) > 1):
             continue  # glob(), range(), interval(), choice(one): Hydra's "requires --multirun" says it
@@ -250,6 +252,9 @@ def _group_choices(overrides: Sequence[str]) -> list[str]:
             continue
         names = [v for v in picked if isinstance(v, str)] if isinstance(picked, list) else []
         if len(names) > 1 and isinstance(picked, list) and len(names) == len(picked):
+            if group not in schema.TRIAL_GROUPS:  # tracking, cluster, sweep: one for all of a sweep's trials
+                raise ConfigError(f"{text} picks several options of the config group {group}, which takes one, "
+                                  f"shared by all of a sweep's trials: pick one of them, e.g. {group}={names[0]}")
             raise ConfigError(
                 f"{text} picks several options of the config group {group}, which takes one: train each with "
                 f"'sweeplab train -m {group}={','.join(names)}', or search them in a sweep file's space "
@@ -303,12 +308,16 @@ def _check_shapes(cfg: DictConfig, overrides: Sequence[str], sweep_file: Path | 
         return
     path, typed_as, default, value = found
 
-    def sets(key: str) -> bool:
+    def sets(text: str) -> bool:
+        key = override_key(text)
         if key == path or key.startswith((f"{path}.", f"{path}[")):
             return True
-        return path.startswith((f"{key}.", f"{key}[")) and not is_config_group(key)
+        if not path.startswith((f"{key}.", f"{key}[")):
+            return False
+        # a key above it, but not a group's choice; a group's mapping (model={...}) sets keys of the group's node
+        return not is_config_group(key) or text.split("=", 1)[-1].lstrip().startswith("{")
 
-    given = [o for o in overrides if sets(override_key(o))]
+    given = [o for o in overrides if sets(o)]
     where = f" ({redact(given[-1])})" if given else f" (in {sweep_file})" if sweep_file is not None else ""
     raise ConfigError(f"{path} must be {described(typed_as, default, path)}, not {flow_text(value)}{where}")
 
@@ -326,17 +335,18 @@ def _stage(sweep_file: Path, text: str | None = None) -> Path:
     return staged
 
 
-def _missing_option(err: MissingConfigException, overrides: list[str]) -> str:
+def _missing_option(err: MissingConfigException, given: list[str], sweep_file: Path | None) -> str:
+    """An option a config group does not have, named where it was picked: the override as typed, else the sweep
+    file's defaults list."""
     text = str(err)
     match = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if not match:
         return text.split("\nConfig search path")[0]
     group, option = match.groups()
-    options = sorted(o for o in (err.options or []) if not o.endswith("_schema"))
-    if not options:  # Hydra lists options in the message only
-        block = text.split("Available options in")[-1].split("Config search path")[0]
-        options = sorted(o.strip() for o in block.splitlines()[1:] if o.strip() and not o.strip().endswith("_schema"))
-    return (f"unknown {group} {option!r} ({group}={option}). Available {group} options: {', '.join(options)}"
+    options = group_options(group)
+    typed_as = [o for o in given if override_key(o) == group]
+    where = redact(typed_as[-1]) if typed_as else f"in {sweep_file}" if sweep_file is not None else f"{group}={option}"
+    return (f"unknown {group} {option!r} ({where}). Available {group} options: {', '.join(options)}"
             f"{did_you_mean(option, options)}")
 
 
@@ -466,10 +476,16 @@ def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None
     else:
         return None
     path, typed_as, default = typed_key(oc)
-    if within and (typed_as is None or not (path == within or path.startswith((f"{within}.", f"{within}[")))):
-        # OmegaConf lost the key's path (an item of a list in a list: model.stages=[1,2])
-        path, (typed_as, default) = within, _key_type(within, overrides, sweep_file, sweep_text)
-    value = value_at(data, path) if typed_as is not None else ABSENT
+    item = re.fullmatch(r"\.(\d+)", within[len(path):]) if within.startswith(path) else None
+    value: Any
+    if item and (item_type := list_item_type(typed_as)) is not None:  # an item set alone: model.stages.0=3
+        path, typed_as, default = joined_key(path, int(item.group(1))), item_type, MISSING
+        value = parsed.value()
+    else:
+        if within and (typed_as is None or not (path == within or path.startswith((f"{within}.", f"{within}[")))):
+            # OmegaConf lost the key's path (an item of a list in a list: model.stages=[1,2])
+            path, (typed_as, default) = within, _key_type(within, overrides, sweep_file, sweep_text)
+        value = value_at(data, path) if typed_as is not None else ABSENT
     if value is ABSENT and not within:  # OmegaConf lost the key's path in a file: the whole file, checked
         path, typed_as, default, value = "", schema.Config, MISSING, data
     if typed_as is None or value is ABSENT:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from sweeplab.compose import flatten
+from sweeplab.config.schema import TRIAL_GROUPS
 
 if TYPE_CHECKING:
     import torch
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 # The only config keys in which the members of one pack may differ; every other key of
 # these groups (model, data, train, optimizer) must be equal.
 MEMBER_KEYS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "train.seed")
-TRAINING_GROUPS = ("model.", "data.", "train.", "optimizer.")
+TRAINING_GROUPS = tuple(f"{group}." for group in TRIAL_GROUPS)
 
 
 def should_fuse(device: torch.device | str, k: int, force: bool = False) -> bool:

@@ -5,6 +5,7 @@ sweeplab composes with Hydra's compose API, so these are done here rather than b
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.compose import RUN_DIR_KEY, conf_dir, group_options, is_config_group, to_yaml
+from sweeplab.config import schema
 from sweeplab.errors import UserError
+
+# the config's top-level keys that every run of a sweep shares (tracking, cluster, sweep, output_dir)
+SHARED_KEYS = frozenset(f.name for f in dataclasses.fields(schema.Config)) - set(schema.TRIAL_GROUPS)
 
 
 def parse(overrides: Sequence[str]) -> list[Override]:
@@ -44,6 +49,10 @@ def refuse_sweeps_without_multirun(overrides: Sequence[str]) -> None:
             one = f"pick one of them, e.g. {key}={first}"
         else:
             one = f"pick one of the group's options: {', '.join(group_options(key))}"
+        top = key.split(".")[0]
+        if top in SHARED_KEYS:  # what -m's grid would refuse to search
+            raise UserError(f"{text} names several values, and {top} is one for all of a sweep's runs, so -m "
+                            f"cannot train a run for each either; {one}")
         raise UserError(f"{text} names several values: add -m (--multirun) to train each as a trial of a "
                         f"grid sweep (sweeplab train -m {' '.join(overrides)}); for one run, {one}")
 

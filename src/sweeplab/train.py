@@ -68,8 +68,12 @@ def granted_device(device: str, gpu_ids: list) -> str:
     """A trial's ``train.device`` as Ray granted it: ``auto`` is a GPU only where Ray gave the trial one. Ray 2.60
     leaves CUDA_VISIBLE_DEVICES as it is for a trial granted no GPU (``sweep.resources.gpu=0``), so the trial
     would find every GPU of its node and train on one that Ray does not count, beside the trials it gave it to.
-    An explicit cuda with no GPU granted is refused as the sweep is planned (``sweeplab.sweep.plan``)."""
-    return "cpu" if device == "auto" and not gpu_ids else device
+    An explicit cuda with no GPU granted is refused as the sweep is planned (``sweeplab.sweep.plan``). A trial
+    granted one sees that GPU alone (Ray sets CUDA_VISIBLE_DEVICES to it), as ``cuda``: ``cuda:1`` names the
+    node's second GPU, which the trial cannot see."""
+    if not gpu_ids:
+        return "cpu" if device == "auto" else device
+    return "cuda" if device.startswith("cuda:") else device
 
 
 def memory_format(choice: MemoryFormat, device: torch.device, model: nn.Module) -> torch.memory_format:

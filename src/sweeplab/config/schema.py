@@ -16,6 +16,10 @@ from omegaconf import MISSING, DictConfig
 from sweeplab.errors import ConfigError
 from sweeplab.structured import Choice, out_of_range, typed
 
+# The config groups each trial of a sweep composes for itself, so a sweep may search them (and a pack's members
+# share them); tracking, cluster and sweep are one for the whole sweep.
+TRIAL_GROUPS = ("model", "optimizer", "data", "train")
+
 
 class Loss(Choice):
     cross_entropy = "cross_entropy"

@@ -154,7 +154,10 @@ def _check_resources(cfg: DictConfig, sweep_file: Path, total: dict[str, float],
     for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
         asked, have = float(resources[key]), float(total.get(ray_key, 0))
         if asked > have:
-            hint = "set sweep.resources.gpu=0 to run on CPUs" if key == "gpu" else f"ask for at most {have:g}"
+            hint = f"ask for at most {have:g}"
+            if key == "gpu":  # a cuda train.device needs a GPU granted (sweeplab.sweep.plan): it goes too
+                cuda = str(cfg.train.device).startswith("cuda")
+                hint = f"set sweep.resources.gpu=0{' and train.device=auto (or cpu)' if cuda else ''} to run on CPUs"
             raise ConfigError(f"sweep.resources.{key}={asked:g} (in {sweep_file}) but {where} {have:g} {ray_key}s "
                               f"in all: no trial could start; {hint}")
     # trials granted no GPU train on CPUs (train.granted_device): a GPU left idle is a choice the user sees
@@ -490,7 +493,7 @@ def recorded_plan(ref: str, overrides: Sequence[str]) -> tuple[SweepPlan, str]:
                           "put the file back as it was (the study keeps its text in the attribute 'sweep_text', "
                           "optuna.load_study(...).user_attrs), or start a new sweep")
     sweep_id = record["sweep_id"]
-    return plan_sweep(str(path), _resumed_overrides(record["overrides"], overrides, sweep_id)), sweep_id
+    return plan_sweep(str(path), _resumed_overrides(record["overrides"], overrides, sweep_id), recorded=True), sweep_id
 
 
 def _callbacks(plan: SweepPlan, sweep_id: str, spec: TrialSpec, quiet: bool, sync_command: str) -> list[Callback]:

@@ -99,6 +99,9 @@ def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
     space = {key: {"type": "categorical", "choices": choices} for key, choices in values.items()}
     sweep = {"name": NAME, "sampler": "grid", "seeds": list(seeds or [int(cfg.train.seed)]),
              "scheduler": {"kind": "none"}, "space": space}
+    devices = [str(d) for d in (*values.get("train.device", ()), cfg.train.device)]
+    if not cfg.sweep.resources.gpu and any(d.startswith("cuda") for d in devices):
+        sweep["resources"] = {"gpu": 1}  # a run told to train on cuda gets a GPU of its own, as `sweeplab train`
     runs = Path(cfg.output_dir) / NAME
     check_writable(Path(cfg.output_dir), "output_dir")  # what `sweeplab train` and `sweeplab sweep` say
     check_writable(runs, f"output_dir's {NAME} folder")

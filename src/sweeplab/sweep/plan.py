@@ -9,12 +9,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.compose import compose, group_options, override_key, read_sweep_text, resolve_sweep_file
-from sweeplab.config.schema import SweepConfig
+from sweeplab.config.schema import TRIAL_GROUPS, SweepConfig
 from sweeplab.errors import ConfigError, DatasetNotFoundError, UserError
 from sweeplab.metrics import FINAL_ONLY_KEYS, REPORTED_KEYS, better_mode
 from sweeplab.redact import hide
 from sweeplab.structured import typed
-from sweeplab.sweep.space import GROUPS, Dimension, grid_size, parse_space
+from sweeplab.sweep.space import Dimension, grid_size, parse_space
 
 
 @dataclass
@@ -52,13 +52,15 @@ def optuna_storage_url(cfg: DictConfig) -> str:
     return default_storage(cfg.output_dir)
 
 
-def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
-    """Compose and check a sweep file; every mistake is a ConfigError naming key and file."""
+def plan_sweep(ref: str, overrides: Sequence[str] = (), recorded: bool = False) -> SweepPlan:
+    """Compose and check a sweep file; every mistake is a ConfigError naming key and file. ``recorded``: an earlier
+    sweep's file and overrides (a resume, a sync), whose trials go on as they began: a GPU they were not granted is
+    theirs still (a sweep begun before that was checked could not be resumed, its recorded overrides fixed)."""
     sweep_file = resolve_sweep_file(ref)
     sweep_text = read_sweep_text(sweep_file)  # composed and recorded as read here, whatever the file becomes
     cfg = compose(overrides, sweep_file, sweep_text)
     sc = cfg.sweep
-    dims = parse_space(sc.space, cfg, sweep_file, {g: group_options(g) for g in GROUPS})
+    dims = parse_space(sc.space, cfg, sweep_file, {g: group_options(g) for g in TRIAL_GROUPS})
     _check_group_choices(dims, overrides, sweep_file)
     clash = [override_key(o) for o in overrides if override_key(o) in {d.key for d in dims}]
     if clash:
@@ -101,7 +103,8 @@ def plan_sweep(ref: str, overrides: Sequence[str] = ()) -> SweepPlan:
     except ConfigError as err:
         raise ConfigError(f"{err} (in {sweep_file})") from None
     _check_run_settings(cfg, objectives, sweep_file)
-    _check_gpu_granted(cfg, dims, sweep_file)
+    if not recorded:
+        _check_gpu_granted(cfg, dims, sweep_file)
     _probe_space(dims, overrides, sweep_file, cfg)
     if sc.fuse > 1:  # packs import Ray and torch: planning an ordinary sweep does not
         from sweeplab.sweep.packs import check_fusable_plan

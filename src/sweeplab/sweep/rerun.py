@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sweeplab.compose import compose_with_choices, flatten
+from sweeplab.config.schema import TRIAL_GROUPS
 from sweeplab.program import command_line
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
-from sweeplab.sweep.space import GROUPS, overrides_for, to_override
+from sweeplab.sweep.space import overrides_for, to_override
 
 # What a PBT sweep's rerun command is: PBT trains a trial on weights copied from others
 PBT_RERUN = "no command reruns a PBT trial, which trained on weights copied from other trials; this trains the " \
@@ -29,7 +30,7 @@ def best_command(outcome: SweepOutcome, trial: TrialRow, seed: int | None = None
     # the file as the sweep ran it (a record of an earlier version has only its path)
     cfg, choices = compose_with_choices(overrides, Path(record["sweep_file"]), record.get("sweep_text"))
     _, defaults = compose_with_choices([])
-    groups = [to_override(g, choices[g]) for g in GROUPS if choices.get(g) != defaults.get(g)]
+    groups = [to_override(g, choices[g]) for g in TRIAL_GROUPS if choices.get(g) != defaults.get(g)]
     base = flatten(compose_with_choices(groups)[0])
     skip = ("sweep.", "tracking.", "cluster.", "output_dir")
     diffs = [to_override(k, v) for k, v in flatten(cfg).items() if not k.startswith(skip) and base.get(k) != v]

@@ -13,11 +13,11 @@ import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeplab.compose import flatten
+from sweeplab.config.schema import TRIAL_GROUPS
 from sweeplab.errors import ConfigError, did_you_mean
 from sweeplab.structured import plain
 
 TYPES = ("float", "int", "categorical")
-GROUPS = ("model", "optimizer", "data", "train")  # config groups a space may pick an option of
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Dimension:
 
     @property
     def is_group(self) -> bool:
-        return self.key in GROUPS
+        return self.key in TRIAL_GROUPS
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -149,7 +149,7 @@ def to_override(key: str, value: Any) -> str:
 
 def overrides_for(params: dict[str, Any]) -> list[str]:
     """Group choices first (model=vgg), then values (model.activation=tanh)."""
-    ordered = sorted(params.items(), key=lambda kv: (kv[0] not in GROUPS, kv[0]))
+    ordered = sorted(params.items(), key=lambda kv: (kv[0] not in TRIAL_GROUPS, kv[0]))
     return [to_override(k, v) for k, v in ordered]
 
 
@@ -170,16 +170,16 @@ def parse_space(
     if not space:
         raise ConfigError(f"sweep.space in {source} is empty: add at least one key to search, e.g. optimizer.lr")
     dims: list[Dimension] = []
-    searched_groups = {key for key in space if key in GROUPS}  # keys under them are checked per choice (plan)
+    searched_groups = {key for key in space if key in TRIAL_GROUPS}  # keys under them: checked per choice (plan)
     for key, spec in space.items():
         where = f"sweep.space.{key} in {source}"
         if key in NOT_SEARCHED:
             raise ConfigError(f"{where}: {NOT_SEARCHED[key]}")
         top = key.split(".")[0]
-        if top not in GROUPS and top in base:  # tracking, cluster, sweep, output_dir: one for the whole sweep
+        if top not in TRIAL_GROUPS and top in base:  # tracking, cluster, sweep, output_dir: one for the sweep
             raise ConfigError(f"{where}: {top} is shared by all of a sweep's trials, so it cannot be searched; a "
-                              f"space searches keys under {', '.join(GROUPS)} (e.g. optimizer.lr) or picks one of "
-                              "their options (e.g. model: {type: categorical, choices: [mlp, lenet]})")
+                              f"space searches keys under {', '.join(TRIAL_GROUPS)} (e.g. optimizer.lr) or picks one "
+                              "of their options (e.g. model: {type: categorical, choices: [mlp, lenet]})")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 0.001, high: 0.1}}, got {spec!r}")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
@@ -193,7 +193,7 @@ def parse_space(
         choices = spec.get("choices")
         if choices is not None and not isinstance(choices, (list, tuple)):
             raise ConfigError(f"{where}: choices must be a list, e.g. choices: [{choices}], got {choices!r}")
-        if key in GROUPS:
+        if key in TRIAL_GROUPS:
             if kind != "categorical":
                 raise ConfigError(f"{where}: a config group is searched with type: categorical and choices")
             bad = [c for c in spec.get("choices") or [] if c not in group_options[key]]
@@ -203,8 +203,9 @@ def parse_space(
         if not isinstance(log, bool):
             raise ConfigError(f"{where}: log must be true or false, got {log!r}")
         when = _parse_when(spec.get("when"), dims, where)
-        per_choice = key.split(".")[0] in searched_groups or any(k in GROUPS for k, _ in when)
-        if key not in GROUPS and not per_choice and OmegaConf.select(base, key, default="__missing__") == "__missing__":
+        per_choice = key.split(".")[0] in searched_groups or any(k in TRIAL_GROUPS for k, _ in when)
+        if key not in TRIAL_GROUPS and not per_choice and \
+                OmegaConf.select(base, key, default="__missing__") == "__missing__":
             hint = did_you_mean(key, flatten(base)) or "; check the spelling"
             raise ConfigError(f"{where}: {key!r} is not a key of the composed config{hint} (a key that only some "
                               "choices have takes e.g. when: {model: lenet})")
