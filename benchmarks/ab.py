@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("wall_s", "driver_cpu_s", "client_process_cpu_s", "trial_phase_s", "startup_s",  # a tree may lack some
-           "steady_s", "teardown_s", "first_metric_s")
+           "began_s", "steady_s", "teardown_s", "first_metric_s")
 
 ONE_RUN = """
 import json, sys
