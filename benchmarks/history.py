@@ -45,7 +45,8 @@ def where(env: dict[str, Any]) -> str:
 def _figures(results: Path, size: str, benchmarks: list[str] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
     """Each figure's target, its checks newest first: (value, unit, where, met), in the order the newest run
     that has it lists it, and whether it is current: the newest run of its benchmark on the same kind of machine
-    (with a GPU or without) still measures it, under the same name."""
+    (with a GPU or without) that measured anything (a run that skipped or failed it did not) still measures it,
+    under the same name."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     newest: dict[tuple[str, bool], set[str]] = {}  # (benchmark, on a GPU) -> the figures its newest run has
     for run in runs(results, size):
@@ -93,10 +94,18 @@ def standing(results: Path, size: str = "full") -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_markers(doc: Path) -> None:
+    """``doc`` has the two lines the table of targets is written between, in order (run.py checks this before a
+    run of minutes, not after it)."""
+    text = doc.read_text() if doc.is_file() else ""
+    begin = text.find(STANDING_BEGIN)
+    if begin < 0 or text.find(STANDING_END, begin) < 0:
+        raise ValueError(f"{doc} has no place for the table of targets: it needs the line {STANDING_BEGIN} and, "
+                         f"after it, {STANDING_END}")
+
+
 def with_standing(doc: str, results: Path, size: str = "full") -> str:
     """``doc`` with the table between its STANDING markers made from ``results``."""
-    if STANDING_BEGIN not in doc or STANDING_END not in doc:
-        raise ValueError(f"no table markers ({STANDING_BEGIN} ... {STANDING_END}) to write the figures between")
     head, rest = doc.split(STANDING_BEGIN, 1)
     return head + STANDING_BEGIN + "\n" + standing(results, size) + STANDING_END + rest.split(STANDING_END, 1)[1]
 
@@ -114,6 +123,7 @@ def write(results: Path, size: str = "full", doc: Path | None = None) -> Path:
     out = results / HISTORY_FILE
     out.write_text(document(results, size))
     if doc is not None:
+        check_markers(doc)
         doc.write_text(with_standing(doc.read_text(), results, size))
     return out
 
@@ -128,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     if not any(args.results.glob(f"*-{args.size}.jsonl")):
         parser.error(f"no {args.size}-size results in {args.results}: run `make bench` (or --size smoke)")
     if args.write:
-        print(write(args.results, args.size, DOC if args.results.resolve() == RESULTS and args.size == "full"
-                    else None))
+        try:
+            print(write(args.results, args.size, DOC if args.results.resolve() == RESULTS and args.size == "full"
+                        else None))
+        except ValueError as err:
+            parser.error(str(err))
     else:
         print(table(args.results, args.size, [b.upper() for b in args.benchmarks] or None), end="")
     return 0

@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("benchmarks", nargs="*", metavar="B", help=f"some of {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the instruments, not the figures")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="B6's device")
-    parser.add_argument("--tiny", action="store_true", help="B6 at its tiny size (with --device cpu)")
+    parser.add_argument("--tiny", action="store_true", help="B6 at its tiny size (with --device cpu), recorded as a "
+                        "smoke run: its figures are no GPU's")
     parser.add_argument("--packing", default="sweep", choices=["sweep", "processes", "none"],
                         help="B6's K packed trials: through `sweeplab sweep` (Ray), as K training processes (no Ray: "
                              "the lent GPU machine has none), or not at all")
@@ -75,13 +76,19 @@ def main(argv=None) -> int:
     unknown = [b for b in names if b not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]}; known: {', '.join(BENCHMARKS)}")
-    size = "smoke" if args.smoke else "full"
+    size = "smoke" if args.smoke or args.tiny else "full"
+    results_dir = Path(args.results)
+    doc = history.DOC if size == "full" and results_dir.resolve() == history.RESULTS else None  # the repo's own
+    if doc is not None:
+        try:
+            history.check_markers(doc)  # where the run will write its table of targets, before minutes of running
+        except ValueError as err:
+            parser.error(str(err))
 
     env = environment(size)
     print(f"sweeplab benchmarks ({size}): {env['date']}, {env['machine']}, GPU: {env['gpu'] or 'none'}, "
           f"load {env['load_1min']:.2f}", flush=True)
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), flush=True)
-    results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = results_dir / f"{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}-{size}"
     jsonl, rows = stem.with_suffix(".jsonl"), []
@@ -101,7 +108,6 @@ def main(argv=None) -> int:
     stem.with_suffix(".md").write_text(table)
     print(f"\nall benchmarks ({size}):\n{table}\nresults: {jsonl} and {stem.with_suffix('.md')}", flush=True)
     if size == "full":
-        doc = history.DOC if results_dir.resolve() == history.RESULTS else None  # this repository's own results
         print(f"every full run's figures: {history.write(results_dir, doc=doc)}", flush=True)
     return 1 if any("| error:" in r for r in rows) else 0
 

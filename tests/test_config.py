@@ -222,11 +222,23 @@ def test_an_unknown_option_is_named_as_typed_with_the_group_s_options():
                                      "lenet, mlp, rnn, simple_convnet, vgg, vgg16"), err.value
 
 
-def test_a_group_s_mapping_of_the_wrong_shape_is_named_not_the_sweep_file():
+def test_a_group_s_mapping_of_the_wrong_shape_is_named_not_the_sweep_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         compose(["model=mlp", "model={hidden_sizes:[[1]]}"], resolve_sweep_file("smoke"))
     assert str(err.value) == ("model.hidden_sizes must be a list like [100, 100], not [[1]] "
                               "(model={hidden_sizes:[[1]]})")
+    # a mapping that holds other keys is not where the value came from, nor the option a file names
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    bad = sweeps / "badfc.yaml"
+    bad.write_text("# @package _global_\ndefaults:\n  - override /model: lenet\n  - _self_\nmodel: {fc_sizes: [[1]]}\n")
+    with pytest.raises(ConfigError) as err:
+        compose(["model={activation: tanh}"], bad)
+    assert str(err.value).endswith(f"not [[1]] (in {bad})"), err.value
+    bad.write_text("# @package _global_\ndefaults:\n  - override /model: lenet5\n  - _self_\n")
+    with pytest.raises(ConfigError) as err:
+        compose(["model={activation: tanh}"], bad)
+    assert str(err.value).startswith(f"unknown model 'lenet5' (in {bad}). Available model options: "), err.value
 
 
 def test_an_item_set_by_its_dotted_index_is_named_by_its_key():

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -77,12 +79,12 @@ def test_the_table_of_targets_holds_each_current_figure_s_newest_value_and_how_o
     write_run(tmp_path, "20261130-120000-full", "2026-11-30 12:00:00 UTC", "x86_64, 2 CPUs, AMD EPYC", [b2(1.1)])
     write_run(tmp_path, "20261130-140000-full", "2026-11-30 14:00:00 UTC", "x86_64, 16 CPUs, AMD EPYC",
               [Result("B6", "GPU", "full", checks=[Check("LeNet epoch", 0.3, "<= 0.5", "s")])], gpu="NVIDIA H200")
-    write_run(tmp_path, "20261130-150000-full", "2026-11-30 15:00:00 UTC", "x86_64, 2 CPUs, AMD EPYC",
-              [Result("B6", "GPU", "full", status="skipped", reason="no CUDA device")])
+    write_run(tmp_path, "20261130-150000-full", "2026-11-30 15:00:00 UTC", "x86_64, 16 CPUs, AMD EPYC",
+              [Result("B6", "GPU", "full", status="error", reason="CUDA out of memory")], gpu="NVIDIA H200")
 
     rows = history.standing(tmp_path).splitlines()
     assert rows[:2] == history.STANDING_HEADER.splitlines()
-    assert rows[2:] == [  # the old count left to history.md; B6's newest GPU run still counts after a CPU skip
+    assert rows[2:] == [  # the old count left to history.md; B6's last measuring GPU run counts after a failed one
         "| B2 | sweep / bare | ≤ 1.20 | 1.1 (2026-11-30 12:00, AMD EPYC) | 1 of 2 runs | 1.1 – 1.6 |",
         "| B6 | LeNet epoch | ≤ 0.5 | 0.3 s (2026-11-30 14:00, NVIDIA H200) | 1 of 1 runs |  |",
     ]
@@ -94,8 +96,15 @@ def test_the_table_of_targets_holds_each_current_figure_s_newest_value_and_how_o
     assert doc.read_text() == (f"# Performance\n\nprose\n\n{history.STANDING_BEGIN}\n{history.standing(tmp_path)}"
                                f"{history.STANDING_END}\n\nmore prose\n")
 
+    for text in ("# Performance\n", f"{end}\n{begin}\n"):  # no place for the table, or its lines the wrong way round
+        doc.write_text(text)
+        with pytest.raises(ValueError, match=f"{doc} has no place for the table of targets"):
+            history.write(tmp_path, doc=doc)
+        assert doc.read_text() == text
+
 
 def test_docs_performance_table_of_targets_is_what_the_committed_results_give():
     """docs/performance.md quotes no figure of a target by hand: run.py writes its table after each full run."""
+    history.check_markers(history.DOC)
     assert history.with_standing(history.DOC.read_text(), history.RESULTS) == history.DOC.read_text(), \
         "docs/performance.md's table of targets is behind the results files: run `benchmarks/history.py --write`"

@@ -124,6 +124,10 @@ def test_several_values_of_what_a_sweep_shares_do_not_send_the_user_to_m():
         refuse_sweeps_without_multirun(["tracking=local,none"])
     assert str(err.value) == ("tracking=local,none names several values, and tracking is one for all of a sweep's "
                               "runs, so -m cannot train a run for each either; pick one of them, e.g. tracking=local")
+    with pytest.raises(UserError) as err:
+        refuse_sweeps_without_multirun(["cluster.num_cpus=1,2"])
+    assert str(err.value).endswith("give it one value, e.g. cluster.num_cpus=1 (or a list, cluster.num_cpus=[a,b], "
+                                   "where it takes one)")
 
 
 def test_multirun_gives_each_run_told_to_train_on_cuda_a_gpu(tmp_path):

@@ -424,8 +424,10 @@ sweep:
   space:
     train.device: {type: categorical, choices: [cpu, cuda]}
 """
-    with pytest.raises(ConfigError, match=r"train.device=cuda \(a choice of sweep.space\) but sweep.resources.gpu=0"):
+    with pytest.raises(ConfigError, match=r"train.device=cuda \(a choice of sweep.space\) but sweep.resources.gpu=0") \
+            as err:
         plan(tmp_path, body)
+    assert "or train on CPUs with cuda left out of sweep.space's train.device choices" in str(err.value)
     assert plan(tmp_path, body, overrides=["sweep.resources.gpu=1"]).dims[0].choices == ("cpu", "cuda")
     # a sweep begun before this was checked resumes (and syncs) with the overrides it recorded
     recorded = plan_sweep(str(write_sweep(tmp_path, "space", body)), [f"output_dir={tmp_path / 'out'}"], recorded=True)

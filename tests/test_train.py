@@ -243,6 +243,7 @@ def test_cli_datasets_lists_every_dataset(run_cli):
     ("auto", [], "cpu"),  # Ray granted no GPU: a GPU the trial can see is not its own
     ("auto", [0], "auto"), ("cpu", [0], "cpu"), ("cuda", [], "cuda"),
     ("cuda:1", [1], "cuda"),  # Ray shows the trial its granted GPU alone, as cuda:0
+    ("cuda:1", [2, 3], "cuda:1"),  # the second of its two
 ])
 def test_a_trial_trains_on_a_gpu_only_where_ray_granted_one(device, gpu_ids, expected):
     assert granted_device(device, gpu_ids) == expected

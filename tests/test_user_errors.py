@@ -182,7 +182,12 @@ CASES = [
     # the grant that message asks for, on a machine without a GPU: the way out leaves cuda too, not back to it
     Case("sweep-cuda-granted-a-gpu-this-machine-lacks",
          lambda tmp: ["sweep", "smoke", "train.device=cuda", "sweep.resources.gpu=1"],
-         "set sweep.resources.gpu=0 and train.device=auto (or cpu) to run on CPUs",
+         "set sweep.resources.gpu=0 with train.device=auto (or cpu) to run on CPUs",
+         marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
+    Case("sweep-space-drawing-cuda-granted-a-gpu-this-machine-lacks",
+         _sweep_body("sweep:\n  resources: {gpu: 1}\n  space:\n    train.device: {type: categorical, "
+                     "choices: [cpu, cuda]}\n"),
+         "set sweep.resources.gpu=0 with cuda left out of sweep.space's train.device choices to run on CPUs",
          marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
     # sweep files
     Case("sweep-metric", _sweep_body("sweep:\n  metric: val/accuracy\n" + SPACE), "val/accuracy"),

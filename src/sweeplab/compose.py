@@ -314,8 +314,14 @@ def _check_shapes(cfg: DictConfig, overrides: Sequence[str], sweep_file: Path | 
             return True
         if not path.startswith((f"{key}.", f"{key}[")):
             return False
-        # a key above it, but not a group's choice; a group's mapping (model={...}) sets keys of the group's node
-        return not is_config_group(key) or text.split("=", 1)[-1].lstrip().startswith("{")
+        if not is_config_group(key):  # a key above it
+            return True
+        # a group's mapping (model={...}) sets the keys it holds in the group's node; a group's choice sets none
+        try:
+            value = OverridesParser.create().parse_override(text).value()
+        except HydraException:
+            return False
+        return isinstance(value, dict) and value_at({key: plain(value)}, path) is not ABSENT
 
     given = [o for o in overrides if sets(o)]
     where = f" ({redact(given[-1])})" if given else f" (in {sweep_file})" if sweep_file is not None else ""
@@ -344,7 +350,8 @@ def _missing_option(err: MissingConfigException, given: list[str], sweep_file: P
         return text.split("\nConfig search path")[0]
     group, option = match.groups()
     options = group_options(group)
-    typed_as = [o for o in given if override_key(o) == group]
+    # the override that named it (model=lenet5, model=[lenet5]; not a mapping of keys, model={...}), else the file
+    typed_as = [o for o in given if override_key(o) == group and o.split("=", 1)[-1].strip("[] ") == option]
     where = redact(typed_as[-1]) if typed_as else f"in {sweep_file}" if sweep_file is not None else f"{group}={option}"
     return (f"unknown {group} {option!r} ({where}). Available {group} options: {', '.join(options)}"
             f"{did_you_mean(option, options)}")

@@ -51,6 +51,8 @@ def refuse_sweeps_without_multirun(overrides: Sequence[str]) -> None:
             one = f"pick one of the group's options: {', '.join(group_options(key))}"
         top = key.split(".")[0]
         if top in SHARED_KEYS:  # what -m's grid would refuse to search
+            if not is_config_group(key) and first is not None:
+                one = f"give it one value, e.g. {key}={first} (or a list, {key}=[a,b], where it takes one)"
             raise UserError(f"{text} names several values, and {top} is one for all of a sweep's runs, so -m "
                             f"cannot train a run for each either; {one}")
         raise UserError(f"{text} names several values: add -m (--multirun) to train each as a trial of a "

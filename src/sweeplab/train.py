@@ -69,11 +69,12 @@ def granted_device(device: str, gpu_ids: list) -> str:
     leaves CUDA_VISIBLE_DEVICES as it is for a trial granted no GPU (``sweep.resources.gpu=0``), so the trial
     would find every GPU of its node and train on one that Ray does not count, beside the trials it gave it to.
     An explicit cuda with no GPU granted is refused as the sweep is planned (``sweeplab.sweep.plan``). A trial
-    granted one sees that GPU alone (Ray sets CUDA_VISIBLE_DEVICES to it), as ``cuda``: ``cuda:1`` names the
-    node's second GPU, which the trial cannot see."""
+    granted GPUs sees them alone (Ray sets CUDA_VISIBLE_DEVICES to them), from ``cuda:0``: ``cuda:1`` of a trial
+    granted one GPU names the node's second, which the trial cannot see, and trains on ``cuda``."""
     if not gpu_ids:
         return "cpu" if device == "auto" else device
-    return "cuda" if device.startswith("cuda:") else device
+    index = device.partition(":")[2]
+    return "cuda" if index.isdigit() and int(index) >= len(gpu_ids) else device
 
 
 def memory_format(choice: MemoryFormat, device: torch.device, model: nn.Module) -> torch.memory_format:

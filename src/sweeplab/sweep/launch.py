@@ -22,7 +22,7 @@ from sweeplab.redact import MASK, redact
 from sweeplab.sweep import tune_usage, workers
 from sweeplab.sweep.dashboard import HOST as DASHBOARD_HOST
 from sweeplab.sweep.dashboard import check_dashboard, dashboard_line
-from sweeplab.sweep.plan import SweepPlan, optuna_storage_url, plan_sweep
+from sweeplab.sweep.plan import SweepPlan, cuda_asked, optuna_storage_url, plan_sweep
 from sweeplab.sweep.samplers import sampler_label
 from sweeplab.sweep.space import Dimension, encode_choice, to_override
 from sweeplab.sweep.stop import watch_sigterm
@@ -156,8 +156,8 @@ def _check_resources(cfg: DictConfig, sweep_file: Path, total: dict[str, float],
         if asked > have:
             hint = f"ask for at most {have:g}"
             if key == "gpu":  # a cuda train.device needs a GPU granted (sweeplab.sweep.plan): it goes too
-                cuda = str(cfg.train.device).startswith("cuda")
-                hint = f"set sweep.resources.gpu=0{' and train.device=auto (or cpu)' if cuda else ''} to run on CPUs"
+                cuda = cuda_asked(cfg)
+                hint = f"set sweep.resources.gpu=0{f' with {cuda.on_cpus}' if cuda else ''} to run on CPUs"
             raise ConfigError(f"sweep.resources.{key}={asked:g} (in {sweep_file}) but {where} {have:g} {ray_key}s "
                               f"in all: no trial could start; {hint}")
     # trials granted no GPU train on CPUs (train.granted_device): a GPU left idle is a choice the user sees

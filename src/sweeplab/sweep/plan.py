@@ -104,7 +104,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = (), recorded: bool = False) 
         raise ConfigError(f"{err} (in {sweep_file})") from None
     _check_run_settings(cfg, objectives, sweep_file)
     if not recorded:
-        _check_gpu_granted(cfg, dims, sweep_file)
+        _check_gpu_granted(cfg, sweep_file)
     _probe_space(dims, overrides, sweep_file, cfg)
     if sc.fuse > 1:  # packs import Ray and torch: planning an ordinary sweep does not
         from sweeplab.sweep.packs import check_fusable_plan
@@ -148,20 +148,39 @@ def _check_run_settings(cfg: DictConfig, objectives: list[tuple[str, str]], swee
         raise DatasetNotFoundError(f"sweep {sc.name!r} needs {missing}")
 
 
-def _check_gpu_granted(cfg: DictConfig, dims: list[Dimension], sweep_file: Path) -> None:
+@dataclass(frozen=True)
+class CudaAsked:
+    """A cuda device some trial of a sweep is told to train on, and what tells it: train.device itself, or a
+    choice of the space's train.device, and how the sweep would do without it."""
+
+    device: str
+    searched: bool
+
+    @property
+    def on_cpus(self) -> str:
+        return "cuda left out of sweep.space's train.device choices" if self.searched else "train.device=auto (or cpu)"
+
+
+def cuda_asked(cfg: DictConfig) -> CudaAsked | None:
+    """The cuda device some trial of the sweep may be told to train on, or None."""
+    spec = cfg.sweep.space.get("train.device") if cfg.sweep.space else None
+    choices = spec.get("choices") if isinstance(spec, DictConfig) else None
+    searched = [str(choice) for choice in choices or []]
+    cuda = next((device for device in searched or [str(cfg.train.device)] if device.startswith("cuda")), None)
+    return None if cuda is None else CudaAsked(cuda, bool(searched))
+
+
+def _check_gpu_granted(cfg: DictConfig, sweep_file: Path) -> None:
     """A trial told to train on CUDA (train.device, as given or as the space may draw it) needs a GPU from Ray:
     Ray 2.60 hides no GPU from a trial granted none, which would train on GPUs Ray does not count, placed by its
     CPUs alone (``train.granted_device``)."""
-    if cfg.sweep.resources.gpu:
+    if cfg.sweep.resources.gpu or (cuda := cuda_asked(cfg)) is None:
         return
-    searched = [str(choice) for d in dims if d.key == "train.device" for choice in d.choices]
-    cuda = next((device for device in searched or [str(cfg.train.device)] if device.startswith("cuda")), None)
-    if cuda is not None:
-        raise ConfigError(f"train.device={cuda}{' (a choice of sweep.space)' if searched else ''} but "
-                          "sweep.resources.gpu=0: Ray would grant the trials no GPU and place them by their CPUs "
-                          "alone, all on GPUs it does not count; set sweep.resources.gpu (1: a GPU per trial, 0.25: "
-                          f"four trials sharing one), or train.device=auto to train where Ray grants a GPU (in "
-                          f"{sweep_file} and the command line)")
+    raise ConfigError(f"train.device={cuda.device}{' (a choice of sweep.space)' if cuda.searched else ''} but "
+                      "sweep.resources.gpu=0: Ray would grant the trials no GPU and place them by their CPUs alone, "
+                      "all on GPUs it does not count; set sweep.resources.gpu (1: a GPU per trial, 0.25: four trials "
+                      f"sharing one), or train on CPUs with {cuda.on_cpus}, where Ray grants no GPU (in "
+                      f"{sweep_file} and the command line)")
 
 
 def _missing_data(cfg: DictConfig) -> str:
