@@ -84,6 +84,20 @@ def test_published_ports_listen_on_loopback_only():
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
+def test_the_driver_keeps_its_outputs_and_waits_for_a_gpu_worker():
+    """`docker compose run --rm` removes the driver's container: its output_dir (the journal `sweeplab sync` sends
+    after an MLflow outage, the reports) is a host folder; and it starts once the cluster counts a GPU."""
+    driver = SERVICES["sweeplab"]
+    assert any(v.endswith(":/app/outputs") for v in driver["volumes"]) and "shared:/shared" in driver["volumes"]
+    assert driver["depends_on"]["ray-worker"]["condition"] == "service_healthy"
+    assert "GPU" in " ".join(SERVICES["ray-worker"]["healthcheck"]["test"])
+
+
+def test_the_build_context_leaves_out_the_venv_data_and_history():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "data", "outputs"} <= set(ignored)
+
+
 def test_gpu_workers_join_the_head_and_reserve_gpus():
     worker = SERVICES["ray-worker"]
     assert "--address=ray-head:6379" in worker["command"]
@@ -99,7 +113,9 @@ def test_every_ray_node_and_the_driver_share_the_checkpoint_volume():
 
 
 def test_mlflow_and_optuna_live_in_postgres():
-    assert "--backend-store-uri postgresql://" in SERVICES["mlflow"]["command"]
+    # from its environment, which `mlflow server` reads: a password in its command line would show in `ps`
+    assert SERVICES["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert "postgresql://" not in SERVICES["mlflow"]["command"]
     assert SERVICES["sweeplab"]["environment"]["OPTUNA_STORAGE"].startswith("postgresql://")
     assert "CREATE DATABASE optuna" in (ROOT / "docker" / "postgres-init.sql").read_text()
     assert SERVICES["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -145,4 +161,8 @@ def test_the_ray_head_serves_its_dashboard_on_the_published_port():
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     ray = next(d for d in dependencies if d.startswith("ray["))
     assert "default" in ray[ray.index("[") + 1:ray.index("]")].split(",")
-    assert "pip install --no-cache-dir -e ." in (ROOT / "Dockerfile").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    # the dependencies pinned as CI ran them, in a layer of their own; then sweeplab itself
+    assert "COPY pyproject.toml constraints.txt" in dockerfile and "-c constraints.txt" in dockerfile
+    assert dockerfile.index("-c constraints.txt") < dockerfile.index("COPY src ./src") < dockerfile.index(
+        "pip install --no-cache-dir --no-deps -e .")
