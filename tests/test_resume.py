@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sweep_helpers import interrupt_sweep, journal_in, sweep_env
+from sweep_helpers import cli, interrupt_sweep, journal_in, sweep_env
 
 from sweeplab.program import program
 
@@ -78,12 +78,21 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     assert code == 130, output[-3000:]
     assert "Traceback" not in output
     assert "Tuner.restore" not in output  # Ray's hint: sweeplab prints its own resume command
+    assert "Press CTRL+C" not in output and "sweeplab sweep: stopping: saving the sweep's state" in output
     _, parent, children = _runs(out)
     assert parent.info.status == "KILLED"  # not FINISHED: the sweep did not end
     assert {r.info.run_name: r.info.status for r in children}["trial_001_seed0"] == "KILLED"
+    # status tells the interrupted sweep from a running one, with the command that continues it
+    listed = cli("status", f"output_dir={out}", cwd=elsewhere)
+    assert "(interrupted)" in listed.stdout and f"continue {sweep_id} with: " in listed.stdout, listed.stdout
+    said = shlex.split(listed.stdout.split(f"continue {sweep_id} with: ")[1].splitlines()[0])
+    assert said[len(shlex.split(program())):] == resume[len(SWEEPLAB):]  # the command the sweep printed
 
     second = subprocess.run(resume, capture_output=True, text=True, env=ENV, timeout=600, cwd=elsewhere)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    again = cli(*resume[len(SWEEPLAB):], cwd=elsewhere)  # an ended sweep: nothing to resume, nothing changed
+    assert again.returncode == 2 and f"sweep {sweep_id} has ended (3 completed): there is nothing to resume" \
+        in again.stderr, again.stderr
     assert "Failed to fetch metrics" not in second.stdout + second.stderr  # Tune's, of trials yet to report
     assert list(elsewhere.iterdir()) == []
     _assert_complete(out, sweep_id, 3)
@@ -149,3 +158,26 @@ def test_resuming_a_sweep_whose_trial_crashed_leaves_the_crash_as_it_was(tmp_pat
     assert child.info.status == "FAILED" and child.data.tags["sweeplab.status"] == "error"
     assert child.data.tags["sweeplab.restarts"] == "0"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")] == [1]
+
+
+def test_a_sweep_s_driver_counts_as_running_while_a_sweeplab_process_of_its_number_lives_here():
+    """What status and --resume read: the host and process the sweep recorded (a sweep resumed records its own)."""
+    import socket
+
+    from sweeplab.sweep.outcome import SweepOutcome
+
+    def outcome(pid: int, host: str = socket.gethostname()) -> SweepOutcome:
+        return SweepOutcome({"sweep_id": "s", "objectives": [["val/acc", "max"]], "num_configs": 1, "pid": pid,
+                             "host": host}, [])
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "sweeplab"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a number reused by another
+    try:
+        assert outcome(live.pid).driver_alive() is True and not outcome(live.pid).interrupted
+        assert outcome(other.pid).driver_alive() is False and outcome(other.pid).interrupted
+        assert outcome(live.pid, "elsewhere").driver_alive() is None  # not this host's to tell
+        assert not outcome(live.pid, "elsewhere").interrupted
+    finally:
+        live.kill(), other.kill()
+    live.wait()
+    assert outcome(live.pid).driver_alive() is False and outcome(live.pid).interrupted

@@ -3,6 +3,7 @@ right: no traceback, nothing started, nothing created where it should not be."""
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import torch
 from servers import free_port
 from sweep_helpers import cli, sweeplab, write_sweep
 
+from sweeplab.program import program
 from sweeplab.sweep.plan import plan_sweep
 
 
@@ -189,6 +191,11 @@ CASES = [
                      "choices: [cpu, cuda]}\n"),
          "set sweep.resources.gpu=0 with cuda left out of sweep.space's train.device choices to run on CPUs",
          marks=(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),)),
+    # a word that is no override: a second sweep, or a space where = goes (before: Hydra's "cannot parse", quote it)
+    Case("a-second-sweep", lambda tmp: ["status", "smoke", "default", f"output_dir={tmp / 'out'}"],
+         "'default' is not key=value: sweeplab status takes one sweep, then overrides like key=value"),
+    Case("a-space-for-an-equals-sign", lambda tmp: ["train", "model=mlp", "output_dir", str(tmp / "out")],
+         "'output_dir' is not key=value: sweeplab train takes overrides like key=value (output_dir=/tmp/x, not "),
     # sweep files
     Case("sweep-metric", _sweep_body("sweep:\n  metric: val/accuracy\n" + SPACE), "val/accuracy"),
     Case("sweep-seeds", _sweep_body("sweep:\n  seeds: [0, 0]\n" + SPACE), "sweep.seeds"),
@@ -359,6 +366,14 @@ def test_a_sweep_whose_trials_all_end_invalid_exits_non_zero_and_says_so(tmp_pat
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("sweeplab sweep: error: no trial of diverges-") and "2 invalid" in error, done.stderr
+    # the status command it names runs as printed, from any folder; best says why there is nothing to rerun
+    status = shlex.split(error.split("the reasons are above and in '")[1].split("'. Fix")[0])
+    sweep_id = status[len(shlex.split(program())) + 1]
+    shown = cli(*status[len(shlex.split(program())):], cwd=tmp_path / "out")
+    assert shown.returncode == 0 and "invalid: the loss became" in shown.stdout, shown.stderr
+    best = cli("best", sweep_id, f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert best.returncode == 2 and f"sweep {sweep_id} has no trial that ran every epoch (2 invalid); why: " \
+        in best.stderr, best.stderr
 
 
 @pytest.mark.slow

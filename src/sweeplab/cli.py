@@ -114,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars after the summary
     try:
         _sweep_before_overrides(args)
+        _refuse_words_that_are_no_override(args)
         from sweeplab import commands
 
         return getattr(commands, f"cmd_{args.command}")(args) or 0
@@ -128,6 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _is_override(word: str) -> bool:
     """Hydra's override grammar: key=value, +key=value, ++key=value, ~key, ~key=value."""
     return not word.startswith("-") and ("=" in word or word.startswith("~"))
+
+
+def _refuse_words_that_are_no_override(args: argparse.Namespace) -> None:
+    """A word after the sweep that is no key=value (a second sweep, ``output_dir /tmp/x`` with a space): Hydra would
+    call it an override it cannot parse, and suggest quoting."""
+    stray = [w for w in getattr(args, "overrides", []) if not _is_override(w)]
+    if stray:
+        takes = "one sweep, then overrides" if hasattr(args, "sweep") else "overrides"
+        raise UserError(f"{stray[0]!r} is not key=value: sweeplab {args.command} takes {takes} like key=value "
+                        "(output_dir=/tmp/x, not output_dir /tmp/x)")
 
 
 def _sweep_before_overrides(args: argparse.Namespace) -> None:

@@ -219,9 +219,11 @@ def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool, planne
               f"  {resume_command(outcome.sweep_id, overrides)}", flush=True)
         return interrupted_exit_code()
     if not outcome.completed():  # nothing to rank: a sweep that produced no result has failed
+        from sweeplab.sweep.launch import located_command
+
         print(f"sweeplab sweep: error: no trial of {outcome.sweep_id} ran to the end ({outcome.counts_text()}); "
-              f"the reasons are above and in '{program()} status'. Fix the config or the space and run it again",
-              file=sys.stderr)
+              f"the reasons are above and in '{located_command('status', outcome.sweep_id, overrides)}'. Fix the "
+              "config or the space and run it again", file=sys.stderr)
         return 1
     return 0
 
@@ -245,23 +247,33 @@ def _storage(overrides) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from sweeplab.sweep.launch import resume_command
     from sweeplab.sweep.results import find_sweep, list_sweeps, load_outcome
     from sweeplab.sweep.summary import format_summary, format_table
 
     storage = _storage(args.overrides)
     if args.sweep:
-        print(format_summary(load_outcome(storage, find_sweep(storage, args.sweep)["sweep_id"])))
+        outcome = load_outcome(storage, find_sweep(storage, args.sweep)["sweep_id"])
+        print(format_summary(outcome))
+        if outcome.interrupted:
+            print(f"\nsweep {outcome.sweep_id} was interrupted; continue it with:\n"
+                  f"  {resume_command(outcome.sweep_id, args.overrides)}")
         return 0
-    rows = []
+    rows, interrupted = [], []
     for record in list_sweeps(storage):
         outcome = load_outcome(storage, record["sweep_id"])
         best, metric = outcome.best(), outcome.objectives[0][0]
-        rows.append([record["sweep_id"], record["started"], outcome.counts_text(),
+        if outcome.interrupted:
+            interrupted.append(outcome.sweep_id)
+        rows.append([record["sweep_id"], record["started"],
+                     outcome.counts_text() + (" (interrupted)" if outcome.interrupted else ""),
                      f"{ranked_label(metric)} {format_metric(metric, best.value())}" if best else "-"])
     if not rows:
         print(f"no sweeps in {redact(storage)} yet: run '{program()} sweep default'")
         return 0
     print(format_table(["sweep", "started", "trials", "best"], rows))
+    for sweep_id in interrupted:  # running trials of a driver that is gone: --resume continues them
+        print(f"continue {sweep_id} with: {resume_command(sweep_id, args.overrides)}")
     return 0
 
 
@@ -274,7 +286,13 @@ def cmd_best(args: argparse.Namespace) -> int:
     outcome = load_outcome(storage, record["sweep_id"])
     best = outcome.best()
     if best is None:
-        raise UserError(f"sweep {record['sweep_id']} has no trial that ran every epoch yet")
+        from sweeplab.sweep.launch import located_command, resume_command
+
+        sweep_id = record["sweep_id"]
+        then = (f"resume it: {resume_command(sweep_id, args.overrides)}" if outcome.interrupted
+                else "it is still running" if outcome.unfinished
+                else f"why: {located_command('status', sweep_id, args.overrides)}")
+        raise UserError(f"sweep {sweep_id} has no trial that ran every epoch ({outcome.counts_text()}); {then}")
     metric = outcome.objectives[0][0]
     seed = best.completed_seeds()[0]
     shown = format_metric(metric, best.seeds[seed]["values"][0])
@@ -350,7 +368,8 @@ def check_port_free(host: str, port: int) -> None:
     import socket
 
     if not 1 <= port <= 65535:
-        raise UserError(f"--port {port} is not a TCP port: give one between 1 and 65535, e.g. --port 5000")
+        raise UserError(f"--port {port} is not a TCP port: give one between 1 and 65535 (without --port: the "
+                        "command's own)")
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.bind((host, port))

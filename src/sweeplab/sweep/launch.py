@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.compose import compose, override_key, project_root, read_sweep_text
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, UserError
 from sweeplab.program import command_line
 from sweeplab.redact import MASK, redact
 from sweeplab.sweep import tune_usage, workers
@@ -55,7 +56,16 @@ TUNES_OWN_LINES = {"ray.tune.tune": ("Trials did not complete", "Experiment has 
                    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics for",)}
 
 
+# Tune's line as a sweep's Ctrl+C reaches it, said as sweeplab says it (its "Press CTRL+C ... to skip" would lose
+# the state that --resume continues from)
+STOPPING = ("Stop signal received", "sweeplab sweep: stopping: saving the sweep's state for --resume (a second "
+            "Ctrl+C skips that save: --resume then continues from the state saved before it)")
+
+
 def _not_tunes_own(record: logging.LogRecord) -> bool:
+    if record.name == "ray.tune.tune" and str(record.msg).startswith(STOPPING[0]):
+        print(STOPPING[1], file=sys.stderr, flush=True)
+        return False
     return not str(record.msg).startswith(TUNES_OWN_LINES.get(record.name, ()))
 
 
@@ -195,6 +205,7 @@ def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
         "num_configs": plan.num_configs,
         "ray_path": ray_path,
         "host": socket.gethostname(),
+        "pid": os.getpid(),  # with host: whether an unfinished sweep's driver still runs (SweepOutcome.driver_alive)
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -301,6 +312,8 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
 
     if planned is None:
         plan, sweep_id = _plan(ref, overrides, resume)
+        if resume:
+            _check_resumable(plan, str(sweep_id), overrides)
         root = check_before_start(plan)
     else:
         plan, sweep_id, root = planned, None, ray_root(planned)
@@ -323,6 +336,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
     if resume:
         tuner = _restored_tuner(experiment_path(root, sweep_id), spec, plan, callbacks)
+        _record_driver(plan, sweep_id)
     else:
         tuner = _new_tuner(plan, sweep_id, spec, root, callbacks)
     sc = plan.cfg.sweep
@@ -364,11 +378,43 @@ def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
     """The command that continues an interrupted sweep: its id and the overrides that locate its stores
     (the output_dir, the cluster settings, the tracking URI, each absolute; secrets redacted, for its user to
     retype); the rest is recorded with the sweep."""
+    return located_command("sweep", sweep_id, overrides, "--resume")
+
+
+def located_command(command: str, sweep_id: str, overrides: Sequence[str], *flags: str) -> str:
+    """``sweeplab COMMAND SWEEP_ID [FLAGS]`` with the overrides that locate the sweep's stores, runnable as printed
+    from any folder."""
     cfg = compose(overrides)
     locating = [o for o in _located(overrides, cfg) if (key := override_key(o)) == "cluster"
                 or key.startswith("cluster.") or key in LOCATION_KEYS - {"output_dir"}]  # output_dir: below, always
     output_dir = to_override("output_dir", absolute_location(cfg.output_dir))
-    return command_line("sweep", sweep_id, "--resume", output_dir, *locating)
+    return command_line(command, sweep_id, *flags, output_dir, *locating)
+
+
+def _check_resumable(plan: SweepPlan, sweep_id: str, overrides: Sequence[str]) -> None:
+    """``--resume`` continues a sweep whose driver is gone and that has something left to run: not one still running
+    here (two drivers would run one Ray experiment and one study), nor one that has ended."""
+    from sweeplab.sweep.results import load_outcome
+
+    outcome = load_outcome(plan.optuna_storage, sweep_id)
+    if outcome.driver_alive():
+        pid = outcome.record["pid"]
+        raise UserError(f"sweep {sweep_id} is still running (process {pid} on this host): wait for it to end, or "
+                        f"stop it (Ctrl+C where it runs, or kill {pid}) and resume it then")
+    if not outcome.unfinished:
+        raise UserError(f"sweep {sweep_id} has ended ({outcome.counts_text()}): there is nothing to resume; its "
+                        f"results: {located_command('status', sweep_id, overrides)}")
+
+
+def _record_driver(plan: SweepPlan, sweep_id: str) -> None:
+    """The resuming process is the sweep's driver now (``SweepOutcome.driver_alive``)."""
+    import optuna
+
+    from sweeplab.tracking.study_store import open_storage
+
+    study = optuna.load_study(study_name=sweep_id, storage=open_storage(plan.optuna_storage))
+    study.set_user_attr("host", socket.gethostname())
+    study.set_user_attr("pid", os.getpid())
 
 
 def sync_command(sweep_id: str, overrides: Sequence[str], cfg: DictConfig) -> str:

@@ -73,9 +73,32 @@ class SweepOutcome:
 
     @property
     def unfinished(self) -> bool:
-        """Interrupted before every configuration ended (Ctrl+C, a lost driver)."""
+        """Interrupted before every configuration ended (Ctrl+C, a lost driver), or still running."""
         ended = [t for t in self.trials if t.status != TrialStatus.RUNNING]
         return len(ended) < int(self.record.get("num_configs", len(ended)))
+
+    def driver_alive(self) -> bool | None:
+        """Whether the process that drives the unfinished sweep still runs: None where that cannot be told from here
+        (another host, or a sweep recorded before its process was)."""
+        import os
+        import socket
+
+        import psutil
+
+        pid, host = self.record.get("pid"), self.record.get("host")
+        if pid is None or host != socket.gethostname():
+            return None
+        if int(pid) == os.getpid():  # this process asks: it is not driving the sweep now
+            return False
+        try:  # a process of that number that is no sweeplab is another one that reused it
+            return "sweeplab" in " ".join(psutil.Process(int(pid)).cmdline())
+        except psutil.Error:
+            return False
+
+    @property
+    def interrupted(self) -> bool:
+        """Unfinished, not by its time budget, and its driver is known to be gone: ``--resume`` continues it."""
+        return self.unfinished and not self.record.get("ended_by") and self.driver_alive() is False
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
