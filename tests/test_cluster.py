@@ -133,7 +133,7 @@ def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, 
     best = subprocess.run([sys.executable, "-m", "sweeplab.cli", "best", "smoke", "--register", "smoke-server",
                            *stores], capture_output=True, text=True, timeout=300)
     assert best.returncode == 0, best.stderr
-    assert "registered model smoke-server version 1: models:/smoke-server/1" in best.stdout
+    assert "registered model smoke-server version 1: models:/smoke-server/1" in best.stderr
     import mlflow
     import numpy as np
 

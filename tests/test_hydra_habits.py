@@ -93,6 +93,8 @@ def test_info_lists_search_path_groups_and_their_options(tmp_path):
         assert any(line.split()[:1] == [group] and ", ".join(options) in line for line in done.stdout.splitlines())
     model_line = next(line for line in done.stdout.splitlines() if line.split()[:1] == ["model"])
     assert model_line.split()[1] == "mlp"
+    both = cli("train", "model=mlp", "--cfg", "job", "--info", cwd=tmp_path)  # each prints and exits: one of them
+    assert both.returncode == 2 and "argument --info: not allowed with argument -c/--cfg" in both.stderr
 
 
 def test_a_comma_list_without_multirun_says_to_add_m(tmp_path):

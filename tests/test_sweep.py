@@ -775,12 +775,14 @@ def test_best_registers_the_best_trial_in_the_model_registry(smoke, tmp_path):
     out, outcome = smoke
     first = cli("best", "smoke", f"output_dir={out}", "--register", "smoke-mlp", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "registered model smoke-mlp version 1: models:/smoke-mlp/1" in first.stdout
-    again = cli("best", "smoke", f"output_dir={out}", "--register", "smoke-mlp", cwd=tmp_path)
-    assert "registered model smoke-mlp version 2" in again.stdout, again.stderr
+    assert "registered model smoke-mlp version 1: models:/smoke-mlp/1" in first.stderr
+    assert first.stdout.startswith(program()) and len(first.stdout.splitlines()) == 1  # eval "$(...)" reruns it
+    again = cli("best", "smoke", f"output_dir={out}", "--register", "smoke-mlp", cwd=tmp_path)  # a script's rerun
+    assert "already registered as model smoke-mlp version 1" in again.stderr, again.stderr
     for name, said in (("bad/name", "Names cannot contain '/'"), ("", "Missing value")):  # refused by the registry
         refused = cli("best", "smoke", f"output_dir={out}", "--register", name, cwd=tmp_path)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.stdout == ""  # no command to run where the registering failed
         assert refused.stderr.strip().splitlines()[-1].startswith(f"sweeplab best: error: --register {name!r}: ")
         assert said in refused.stderr
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
@@ -1064,3 +1066,17 @@ def test_the_warm_up_imports_optuna_importance_only_for_a_report_that_draws_it()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [line.split() for line in done.stdout.splitlines()] == [["False", "False", "True"], ["True", "True", "True"]]
+
+
+def test_a_trial_s_reason_keeps_its_remedy_in_the_summary():
+    """The reason a trial failed ends with what to change: the table shows its whole first line, up to a width."""
+    from sweeplab.metrics import TrialStatus
+    from sweeplab.sweep.outcome import SweepOutcome, TrialRow
+    from sweeplab.sweep.summary import REASON_WIDTH, format_summary
+
+    loss = "the loss became nan at epoch 1 (optimizer.lr=353845359.0906557): lower optimizer.lr"
+    long = "x" * (REASON_WIDTH + 10)
+    rows = [TrialRow(n, {}, "FAIL", TrialStatus.INVALID, None, None, 1, reason=r) for n, r in enumerate((loss, long))]
+    summary = format_summary(SweepOutcome({"sweep_id": "s", "objectives": [["val/acc", "max"]]}, rows))
+    assert f"invalid: {loss}" in summary
+    assert f"invalid: {'x' * (REASON_WIDTH - 1)}…" in summary and long not in summary

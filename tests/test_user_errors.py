@@ -196,6 +196,8 @@ CASES = [
          "'default' is not key=value: sweeplab status takes one sweep, then overrides like key=value"),
     Case("a-space-for-an-equals-sign", lambda tmp: ["train", "model=mlp", "output_dir", str(tmp / "out")],
          "'output_dir' is not key=value: sweeplab train takes overrides like key=value (output_dir=/tmp/x, not "),
+    Case("ui-for-a-server-that-does-not-answer", lambda tmp: ["ui", f"tracking.uri=http://127.0.0.1:{_closed_port()}"],
+         "does not answer"),  # before: "a server already: open" it, exit 0
     # sweep files
     Case("sweep-metric", _sweep_body("sweep:\n  metric: val/accuracy\n" + SPACE), "val/accuracy"),
     Case("sweep-seeds", _sweep_body("sweep:\n  seeds: [0, 0]\n" + SPACE), "sweep.seeds"),

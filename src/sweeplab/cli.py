@@ -39,10 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=mlp optimizer.lr=0.1")
     p.add_argument("-m", "--multirun", action="store_true",
                    help="run every combination of comma lists, range() and choice() as a grid sweep")
-    p.add_argument("-c", "--cfg", choices=("job", "hydra", "all"),
-                   help="print the composed config (job), Hydra's record (hydra) or both, then exit")
-    p.add_argument("--info", nargs="?", const="all", choices=("all", "searchpath", "defaults", "config"),
-                   help="print the config search path, config groups and their options, the config; then exit")
+    prints = p.add_mutually_exclusive_group()  # each prints and exits, as Hydra's own refuse to go together
+    prints.add_argument("-c", "--cfg", choices=("job", "hydra", "all"),
+                        help="print the composed config (job), Hydra's record (hydra) or both, then exit")
+    prints.add_argument("--info", nargs="?", const="all", choices=("all", "searchpath", "defaults", "config"),
+                        help="print the config search path, config groups and their options, the config; then exit")
 
     p = sub.add_parser("sweep", help="run a sweep file from sweeps/ (by name) or a path")
     p.add_argument("sweep", help="sweep name (sweeps/<name>.yaml) or path to a sweep file")

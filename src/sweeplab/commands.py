@@ -300,9 +300,9 @@ def cmd_best(args: argparse.Namespace) -> int:
           file=sys.stderr)
     if after_pbt(outcome):
         print(f"# {PBT_RERUN}", file=sys.stderr)
+    if args.register is not None:  # "" too: the registry names what is wrong with it; before the command, which
+        _register_best(args, record["sweep_id"], storage)  # a script would run although the registering failed
     print(best_command(outcome, best, int(seed)))
-    if args.register is not None:  # "" too: the registry names what is wrong with it
-        _register_best(args, record["sweep_id"], storage)
     return 0
 
 
@@ -321,9 +321,10 @@ def _register_best(args: argparse.Namespace, sweep_id: str, storage: str) -> Non
     if not found:
         raise UserError(f"the best trial of {sweep_id} has no completed run in the MLflow store {client.tracking_uri}"
                         " (was the sweep run with tracking=none?)")
-    version = register(client, found[0].info.run_id, args.register)
-    print(f"registered model {version.name} version {version.version}: models:/{version.name}/{version.version} "
-          f"(run {found[0].info.run_id})")
+    version, new = register(client, found[0].info.run_id, args.register)
+    done = "registered" if new else "already registered as"
+    print(f"{done} model {version.name} version {version.version}: models:/{version.name}/{version.version} "
+          f"(run {found[0].info.run_id})", file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -430,18 +431,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import os
 
     from sweeplab.compose import compose
-    from sweeplab.tracking.store import existing_client, tracking_uri
+    from sweeplab.tracking.store import check_reachable, existing_client, tracking_uri
 
     cfg = compose(args.overrides)
     uri = tracking_uri(cfg)
     if uri.startswith(("http://", "https://")):
+        check_reachable(uri)  # a server that does not answer is named, not sent to the browser
         print(f"the tracking store is a server already: open {redact(uri)}")
         return 0
+    check_port_free(args.host, args.port)  # a host it cannot listen on, before any warning about it
     if not args.allowed_hosts and not _is_loopback(args.host):
         print(f"sweeplab ui: warning: serving on {args.host} without --allowed-hosts: a page on any site can reach "
               "this server through a DNS name that points here (DNS rebinding); pass --allowed-hosts with the "
               "names people use to open it", file=sys.stderr, flush=True)
-    check_port_free(args.host, args.port)
     client = existing_client(uri)
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
     url = f"http://{args.host}:{args.port}"

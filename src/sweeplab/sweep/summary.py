@@ -32,6 +32,14 @@ _ORDER: list[str] = [
 ]
 
 
+REASON_WIDTH = 120  # a reason's first line in the table: its remedy, at its end, fits (the loss's line is ~90)
+
+
+def _shortened(reason: str) -> str:
+    line = reason.splitlines()[0] if reason.strip() else reason
+    return line if len(line) <= REASON_WIDTH else line[:REASON_WIDTH - 1].rstrip() + "…"
+
+
 def format_summary(outcome: SweepOutcome) -> str:
     metric, mode = outcome.objectives[0]
     keys = list(outcome.record.get("space", {}))
@@ -51,7 +59,7 @@ def format_summary(outcome: SweepOutcome) -> str:
             value += f" ± {format_metric(metric, t.std[0])}"
         extra = [format_metric(m, t.values[i] if t.values else None)
                  for i, (m, _) in enumerate(outcome.objectives[1:], 1)]
-        status = t.status if not t.reason else f"{t.status}: {t.reason[:80]}"
+        status = t.status if not t.reason else f"{t.status}: {_shortened(t.reason)}"
         rows.append([str(t.number), *(format_param(t.params[k]) if k in t.params else "-" for k in keys), value, *extra,
                      str(t.epochs or "-"), status])
     head = f"sweep {outcome.sweep_id}: {outcome.counts_text()}"

@@ -119,8 +119,9 @@ def has_model(client: MlflowClient, run_id: str) -> bool:
     return any(a.path == f"{MODEL_PATH}/MLmodel" for a in client.list_artifacts(run_id, MODEL_PATH))
 
 
-def register(client: MlflowClient, run_id: str, name: str) -> Any:
-    """Register the run's model (logging it first if it has none) as a new version of ``name``."""
+def register(client: MlflowClient, run_id: str, name: str) -> tuple[Any, bool]:
+    """Register the run's model (logging it first if it has none) as a new version of ``name``: (the version, whether
+    it is new). A run registered under ``name`` already keeps its version: a second ``--register`` adds none."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -130,7 +131,10 @@ def register(client: MlflowClient, run_id: str, name: str) -> Any:
             raise UserError(f"--register {name!r}: {err.message}") from None
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    registered = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if registered:
+        return min(registered, key=lambda v: int(v.version)), False
     if not has_model(client, run_id):
         log_model(client, run_id)
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_PATH}"
-    return client.create_model_version(name, source, run_id=run_id)
+    return client.create_model_version(name, source, run_id=run_id), True
