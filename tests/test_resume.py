@@ -181,3 +181,22 @@ def test_a_sweep_s_driver_counts_as_running_while_a_sweeplab_process_of_its_numb
         live.kill(), other.kill()
     live.wait()
     assert outcome(live.pid).driver_alive() is False and outcome(live.pid).interrupted
+
+
+def test_a_sweep_file_moved_since_it_ran_still_finds_its_sweeps_by_the_path_it_ran_from(tmp_path):
+    """`status ./mine.yaml` or `sweep ./mine.yaml --resume` after the file moved: the study recorded the path."""
+    import optuna
+
+    from sweeplab.errors import UserError
+    from sweeplab.sweep.results import find_sweep
+    from sweeplab.tracking.study_store import open_storage
+
+    storage = str(tmp_path / "optuna.journal")
+    gone = tmp_path / "mine.yaml"
+    study = optuna.create_study(study_name="mine-1", storage=open_storage(storage))
+    for key, value in {"sweep_id": "mine-1", "name": "mine", "sweep_file": str(gone), "started": "1"}.items():
+        study.set_user_attr(key, value)
+    assert find_sweep(storage, str(gone))["sweep_id"] == "mine-1"  # before: "sweep file ... does not exist"
+    with pytest.raises(UserError, match=r"sweep file '.*other.yaml' does not exist, and no sweep in .* ran from .*: "
+                                        r"give the sweep's name or id \(mine\)"):
+        find_sweep(storage, str(tmp_path / "other.yaml"))
