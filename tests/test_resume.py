@@ -149,7 +149,8 @@ def test_resuming_a_sweep_whose_trial_crashed_leaves_the_crash_as_it_was(tmp_pat
 
     second = subprocess.run([*SWEEPLAB, "sweep", sweep_id, "--resume", f"output_dir={tmp_path}"], capture_output=True,
                             text=True, env=ENV, timeout=600)  # no fault this time: a rerun would complete
-    assert second.returncode == 1 and "1 error" in second.stdout, second.stdout[-3000:] + second.stderr[-3000:]
+    assert second.returncode == 2, second.stdout[-3000:] + second.stderr[-3000:]  # every configuration has ended
+    assert f"sweep {sweep_id} has ended (1 error): there is nothing to resume" in second.stderr, second.stderr
     assert "completed" not in second.stdout and "Traceback" not in second.stdout + second.stderr
     (trial,) = optuna.load_study(study_name=sweep_id, storage=journal_in(tmp_path)).trials
     assert trial.state.name == "FAIL" and trial.user_attrs["status"] == "error"

@@ -439,11 +439,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
         check_reachable(uri)  # a server that does not answer is named, not sent to the browser
         print(f"the tracking store is a server already: open {redact(uri)}")
         return 0
-    check_port_free(args.host, args.port)  # a host it cannot listen on, before any warning about it
     if not args.allowed_hosts and not _is_loopback(args.host):
         print(f"sweeplab ui: warning: serving on {args.host} without --allowed-hosts: a page on any site can reach "
               "this server through a DNS name that points here (DNS rebinding); pass --allowed-hosts with the "
               "names people use to open it", file=sys.stderr, flush=True)
+    check_port_free(args.host, args.port)
     client = existing_client(uri)
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
     url = f"http://{args.host}:{args.port}"
