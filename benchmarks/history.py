@@ -117,6 +117,12 @@ def document(results: Path, size: str = "full") -> str:
             + table(results, size))
 
 
+def doc_for(results: Path, size: str) -> Path | None:
+    """The document whose table of targets a run of ``size`` into ``results`` rewrites: this repository's own full
+    runs rewrite DOC; a smoke run, or results elsewhere (a test's), none."""
+    return DOC if size == "full" and results.resolve() == RESULTS else None
+
+
 def write(results: Path, size: str = "full", doc: Path | None = None) -> Path:
     """history.md beside the results and, given ``doc``, its table of targets (``DOC`` for this repository's own
     results)."""
@@ -139,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no {args.size}-size results in {args.results}: run `make bench` (or --size smoke)")
     if args.write:
         try:
-            print(write(args.results, args.size, DOC if args.results.resolve() == RESULTS and args.size == "full"
-                        else None))
+            print(write(args.results, args.size, doc_for(args.results, args.size)))
         except ValueError as err:
             parser.error(str(err))
     else:

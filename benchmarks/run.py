@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown benchmark {unknown[0]}; known: {', '.join(BENCHMARKS)}")
     size = "smoke" if args.smoke or args.tiny else "full"
     results_dir = Path(args.results)
-    doc = history.DOC if size == "full" and results_dir.resolve() == history.RESULTS else None  # the repo's own
+    doc = history.doc_for(results_dir, size)
     if doc is not None:
         try:
             history.check_markers(doc)  # where the run will write its table of targets, before minutes of running

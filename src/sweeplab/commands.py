@@ -212,11 +212,9 @@ def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool, planne
     outcome = launch_sweep(ref, overrides, resume=resume, quiet=quiet, planned=planned,
                            on_outcome=lambda outcome: print(f"\n{format_summary(outcome)}", flush=True))
     if outcome.unfinished:
-        from sweeplab.sweep.launch import resume_command
         from sweeplab.sweep.stop import interrupted_exit_code
 
-        print(f"\nsweep {outcome.sweep_id} was interrupted; continue it with:\n"
-              f"  {resume_command(outcome.sweep_id, overrides)}", flush=True)
+        print(f"\n{_continue_with(outcome.sweep_id, overrides)}", flush=True)
         return interrupted_exit_code()
     if not outcome.completed():  # nothing to rank: a sweep that produced no result has failed
         from sweeplab.sweep.launch import located_command
@@ -246,34 +244,43 @@ def _storage(overrides) -> str:
     return optuna_storage_url(compose(overrides))
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _continue_with(sweep_id: str, overrides, cfg: DictConfig | None = None) -> str:
     from sweeplab.sweep.launch import resume_command
+
+    return f"sweep {sweep_id} was interrupted; continue it with:\n  {resume_command(sweep_id, overrides, cfg)}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweeplab.compose import compose
+    from sweeplab.sweep.launch import resume_command
+    from sweeplab.sweep.plan import optuna_storage_url
     from sweeplab.sweep.results import find_sweep, list_sweeps, load_outcome
     from sweeplab.sweep.summary import format_summary, format_table
 
-    storage = _storage(args.overrides)
+    cfg = compose(args.overrides)
+    storage = optuna_storage_url(cfg)
     if args.sweep:
         outcome = load_outcome(storage, find_sweep(storage, args.sweep)["sweep_id"])
         print(format_summary(outcome))
         if outcome.interrupted:
-            print(f"\nsweep {outcome.sweep_id} was interrupted; continue it with:\n"
-                  f"  {resume_command(outcome.sweep_id, args.overrides)}")
+            print(f"\n{_continue_with(outcome.sweep_id, args.overrides, cfg)}")
         return 0
     rows, interrupted = [], []
     for record in list_sweeps(storage):
         outcome = load_outcome(storage, record["sweep_id"])
         best, metric = outcome.best(), outcome.objectives[0][0]
-        if outcome.interrupted:
+        stopped = outcome.interrupted
+        if stopped:
             interrupted.append(outcome.sweep_id)
-        rows.append([record["sweep_id"], record["started"],
-                     outcome.counts_text() + (" (interrupted)" if outcome.interrupted else ""),
+        trials = outcome.counts_text() + (" (interrupted)" if stopped else "")
+        rows.append([record["sweep_id"], record["started"], trials,
                      f"{ranked_label(metric)} {format_metric(metric, best.value())}" if best else "-"])
     if not rows:
         print(f"no sweeps in {redact(storage)} yet: run '{program()} sweep default'")
         return 0
     print(format_table(["sweep", "started", "trials", "best"], rows))
     for sweep_id in interrupted:  # running trials of a driver that is gone: --resume continues them
-        print(f"continue {sweep_id} with: {resume_command(sweep_id, args.overrides)}")
+        print(f"continue {sweep_id} with: {resume_command(sweep_id, args.overrides, cfg)}")
     return 0
 
 

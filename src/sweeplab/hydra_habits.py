@@ -5,7 +5,6 @@ sweeplab composes with Hydra's compose API, so these are done here rather than b
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,11 +19,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.compose import RUN_DIR_KEY, conf_dir, group_options, is_config_group, to_yaml
-from sweeplab.config import schema
+from sweeplab.config.schema import SHARED_KEYS
 from sweeplab.errors import UserError
-
-# the config's top-level keys that every run of a sweep shares (tracking, cluster, sweep, output_dir)
-SHARED_KEYS = frozenset(f.name for f in dataclasses.fields(schema.Config)) - set(schema.TRIAL_GROUPS)
 
 
 def parse(overrides: Sequence[str]) -> list[Override]:

@@ -8,7 +8,7 @@ Each ``check()`` holds the ranges of its own fields. Model schemas live beside t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import MISSING, DictConfig
@@ -247,3 +247,12 @@ class Config:
     tracking: TrackingConfig = MISSING
     cluster: ClusterConfig = MISSING
     output_dir: str = "outputs"  # run folders, the local MLflow store and the local Optuna study live here
+
+
+# The config's top-level keys that all of a sweep's trials share (tracking, cluster, sweep, output_dir)
+SHARED_KEYS = frozenset(f.name for f in fields(Config)) - set(TRIAL_GROUPS)
+
+
+def shared_key(path: str) -> bool:
+    """Whether a config path (``tracking.uri``, ``output_dir``) is one for the whole sweep, not a trial's own."""
+    return path.split(".", 1)[0] in SHARED_KEYS

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -52,21 +52,24 @@ RAY_ENV = {
 # trial, and why it ended), the resume hint after an interruption (sweeplab prints its own command), and, after an
 # interruption or on --resume, the warning that trials which had reported nothing yet have no result files (sweeplab
 # reads every result from Optuna)
-TUNES_OWN_LINES = {"ray.tune.tune": ("Trials did not complete", "Experiment has been interrupted"),
-                   "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics for",)}
-
-
-# Tune's line as a sweep's Ctrl+C reaches it, said as sweeplab says it (its "Press CTRL+C ... to skip" would lose
-# the state that --resume continues from)
-STOPPING = ("Stop signal received", "sweeplab sweep: stopping: saving the sweep's state for --resume (a second "
-            "Ctrl+C skips that save: --resume then continues from the state saved before it)")
+# Tune's own lines that sweeplab says its own way (a line of its own, or None: the summary says it)
+TUNES_OWN_LINES: dict[str, dict[str, str | None]] = {
+    "ray.tune.tune": {
+        "Trials did not complete": None, "Experiment has been interrupted": None,
+        # as a sweep's Ctrl+C reaches Tune: its "Press CTRL+C ... to skip" would lose the state --resume continues from
+        "Stop signal received": "sweeplab sweep: stopping: saving the sweep's state for --resume (a second Ctrl+C "
+                                "skips that save: --resume then continues from the state saved before it)"},
+    "ray.tune.analysis.experiment_analysis": {"Failed to fetch metrics for": None},
+}
 
 
 def _not_tunes_own(record: logging.LogRecord) -> bool:
-    if record.name == "ray.tune.tune" and str(record.msg).startswith(STOPPING[0]):
-        print(STOPPING[1], file=sys.stderr, flush=True)
-        return False
-    return not str(record.msg).startswith(TUNES_OWN_LINES.get(record.name, ()))
+    for prefix, ours in TUNES_OWN_LINES.get(record.name, {}).items():
+        if str(record.msg).startswith(prefix):
+            if ours is not None:
+                print(ours, file=sys.stderr, flush=True)
+            return False
+    return True
 
 
 def ray_environment(cfg: DictConfig) -> str | None:
@@ -204,10 +207,25 @@ def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
         "max_epochs": int(plan.cfg.train.epochs),
         "num_configs": plan.num_configs,
         "ray_path": ray_path,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),  # with host: whether an unfinished sweep's driver still runs (SweepOutcome.driver_alive)
+        **_driver(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _driver() -> dict[str, Any]:
+    """This process as the sweep's driver, by which an unfinished sweep's is found running or gone
+    (``SweepOutcome.driver_alive``)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _set_study_attrs(plan: SweepPlan, sweep_id: str, attrs: dict[str, Any]) -> None:
+    import optuna
+
+    from sweeplab.tracking.study_store import open_storage
+
+    study = optuna.load_study(study_name=sweep_id, storage=open_storage(plan.optuna_storage))
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
 
 
 def trial_spec(plan: SweepPlan) -> TrialSpec:
@@ -336,7 +354,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
     if resume:
         tuner = _restored_tuner(experiment_path(root, sweep_id), spec, plan, callbacks)
-        _record_driver(plan, sweep_id)
+        _set_study_attrs(plan, sweep_id, _driver())  # the resuming process drives the sweep now
     else:
         tuner = _new_tuner(plan, sweep_id, spec, root, callbacks)
     sc = plan.cfg.sweep
@@ -374,17 +392,18 @@ def _shutting_down(started_ray: bool) -> Iterator[None]:
             stopper.join()
 
 
-def resume_command(sweep_id: str, overrides: Sequence[str]) -> str:
+def resume_command(sweep_id: str, overrides: Sequence[str], cfg: DictConfig | None = None) -> str:
     """The command that continues an interrupted sweep: its id and the overrides that locate its stores
     (the output_dir, the cluster settings, the tracking URI, each absolute; secrets redacted, for its user to
     retype); the rest is recorded with the sweep."""
-    return located_command("sweep", sweep_id, overrides, "--resume")
+    return located_command("sweep", sweep_id, overrides, "--resume", cfg=cfg)
 
 
-def located_command(command: str, sweep_id: str, overrides: Sequence[str], *flags: str) -> str:
+def located_command(command: str, sweep_id: str, overrides: Sequence[str], *flags: str,
+                    cfg: DictConfig | None = None) -> str:
     """``sweeplab COMMAND SWEEP_ID [FLAGS]`` with the overrides that locate the sweep's stores, runnable as printed
-    from any folder."""
-    cfg = compose(overrides)
+    from any folder (``cfg``: ``overrides`` composed, where the caller has it)."""
+    cfg = compose(overrides) if cfg is None else cfg
     locating = [o for o in _located(overrides, cfg) if (key := override_key(o)) == "cluster"
                 or key.startswith("cluster.") or key in LOCATION_KEYS - {"output_dir"}]  # output_dir: below, always
     output_dir = to_override("output_dir", absolute_location(cfg.output_dir))
@@ -406,15 +425,7 @@ def _check_resumable(plan: SweepPlan, sweep_id: str, overrides: Sequence[str]) -
                         f"results: {located_command('status', sweep_id, overrides)}")
 
 
-def _record_driver(plan: SweepPlan, sweep_id: str) -> None:
-    """The resuming process is the sweep's driver now (``SweepOutcome.driver_alive``)."""
-    import optuna
 
-    from sweeplab.tracking.study_store import open_storage
-
-    study = optuna.load_study(study_name=sweep_id, storage=open_storage(plan.optuna_storage))
-    study.set_user_attr("host", socket.gethostname())
-    study.set_user_attr("pid", os.getpid())
 
 
 def sync_command(sweep_id: str, overrides: Sequence[str], cfg: DictConfig) -> str:
@@ -439,13 +450,8 @@ def _note_time_budget(plan: SweepPlan, outcome: SweepOutcome, elapsed: float) ->
     budget = plan.cfg.sweep.time_budget_s
     if budget is None or elapsed < budget or not outcome.unfinished:
         return
-    import optuna
-
-    from sweeplab.tracking.study_store import open_storage
-
     ended_by = f"sweep.time_budget_s={budget:g} (after {elapsed:.0f} s)"
-    optuna.load_study(study_name=outcome.sweep_id, storage=open_storage(plan.optuna_storage)).set_user_attr(
-        "ended_by", ended_by)
+    _set_study_attrs(plan, outcome.sweep_id, {"ended_by": ended_by})
     outcome.record["ended_by"] = ended_by
 
 

@@ -71,6 +71,7 @@ def _refuse_hydra_keys(overrides: Sequence[str]) -> None:
 def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
     """Write the grid sweep file for a multirun command line: (its path, the overrides every trial shares, the
     outermost folder made for it). ``planned_multirun`` also plans and checks it."""
+    from sweeplab.sweep.plan import cuda_among
     from sweeplab.tracking.store import check_writable
 
     _refuse_hydra_keys(overrides)
@@ -99,8 +100,7 @@ def multirun_sweep(overrides: Sequence[str]) -> tuple[Path, list[str], Path]:
     space = {key: {"type": "categorical", "choices": choices} for key, choices in values.items()}
     sweep = {"name": NAME, "sampler": "grid", "seeds": list(seeds or [int(cfg.train.seed)]),
              "scheduler": {"kind": "none"}, "space": space}
-    devices = [str(d) for d in (*values.get("train.device", ()), cfg.train.device)]
-    if not cfg.sweep.resources.gpu and any(d.startswith("cuda") for d in devices):
+    if not cfg.sweep.resources.gpu and cuda_among(values.get("train.device"), cfg.train.device):
         sweep["resources"] = {"gpu": 1}  # a run told to train on cuda gets a GPU of its own, as `sweeplab train`
     runs = Path(cfg.output_dir) / NAME
     check_writable(Path(cfg.output_dir), "output_dir")  # what `sweeplab train` and `sweeplab sweep` say

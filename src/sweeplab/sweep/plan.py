@@ -164,9 +164,13 @@ class CudaAsked:
 def cuda_asked(cfg: DictConfig) -> CudaAsked | None:
     """The cuda device some trial of the sweep may be told to train on, or None."""
     spec = cfg.sweep.space.get("train.device") if cfg.sweep.space else None
-    choices = spec.get("choices") if isinstance(spec, DictConfig) else None
+    return cuda_among(spec.get("choices") if isinstance(spec, DictConfig) else None, cfg.train.device)
+
+
+def cuda_among(choices: Sequence[Any] | None, device: Any) -> CudaAsked | None:
+    """The cuda device among a space's choices of train.device, else train.device itself (None: neither is cuda)."""
     searched = [str(choice) for choice in choices or []]
-    cuda = next((device for device in searched or [str(cfg.train.device)] if device.startswith("cuda")), None)
+    cuda = next((d for d in searched or [str(device)] if d.startswith("cuda")), None)
     return None if cuda is None else CudaAsked(cuda, bool(searched))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sweeplab.compose import compose_with_choices, flatten
-from sweeplab.config.schema import TRIAL_GROUPS
+from sweeplab.config.schema import TRIAL_GROUPS, shared_key
 from sweeplab.program import command_line
 from sweeplab.sweep.outcome import SweepOutcome, TrialRow
 from sweeplab.sweep.space import overrides_for, to_override
@@ -32,6 +32,5 @@ def best_command(outcome: SweepOutcome, trial: TrialRow, seed: int | None = None
     _, defaults = compose_with_choices([])
     groups = [to_override(g, choices[g]) for g in TRIAL_GROUPS if choices.get(g) != defaults.get(g)]
     base = flatten(compose_with_choices(groups)[0])
-    skip = ("sweep.", "tracking.", "cluster.", "output_dir")
-    diffs = [to_override(k, v) for k, v in flatten(cfg).items() if not k.startswith(skip) and base.get(k) != v]
+    diffs = [to_override(k, v) for k, v in flatten(cfg).items() if not shared_key(k) and base.get(k) != v]
     return command_line("train", *groups, *diffs)

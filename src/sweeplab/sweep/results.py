@@ -35,25 +35,23 @@ def _studies(storage: str) -> list[optuna.study.StudySummary]:
 
 def find_sweep(storage: str, ref: str) -> dict[str, Any]:
     """The record of a sweep id, or of the latest sweep with that name; a sweep file given by path or .yaml name
-    stands for the sweeps run from it, else (moved since) for those of its sweep.name."""
+    stands for the sweeps run from it, else (a file moved here) for those of its sweep.name; a path whose file is
+    gone (moved or deleted since), for the sweeps run from it."""
     from sweeplab.compose import names_a_file
 
     summaries = [s for s in _studies(storage) if "sweep_id" in s.user_attrs]
-    if names_a_file(ref) and not Path(ref).is_file():  # moved or deleted since: the path it ran from finds it
-        gone = str(Path(ref).resolve())
-        ran = sorted([s for s in summaries if s.user_attrs.get("sweep_file") == gone],
-                     key=lambda s: s.user_attrs.get("started", ""))
-        if ran:
-            return dict(ran[-1].user_attrs)
-        names = ", ".join(sorted({str(s.user_attrs["name"]) for s in summaries if "name" in s.user_attrs}))
-        raise UserError(f"sweep file {ref!r} does not exist, and no sweep in {redact(storage)} ran from {gone}: give "
-                        f"the sweep's name or id{f' ({names})' if names else ''}")
-    name, path = file_sweep(ref) or (ref, None)
+    gone = names_a_file(ref) and not Path(ref).is_file()  # moved or deleted since: the path it ran from finds it
+    name, path = (None, str(Path(ref).resolve())) if gone else file_sweep(ref) or (ref, None)
     found = [s for s in summaries if s.study_name == ref] or sorted(
         [s for s in summaries if path is not None and s.user_attrs.get("sweep_file") == path]
-        or [s for s in summaries if s.user_attrs.get("name") == name], key=lambda s: s.user_attrs.get("started", ""))
+        or [s for s in summaries if name is not None and s.user_attrs.get("name") == name],
+        key=lambda s: s.user_attrs.get("started", ""))
     if not found:
         known = sorted({str(s.user_attrs["name"]) for s in summaries if "name" in s.user_attrs})
+        if gone:
+            names = f" ({', '.join(known)})" if known else ""
+            raise UserError(f"sweep file {ref!r} does not exist, and no sweep in {redact(storage)} ran from {path}: "
+                            f"give the sweep's name or id{names}")
         hint = (f"Sweeps in this storage: {', '.join(known)}." if known
                 else f"It holds no sweep yet: run '{program()} sweep <name>' first.")
         of_file = f" (the sweep.name of {ref})" if name != ref else ""

@@ -13,7 +13,7 @@ import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeplab.compose import flatten
-from sweeplab.config.schema import TRIAL_GROUPS
+from sweeplab.config.schema import SHARED_KEYS, TRIAL_GROUPS
 from sweeplab.errors import ConfigError, did_you_mean
 from sweeplab.structured import plain
 
@@ -176,7 +176,7 @@ def parse_space(
         if key in NOT_SEARCHED:
             raise ConfigError(f"{where}: {NOT_SEARCHED[key]}")
         top = key.split(".")[0]
-        if top not in TRIAL_GROUPS and top in base:  # tracking, cluster, sweep, output_dir: one for the sweep
+        if top in SHARED_KEYS:  # tracking, cluster, sweep, output_dir: one for the sweep
             raise ConfigError(f"{where}: {top} is shared by all of a sweep's trials, so it cannot be searched; a "
                               f"space searches keys under {', '.join(TRIAL_GROUPS)} (e.g. optimizer.lr) or picks one "
                               "of their options (e.g. model: {type: categorical, choices: [mlp, lenet]})")

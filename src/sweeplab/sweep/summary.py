@@ -36,7 +36,7 @@ REASON_WIDTH = 120  # a reason's first line in the table: its remedy, at its end
 
 
 def _shortened(reason: str) -> str:
-    line = reason.splitlines()[0] if reason.strip() else reason
+    line = reason.partition("\n")[0]
     return line if len(line) <= REASON_WIDTH else line[:REASON_WIDTH - 1].rstrip() + "…"
 
 

@@ -131,9 +131,9 @@ def register(client: MlflowClient, run_id: str, name: str) -> tuple[Any, bool]:
             raise UserError(f"--register {name!r}: {err.message}") from None
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    registered = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if registered:
-        return min(registered, key=lambda v: int(v.version)), False
+        registered = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if registered:
+            return min(registered, key=lambda v: int(v.version)), False
     if not has_model(client, run_id):
         log_model(client, run_id)
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_PATH}"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeplab.compose import flatten, project_root
+from sweeplab.config.schema import shared_key
 from sweeplab.metrics import FINAL_ONLY_KEYS, METRIC_KEYS, SYSTEM_PREFIX, TrialStatus
 
 if TYPE_CHECKING:
@@ -31,8 +32,7 @@ def config_params(cfg: DictConfig) -> list[Param]:
     """Leaf values of the resolved config, so runs compare column by column in the UI."""
     from mlflow.entities import Param
 
-    skip = ("sweep.", "tracking.", "cluster.", "output_dir", "data.root")
-    return [Param(k, param_value(v)) for k, v in flatten(cfg).items() if not k.startswith(skip)]
+    return [Param(k, param_value(v)) for k, v in flatten(cfg).items() if not shared_key(k) and k != "data.root"]
 
 
 def epoch_metrics(result: dict[str, float]) -> list[Metric]:
