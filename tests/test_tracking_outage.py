@@ -141,6 +141,11 @@ def test_a_server_down_past_the_sweep_end_gets_every_call_from_sweeplab_sync(ser
 
     server.start()
     sync = [sys.executable, "-m", "sweeplab.cli", *command[len(prog):]]
+    # the best trial's run is among the calls the outage kept: registering it says to send them first
+    register = [sys.executable, "-m", "sweeplab.cli", "best", *command[len(prog) + 1:], "--register", "outage-best"]
+    refused = subprocess.run(register, cwd=out.parent, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "calls to it are still waiting: send them with '" in refused.stderr \
+        and f"sync {_sweep_id(stdout)}" in refused.stderr and refused.stdout == "", refused.stdout + refused.stderr
     done = subprocess.run(sync, cwd=out.parent, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "sent" in done.stdout, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
