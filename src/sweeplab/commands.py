@@ -326,12 +326,12 @@ def _register_best(args: argparse.Namespace, sweep_id: str, storage: str) -> Non
     parent = find_parent_run(client, sweep_id, cfg.tracking.experiment)
     found = best_trial_runs(client, parent.info.run_id, storage, sweep_id)
     if not found:
-        from sweeplab.sweep.launch import located_command
+        from sweeplab.sweep.launch import sync_command
         from sweeplab.tracking.journal import Journal, journal_path
 
         missed = Journal(journal_path(cfg.output_dir, sweep_id)).pending()  # what an outage of the store kept
         why = (f"{len(missed)} of the sweep's calls to it are still waiting: send them with "
-               f"'{located_command('sync', sweep_id, args.overrides, cfg=cfg)}', then register" if missed
+               f"'{sync_command(sweep_id, args.overrides, cfg)}', then register" if missed
                else "was the sweep run with tracking=none?")
         raise UserError(f"the best trial of {sweep_id} has no completed run in the MLflow store {client.tracking_uri} "
                         f"({why})")
