@@ -266,6 +266,28 @@ def test_channels_last_batches_hold_the_same_images_laid_out_channel_innermost(c
             assert torch.equal(a, x) and torch.equal(b, y)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_splits_too_large_to_prepare_at_once_give_the_same_batches_prepared_one_by_one(cifar_bundle, monkeypatch,
+                                                                                         layout):
+    """Splits whose float32 copies fit PREPARED_ONCE_BYTES are held prepared (no per-batch passes each epoch); larger
+    ones stay uint8, 4x smaller, and each batch is prepared as it is taken: the same values either way."""
+    from sweeplab.data import batches as module
+
+    once = BatchSource(cifar_bundle, torch.device("cpu"), memory_format=layout)
+    monkeypatch.setattr(module, "PREPARED_ONCE_BYTES", once.splits["train"].images.numel() * 4 - 1)
+    by_batch = BatchSource(cifar_bundle, torch.device("cpu"), memory_format=layout)
+    assert once.splits["train"].images.dtype == torch.float32 and by_batch.splits["train"].images.dtype == torch.uint8
+    for split, generator in (("train", lambda: torch.Generator().manual_seed(5)), ("val", lambda: None)):
+        for augment in ((False, True) if split == "train" else (False,)):
+            want = list(once.batches(split, 16, generator(), augment=augment))
+            got = list(by_batch.batches(split, 16, generator(), augment=augment))
+            assert len(want) == len(got) > 1
+            for (x, y), (a, b) in zip(want, got, strict=True):
+                assert torch.equal(a, x) and torch.equal(b, y) and a.stride() == x.stride(), (split, augment)
+    idx = torch.tensor([[3, 1], [0, 2]])  # a fused pack takes each member's batch at once
+    assert torch.equal(once.take("train", idx), by_batch.take("train", idx))
+
+
 def test_augment_keeps_shapes_and_only_crops_and_flips(cifar_bundle):
     source = BatchSource(cifar_bundle, torch.device("cpu"))
     plain = list(source.batches("train", 16, torch.Generator().manual_seed(3)))

@@ -274,7 +274,7 @@ def train_fused(
         seen = 0
         for start in training_starts(n, train_cfg.batch_size):
             idx = orders[:, start : start + train_cfg.batch_size]
-            x = source.prepare(train_split.images[idx])
+            x = source.take("train", idx)
             if data_cfg.augment:
                 x = torch.stack([random_crop_flip(x[i], m.generator) for i, m in enumerate(pack.members)])
             run_step(x, train_split.labels[idx])

@@ -17,8 +17,16 @@ def training_starts(n: int, batch_size: int) -> range:
     return range(0, n - 1 if n > 1 and n % batch_size == 1 else n, batch_size)
 
 
+# A run's splits are scaled and normalised once, as float32, where their float copies together take at most this:
+# prepared batch by batch instead, the same four elementwise passes ran again every epoch (a LeNet epoch took
+# 1.02-1.04x that of the loop that prepares its images once, B1; docs/performance.md). Larger splits (CIFAR-10's
+# 60,000 images are 0.74 GB as float32, 4x their bytes) stay uint8 and are prepared batch by batch.
+PREPARED_ONCE_BYTES = 256 * 2**20
+
+
 class BatchSource:
-    """Normalises uint8 images on the fly; optional random crop + flip for training. Batches come in
+    """Batches of prepared images (scaled to [0, 1], normalised), prepared once where they fit
+    (``PREPARED_ONCE_BYTES``), batch by batch otherwise; optional random crop + flip for training. Batches come in
     ``memory_format`` (the images held in it once; a crop and flip's output is laid out again)."""
 
     def __init__(self, bundle: DatasetBundle, device: torch.device, normalize: bool = True,
@@ -29,14 +37,22 @@ class BatchSource:
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(bundle.mean if normalize else [0.0] * len(bundle.mean), device=device).view(shape)
         self.std = torch.tensor(bundle.std if normalize else [1.0] * len(bundle.std), device=device).view(shape)
-        self.splits = {
-            name: Split(s.images.to(device, memory_format=memory_format), s.labels.to(device))
-            for name, s in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
-            if s is not None
-        }
+        splits = [(name, s) for name, s in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
+                  if s is not None]
+        self.prepared_once = sum(s.images.numel() for _, s in splits) * 4 <= PREPARED_ONCE_BYTES
+        self.splits = {name: Split(self._held(s.images), s.labels.to(device)) for name, s in splits}
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() * self.scale - self.mean) / self.std
+    def _held(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, memory_format=self.memory_format)
+        return self._prepare(images) if self.prepared_once else images
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() * self.scale - self.mean) / self.std  # elementwise: the same values either way
+
+    def take(self, split: str, idx: torch.Tensor | slice) -> torch.Tensor:
+        """The prepared images of ``split`` at ``idx`` (positions, or a tensor of them of any shape)."""
+        images = self.splits[split].images[idx]
+        return images if self.prepared_once else self._prepare(images)
 
     def batches(
         self, split: str, batch_size: int, generator: torch.Generator | None = None, augment: bool = False
@@ -47,7 +63,7 @@ class BatchSource:
         order = torch.randperm(n, generator=generator).to(self.device) if generator is not None else None
         for start in training_starts(n, batch_size) if order is not None else range(0, n, batch_size):
             idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-            x = self.prepare(data.images[idx])
+            x = self.take(split, idx)
             if augment:
                 x = random_crop_flip(x, generator).contiguous(memory_format=self.memory_format)
             yield x, data.labels[idx]
