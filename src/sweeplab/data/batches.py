@@ -18,9 +18,8 @@ def training_starts(n: int, batch_size: int) -> range:
 
 
 # A run's splits are scaled and normalised once, as float32, where their float copies together take at most this:
-# prepared batch by batch instead, the same four elementwise passes ran again every epoch (a LeNet epoch took
-# 1.02-1.04x that of the loop that prepares its images once, B1; docs/performance.md). Larger splits (CIFAR-10's
-# 60,000 images are 0.74 GB as float32, 4x their bytes) stay uint8 and are prepared batch by batch.
+# prepared batch by batch, the same elementwise passes ran again every epoch (B1's own overhead; docs/performance.md,
+# "What keeps orchestration cheap"). Larger splits (CIFAR-10's, 0.74 GB as float32) stay uint8, a quarter of that.
 PREPARED_ONCE_BYTES = 256 * 2**20
 
 
@@ -47,7 +46,10 @@ class BatchSource:
         return self._prepare(images) if self.prepared_once else images
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() * self.scale - self.mean) / self.std  # elementwise: the same values either way
+        """Scaled and normalised, elementwise (the same values whole or batch by batch), in a float copy changed in
+        place: a whole split's preparation holds one float copy at a time."""
+        prepared = images.to(torch.float32, copy=True)
+        return prepared.mul_(self.scale).sub_(self.mean).div_(self.std)
 
     def take(self, split: str, idx: torch.Tensor | slice) -> torch.Tensor:
         """The prepared images of ``split`` at ``idx`` (positions, or a tensor of them of any shape)."""
