@@ -106,6 +106,12 @@ def test_gpu_workers_join_the_head_and_reserve_gpus():
     assert "--head" in SERVICES["ray-head"]["command"]
 
 
+def test_the_long_running_services_restart_and_the_driver_runs_once():
+    for name in ("postgres", "mlflow", "ray-head", "ray-worker"):
+        assert SERVICES[name]["restart"] == "unless-stopped", name
+    assert "restart" not in SERVICES["sweeplab"]  # `docker compose run --rm`: a sweep that ends is done
+
+
 def test_every_ray_node_and_the_driver_share_the_checkpoint_volume():
     for name in ("ray-head", "ray-worker", "sweeplab", "mlflow"):
         assert "shared:/shared" in SERVICES[name]["volumes"], name
