@@ -2,6 +2,8 @@
 `sweeplab sync` sends it."""
 from __future__ import annotations
 
+import pytest
+
 from sweeplab.tracking.journal import Journal, journal_path
 
 
@@ -40,3 +42,36 @@ def test_sync_of_a_sweep_that_never_ran_here_says_so_in_one_line(tmp_path):
     assert done.stderr.startswith("sweeplab sync: error: no sweep has run here yet"), done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()  # a mistyped output_dir gets no stores and no journal
+
+
+def test_a_trial_end_cut_short_by_the_store_leaves_its_run_running_until_sent_again(tmp_path):
+    """The store going down between a trial's files leaves the run as it was, not completed without its files
+    (`sweeplab best --register` makes the best run's model from them); the call sent again ends it whole."""
+    from mlflow import MlflowClient
+
+    from sweeplab.sweep.tracker_calls import end_trial_run
+    from sweeplab.tracking.store import client_for
+
+    class GoesDown(MlflowClient):
+        def log_artifact(self, run_id, local_path, artifact_path=None):
+            raise ConnectionError("the MLflow store went down")
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    run_id = client.create_run(client.create_experiment("outage"), tags={"sweeplab.status": "running"}).info.run_id
+    files = tmp_path / "checkpoint"
+    files.mkdir()
+    for name in ("config.yaml", "model_summary.txt", "weights.pt", "confusion_matrix.json"):
+        (files / name).write_text(name)
+    checkpoint = {"path": str(files), "fs": "local"}
+
+    with pytest.raises(ConnectionError):
+        end_trial_run(GoesDown(uri), run_id, "completed", "", 0, checkpoint)
+    cut = client.get_run(run_id)
+    assert (cut.data.tags["sweeplab.status"], cut.info.status) == ("running", "RUNNING")
+
+    end_trial_run(client, run_id, "completed", "", 0, checkpoint)
+    ended = client.get_run(run_id)
+    assert (ended.data.tags["sweeplab.status"], ended.info.status) == ("completed", "FINISHED")
+    assert {f.path for f in client.list_artifacts(run_id)} == {"config.yaml", "model_summary.txt", "weights.pt",
+                                                              "confusion_matrix.json"}

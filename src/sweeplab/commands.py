@@ -316,25 +316,25 @@ def cmd_best(args: argparse.Namespace) -> int:
 def _register_best(args: argparse.Namespace, sweep_id: str, storage: str) -> None:
     """Register the best trial's MLflow Model (logging it first if the sweep did not) as ``args.register``."""
     from sweeplab.compose import compose
+    from sweeplab.sweep.launch import sync_command
     from sweeplab.sweep.results import best_trial_runs
+    from sweeplab.tracking.journal import Journal, journal_path
     from sweeplab.tracking.models import register
     from sweeplab.tracking.report import find_parent_run
     from sweeplab.tracking.store import existing_client, tracking_uri
 
     cfg = compose(args.overrides)
     client = existing_client(tracking_uri(cfg))
+    missed = Journal(journal_path(cfg.output_dir, sweep_id)).pending()  # what an outage of the store kept
+    if missed:  # the best trial's run may lack its files, or its end
+        raise UserError(f"the MLflow store {client.tracking_uri} misses part of {sweep_id}: {len(missed)} of the "
+                        f"sweep's calls to it are still waiting: send them with "
+                        f"'{sync_command(sweep_id, args.overrides, cfg)}', then register")
     parent = find_parent_run(client, sweep_id, cfg.tracking.experiment)
     found = best_trial_runs(client, parent.info.run_id, storage, sweep_id)
     if not found:
-        from sweeplab.sweep.launch import sync_command
-        from sweeplab.tracking.journal import Journal, journal_path
-
-        missed = Journal(journal_path(cfg.output_dir, sweep_id)).pending()  # what an outage of the store kept
-        why = (f"{len(missed)} of the sweep's calls to it are still waiting: send them with "
-               f"'{sync_command(sweep_id, args.overrides, cfg)}', then register" if missed
-               else "was the sweep run with tracking=none?")
         raise UserError(f"the best trial of {sweep_id} has no completed run in the MLflow store {client.tracking_uri} "
-                        f"({why})")
+                        f"(was the sweep run with tracking=none?)")
     version, new = register(client, found[0].info.run_id, args.register)
     done = "registered" if new else "already registered as"
     print(f"{done} model {version.name} version {version.version}: models:/{version.name}/{version.version} "

@@ -68,17 +68,18 @@ def trial_run(client: MlflowClient, experiment_id: str, run_id: str | None, name
 
 def end_trial_run(client: MlflowClient, run_id: str, status: str, reason: str, restarts: int,
                   checkpoint: dict[str, str] | None) -> None:
-    """A trial's end: its status tags, the files of its last checkpoint (``{"path", "fs"}``: its place in Ray's
-    storage), and the run's final state."""
+    """A trial's end: the files of its last checkpoint (``{"path", "fs"}``: its place in Ray's storage), then its
+    status tags and the run's final state: a run tagged completed has its files, which `sweeplab best --register`
+    makes its model from (a store that went down midway leaves it running, and the whole call is sent again)."""
     from mlflow.entities import RunTag
 
+    if checkpoint is not None:
+        with _checkpoint_folder(checkpoint) as folder:
+            log_run_files(client, run_id, folder)
     tags = [RunTag("sweeplab.status", status), RunTag("sweeplab.restarts", str(restarts))]
     if reason:
         tags.append(RunTag("sweeplab.failure_reason", reason[:5000]))
     client.log_batch(run_id, tags=tags)
-    if checkpoint is not None:
-        with _checkpoint_folder(checkpoint) as folder:
-            log_run_files(client, run_id, folder)
     failed = status in (TrialStatus.ERROR, TrialStatus.INVALID)  # as Optuna is told: the UI's status column agrees
     client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 

@@ -122,7 +122,8 @@ class TrainRun:
             self._unsent = []
 
     def finish(self, result: TrainResult, folder: Path) -> None:
-        """The trained run's end: FINISHED, tagged with its run folder (which exists only once training ended)."""
+        """The trained run's end: tagged with its run folder (which exists only once training ended), its files,
+        then completed and FINISHED, as a sweep's trial ends (``end_trial_run``)."""
         from mlflow.entities import RunTag
 
         from sweeplab.run_files import RUN_FILES, read_dataset
@@ -130,8 +131,7 @@ class TrainRun:
         from sweeplab.tracking.models import log_model
 
         self.client.log_batch(self.run_id, metrics=[*self._unsent, *final_metrics(result.metrics)],
-                              tags=[RunTag("sweeplab.status", TrialStatus.COMPLETED.value),
-                                    RunTag("sweeplab.run_folder", str(folder))])
+                              tags=[RunTag("sweeplab.run_folder", str(folder))])
         self._unsent = []
         self.client.log_inputs(self.run_id, datasets=dataset_inputs(read_dataset(folder / "dataset.json")))
         for name in RUN_FILES:
@@ -140,6 +140,7 @@ class TrainRun:
             figures(Path(tmp), result.history, result.confusion, result.class_names, folder.name)
             self.client.log_artifacts(self.run_id, tmp)
         log_model(self.client, self.run_id, folder)
+        self.client.set_tag(self.run_id, "sweeplab.status", TrialStatus.COMPLETED.value)
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, err: BaseException) -> None:
