@@ -36,6 +36,21 @@ def test_calls_run_in_the_client_process_and_return_what_mlflow_returns(client, 
         client.get_run("0" * 32)
 
 
+def test_closed_it_ends_at_once_with_its_store_whole(tmp_path):
+    """Closed, the process ends without the interpreter's teardown (``quick_exit``), but closes its SQLite
+    connections first: the store's write-ahead log is folded back into mlflow.db, which alone then holds every run."""
+    import sqlite3
+
+    process = ClientProcess(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = process.create_run(process.create_experiment("e")).info.run_id
+    assert (tmp_path / "mlflow.db-wal").stat().st_size > 0  # written through the log while the process runs
+    process.close()
+    assert process._process.exitcode == 0
+    assert not (tmp_path / "mlflow.db-wal").exists() or (tmp_path / "mlflow.db-wal").stat().st_size == 0
+    with sqlite3.connect(f"file:{tmp_path / 'mlflow.db'}?mode=ro", uri=True) as db:  # read-only: no log of its own
+        assert db.execute("select count(*) from runs where run_uuid = ?", (run,)).fetchone() == (1,)
+
+
 def pid_and_experiments(client, *, prefix: str) -> tuple[int, list[str]]:
     return os.getpid(), [e.name for e in client.search_experiments() if e.name.startswith(prefix)]
 

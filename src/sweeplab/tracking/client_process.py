@@ -125,6 +125,15 @@ def _name(method: str | Callable[..., Any]) -> str:
 
 
 def _serve(conn: Any, uri: str, warm_up: WarmUp | None) -> None:
+    """The process's life: open the store, answer calls until the driver closes the pipe or ends, then a quick
+    exit, which the driver's ``close`` waits for (the interpreter's teardown took it 1.2 s)."""
+    from sweeplab.quick_exit import quick_exit
+
+    _answer_calls(conn, uri, warm_up)
+    quick_exit(0)
+
+
+def _answer_calls(conn: Any, uri: str, warm_up: WarmUp | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from sweeplab.tracking.store import client_for
 
