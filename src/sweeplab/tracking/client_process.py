@@ -32,9 +32,10 @@ _started: dict[str, ClientProcess] = {}
 def wanted(setting: bool | None, trials: int) -> bool:
     """Whether a sweep's tracker uses a client process (``tracking.client_process``; None: from
     PROCESS_FROM_TRIALS trials). The process costs a second import of MLflow (the driver still builds the tracker's
-    calls from MLflow's entities), ≈ 3 s of CPU on a 2-core machine that the trials keep busy: B3 (16 five-epoch
-    trials, tracking on / off) read 1.16 with it and 1.08 without. It saves ≈ 70 ms of the driver's CPU a trial:
-    B8's 1,024 one-epoch trials ran in 130 s instead of 150 s."""
+    calls from MLflow's entities), 1-3 s of CPU on a 2-core machine that the trials keep busy, and gains nothing on
+    few trials: B2's 16 five-epoch trials took 19.5-20.2 s with it, 19.4-20.6 s without (6 alternating runs each,
+    2026-12-03). It saves ≈ 70 ms of the driver's CPU a trial: B8's 1,024 one-epoch trials ran in 130 s instead of
+    150 s."""
     return trials >= PROCESS_FROM_TRIALS if setting is None else setting
 
 
