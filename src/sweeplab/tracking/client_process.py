@@ -126,8 +126,8 @@ def _name(method: str | Callable[..., Any]) -> str:
 
 
 def _serve(conn: Any, uri: str, warm_up: WarmUp | None) -> None:
-    """The process's life: open the store, answer calls until the driver closes the pipe or ends, then a quick
-    exit, which the driver's ``close`` waits for (the interpreter's teardown took it 1.2 s)."""
+    """The process's life: open the store, answer calls until the driver closes the pipe or ends, then the quick
+    exit the driver's ``close`` waits for, rather than the interpreter's teardown."""
     from sweeplab.quick_exit import quick_exit
 
     _answer_calls(conn, uri, warm_up)
