@@ -179,12 +179,13 @@ def value_shape(value: Any) -> str | None:
 
 
 def first_misfit(value: Any, typed_as: Any, default: Any, path: str) -> tuple[str, Any, Any, Any] | None:
-    """The first key under ``path`` whose ``value`` has another shape than its schema type: (key, type, default,
-    value); a list's item that does not fit names its list."""
+    """The first key under ``path`` whose ``value`` has another shape than its schema type, or is a single value
+    its number type does not take (``_number_fits``): (key, type, default, value); a list's item of another shape
+    names its list, an item its number type does not take names itself."""
     want, got = shape_of(typed_as, default), value_shape(value)
-    if want and got and want != got:
-        return path, typed_as, default, value
     bare = without_none(typed_as)
+    if want and got and (want != got or (got == "value" and not _number_fits(value, bare))):
+        return path, typed_as, default, value
     if got == "mapping" and is_schema(bare):
         fields = {f.name: f for f in dataclasses.fields(bare)}
         hints = hints_of(bare)
@@ -201,8 +202,23 @@ def first_misfit(value: Any, typed_as: Any, default: Any, path: str) -> tuple[st
         for index, item in enumerate(value):
             found = first_misfit(item, list_item_type(bare), MISSING, joined_key(path, index))
             if found is not None:
-                return (path, typed_as, default, value) if found[0] == joined_key(path, index) else found
+                number = value_shape(item) == "value" == shape_of(found[1], found[2])  # a value of the right shape
+                return (path, typed_as, default, value) if found[0] == joined_key(path, index) and not number else found
     return None
+
+
+def _number_fits(value: Any, bare: Any) -> bool:
+    """Whether OmegaConf takes ``value`` for an int or float key (a number, or a string that reads as one; never a
+    bool, nor a float for an int); keys of other types are left to OmegaConf."""
+    if bare not in (int, float):
+        return True
+    if isinstance(value, str):
+        try:
+            bare(value)
+        except ValueError:
+            return False
+        return True
+    return not isinstance(value, bool) and (isinstance(value, int) or (bare is float and isinstance(value, float)))
 
 
 def model_schema(model: Any) -> Any:
