@@ -2,6 +2,7 @@
 that name the key and the file."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -160,6 +161,18 @@ def test_a_key_of_the_wrong_shape_in_a_sweep_file_is_named_with_its_shape(line, 
     with pytest.raises(ConfigError) as err:
         compose([], path)
     assert message in str(err.value) and str(err.value).endswith(f"(in {path})"), str(err.value)
+
+
+@pytest.mark.parametrize("model, override", [("mlp", "model.hidden_sizes.5=3"), ("vgg", "model.stages.0.3=64")])
+def test_an_item_past_its_lists_end_says_the_list_to_set_and_that_list_composes(model, override):
+    with pytest.raises(ConfigError) as err:
+        compose([f"model={model}", override])
+    message = str(err.value)
+    assert re.fullmatch(rf"\S+ has \d items?, so no item \d \({re.escape(override)}\); to give it more, set the "
+                        r"whole list, e\.g\. \S+=\[.+\]", message), message
+    instead = message.rsplit("e.g. ", 1)[1]
+    composed = OmegaConf.select(compose([f"model={model}", instead]), instead.split("=", 1)[0])
+    assert OmegaConf.to_container(composed)[-1] == int(override.rsplit("=", 1)[1]), instead
 
 
 def test_numbers_omegaconf_reads_from_strings_are_not_taken_for_the_misfit(tmp_path):

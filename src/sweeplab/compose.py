@@ -12,7 +12,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from hydra import compose as hydra_compose
@@ -362,6 +362,9 @@ def _explain(err: Exception, sweep_file: Path | None, overrides: Sequence[str] =
     deleted = _undeletable(err, overrides, sweep_file, sweep_text)
     if deleted is not None:
         return deleted
+    past = _past_the_end(err, overrides, sweep_file, sweep_text)
+    if past is not None:
+        return past
     shape = _wrong_shape(err, sweep_file, sweep_text, overrides)
     if shape is not None:
         return shape
@@ -386,6 +389,29 @@ def _explain(err: Exception, sweep_file: Path | None, overrides: Sequence[str] =
     elif "not in" in msg:
         msg += f". Check the spelling; '{program()} models' and conf/ list the valid keys."
     return msg
+
+
+def _past_the_end(err: Exception, overrides: Sequence[str], sweep_file: Path | None,
+                  sweep_text: str | None) -> str | None:
+    """``model.hidden_sizes.5=3``: an item beyond its list's end (Hydra: "list index out of range"): how many items
+    the list has, and the whole list to set instead, the value appended."""
+    match = re.fullmatch(r"Error merging override ([^=]+)=(.*)", str(err))
+    if match is None or not str(err.__cause__).startswith("list index out of range"):
+        return None
+    given, override = match.group(1), match.group(0).removeprefix("Error merging override ")
+    where, _, index = given.lstrip("+").rpartition(".")
+    kept = [o for o in overrides if o.split("=", 1)[0] != given]
+    try:
+        items = OmegaConf.select(compose_with_choices(kept, sweep_file, sweep_text)[0], where)
+        value = OverridesParser.create().parse_override(override).value()
+    except (ConfigError, OmegaConfBaseException, HydraException):
+        return None
+    if not isinstance(items, ListConfig) or not index.isdigit():
+        return None
+    whole = [*cast(list, OmegaConf.to_container(items, resolve=True)), value]
+    counted = f"{len(items)} item{'' if len(items) == 1 else 's'}"
+    return (f"{where} has {counted}, so no item {index} ({redact(override)}); to give it more, set the whole list, "
+            f"e.g. {where}={override_value(whole)}")
 
 
 def _unknown_key(err: Exception) -> tuple[str, str, list[str]] | None:
