@@ -198,6 +198,16 @@ class SweepConfig:
             raise ConfigError(f"sweep.name={self.name!r} must hold only letters, digits, '_', '-' and '.' (it names "
                               "the sweep's folders, study and MLflow runs): set sweep.name in the file, or rename the "
                               "file, whose name is the default")
+        if self.num_trials < 1:
+            raise out_of_range("sweep.num_trials", self.num_trials, ">= 1")
+        if self.max_concurrent < 1:
+            raise out_of_range("sweep.max_concurrent", self.max_concurrent, ">= 1")
+        if not self.resources.cpu > 0:
+            raise out_of_range("sweep.resources.cpu", self.resources.cpu, "> 0 (a share of a CPU, e.g. 0.5, or CPUs)")
+        if self.resources.gpu < 0 or (self.resources.gpu > 1 and self.resources.gpu != int(self.resources.gpu)):
+            raise out_of_range("sweep.resources.gpu", self.resources.gpu,
+                               "0 (none), a share of one GPU up to 1 (0.25 puts four trials on one), or a whole "
+                               "number of GPUs")
         if self.fuse < 1:
             raise out_of_range("sweep.fuse", self.fuse, ">= 1 (1: every trial trains alone)")
         if self.max_failures < 0:  # Ray reads a negative count as "retry forever"
