@@ -482,10 +482,17 @@ def test_the_installed_command_reports_a_mistake_in_one_line_without_a_traceback
     assert done.stdout == ""
 
 
-@pytest.mark.parametrize("args, named", [(["sweep"], "sweep"), (["train", "--epochs", "3"], "--epochs"),
-                                         (["nosuch"], "nosuch")])
-def test_a_malformed_command_line_gets_usage_and_exit_2(args, named, tmp_path):
+@pytest.mark.parametrize("args, usage, named", [
+    (["sweep"], "sweeplab sweep", "sweep"),
+    (["train", "--epochs", "3"], "sweeplab train", "sweeplab train: error: unrecognized arguments: --epochs"),
+    (["nosuch"], "sweeplab", "nosuch"),
+    # Hydra's habit of -m to sweep: the sweep command sweeps without it
+    (["sweep", "smoke", "-m"], "sweeplab sweep", "-m is train's, to run a grid of comma lists; a sweep file's trials "
+                                                 "run as a sweep without it: sweeplab sweep smoke [key=value ...]"),
+    (["models", "lenet"], "sweeplab models", "sweeplab models takes none: it lists every one"),
+])
+def test_a_malformed_command_line_gets_its_commands_usage_and_exit_2(args, usage, named, tmp_path):
     done = cli(*args, cwd=tmp_path)
     assert done.returncode == 2
-    assert "usage: sweeplab" in done.stderr and named in done.stderr, done.stderr
+    assert f"usage: {usage} " in done.stderr and named in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing written

@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered models with their keys and defaults")
     sub.add_parser("datasets", help="list registered datasets")
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)  # its usage goes with its mistakes
     return parser
 
 
@@ -107,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     unknown = [e for e in extra if not _is_override(e) or not hasattr(args, "overrides")]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like key=value or ~key)")
+        args.command_parser.error(_unrecognized(args, unknown))
     if extra:
         args.overrides = [*args.overrides, *extra]
     watch_sigterm()  # SIGTERM ends a command as Ctrl-C does (exit 143), not midway through a write
@@ -125,6 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sweeplab {args.command}: interrupted", file=sys.stderr)
         return interrupted_exit_code()
+
+
+def _unrecognized(args: argparse.Namespace, unknown: list[str]) -> str:
+    """What is wrong with the words a command does not take, and what it takes instead."""
+    words = " ".join(unknown)
+    if not hasattr(args, "overrides"):
+        return f"unrecognized arguments: {words} (sweeplab {args.command} takes none: it lists every one)"
+    if args.command == "sweep" and {"-m", "--multirun"} & set(unknown):
+        return (f"unrecognized arguments: {words} (-m is train's, to run a grid of comma lists; a sweep file's trials "
+                f"run as a sweep without it: sweeplab sweep {args.sweep} [key=value ...])")
+    return f"unrecognized arguments: {words} (overrides look like key=value or ~key)"
 
 
 def _is_override(word: str) -> bool:
