@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from servers import free_port
-from sweep_helpers import cli, sweeplab, write_sweep
+from sweep_helpers import SWEEPLAB, cli, sweeplab, write_sweep
 
 from sweeplab.program import program
 from sweeplab.sweep.plan import plan_sweep
@@ -480,6 +482,21 @@ def test_the_installed_command_reports_a_mistake_in_one_line_without_a_traceback
     assert done.stderr.startswith("sweeplab train: error:") and "nosuch" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["each-print-writes", "written-at-the-exit"])
+@pytest.mark.parametrize("command", ["models", "datasets"])
+def test_a_listing_whose_reader_goes_away_stops_quietly_as_a_pipes_writer_does(command, unbuffered, tmp_path):
+    """``sweeplab models | head -1``: a write meets a pipe whose reader has gone, in a print (unbuffered) or in the
+    flush at the exit: no traceback, the status SIGPIPE gives."""
+    reader, writer = os.pipe()
+    with subprocess.Popen([str(SWEEPLAB), command], cwd=tmp_path, stdout=writer, stderr=subprocess.PIPE,
+                          text=True, env={**os.environ, "PYTHONUNBUFFERED": unbuffered}) as proc:
+        os.close(writer)
+        os.close(reader)  # the reader gone before the command writes anything
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err
+    assert err == ""
 
 
 @pytest.mark.parametrize("args, usage, named", [

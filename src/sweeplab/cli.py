@@ -127,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sweeplab {args.command}: interrupted", file=sys.stderr)
         return interrupted_exit_code()
+    except BrokenPipeError:  # the reader of stdout went away (sweeplab models | head -3): stop quietly, as a
+        from sweeplab.quick_exit import PIPE_GONE  # pipe's writer does
+
+        return PIPE_GONE
 
 
 def _unrecognized(args: argparse.Namespace, unknown: list[str]) -> str:

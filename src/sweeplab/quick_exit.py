@@ -6,17 +6,26 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import sys
 from typing import NoReturn
 
+# what a command whose stdout's reader went away exits with: a shell's status for a process SIGPIPE ended
+PIPE_GONE = 128 + signal.SIGPIPE
+
 
 def quick_exit(code: int) -> NoReturn:
-    """The exit handlers (Ray's shutdown, logging's flush), the SQLite connections closed, stdio flushed, then
-    ``os._exit(code)``."""
+    """The exit handlers (Ray's shutdown, logging's flush), the SQLite connections closed, stdio flushed where it
+    still can be, then ``os._exit(code)``."""
     atexit._run_exitfuncs()
     _close_sqlite()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # its reader went away (sweeplab models | true): what was left to say is lost
+            code = code or PIPE_GONE
+        except (OSError, ValueError):  # a stream closed, a disk full: nothing left to tell it with
+            pass
     os._exit(code)
 
 
