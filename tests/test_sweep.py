@@ -795,6 +795,36 @@ def test_best_registers_the_best_trial_in_the_model_registry(smoke, tmp_path):
 
 
 @pytest.mark.slow
+def test_sync_and_register_refuse_while_the_sweeps_driver_runs(smoke, tmp_path):
+    """Beside a driver still running, sync would send the calls it journals a second time (and its journal may hold
+    calls only because they are on their way), and register would read runs the driver is still writing: both
+    refuse in one line naming the process, as --resume does."""
+    import subprocess
+    import sys
+
+    out, outcome = smoke
+    sweep_id = outcome.record["sweep_id"]
+    study = optuna.load_study(study_name=sweep_id, storage=journal_in(out))
+    recorded = study.user_attrs["pid"]
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "sweeplab"])
+    try:
+        study.set_user_attr("pid", driver.pid)
+        for command, flags, then in (
+                ("sync", [], "its driver sends what it journaled itself as soon as the store answers; sync what is "
+                             "left once it has ended"),
+                ("best", ["--register", "smoke-running"], "register its best trial once it has ended")):
+            done = cli(command, "smoke", f"output_dir={out}", *flags, cwd=tmp_path)
+            assert done.returncode == 2 and done.stdout == "", done.stderr
+            assert done.stderr.strip() == (f"sweeplab {command}: error: sweep {sweep_id} is still running (process "
+                                           f"{driver.pid} on this host): {then}")
+    finally:
+        study.set_user_attr("pid", recorded)
+        driver.kill()
+        driver.wait()
+    assert cli("sync", "smoke", f"output_dir={out}", cwd=tmp_path).returncode == 0  # the driver gone: as before
+
+
+@pytest.mark.slow
 def test_runs_record_their_dataset_system_metrics_source_and_the_sweep_totals(smoke):
     out, outcome = smoke
     client, _, parent, children = parent_and_children(out, "smoke")

@@ -291,6 +291,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     storage = _storage(args.overrides)
     record = find_sweep(storage, args.sweep)
     outcome = load_outcome(storage, record["sweep_id"])
+    if args.register is not None:  # its store holds runs the driver may still be writing, and calls on their way
+        outcome.refuse_while_running("register its best trial once it has ended")
     best = outcome.best()
     if best is None:
         from sweeplab.sweep.launch import located_command, resume_command

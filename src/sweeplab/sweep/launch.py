@@ -416,10 +416,8 @@ def _check_resumable(plan: SweepPlan, sweep_id: str, overrides: Sequence[str]) -
     from sweeplab.sweep.results import load_outcome
 
     outcome = load_outcome(plan.optuna_storage, sweep_id)
-    if outcome.driver_alive():
-        pid = outcome.record["pid"]
-        raise UserError(f"sweep {sweep_id} is still running (process {pid} on this host): wait for it to end, or "
-                        f"stop it (Ctrl+C where it runs, or kill {pid}) and resume it then")
+    outcome.refuse_while_running(f"wait for it to end, or stop it (Ctrl+C where it runs, or kill "
+                                 f"{outcome.record['pid']}) and resume it then")
     if not outcome.unfinished:
         raise UserError(f"sweep {sweep_id} has ended ({outcome.counts_text()}): there is nothing to resume; its "
                         f"results: {located_command('status', sweep_id, overrides)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweeplab.errors import UserError
 from sweeplab.metrics import TrialStatus
 
 
@@ -94,6 +95,13 @@ class SweepOutcome:
             return "sweeplab" in " ".join(psutil.Process(int(pid)).cmdline())
         except psutil.Error:
             return False
+
+    def refuse_while_running(self, then: str) -> None:
+        """What must not run beside the sweep's own driver (a second driver, a second sender of its journal): a
+        UserError while it runs here, ``then`` saying what to do instead."""
+        if self.driver_alive():
+            raise UserError(f"sweep {self.record['sweep_id']} is still running (process {self.record['pid']} on this "
+                            f"host): {then}")
 
     @property
     def interrupted(self) -> bool:

@@ -11,9 +11,12 @@ def sync_sweep(ref: str, overrides: Sequence[str] = ()) -> tuple[str, int, int]:
     repeated. Returns (sweep id, calls sent, calls still unsent)."""
     from sweeplab.redact import redact
     from sweeplab.sweep.launch import recorded_plan, sync_command, trial_spec
+    from sweeplab.sweep.results import load_outcome
     from sweeplab.sweep.tracker import MlflowSweepTracker
 
     plan, sweep_id = recorded_plan(ref, overrides)
+    load_outcome(plan.optuna_storage, sweep_id).refuse_while_running(
+        "its driver sends what it journaled itself as soon as the store answers; sync what is left once it has ended")
     command = sync_command(sweep_id, overrides, plan.cfg)
     tracker = MlflowSweepTracker(plan.cfg, plan, sweep_id, trial_spec(plan), command)
     pending = len(tracker.outbox.journal.pending())
