@@ -7,6 +7,7 @@ Each ``check()`` holds the ranges of its own fields. Model schemas live beside t
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -202,10 +203,11 @@ class SweepConfig:
             raise out_of_range("sweep.num_trials", self.num_trials, ">= 1")
         if self.max_concurrent < 1:
             raise out_of_range("sweep.max_concurrent", self.max_concurrent, ">= 1")
-        if not self.resources.cpu > 0:
-            raise out_of_range("sweep.resources.cpu", self.resources.cpu, "> 0 (a share of a CPU, e.g. 0.5, or CPUs)")
-        if self.resources.gpu < 0 or (self.resources.gpu > 1 and self.resources.gpu != int(self.resources.gpu)):
-            raise out_of_range("sweep.resources.gpu", self.resources.gpu,
+        cpu, gpu = self.resources.cpu, self.resources.gpu
+        if not 0 < cpu < math.inf:  # NaN too
+            raise out_of_range("sweep.resources.cpu", cpu, "> 0 (a share of a CPU, e.g. 0.5, or CPUs)")
+        if not (0 <= gpu <= 1 or (1 < gpu < math.inf and gpu == int(gpu))):  # NaN too
+            raise out_of_range("sweep.resources.gpu", gpu,
                                "0 (none), a share of one GPU up to 1 (0.25 puts four trials on one), or a whole "
                                "number of GPUs")
         if self.fuse < 1:
