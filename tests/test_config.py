@@ -175,6 +175,61 @@ def test_an_item_past_its_lists_end_says_the_list_to_set_and_that_list_composes(
     assert OmegaConf.to_container(composed)[-1] == int(override.rsplit("=", 1)[1]), instead
 
 
+def test_an_objective_set_past_the_end_gets_a_list_of_mappings_that_composes():
+    """The suggested list in Hydra's grammar: a mapping's keys unquoted (JSON's quoted keys do not parse)."""
+    with pytest.raises(ConfigError) as err:
+        compose(["sweep.objectives.0={metric:val/loss,mode:min}"])
+    instead = str(err.value).rsplit("e.g. ", 1)[1]
+    assert instead == "sweep.objectives=[{metric:val/loss,mode:min}]"
+    assert compose([instead]).sweep.objectives[0].metric == "val/loss"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # an item of a list in a list, set alone or in its list
+    (["model=vgg", "model.stages.1.0=abc"],
+     "model.stages[1][0] must be a whole number, not abc (model.stages.1.0=abc)"),
+    (["model=vgg", "model.stages.1=[64,abc]"],
+     "model.stages[1][1] must be a whole number, not abc (model.stages.1=[64,abc])"),
+    # past its list's end and of the wrong type: the type first, rather than a whole list that holds it
+    (["model=mlp", "model.hidden_sizes.5=abc"],
+     "model.hidden_sizes[5] must be a whole number, not abc (model.hidden_sizes.5=abc)"),
+    (["model=vgg", "model.stages.0.3=x"], "model.stages[0][3] must be a whole number, not x (model.stages.0.3=x)"),
+    # two past their lists' ends: the first Hydra meets, with its list as the rest leave it
+    (["model=mlp", "model.hidden_sizes.5=3", "optimizer.betas.7=1"],
+     "model.hidden_sizes has 2 items, so no item 5 (model.hidden_sizes.5=3); to give it more, set the whole list, "
+     "e.g. model.hidden_sizes=[100,100,3]"),
+    # what OmegaConf fails on outside its own errors
+    (["model=mlp", "~model.hidden_sizes.1"],
+     "~model.hidden_sizes.1 would remove an item of a list, which an override cannot do; set the whole list without "
+     "it, e.g. model.hidden_sizes=[100]"),
+    (["optimizer.lr=1" + "0" * 400], "optimizer.lr=100000000000... (401 digits) is too large for a number"),
+    # an interpolation within a string resolves to what the key takes: the item after it is the one named
+    (["sweep.seeds=['1${train.seed}',abc]"], "sweep.seeds[1] must be a whole number, not abc"),
+    # null where the schema takes none
+    (["train.epochs=null"], "train.epochs cannot be null: it must be a whole number (train.epochs=null)"),
+    (["sweep.seeds=[0,null]"], "sweep.seeds[1] cannot be null: it must be a whole number (sweep.seeds=[0,null])"),
+    (["model=vgg", "model.stages.1.0=null"], "model.stages[1][0] cannot be null: it must be a whole number"),
+    (["sweep.scheduler=null"], "sweep.scheduler cannot be null: it must be a mapping like {kind: asha}"),
+])
+def test_an_item_of_a_list_is_named_by_its_place_and_what_omegaconf_fails_on_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        compose(overrides)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("sweep:\n  num_trials: null", "sweep.num_trials cannot be null: it must be a whole number"),
+    ("sweep:\n  seeds: [0, null]", "sweep.seeds[1] cannot be null: it must be a whole number"),
+    ("optimizer:\n  lr: null", "optimizer.lr cannot be null: it must be a number"),
+])
+def test_a_null_in_a_sweep_file_where_the_schema_takes_none_is_named_with_the_file(line, message, tmp_path):
+    path = tmp_path / "nulls.yaml"
+    path.write_text(f"# @package _global_\n{line}\n")
+    with pytest.raises(ConfigError) as err:
+        compose([], path)
+    assert str(err.value) == f"{message} (in {path})"
+
+
 def test_numbers_omegaconf_reads_from_strings_are_not_taken_for_the_misfit(tmp_path):
     """YAML reads 1e-3 and 1_000 as strings, which OmegaConf converts: the key it refused is the one named."""
     path = tmp_path / "numbers.yaml"

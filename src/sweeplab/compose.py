@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,6 +191,8 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
         raise ConfigError(_explain(err, sweep_file, given, sweep_text)) from None
     except yaml.YAMLError as err:
         raise ConfigError(_invalid_yaml(err, sweep_file or conf_dir())) from None
+    except (TypeError, OverflowError) as err:  # OmegaConf's own failures, which Hydra passes on unwrapped
+        raise ConfigError(_unmerged(err, given, sweep_file, sweep_text)) from None
     if sweep_file is not None and cfg.sweep.name == "sweep":
         cfg.sweep.name = sweep_file.stem
     return cfg, choices
@@ -365,6 +368,9 @@ def _explain(err: Exception, sweep_file: Path | None, overrides: Sequence[str] =
     past = _past_the_end(err, overrides, sweep_file, sweep_text)
     if past is not None:
         return past
+    null = _null_not_taken(err, sweep_file)
+    if null is not None:
+        return null
     shape = _wrong_shape(err, sweep_file, sweep_text, overrides)
     if shape is not None:
         return shape
@@ -400,18 +406,74 @@ def _past_the_end(err: Exception, overrides: Sequence[str], sweep_file: Path | N
         return None
     given, override = match.group(1), match.group(0).removeprefix("Error merging override ")
     where, _, index = given.lstrip("+").rpartition(".")
-    kept = [o for o in overrides if o.split("=", 1)[0] != given]
+    others = [o for o in overrides if o.split("=", 1)[0] != given]
     try:
-        items = OmegaConf.select(compose_with_choices(kept, sweep_file, sweep_text)[0], where)
         value = OverridesParser.create().parse_override(override).value()
-    except (ConfigError, OmegaConfBaseException, HydraException):
+    except (OmegaConfBaseException, HydraException):
         return None
+    # the list as the other overrides leave it, else without any other item set by its index (one past its end too)
+    for kept in (others, [o for o in others if not re.search(r"\.\d+$", override_key(o))]):
+        try:
+            cfg = compose_with_choices(kept, sweep_file, sweep_text)[0]
+            break
+        except ConfigError:
+            continue
+    else:
+        return None
+    items = OmegaConf.select(cfg, where)
     if not isinstance(items, ListConfig) or not index.isdigit():
         return None
+    base = re.sub(r"(\.\d+)+$", "", where)  # the list's key in its schema (model.stages for model.stages.0)
+    listed_at, list_type = _item_within(base, _key_type(base, kept, sweep_file, sweep_text)[0], where) or ("", None)
+    item_type = list_item_type(list_type) if list_type is not None else None
+    misfit = None if item_type is None else first_misfit(value, item_type, MISSING, joined_key(listed_at, int(index)))
+    if misfit is not None:  # what the item would be refused for once the list were long enough
+        path, item_type, _, wrong = misfit
+        return f"{path} must be {described(item_type, MISSING, path)}, not {flow_text(wrong)} ({redact(override)})"
     whole = [*cast(list, OmegaConf.to_container(items, resolve=True)), value]
     counted = f"{len(items)} item{'' if len(items) == 1 else 's'}"
     return (f"{where} has {counted}, so no item {index} ({redact(override)}); to give it more, set the whole list, "
             f"e.g. {where}={override_value(whole)}")
+
+
+def _null_not_taken(err: Exception, sweep_file: Path | None) -> str | None:
+    """``train.epochs=null``, ``sweep.seeds=[0,null]``: null where the schema takes none (OmegaConf: "field ... is
+    not Optional", "NoneType is not a subclass of int"): the key, or the list's item, and what it takes."""
+    oc = omegaconf_error(err)
+    text = str(err) + "\n" + str(err.__cause__ or "")
+    said = r"(?i)is not optional|NoneType is not a subclass|Incompatible value 'None'"
+    if oc is None or not oc.full_key or not re.search(said, text):
+        return None
+    path, typed_as, default = typed_key(oc)  # a list's item counts as its list there
+    at, item_type = _item_within(path, typed_as, re.sub(r"\[(\d+)\]", r".\1", str(oc.full_key))) or ("", None)
+    if item_type is None:
+        return None
+    override = re.match(r"Error merging override (.+)", str(err))
+    where = f" ({redact(override.group(1))})" if override else f" (in {sweep_file})" if sweep_file else ""
+    return f"{at} cannot be null: it must be {described(item_type, default if at == path else MISSING, at)}{where}"
+
+
+def _unmerged(err: Exception, overrides: Sequence[str], sweep_file: Path | None, sweep_text: str | None) -> str:
+    """An override that OmegaConf fails on outside its own errors: an item removed from a list
+    (``~model.hidden_sizes.1``: a TypeError), a whole number too large for a float key (an OverflowError)."""
+    for override in overrides:
+        key, value = override_key(override), override.partition("=")[2]
+        where, _, index = key.rpartition(".")
+        if override.startswith("~") and index.isdigit():
+            try:
+                items = OmegaConf.select(compose([o for o in overrides if o != override], sweep_file, sweep_text),
+                                         where)
+            except ConfigError:
+                items = None
+            rest = cast(list, OmegaConf.to_container(items, resolve=True)) if isinstance(items, ListConfig) else None
+            instead = (f", e.g. {where}={override_value(rest[:int(index)] + rest[int(index) + 1:])}"
+                       if rest is not None and int(index) < len(rest) else "")
+            return (f"{redact(override)} would remove an item of a list, which an override cannot do; set the whole "
+                    f"list without it{instead}")
+        if isinstance(err, OverflowError) and re.fullmatch(r"[+-]?\d[\d_]*", value) and \
+                abs(int(value)) > sys.float_info.max:
+            return f"{key}={value[:12]}... ({len(value)} digits) is too large for a number: at most about 1.8e308"
+    return f"the overrides cannot be applied ({err}): {' '.join(redact(o) for o in overrides)}"
 
 
 def _unknown_key(err: Exception) -> tuple[str, str, list[str]] | None:
@@ -509,10 +571,10 @@ def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None
     else:
         return None
     path, typed_as, default = typed_key(oc)
-    item = re.fullmatch(r"\.(\d+)", within[len(path):]) if within.startswith(path) else None
     value: Any
-    if item and (item_type := list_item_type(typed_as)) is not None:  # an item set alone: model.stages.0=3
-        path, typed_as, default = joined_key(path, int(item.group(1))), item_type, MISSING
+    if (item := _item_within(path, typed_as, within)) is not None:  # an item set alone: model.stages.1.0=3
+        default = default if item[0] == path else MISSING  # an item has no default of its own
+        path, typed_as = item
         value = parsed.value()
     else:
         if within and (typed_as is None or not (path == within or path.startswith((f"{within}.", f"{within}[")))):
@@ -528,6 +590,20 @@ def _wrong_shape(err: Exception, sweep_file: Path | None, sweep_text: str | None
         return None
     path, typed_as, default, value = found
     return f"{path or 'the config'} must be {described(typed_as, default, path)}, not {flow_text(value)} {where}"
+
+
+def _item_within(path: str, typed_as: Any, within: str) -> tuple[str, Any] | None:
+    """The key an override set (``within``, dotted: model.stages.1.0) as an item of the list at ``path`` that
+    OmegaConf named (model.stages[1]) and its type, through each list it is in; None where it is no such item."""
+    bracketed = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", within)
+    if not within or not bracketed.startswith(path) or not re.fullmatch(r"(\[\d+\])*", bracketed[len(path):]):
+        return None
+    for index in re.findall(r"\[(\d+)\]", bracketed[len(path):]):
+        typed_as = list_item_type(typed_as)
+        if typed_as is None:
+            return None
+        path = joined_key(path, int(index))
+    return path, typed_as
 
 
 def _model_named(data: Any) -> Any:

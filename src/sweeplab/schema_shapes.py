@@ -173,7 +173,7 @@ def value_shape(value: Any) -> str | None:
         return "mapping"
     if isinstance(value, list | tuple):
         return "list"
-    if value is None or (isinstance(value, str) and value.startswith("${")):  # null, an interpolation: any shape
+    if value is None or (isinstance(value, str) and "${" in value):  # null, an interpolation: any shape
         return None
     return "value"
 
@@ -291,8 +291,21 @@ def flow_text(value: Any, width: int = 80) -> str:
 
 
 def override_value(value: Any) -> str:
-    """A value as typed after key= on a command line (null, true, [0.9,0.999], {})."""
+    """A value as typed after key= on a command line, in Hydra's override grammar (null, true, [0.9,0.999],
+    [{metric:val/acc,mode:max}]: a mapping's keys unquoted, the strings in a list or mapping quoted)."""
     value = plain_value(value)
-    if value is None or isinstance(value, bool | list | dict):
-        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, list):
+        return "[" + ",".join(_inner_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_inner_value(v)}" for k, v in value.items()) + "}"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
     return str(value)
+
+
+def _inner_value(value: Any) -> str:
+    """An item of a list or mapping: a string quoted unless Hydra reads it back as that string unquoted."""
+    if not isinstance(value, str):
+        return override_value(value)
+    bare = re.fullmatch(r"[A-Za-z_][\w./-]*", value) and value.lower() not in ("true", "false", "null", "nan", "inf")
+    return value if bare else json.dumps(value, ensure_ascii=False)
