@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild a sweep's HTML report from the tracking store")
     p.add_argument("sweep", help="sweep name, id or file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides that locate the stores")
-    p.add_argument("--out", help="folder to write the report to (default: outputs/reports/<sweep id>)")
+    p.add_argument("--out", help="folder to write the report to (default: <output_dir>/reports/<sweep id>)")
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard for the sweeps' Optuna storage on 127.0.0.1")
     p.add_argument("sweep", nargs="?", help="sweep name, id or file to open (default: the list of every sweep)")

@@ -21,7 +21,7 @@ TRAINING_GROUPS = tuple(f"{group}." for group in TRIAL_GROUPS)
 
 def should_fuse(device: torch.device | str, k: int, force: bool = False) -> bool:
     """Whether fusing k trials pays: on a GPU it does; on a CPU small convnets are already
-    compute-bound (fused LeNets measured 0.69-0.80x), so there it is off unless forced."""
+    compute-bound (docs/performance.md, "B7 on a CPU"), so there it is off unless forced."""
     if force:
         return True
     return str(device).split(":")[0] == "cuda" and k > 1  # "cuda", "cuda:1" or a torch.device printing so

@@ -135,18 +135,6 @@ def check_ranges(cfg: DictConfig) -> None:
 
 
 @dataclass
-class ParamSpec:
-    """One dimension of a search space, keyed by the config path it sets."""
-
-    type: str = MISSING  # float | int | categorical
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: list[Any] | None = None
-
-
-@dataclass
 class Objective:
     metric: str = MISSING  # a reported metric, e.g. val/acc or params
     mode: Mode = MISSING
@@ -190,7 +178,8 @@ class SweepConfig:
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
     checkpoint_interval_s: float = 60.0  # a trial saves its state at most this often (also at the last epoch
     #                                      and where the scheduler may stop it); 0: every epoch
-    space: Any = field(default_factory=dict)  # {config.path: ParamSpec}; checked by sweeplab.sweep.space
+    space: Any = field(default_factory=dict)  # {config.path or group: {type, low, high, log, step, choices, when}}:
+    #                                           each a sweeplab.sweep.space.Dimension, read and checked there
     fuse: int = 1  # train up to this many trials that share an architecture as one vmapped model (GPU only); 1: off
     fuse_on_cpu: bool = False  # fuse on CPUs too, where it does not pay: for tests and benchmarks
 
