@@ -303,9 +303,12 @@ def override_value(value: Any) -> str:
     return str(value)
 
 
+_KEYWORDS = ("true", "false", "null", "nan", "inf")  # what Hydra reads unquoted as other than a string
+
+
 def _inner_value(value: Any) -> str:
     """An item of a list or mapping: a string quoted unless Hydra reads it back as that string unquoted."""
     if not isinstance(value, str):
         return override_value(value)
-    bare = re.fullmatch(r"[A-Za-z_][\w./-]*", value) and value.lower() not in ("true", "false", "null", "nan", "inf")
+    bare = re.fullmatch(r"[A-Za-z_][\w./-]*", value, re.ASCII) and value.lower() not in _KEYWORDS
     return value if bare else json.dumps(value, ensure_ascii=False)
