@@ -232,12 +232,42 @@ def test_restored_optimizer_takes_the_configs_lr_and_momentum_in_place_on_its_sc
         restored, restored_schedule = trained(lr, momentum)
         restored.load_state_dict(optimizer.state_dict())
         restored_schedule.load_state_dict(schedule.state_dict())
-        apply_hyperparameters(restored, restored_schedule, OptimizerConfig(name="sgd", lr=lr, momentum=momentum))
+        apply_hyperparameters(restored, restored_schedule, OptimizerConfig(name="sgd", lr=lr, momentum=momentum),
+                              TrainConfig(epochs=4))
         assert restored.param_groups[0]["lr"] == pytest.approx(saved_lr * lr / 0.1)
         assert restored.param_groups[0]["momentum"] == momentum
         restored_schedule.step()
         # the cosine schedule goes on from the copied epoch, scaled to the new lr
         assert restored_schedule.get_last_lr()[0] == pytest.approx(lr * (1 + math.cos(3 * math.pi / 4)) / 2)
+
+
+def test_a_restored_optimizer_and_schedule_take_every_value_of_the_configs():
+    """PBT perturbs any number of train.* and optimizer.*: Adam's betas and a step schedule's gamma and step size
+    too, not only the lr, momentum and weight decay; a copy trained on a schedule goes on at the config's constant
+    lr where the config has none."""
+    def trained(opt: OptimizerConfig, train: TrainConfig):
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))], lr=opt.lr, betas=tuple(opt.betas))
+        return optimizer, build_schedule(optimizer, train)
+
+    first = OptimizerConfig(name="adam", lr=0.01, betas=[0.9, 0.999])
+    optimizer, schedule = trained(first, TrainConfig(epochs=6, lr_schedule="step", step_size=1, gamma=0.5))
+    optimizer.step()
+    schedule.step()  # lr 0.005
+    perturbed = OptimizerConfig(name="adam", lr=0.01, betas=[0.5, 0.9])
+    train = TrainConfig(epochs=6, lr_schedule="step", step_size=1, gamma=0.9)
+    restored, restored_schedule = trained(perturbed, train)
+    restored.load_state_dict(optimizer.state_dict())
+    restored_schedule.load_state_dict(schedule.state_dict())
+    apply_hyperparameters(restored, restored_schedule, perturbed, train)
+    assert restored.param_groups[0]["betas"] == (0.5, 0.9)
+    restored_schedule.step()
+    assert restored.param_groups[0]["lr"] == pytest.approx(0.005 * 0.9)  # the new gamma from the copied lr on
+
+    flat = TrainConfig(epochs=6, lr_schedule="none")
+    restored, no_schedule = trained(first, flat)
+    restored.load_state_dict(optimizer.state_dict())
+    apply_hyperparameters(restored, no_schedule, first, flat)
+    assert no_schedule is None and restored.param_groups[0]["lr"] == 0.01
 
 
 # --- what Optuna records when a scheduler changes or pauses a trial --------------------------------

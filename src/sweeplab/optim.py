@@ -47,28 +47,40 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Stepped once per epoch; None for a constant learning rate."""
     if cfg.lr_schedule == LrSchedule.cosine:
-        return _optim().lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+        return _optim().lr_scheduler.CosineAnnealingLR(optimizer, **_schedule_settings(cfg))
     if cfg.lr_schedule == LrSchedule.step:
-        return _optim().lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        return _optim().lr_scheduler.StepLR(optimizer, **_schedule_settings(cfg))
     return None  # LrSchedule.none
 
 
-def apply_hyperparameters(
-    optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler | None, cfg: OptimizerConfig
-) -> None:
-    """Set ``cfg``'s lr, momentum and weight decay on an optimizer restored from a checkpoint that was trained
-    with other values (Population Based Training copies a trial's state, then changes its values).
-    The lr keeps its place on the schedule: scaled by new/old base lr, so a retry with the same config
-    changes nothing and a cosine schedule goes on from where the copied trial was."""
+def _schedule_settings(cfg: TrainConfig) -> dict[str, float]:
+    """The settings of ``cfg``'s schedule, by the names its torch class takes and keeps as attributes."""
+    if cfg.lr_schedule == LrSchedule.cosine:
+        return {"T_max": max(cfg.epochs, 1)}
+    if cfg.lr_schedule == LrSchedule.step:
+        return {"step_size": cfg.step_size, "gamma": cfg.gamma}
+    return {}
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler | None,
+                          cfg: OptimizerConfig, train: TrainConfig) -> None:
+    """Set the configs' values on an optimizer and schedule restored from a checkpoint that was trained with other
+    values (Population Based Training copies a trial's state, then changes its values): the optimizer's lr,
+    momentum, nesterov, betas and weight decay, the schedule's step size, gamma and length. The lr keeps its place
+    on the schedule: scaled by new/old base lr, so a retry with the same config changes nothing and a cosine schedule
+    goes on from where the copied trial was; without a schedule it is the config's."""
+    own = {"momentum": cfg.momentum, "nesterov": cfg.nesterov, "betas": _betas(cfg), "weight_decay": cfg.weight_decay}
     for group in optimizer.param_groups:
-        base = group.get("initial_lr", group["lr"])  # a schedule keeps the configured lr as initial_lr
-        if base != cfg.lr:
-            group["lr"] = group["lr"] * cfg.lr / base
-            if "initial_lr" in group:
-                group["initial_lr"] = cfg.lr
-        if "momentum" in group:  # SGD
-            group["momentum"] = cfg.momentum
-        if "weight_decay" in group:
-            group["weight_decay"] = cfg.weight_decay
+        if schedule is None:  # a constant lr, whatever schedule the copied trial had
+            group["lr"] = cfg.lr
+            group.pop("initial_lr", None)
+        else:
+            base = group.get("initial_lr", group["lr"])  # a schedule keeps the configured lr as initial_lr
+            if base != cfg.lr:
+                group["lr"] = group["lr"] * cfg.lr / base
+            group["initial_lr"] = cfg.lr
+        group.update({key: value for key, value in own.items() if key in group})  # SGD's momentum, Adam's betas
     if schedule is not None:
         schedule.base_lrs = [cfg.lr for _ in schedule.base_lrs]
+        for name, value in _schedule_settings(train).items():
+            setattr(schedule, name, value)

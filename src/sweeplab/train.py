@@ -186,7 +186,8 @@ class _Run:
         self.optimizer.load_state_dict(state.optimizer)
         if self.schedule is not None and state.schedule:
             self.schedule.load_state_dict(state.schedule)
-        apply_hyperparameters(self.optimizer, self.schedule, self.opt_cfg)  # PBT: the config's values, not the copy's
+        # PBT: the configs' values, not the copied trial's
+        apply_hyperparameters(self.optimizer, self.schedule, self.opt_cfg, self.train_cfg)
         self.generator.set_state(state.rng["generator"])
         torch.set_rng_state(state.rng["torch"])
         if torch.cuda.is_available() and state.rng.get("cuda") is not None:
