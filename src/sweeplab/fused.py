@@ -276,7 +276,7 @@ def train_fused(
             idx = orders[:, start : start + train_cfg.batch_size]
             x = source.take("train", idx)
             if data_cfg.augment:
-                x = torch.stack([random_crop_flip(x[i], m.generator) for i, m in enumerate(pack.members)])
+                x = torch.stack([random_crop_flip(x[i], m.generator, source.black) for i, m in enumerate(pack.members)])
             run_step(x, train_split.labels[idx])
             seen += idx.shape[1]
         finished(device)

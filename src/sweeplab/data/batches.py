@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.nn import functional as F
 
 from sweeplab.data.datasets import DatasetBundle, Split
 
@@ -36,6 +35,7 @@ class BatchSource:
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(bundle.mean if normalize else [0.0] * len(bundle.mean), device=device).view(shape)
         self.std = torch.tensor(bundle.std if normalize else [1.0] * len(bundle.std), device=device).view(shape)
+        self.black = (0 - self.mean) / self.std  # a black pixel, prepared: what a crop pads with
         splits = [(name, s) for name, s in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
                   if s is not None]
         self.prepared_once = sum(s.images.numel() for _, s in splits) * 4 <= PREPARED_ONCE_BYTES
@@ -67,14 +67,18 @@ class BatchSource:
             idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
             x = self.take(split, idx)
             if augment:
-                x = random_crop_flip(x, generator).contiguous(memory_format=self.memory_format)
+                x = random_crop_flip(x, generator, self.black).contiguous(memory_format=self.memory_format)
             yield x, data.labels[idx]
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None, pad: int = 4) -> torch.Tensor:
-    """CIFAR augmentation: zero-pad by 4, crop back at a random offset, flip half the images."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None, fill: torch.Tensor,
+                     pad: int = 4) -> torch.Tensor:
+    """CIFAR augmentation of prepared images: padded by 4 pixels of ``fill`` (a black pixel prepared, one value per
+    channel: torchvision pads the image with black before it normalises), cropped back at a random offset, half the
+    images flipped."""
+    b, c, h, w = x.shape
+    padded = fill.to(x.dtype).expand(b, c, h + 2 * pad, w + 2 * pad).clone()
+    padded[:, :, pad : pad + h, pad : pad + w] = x
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
     flip = torch.rand(b, generator=generator) < 0.5
