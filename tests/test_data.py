@@ -16,7 +16,7 @@ from sweeplab.config.schema import DataConfig
 from sweeplab.data import DATASETS, load_dataset
 from sweeplab.data import datasets as datasets_module
 from sweeplab.data.batches import BatchSource
-from sweeplab.errors import DatasetNotFoundError
+from sweeplab.errors import ConfigError, DatasetNotFoundError
 
 
 def load_fresh(cfg: DataConfig):
@@ -94,9 +94,15 @@ def test_resize_gives_the_requested_size():
     assert bundle.train.images.dtype == torch.uint8
 
 
-def test_val_fraction_out_of_range_is_a_config_error():
-    from sweeplab.errors import ConfigError
+def test_a_val_fraction_that_takes_a_class_whole_into_validation_is_refused():
+    """Each class's validation share is rounded on its own: near 1, some classes keep no training image."""
+    with pytest.raises(ConfigError) as err:
+        load_fresh(DataConfig(name="digits", val_fraction=0.9972))
+    assert str(err.value).startswith("data.val_fraction=0.9972 leaves no training image of class 0, 2, 8 (7 training")
+    assert len(load_fresh(DataConfig(name="digits", val_fraction=0.99)).train) == 20  # two of each class: trains
 
+
+def test_val_fraction_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="val_fraction"):
         load_fresh(DataConfig(name="digits", val_fraction=1.0))
 

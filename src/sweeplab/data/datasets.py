@@ -138,9 +138,13 @@ def _load(cfg: DataConfig) -> DatasetBundle:
     entry = dataset_entry(cfg)
     images, labels, test, scale, class_names = entry.load(cfg)
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise ConfigError(f"data.val_fraction={cfg.val_fraction} leaves {len(train_idx)} training and {len(val_idx)} "
-                          f"validation images of {len(labels)}; pick a fraction that keeps both splits non-empty")
+    untrained = sorted(set(np.unique(labels)) - set(np.unique(labels[train_idx])))  # every image of theirs in val
+    if len(val_idx) == 0 or untrained:
+        lacking = (f"no training image of class {', '.join(str(class_names[c]) for c in untrained)}" if untrained
+                   else "no validation image")
+        raise ConfigError(f"data.val_fraction={cfg.val_fraction} leaves {lacking} ({len(train_idx)} training and "
+                          f"{len(val_idx)} validation images of {len(labels)}); pick a fraction that keeps every class "
+                          f"in training and some images for validation, e.g. 0.2")
     if cfg.subset is not None and cfg.subset < len(train_idx):
         train_idx = train_idx[stratified_sample(labels[train_idx], cfg.subset, cfg.split_seed)]
 
