@@ -90,6 +90,8 @@ def test_subset_keeps_exactly_that_many_training_images_of_every_class(name, sub
 
 def test_resize_gives_the_requested_size():
     bundle = load_fresh(DataConfig(name="digits", resize=32, subset=100))
+    # bilinear on [0, 1] kept in 255 steps: digits' own scale has 17, too coarse for interpolated values
+    assert bundle.scale == 1 / 255 and len(torch.unique(bundle.train.images)) > 100
     assert bundle.input_shape == (1, 32, 32)
     assert bundle.train.images.dtype == torch.uint8
 

@@ -151,9 +151,10 @@ def _load(cfg: DataConfig) -> DatasetBundle:
     def split(x, y, idx=None) -> Split:
         x, y = (x, y) if idx is None else (x[idx], y[idx])
         t = torch.from_numpy(np.ascontiguousarray(x))
-        if cfg.resize:
-            t = F.interpolate(t.float(), size=(cfg.resize, cfg.resize), mode="bilinear", align_corners=False)
-            t = t.round().clamp(0, 255).to(torch.uint8)
+        if cfg.resize:  # bilinear on [0, 1] (antialiased where it shrinks), kept in 255 steps
+            t = F.interpolate(t.float() * scale, size=(cfg.resize, cfg.resize), mode="bilinear", align_corners=False,
+                              antialias=True)
+            t = t.mul(255).round().clamp(0, 255).to(torch.uint8)
         return Split(t, torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
     bundle = DatasetBundle(
@@ -163,11 +164,11 @@ def _load(cfg: DataConfig) -> DatasetBundle:
         test=split(*test) if test is not None else None,
         num_classes=entry.num_classes,
         class_names=class_names,
-        scale=scale,
+        scale=1 / 255 if cfg.resize else scale,  # a resized image's 255 steps, finer than digits' own 16
         source=entry.source if entry.offline else str(Path(cfg.root).expanduser().resolve()),
     )
     bundle.digest = _digest(bundle.train, bundle.val)
-    train = bundle.train.images.float() * scale
+    train = bundle.train.images.float() * bundle.scale
     bundle.mean = train.mean(dim=(0, 2, 3)).tolist()
     bundle.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
     return bundle
