@@ -299,15 +299,17 @@ def test_a_lost_worker_node_s_trial_is_retried_on_another_node_from_its_checkpoi
 
 
 def test_ui_serves_a_postgresql_tracking_store(databases, tmp_path):
-    """A database store is served like the local SQLite one (only an HTTP store is a server already)."""
+    """A database store is served like the local SQLite one (only an HTTP store is a server already); the URL it
+    prints has its password masked (the test database trusts any)."""
     import urllib.request
 
     from servers import wait_healthy
     from sweep_helpers import SWEEPLAB
 
     port = free_port()
+    uri = databases["mlflow"].replace("@", ":s3cret@", 1)
     with open(tmp_path / "ui.log", "w") as log:
-        proc = subprocess.Popen([str(SWEEPLAB), "ui", "tracking=server", f"tracking.uri={databases['mlflow']}",
+        proc = subprocess.Popen([str(SWEEPLAB), "ui", "tracking=server", f"tracking.uri={uri}",
                                  f"output_dir={tmp_path}", "--port", str(port)],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
         try:
@@ -317,4 +319,5 @@ def test_ui_serves_a_postgresql_tracking_store(databases, tmp_path):
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
-    assert f"MLflow UI for {databases['mlflow']}" in (tmp_path / "ui.log").read_text()
+    said = (tmp_path / "ui.log").read_text()
+    assert f"MLflow UI for {uri.replace(':s3cret@', ':***@')}" in said and "s3cret" not in said, said

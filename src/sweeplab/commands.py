@@ -463,7 +463,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     client = existing_client(uri)
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
     url = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI for {uri}\n  {url}/#/experiments?workflowType=machine_learning", flush=True)
+    print(f"MLflow UI for {redact(uri)}\n  {url}/#/experiments?workflowType=machine_learning", flush=True)
     for e in experiments:
         print(f"  {e.name}: {url}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning", flush=True)
     artifacts = Path(cfg.output_dir).resolve() / "mlartifacts"
