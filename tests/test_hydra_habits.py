@@ -329,3 +329,13 @@ def test_multirun_runs_the_grid_as_a_tracked_sweep(tmp_path):
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     assert study.user_attrs["sampler"] == "grid" and summary.study_name.startswith("multirun-")
     assert len(study.trials) == 2 and all("grid_id" in t.system_attrs for t in study.trials)  # GridSampler's mark
+
+    # every grid is named multirun: its grid file stands for the sweep run from it, in report as in status, not
+    # for the latest multirun (one started later, here its parent run alone)
+    later = client.create_run(experiment.experiment_id, run_name="multirun-later",
+                              tags={"sweeplab.kind": "sweep", "sweeplab.sweep_id": "multirun-later"})
+    client.log_param(later.info.run_id, "sweep_name", "multirun")
+    (grid_file,) = out.glob("multirun/*/multirun.yaml")
+    report = cli("report", str(grid_file), f"output_dir={out}", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.startswith(f"report for {summary.study_name}: "), report.stdout

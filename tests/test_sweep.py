@@ -277,6 +277,28 @@ def test_report_rebuilds_from_the_mlflow_store_alone(smoke, tmp_path):
                                           f"sqlite:///{alone / 'mlflow.db'}. Sweeps there: smoke"), quoted.stderr
 
 
+def test_a_report_of_a_sweep_whose_folder_moved_reads_the_study_in_the_folder_it_is_given(tmp_path):
+    """The parent run records the Optuna storage where the sweep ran; moved, the report reads the study where its
+    command's output_dir has it (before, it said the study was not reachable and drew no Optuna figures)."""
+    from types import SimpleNamespace
+
+    from sweeplab.commands import _recorded_storage
+    from sweeplab.compose import compose
+
+    here = tmp_path / "moved"
+    here.mkdir()
+    (here / "optuna.journal").write_text("")
+    cfg = compose([f"output_dir={here}"])
+
+    def parent(storage: Path) -> SimpleNamespace:
+        return SimpleNamespace(data=SimpleNamespace(params={"optuna_storage": str(storage)}))
+
+    assert _recorded_storage(parent(tmp_path / "gone" / "optuna.journal"), cfg) == str(here / "optuna.journal")
+    (tmp_path / "still").mkdir()
+    (tmp_path / "still" / "optuna.journal").write_text("")
+    assert _recorded_storage(parent(tmp_path / "still" / "optuna.journal"), cfg) is None  # where it ran, still
+
+
 # --- the grid, with configurations that cannot be built ------------------------------------------
 @pytest.mark.slow
 def test_grid_visits_every_point_once_per_seed(grid_with_invalid):

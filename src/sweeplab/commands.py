@@ -345,14 +345,12 @@ def _register_best(args: argparse.Namespace, sweep_id: str, storage: str) -> Non
 
 def cmd_report(args: argparse.Namespace) -> int:
     from sweeplab.compose import compose
-    from sweeplab.sweep.results import file_sweep
     from sweeplab.tracking.report import build_report, find_parent_run
     from sweeplab.tracking.store import check_writable, existing_client, tracking_uri
 
     cfg = compose(args.overrides)
     client = existing_client(tracking_uri(cfg))
-    named = file_sweep(args.sweep)  # a sweep file stands for its sweep.name
-    parent = find_parent_run(client, named[0] if named else args.sweep, cfg.tracking.experiment)
+    parent = find_parent_run(client, _report_ref(args.sweep, cfg), cfg.tracking.experiment)
     sweep_id = parent.data.tags.get("sweeplab.sweep_id", parent.info.run_name)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "reports" / sweep_id
     check_writable(out, "--out" if args.out else "output_dir")
@@ -361,14 +359,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded_storage(parent: Run, cfg: DictConfig) -> str | None:
-    """The Optuna storage a sweep's parent run recorded, with its password where the run holds it masked and this
-    command's configuration names the same URL with one (``cluster.optuna_storage=...``); None: the recorded one."""
+def _report_ref(ref: str, cfg: DictConfig) -> str:
+    """A sweep file as the sweep id ``status`` and ``best`` find for it (the sweeps run from that file, where the
+    study is at hand: every ``train -m`` grid is named multirun), else as its sweep.name; a name or id as it is."""
     from sweeplab.sweep.plan import optuna_storage_url
+    from sweeplab.sweep.results import file_sweep, find_sweep
+
+    named = file_sweep(ref)
+    if named is None:
+        return ref
+    try:
+        return str(find_sweep(optuna_storage_url(cfg), ref)["sweep_id"])
+    except UserError:  # no study here: the report is rebuilt from the tracking store alone
+        return named[0]
+
+
+def _recorded_storage(parent: Run, cfg: DictConfig) -> str | None:
+    """The Optuna storage a sweep's parent run recorded, or this command's where it names the same URL with the
+    password the run holds masked (``cluster.optuna_storage=...``), or where the recorded one is a local file that
+    is gone and this command's is there (the sweep's folder moved); None: the recorded one."""
+    from sweeplab.sweep.plan import optuna_storage_url
+    from sweeplab.tracking.study_store import local_file
 
     recorded = parent.data.params.get("optuna_storage")
     own = optuna_storage_url(cfg)
-    return own if recorded and own != recorded and redact(own) == recorded else None
+    if not recorded or own == recorded:
+        return None
+    was, is_here = local_file(recorded), local_file(own)
+    moved = was is not None and is_here is not None and not was.exists() and is_here.exists()
+    return own if redact(own) == recorded or moved else None
 
 
 def _is_loopback(host: str) -> bool:
