@@ -161,6 +161,29 @@ def test_resuming_a_sweep_whose_trial_crashed_leaves_the_crash_as_it_was(tmp_pat
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")] == [1]
 
 
+def test_a_driver_stopped_while_it_records_its_sweep_leaves_no_half_record_for_the_commands(tmp_path):
+    """A sweep's record is its study's attributes, written one by one: stopped after any of them, status, best and
+    --resume read the storage without a traceback (a record with its id but not its objectives was a KeyError)."""
+    import optuna
+
+    from sweeplab.sweep.launch import sweep_record
+    from sweeplab.sweep.plan import plan_sweep
+    from sweeplab.tracking.study_store import open_storage
+
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = plan_sweep("smoke", [f"output_dir={out}"])
+    record = list(sweep_record(plan, "smoke-20261203-000000", str(tmp_path / "ray")).items())
+    for written in range(len(record)):
+        name = f"smoke-20261203-00000{written}"  # a study of its own for each point the driver could stop at
+        study = optuna.create_study(study_name=name, storage=open_storage(str(out / "optuna.journal")))
+        for key, value in record[:written]:
+            study.set_user_attr(key, value)
+        for args in (["status"], ["status", "smoke"], ["best", "smoke"], ["sweep", "smoke", "--resume"]):
+            done = cli(*args, f"output_dir={out}", cwd=tmp_path)
+            assert done.returncode in (0, 2) and "Traceback" not in done.stderr, (written, args, done.stderr)
+
+
 def test_a_sweep_s_driver_counts_as_running_while_a_sweeplab_process_of_its_number_lives_here():
     """What status and --resume read: the host and process the sweep recorded (a sweep resumed records its own)."""
     import socket

@@ -192,9 +192,10 @@ def _local_ray_resources(cfg: DictConfig) -> dict[str, float]:
 
 
 def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
-    """Kept in the Optuna study's attributes, so status/best/report work from the storage alone."""
+    """Kept in the Optuna study's attributes, so status/best/report work from the storage alone. They are written
+    one by one in this order, ``sweep_id`` last: readers take a study for a sweep by it, so a driver stopped while
+    it writes them leaves no half record for them."""
     return {
-        "sweep_id": sweep_id,
         "name": plan.name,
         "sweep_file": str(plan.sweep_file),
         "sweep_text": plan.sweep_text,  # what `sweeplab best` reruns and --resume checks, whatever the file is now
@@ -209,6 +210,7 @@ def sweep_record(plan: SweepPlan, sweep_id: str, ray_path: str) -> dict:
         "ray_path": ray_path,
         **_driver(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "sweep_id": sweep_id,
     }
 
 
