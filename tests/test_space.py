@@ -115,6 +115,34 @@ def test_sampled_values_reach_the_trial_config_unchanged(tmp_path):
     assert seen == {"sgd", "adam"}
 
 
+def test_an_interpolation_that_reads_a_searched_key_takes_the_trials_value_as_its_rerun_does(tmp_path):
+    """``eval_batch_size: ${train.batch_size}`` with train.batch_size searched: each trial resolves it with its own
+    value, as the rerun's command line (``sweeplab best``) does; before, the trial kept the default's."""
+    from sweeplab.compose import compose
+    from sweeplab.sweep.launch import trial_spec
+    from sweeplab.sweep.trainable import _composed, trial_overrides
+
+    sweep_plan = plan(tmp_path, """
+train: {eval_batch_size: "${train.batch_size}"}
+optimizer: {weight_decay: "${optimizer.lr}"}
+sweep:
+  space:
+    optimizer.lr: {type: categorical, choices: [0.1, 0.01]}
+    train.batch_size: {type: int, low: 16, high: 32}
+""")
+    spec = trial_spec(sweep_plan)
+    config = {"optimizer.lr": 0.1, "train.batch_size": 20, "seed": 0}
+    trial = compose_trial(spec, config)
+    assert (trial.train.eval_batch_size, trial.optimizer.weight_decay) == (20, 0.1)
+    rerun = compose(trial_overrides(spec, config), sweep_plan.sweep_file)
+    assert (rerun.train.eval_batch_size, rerun.optimizer.weight_decay) == (20, 0.1)
+    # a sweep whose interpolations read no searched key resolves its config once, not each trial
+    plain = trial_spec(plan(tmp_path, "sweep:\n  space: {optimizer.lr: {type: float, low: 0.01, high: 0.1}}\n",
+                            name="plain", overrides=["tracking=server"]))
+    assert _composed(plain.sweep_file, plain.sweep_text, plain.overrides, plain.project_root,
+                     plain.space_keys)[1] is False
+
+
 def test_group_choice_composes_the_chosen_model_with_its_own_defaults(tmp_path):
     sweep_plan = plan(tmp_path, """
 sweep:

@@ -5,6 +5,7 @@ override or file it came from, and what would be right.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import os
@@ -154,14 +155,15 @@ def check_sweep_text(path: Path, text: str) -> None:
 
 
 def compose(overrides: Sequence[str] = (), sweep_file: Path | None = None,
-            sweep_text: str | None = None) -> DictConfig:
+            sweep_text: str | None = None, resolve: bool = True) -> DictConfig:
     """The resolved config for ``overrides`` (Hydra syntax), on top of a sweep file if given.
-    ``sweep_text`` stands in for the file's content where the file is not (a cluster worker)."""
-    return compose_with_choices(overrides, sweep_file, sweep_text)[0]
+    ``sweep_text`` stands in for the file's content where the file is not (a cluster worker).
+    ``resolve=False``: its interpolations left for later (checked on a resolved copy)."""
+    return compose_with_choices(overrides, sweep_file, sweep_text, resolve)[0]
 
 
 def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None = None,
-                         sweep_text: str | None = None) -> tuple[DictConfig, dict]:
+                         sweep_text: str | None = None, resolve: bool = True) -> tuple[DictConfig, dict]:
     """The config and the option picked in every group, e.g. {'model': 'vgg16', ...}."""
     register_configs()
     overrides = given = list(overrides)
@@ -179,9 +181,10 @@ def compose_with_choices(overrides: Sequence[str] = (), sweep_file: Path | None 
         with open_dict(cfg):
             del cfg["hydra"]
         _check_keys(cfg, overrides)
-        OmegaConf.resolve(cfg)
-        _check_complete(cfg, overrides)
-        _check_shapes(cfg, given, sweep_file)
+        resolved = cfg if resolve else copy.deepcopy(cfg)
+        OmegaConf.resolve(resolved)
+        _check_complete(resolved, overrides)
+        _check_shapes(resolved, given, sweep_file)
     except MissingConfigException as err:
         raise ConfigError(_missing_option(err, given, sweep_file)) from None
     except OverrideParseException as err:

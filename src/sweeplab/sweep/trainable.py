@@ -12,7 +12,7 @@ import functools
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,20 +47,39 @@ class TrialSpec:
 
 
 @functools.lru_cache(maxsize=16)
-def _composed(sweep_file: str, sweep_text: str, overrides: tuple[str, ...], project_root: str) -> DictConfig:
+def _composed(sweep_file: str, sweep_text: str, overrides: tuple[str, ...], project_root: str,
+              space_keys: tuple[str, ...]) -> tuple[DictConfig, bool]:
+    """The sweep's config, and whether each trial resolves it once its values are set: where an interpolation may
+    read a searched key (``eval_batch_size: ${train.batch_size}`` with train.batch_size searched), as a command
+    line's overrides would reach it; otherwise it is resolved here, once."""
     from sweeplab.compose import compose
 
     os.environ.setdefault("SWEEPLAB_HOME", project_root)
-    return compose(overrides, Path(sweep_file), sweep_text)
+    cfg = compose(overrides, Path(sweep_file), sweep_text, resolve=False)
+    reads = [text for text in _interpolations(OmegaConf.to_container(cfg, resolve=False))
+             if "${." in text or any(key in text for key in (*space_keys, "train.seed"))]
+    if not reads:
+        OmegaConf.resolve(cfg)
+    return cfg, bool(reads)
+
+
+def _interpolations(node: Any) -> Iterator[str]:
+    if isinstance(node, dict | list):
+        for item in node.values() if isinstance(node, dict) else node:
+            yield from _interpolations(item)
+    elif isinstance(node, str) and "${" in node:
+        yield node
 
 
 def compose_trial(spec: TrialSpec, config: dict[str, Any]) -> DictConfig:
     """The trial's config: the sweep composed once per group choice, then the sampled values set on a copy
-    (typed by the schema, as a command-line override would be)."""
+    (typed by the schema, as a command-line override would be), and the interpolations that read them resolved."""
     from omegaconf.errors import OmegaConfBaseException
 
     groups = overrides_for({key: config[key] for key in spec.group_keys if key in config})
-    cfg = copy.deepcopy(_composed(spec.sweep_file, spec.sweep_text, (*spec.overrides, *groups), spec.project_root))
+    composed, unresolved = _composed(spec.sweep_file, spec.sweep_text, (*spec.overrides, *groups), spec.project_root,
+                                     spec.space_keys)
+    cfg = copy.deepcopy(composed)
     values = {key: spec.decoded.get(key, {}).get(config[key], config[key])
               for key in spec.space_keys if key not in spec.group_keys and key in config}  # conditional keys: some
     for key, value in {**values, "train.seed": config["seed"]}.items():
@@ -68,6 +87,12 @@ def compose_trial(spec: TrialSpec, config: dict[str, Any]) -> DictConfig:
             OmegaConf.update(cfg, key, value, merge=False)
         except OmegaConfBaseException as err:
             raise ConfigError(f"{key}={value!r} does not fit the config: {str(err).splitlines()[0]}") from None
+    if unresolved:
+        try:
+            OmegaConf.resolve(cfg)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"the trial's values {overrides_for(values)} do not fit the config's interpolations: "
+                              f"{str(err).splitlines()[0]}") from None
     return cfg
 
 
