@@ -342,6 +342,23 @@ def test_invalid_configurations_end_invalid_with_their_reason_and_the_sweep_comp
     assert "invalid: model 'simple_convnet', layer 'conv1'" in format_summary(outcome)
 
 
+@pytest.mark.slow
+def test_best_of_several_seeds_reruns_the_first_seed_and_shows_the_value_status_ranks(grid_with_invalid, tmp_path):
+    """Each configuration ran with seeds 0 and 1: best shows the mean that status ranks, and reruns the first seed of
+    sweep.seeds (not whichever finished first), with that seed's own value beside it."""
+    from sweeplab.metrics import format_metric
+    from sweeplab.sweep.results import load_outcome
+
+    out, outcome = grid_with_invalid
+    best = load_outcome(outcome.record["storage"], outcome.sweep_id).best()
+    assert list(best.seeds) == ["0", "1"]  # as sweep.seeds orders them, whatever order they finished in
+    done = cli("best", "grid_invalid", f"output_dir={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    ranked, first = format_metric("val/acc", best.value()), format_metric("val/acc", best.seeds["0"]["values"][0])
+    assert f"val/acc (final epoch) {ranked} over 2 seeds; seed 0, rerun below: {first}" in done.stderr, done.stderr
+    assert "train.seed=" not in done.stdout  # seed 0: the default
+
+
 # --- early stopping -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_asha_stops_poor_trials_early(asha):

@@ -303,15 +303,17 @@ def cmd_best(args: argparse.Namespace) -> int:
                 else f"why: {located_command('status', sweep_id, args.overrides)}")
         raise UserError(f"sweep {sweep_id} has no trial that ran every epoch ({outcome.counts_text()}); {then}")
     metric = outcome.objectives[0][0]
-    seed = best.completed_seeds()[0]
-    shown = format_metric(metric, best.seeds[seed]["values"][0])
-    print(f"# best of {record['sweep_id']}: trial {best.number}, {ranked_label(metric)} {shown} with seed {seed}",
-          file=sys.stderr)
+    seeds = best.completed_seeds()  # in sweep.seeds' order: the first is the one the command reruns
+    ranked = format_metric(metric, best.value())  # as status ranks it: over its seeds
+    shown = (f"{ranked} over {len(seeds)} seeds; seed {seeds[0]}, rerun below: "
+             f"{format_metric(metric, best.seeds[seeds[0]]['values'][0])}" if len(seeds) > 1
+             else f"{ranked} with seed {seeds[0]}")
+    print(f"# best of {record['sweep_id']}: trial {best.number}, {ranked_label(metric)} {shown}", file=sys.stderr)
     if after_pbt(outcome):
         print(f"# {PBT_RERUN}", file=sys.stderr)
     if args.register is not None:  # "" too: the registry names what is wrong with it; before the command, which
         _register_best(args, record["sweep_id"], storage)  # a script would run although the registering failed
-    print(best_command(outcome, best, int(seed)))
+    print(best_command(outcome, best, int(seeds[0])))
     return 0
 
 

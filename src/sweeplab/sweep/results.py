@@ -79,16 +79,19 @@ def list_sweeps(storage: str) -> list[dict[str, Any]]:
 def load_outcome(storage: str, sweep_id: str) -> SweepOutcome:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=sweep_id, storage=open_storage(storage))
+    order = {str(seed): i for i, seed in enumerate(study.user_attrs.get("seeds", []))}
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
+        # each seed's results in sweep.seeds' order, not as they finished: the first completed is the one best reruns
+        by_seed = dict(sorted(attrs.get("seeds", {}).items(), key=lambda item: order.get(item[0], len(order))))
         status = attrs.get("status", TrialStatus.RUNNING if t.state.name == "RUNNING" else t.state.name.lower())
         values = list(t.values) if t.values is not None and status != TrialStatus.STOPPED else None
-        seeds = [o for o in attrs.get("seeds", {}).values() if "values" in o]
+        seeds = [o for o in by_seed.values() if "values" in o]
         if values is None and seeds:  # stopped configurations: Optuna holds no (or a partial) value
             values = [statistics.fmean(o["values"][i] for o in seeds) for i in range(len(seeds[0]["values"]))]
         rows.append(TrialRow(t.number, dict(t.params), t.state.name, status, values, attrs.get("std"),
-                             attrs.get("epochs"), attrs.get("reason", ""), attrs.get("seeds", {})))
+                             attrs.get("epochs"), attrs.get("reason", ""), by_seed))
     return SweepOutcome({**study.user_attrs, "storage": storage}, rows)
 
 
