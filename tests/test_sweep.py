@@ -265,6 +265,7 @@ def test_report_rebuilds_from_the_mlflow_store_alone(smoke, tmp_path):
     assert html.is_file() and str(html.resolve()) in done.stdout
     page = html.read_text()
     assert outcome.sweep_id in page and "<img" in page
+    assert "<b>runs</b> (one per configuration and seed) " in page  # status counts configurations as trials
     csv_rows = (html.parent / "trials.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 1 + 4 and "optimizer.lr" in csv_rows[0]
     (tmp_path / "afile").write_text("")

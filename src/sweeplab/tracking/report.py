@@ -355,7 +355,8 @@ def _html(parent: Run, frame: pd.DataFrame, tables: list[tuple[str, pd.DataFrame
              f"<p><b>search space</b> <code>{esc(p.get('space', ''))}</code></p>"]
     if not frame.empty and "status" in frame:
         counts = frame["status"].value_counts().to_dict()
-        parts.append("<p><b>trials</b> " + ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.items())) + "</p>")
+        parts.append("<p><b>runs</b> (one per configuration and seed) "
+                     + ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.items())) + "</p>")
     for title, table in tables:
         key = table.columns[-4]
         per_model = "model.name" in table and key != "model.name"
