@@ -590,8 +590,8 @@ def test_a_sweep_file_given_by_path_stands_for_its_latest_sweep(tmp_path):
     from sweeplab.tracking.store import client_for
 
     client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a store where no sweep ran tracked
-    report = cli("report", "sweeps/s.yaml", where, cwd=tmp_path)
-    assert "no sweep 's' in the MLflow store" in report.stderr, report.stderr
+    report = cli("report", "sweeps/s.yaml", where, cwd=tmp_path)  # the sweep status and best found, by its id
+    assert "no sweep 's-1' in the MLflow store" in report.stderr, report.stderr
     write_sweep(tmp_path, "other", "sweep:\n  name: elsewhere\n  space:\n    optimizer.lr: {type: float, low: 0.1, "
                 "high: 0.2}")
     other = cli("best", "sweeps/other.yaml", where, cwd=tmp_path)
