@@ -45,11 +45,12 @@ def drawn(sampler: optuna.samplers.BaseSampler, dims: list[Dimension], n: int = 
 # --- samplers --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_every_registered_sampler_name_makes_its_optuna_class_and_samples_the_space(name):
-    dims = [Dimension("optimizer.momentum", "float", 0.5, 0.9, step=0.2), ACT]
-    sampler = make_sampler(name, dims, 0, multi_objective=False)
+    dims = [Dimension("optimizer.momentum", "float", 0.5, 0.9, step=0.2), *([ACT] if name != "cmaes" else [])]
+    sampler = make_sampler(name, dims, 0, multi_objective=False)  # CMA-ES: numbers only (test below)
     assert type(sampler) is SAMPLERS.get(name).cls
     for params in drawn(sampler, dims, 2):
-        assert params["optimizer.momentum"] in (0.5, 0.7, 0.9) and params["model.activation"] in ("relu", "tanh")
+        assert params["optimizer.momentum"] in (0.5, 0.7, 0.9) and params.get("model.activation", "relu") in (
+            "relu", "tanh")
 
 
 def test_a_target_sampler_gets_its_arguments_and_the_sweep_seed():
@@ -85,6 +86,77 @@ def test_cmaes_is_refused_for_several_objectives_by_name_or_target():
     for spec in ("cmaes", {"_target_": "optuna.samplers.CmaEsSampler"}):
         with pytest.raises(ConfigError, match="optimises one objective"):
             make_sampler(spec, [LR], 0, multi_objective=True)
+
+
+def test_cmaes_is_refused_a_categorical_or_conditional_key_it_would_draw_at_random():
+    lenet_only = Dimension("model.conv1_filters", "int", 4, 8, when=(("model.activation", ("relu",)),))
+    for dims in ([LR, ACT], [LR, ACT, lenet_only]):
+        with pytest.raises(ConfigError, match="searches numbers only: it would draw model.activation"):
+            make_sampler("cmaes", dims, 0, multi_objective=False)
+    make_sampler("cmaes", [LR, MOMENTUM], 0, multi_objective=False)  # numbers: its own
+    independent = {"_target_": "optuna.samplers.CmaEsSampler", "independent_sampler": optuna.samplers.TPESampler()}
+    make_sampler(independent, [LR, ACT], 0, multi_objective=False)  # the user's choice for such keys
+
+
+def test_bruteforce_runs_each_configuration_of_a_smaller_space_once(tmp_path):
+    sweep_plan = plan(tmp_path, """
+sweep:
+  sampler: bruteforce
+  num_trials: 10
+  space:
+    model.activation: {type: categorical, choices: [relu, tanh]}
+    optimizer.lr: {type: categorical, choices: [0.01, 0.1]}
+""")
+    assert sweep_plan.num_configs == 4  # not 10, of which 6 would repeat a configuration
+
+
+def _searcher(storage: str, dims: list[Dimension], sampler: str, num_configs: int, seeds=(0,)):
+    from sweeplab.sweep.searcher import OptunaSearcher
+
+    return OptunaSearcher(dims, sampler, 0, storage, "s-1", [("val/acc", "max")], list(seeds), num_configs, 3)
+
+
+def _run(searcher, ran: list, n: int) -> None:
+    for _ in range(n):
+        trial_id = f"t{len(ran)}"
+        config = searcher.suggest(trial_id)
+        if config == "FINISHED":
+            return
+        ran.append(config)
+        searcher.on_trial_complete(trial_id, {"epoch": 3, "val/acc": 0.5})
+
+
+def test_a_resumed_grid_runs_each_point_once(tmp_path):
+    """GridSampler gives trial n the n-th of its points shuffled by its seed: a resumed sweep keeps the seed (a new
+    one, as other samplers get so as not to replay their draws, ran 5 of 8 points, some twice)."""
+    dims = [Dimension("optimizer.lr", "categorical", choices=(0.1, 0.01, 0.001, 0.0001)),
+            Dimension("model.dropout", "categorical", choices=(0.0, 0.5))]
+    storage, ran = str(tmp_path / "optuna.journal"), []
+    first = _searcher(storage, dims, "grid", 8, seeds=(0, 1))
+    _run(first, ran, 6)
+    first.save(str(tmp_path / "searcher.pkl"))
+    resumed = _searcher(storage, dims, "grid", 8, seeds=(0, 1))
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    _run(resumed, ran, 20)
+    points = [(c["optimizer.lr"], c["model.dropout"]) for c in ran if c["seed"] == 0]
+    assert len(points) == 8 and len(set(points)) == 8
+
+
+def test_a_configuration_asked_after_the_searchers_last_snapshot_runs_on_resume_and_no_more_are_asked(tmp_path):
+    """A driver killed between Tune's snapshots of the searcher leaves a configuration RUNNING in Optuna that the
+    snapshot never saw: the resumed searcher runs it, and asks Optuna for no configuration beyond num_trials."""
+    storage, ran = str(tmp_path / "optuna.journal"), []
+    first = _searcher(storage, [LR], "tpe", 4)
+    _run(first, ran, 2)
+    first.save(str(tmp_path / "searcher.pkl"))
+    orphan = first.suggest("killed")  # asked after the snapshot, then the driver is gone
+    resumed = _searcher(storage, [LR], "tpe", 4)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    _run(resumed, ran, 10)
+    states = [t.state.name for t in resumed.study.get_trials()]
+    assert states == ["COMPLETE"] * 4
+    assert orphan["optuna_trial"] in [c["optuna_trial"] for c in ran[2:]]
+    assert [c["optimizer.lr"] for c in ran if c["optuna_trial"] == orphan["optuna_trial"]] == [orphan["optimizer.lr"]]
 
 
 def test_an_unknown_sampler_on_the_command_line_ends_in_one_line_and_exit_2(tmp_path):
@@ -179,6 +251,13 @@ def test_pbt_perturbs_every_number_of_the_space_unless_told_and_never_a_group_or
 def test_pbt_keeps_perturbed_values_inside_their_ranges():
     assert clip_to_space([LR, MOMENTUM], {"optimizer.lr": 0.12, "optimizer.momentum": 0.96 * 1.2, "seed": 0}) == {
         "optimizer.lr": 0.1, "optimizer.momentum": 0.9, "seed": 0}
+
+
+def test_pbt_keeps_perturbed_values_on_their_steps():
+    batch = Dimension("train.batch_size", "int", 32, 256, step=32)
+    decay = Dimension("optimizer.weight_decay", "float", 0.0, 0.01, step=0.001)
+    assert clip_to_space([batch, decay], {"train.batch_size": 76.8, "optimizer.weight_decay": 0.0024}) == {
+        "train.batch_size": 64, "optimizer.weight_decay": 0.002}
 
 
 def test_pbt_resamples_with_fresh_draws_after_an_in_process_training_seeded_them():

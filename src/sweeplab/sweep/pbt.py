@@ -61,11 +61,14 @@ def _mutation(dim: Dimension) -> Any:
 
 
 def clip_to_space(dims: list[Dimension], config: dict[str, Any]) -> dict[str, Any]:
-    """PBT multiplies a value by 0.8 or 1.2 without bounds: keep it inside its range (momentum < 1)."""
+    """PBT multiplies a value by 0.8 or 1.2, or resamples it, without bounds or steps: keep it inside its range
+    (momentum < 1) and on its step (train.batch_size in steps of 32)."""
     for dim in dims:
         if dim.type != "categorical" and dim.key in config:
             low, high = dim.bounds
             value = min(max(config[dim.key], low), high)
+            if dim.step:  # the range is a whole number of steps (sweeplab.sweep.space checks it)
+                value = round(low + round((value - low) / dim.step) * dim.step, 12)
             config[dim.key] = int(round(value)) if dim.type == "int" else float(value)
     return config
 

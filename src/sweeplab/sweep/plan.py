@@ -82,7 +82,7 @@ def plan_sweep(ref: str, overrides: Sequence[str] = (), recorded: bool = False) 
         typed(sc, SweepConfig, "sweep").check()
     except ConfigError as err:
         raise ConfigError(f"{err} (in {sweep_file})") from None
-    from sweeplab.sweep.samplers import check_samples, is_grid, make_sampler
+    from sweeplab.sweep.samplers import check_samples, enumerates, is_grid, make_sampler
 
     try:
         sampler = make_sampler(sc.sampler, dims, sc.sampler_seed, len(objectives) > 1)  # grid without steps etc.
@@ -105,6 +105,8 @@ def plan_sweep(ref: str, overrides: Sequence[str] = (), recorded: bool = False) 
 
         check_fusable_plan(cfg, dims, list(overrides), sweep_file)
     num_configs = grid_size(dims) if is_grid(sc.sampler) else sc.num_trials
+    if enumerates(sc.sampler) and not any(d.when for d in dims):  # each configuration once, not again at random
+        num_configs = min(num_configs, grid_size(dims))
     return SweepPlan(sweep_file, list(overrides), cfg, dims, objectives, num_configs,
                      Path(cfg.output_dir).resolve(), optuna_storage_url(cfg), sweep_text)
 

@@ -83,6 +83,17 @@ def is_grid(spec: Any) -> bool:
     return issubclass(resolve_sampler(spec)[0], optuna.samplers.GridSampler)
 
 
+def enumerates(spec: Any) -> bool:
+    """Whether the sampler tries each configuration of a finite space once (BruteForce), then draws at random."""
+    return issubclass(resolve_sampler(spec)[0], optuna.samplers.BruteForceSampler)
+
+
+def draws_by_trial_number(spec: Any) -> bool:
+    """Whether the sampler's n-th trial follows from its seed and n (GridSampler's shuffled points, QMC's sequence):
+    a resumed sweep gives it the seed it started with, where another sampler gets a new one (``searcher``)."""
+    return issubclass(resolve_sampler(spec)[0], optuna.samplers.GridSampler | optuna.samplers.QMCSampler)
+
+
 def sampler_label(spec: Any) -> str:
     """How a sweep's sampler is shown: its name, or its class with the arguments given."""
     spec = _plain(spec)
@@ -105,6 +116,11 @@ def make_sampler(
         raise ConfigError(f"sweep.sampler: {cls.__name__} takes no argument {unknown[0]!r}; its arguments: {names}")
     if multi_objective and issubclass(cls, SINGLE_OBJECTIVE):
         raise ConfigError(f"sweep.sampler={sampler_label(spec)} optimises one objective; use nsga2 or tpe for several")
+    chosen = [d.key for d in dims if d.type == "categorical" or d.when]
+    if issubclass(cls, optuna.samplers.CmaEsSampler) and chosen and "independent_sampler" not in args:
+        raise ConfigError(f"sweep.sampler={sampler_label(spec)} searches numbers only: it would draw {chosen[0]} "
+                          "(a categorical or conditional key) at random, learning nothing of it; use tpe, which "
+                          "models both, or give CmaEsSampler an independent_sampler for such keys yourself")
     if issubclass(cls, optuna.samplers.GridSampler):
         args.setdefault("search_space", grid(dims))
     if issubclass(cls, optuna.samplers.TPESampler) and args.get("multivariate") and any(d.when for d in dims):

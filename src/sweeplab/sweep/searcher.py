@@ -24,7 +24,7 @@ from ray.tune.search import Searcher
 
 from sweeplab.metrics import TrialStatus, error_line, result_config, trial_end
 from sweeplab.redact import hide, reveal
-from sweeplab.sweep.samplers import make_sampler, study_directions
+from sweeplab.sweep.samplers import draws_by_trial_number, make_sampler, study_directions
 from sweeplab.sweep.space import Dimension, sample
 from sweeplab.tracking.study_store import open_storage
 
@@ -95,8 +95,8 @@ class OptunaSearcher(Searcher):
         if self._study is None:
             directions = study_directions(self.objectives)
             seed = self.sampler_seed
-            if seed is not None:  # a resumed sweep must not replay the random draws it already made
-                seed += _existing_trials(self.backend, self.study_name)
+            if seed is not None and not draws_by_trial_number(self.sampler_name):
+                seed += _existing_trials(self.backend, self.study_name)  # a resumed sweep replays no random draw
             sampler = make_sampler(self.sampler_name, self.dims, seed, len(directions) > 1)
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             self._study = optuna.create_study(storage=self.backend, study_name=self.study_name, sampler=sampler,
@@ -112,20 +112,23 @@ class OptunaSearcher(Searcher):
             if self._asked >= self.num_configs:
                 # Ray documents Searcher.FINISHED (a str) as suggest's end signal but types the return Optional[Dict]
                 return Searcher.FINISHED  # type: ignore[return-value]
-            trial = self.study.ask()
-            params = sample(self.dims, trial)  # define-by-run: a conditional key only where it applies
+            self._queue(self.study.ask())
             self._asked += 1
-            if self._study_id is None:
-                self._study_id = self.backend.get_study_id_from_name(self.study_name)
-            self._storage_ids[trial.number] = self.backend.get_trial_id_from_study_id_trial_number(
-                self._study_id, trial.number
-            )
-            self._asked_params[trial.number] = dict(trial.params)
-            self._outcomes[trial.number], self._curves[trial.number] = {}, {}
-            self._pending.extend((trial.number, params, seed) for seed in self.seeds)
         number, params, seed = self._pending.popleft()
         self._live[trial_id] = (number, seed)
         return {**params, "seed": seed, "optuna_trial": number}
+
+    def _queue(self, trial: optuna.trial.BaseTrial) -> None:
+        """A configuration Optuna asked for, one trial of it per seed to run."""
+        params = sample(self.dims, trial)  # define-by-run: a conditional key only where it applies
+        if self._study_id is None:
+            self._study_id = self.backend.get_study_id_from_name(self.study_name)
+        self._storage_ids[trial.number] = self.backend.get_trial_id_from_study_id_trial_number(
+            self._study_id, trial.number
+        )
+        self._asked_params[trial.number] = dict(trial.params)
+        self._outcomes[trial.number], self._curves[trial.number] = {}, {}
+        self._pending.extend((trial.number, params, seed) for seed in self.seeds)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._live:
@@ -240,21 +243,28 @@ class OptunaSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.set_state(pickle.load(f))
-        self._forget_finished()
+        self._agree_with_the_study()
 
-    def _forget_finished(self) -> None:
-        """Drop what the restored state holds of configurations Optuna has already finished. Tune's snapshot of this
-        searcher lags the storage by up to its checkpoint period: a driver killed within it (SIGKILL, out of memory)
-        told Optuna of a configuration its snapshot still has running. Tune reruns that trial on --resume; its
-        results then change nothing in Optuna, where writing to a finished trial raises, and ended every resume."""
-        finished = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()}
-        if not finished:
-            return
+    def _agree_with_the_study(self) -> None:
+        """Bring the restored state to what Optuna holds. Tune's snapshot of this searcher lags the storage by up to
+        its checkpoint period, so a driver killed within it (SIGKILL, out of memory) may have:
+        - told Optuna of a configuration its snapshot still has running: dropped here. Tune reruns that trial on
+          --resume; its results change nothing in Optuna, where writing to a finished trial raised and ended
+          every resume;
+        - asked Optuna for configurations its snapshot never saw, left RUNNING there: run now, as asked, so that
+          no grid point is lost and no configuration beyond the sweep's count is asked."""
+        trials = self.study.get_trials(deepcopy=False)
+        finished = {t.number for t in trials if t.state.is_finished()}
         self._live = {ray_id: (n, seed) for ray_id, (n, seed) in self._live.items() if n not in finished}
         self._pending = deque(entry for entry in self._pending if entry[0] not in finished)
         for held in (self._outcomes, self._curves, self._reported, self._asked_params):
             for number in finished & held.keys():
                 del held[number]
+        known = {n for n, _ in self._live.values()} | {entry[0] for entry in self._pending} | self._outcomes.keys()
+        for trial in trials:
+            if trial.state == optuna.trial.TrialState.RUNNING and trial.number not in known:
+                self._queue(trial)
+        self._asked = max(self._asked, len(trials))
 
 
 def _told(study: optuna.Study, number: int, values: Any = None, state: Any = None) -> None:
