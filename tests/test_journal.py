@@ -75,3 +75,27 @@ def test_a_trial_end_cut_short_by_the_store_leaves_its_run_running_until_sent_ag
     assert (ended.data.tags["sweeplab.status"], ended.info.status) == ("completed", "FINISHED")
     assert {f.path for f in client.list_artifacts(run_id)} == {"config.yaml", "model_summary.txt", "weights.pt",
                                                               "confusion_matrix.json"}
+
+
+def test_a_trial_whose_config_cannot_compose_gets_its_sampled_values_as_params_each_once(tmp_path):
+    """The trial itself ends invalid; its run still shows what was sampled. The searched model group was in that
+    list and was added again: MLflow refused the repeated key, and the run kept no params at all."""
+    from sweep_helpers import write_sweep
+
+    from sweeplab.sweep.launch import trial_spec
+    from sweeplab.sweep.plan import plan_sweep
+    from sweeplab.sweep.tracker_calls import trial_run
+    from sweeplab.tracking.store import client_for
+
+    path = write_sweep(tmp_path, "groups", """
+sweep:
+  space:
+    model: {type: categorical, choices: [mlp, lenet]}
+    optimizer.lr: {type: float, low: 0.01, high: 0.1}
+""")
+    spec = trial_spec(plan_sweep(str(path), [f"output_dir={tmp_path / 'out'}"]))
+    client = client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    config = {"model": "mlp", "optimizer.lr": "fast", "seed": 0, "optuna_trial": 3}  # a value that cannot fit
+    run_id = trial_run(client, client.create_experiment("groups"), None, "trial_003_seed0", {}, spec, config)
+    assert client.get_run(run_id).data.params == {"model": "mlp", "optimizer.lr": "fast", "seed": "0",
+                                                  "optuna_trial": "3"}

@@ -775,6 +775,36 @@ def test_the_report_and_the_summary_give_one_std_for_the_same_runs():
     assert _mean_std("val/acc", [0.91, 0.93]).endswith(" ± 1.00%")
 
 
+def test_the_reports_architectures_are_each_at_its_best_setting_as_the_summary_ranks_them():
+    """Three learning rates per architecture, two seeds each: an architecture's row is its best learning rate's
+    mean ± std over its seeds (over every setting, vgg's hopeless lr ranked it below lenet)."""
+    import pandas as pd
+
+    from sweeplab.tracking.report import summary_by
+
+    runs = [("vgg", 0, [0.98, 0.96]), ("vgg", 1, [0.97, 0.97]), ("vgg", 2, [0.11, 0.11]),
+            ("lenet", 3, [0.95, 0.95]), ("lenet", 4, [0.95, 0.93]), ("lenet", 5, [0.94, 0.94])]
+    frame = pd.DataFrame([{"model.name": model, "optuna_trial": n, "status": "completed", "val/acc (final epoch)": v}
+                          for model, n, values in runs for v in values])
+    table = summary_by(frame, "model.name", "val/acc", "max")
+    assert table["model.name"].tolist() == ["vgg", "lenet"]
+    rows = table.set_index("model.name")
+    assert rows.loc["vgg", "mean"] == pytest.approx(0.97) and rows.loc["vgg", "count"] == 2
+    assert rows.loc["lenet", "mean"] == pytest.approx(0.95) and rows.loc["lenet", "count"] == 2
+
+
+def test_the_reports_curves_place_each_value_at_its_step():
+    """A step logged twice (a PBT exploit of a donor behind trains epochs again) is one point of the curve, its later
+    value; the x axis holds the steps, not positions."""
+    import numpy as np
+
+    from sweeplab.tracking.report import aligned
+
+    steps, grid = aligned([[(1, 0.5), (2, 0.6), (3, 0.7), (2, 0.62), (3, 0.72), (4, 0.8)], [(1, 0.4), (2, 0.5)]])
+    assert steps.tolist() == [1, 2, 3, 4]
+    assert np.allclose(grid[0], [0.5, 0.62, 0.72, 0.8]) and np.isnan(grid[1, 2:]).all()
+
+
 # --- MLflow Models, the registry, run inputs, system metrics, the study's own figures ------------------
 def _val_images(out: Path, run_id: str, tmp_path: Path):
     """The run's validation images as stored (uint8) and their labels, from the config it logged."""

@@ -61,7 +61,8 @@ def trial_run(client: MlflowClient, experiment_id: str, run_id: str | None, name
     # the searched config groups' options (model=vgg16), which the composed config does not name: vgg16's
     # model.name is vgg, and the report tells architectures apart by the option
     groups = [Param(key, str(config[key])) for key in spec.group_keys if key in config]
-    params = [p for p in params if p.key != "optuna_trial"] + [number, *groups]
+    named = {number.key, *(p.key for p in groups)}  # each key once: MLflow refuses a batch that repeats one
+    params = [p for p in params if p.key not in named] + [number, *groups]
     client.log_batch(run_id, params=params)  # the client splits it into batches of 100; same values: no-op
     return run_id
 

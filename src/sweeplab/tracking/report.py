@@ -1,7 +1,7 @@
 """A sweep's comparison report, built from the MLflow store alone.
 
-Curves of the objective vs epoch grouped by activation and by architecture
-(mean ± std over runs), bars of the final-epoch value with error bars, parameter count vs
+Curves of the objective vs epoch grouped by activation (mean ± std over runs) and by architecture (each at its
+best setting, over its seeds), bars of the final-epoch value with error bars, parameter count vs
 accuracy, Optuna parameter importance and parallel coordinates, a CSV of all
 trials, and one self-contained HTML page tying them together.
 """
@@ -79,7 +79,7 @@ def collect_trials(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, His
         row.update({f"final {k}": v for k, v in metrics.items()})
         rows.append(row)
         histories[run.info.run_id] = {
-            key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=_logged)]
             for key in ("val/acc", "train/acc", "val/loss", "train/loss")
         }
     frame = pd.DataFrame(rows)
@@ -88,6 +88,12 @@ def collect_trials(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, His
     if "model" in frame:  # the searched model option (vgg16, whose model.name is vgg) names the architecture
         frame["model.name"] = frame["model"].where(frame["model"].notna(), frame.get("model.name"))
     return frame, histories
+
+
+def _logged(metric: Any) -> tuple[int, int]:
+    """A value's place in its history: by step, a step logged again (a PBT exploit of a donor behind) after the
+    value logged first."""
+    return metric.step, metric.timestamp
 
 
 def _completed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -111,11 +117,15 @@ def _png(fig: Any, folder: Path, name: str) -> Path:
 
 
 def curves_by(
-    frame: pd.DataFrame, histories: Histories, key: str, label: str, metric: str, folder: Path
+    frame: pd.DataFrame, histories: Histories, key: str, label: str, metric: str, folder: Path,
+    mode: str = "max",
 ) -> Path | None:
-    """Mean ± std of ``metric`` vs epoch for every value of ``key``, one panel per model."""
+    """Mean ± std of ``metric`` vs epoch for every value of ``key``, one panel per model; several architectures
+    each at its best setting, as ``summary_by`` ranks them."""
     if key not in frame or frame.empty:
         return None
+    if key == "model.name" and frame[key].nunique() > 1 and ranked_label(metric) in frame:
+        frame = at_best_settings(_completed(frame), ranked_label(metric), mode)
     plt = pyplot()
     panels = sorted(frame["model.name"].unique()) if key != "model.name" and "model.name" in frame else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
@@ -125,13 +135,9 @@ def curves_by(
             series = [histories[r][metric] for r in group["run_id"] if histories[r].get(metric)]
             if not series:
                 continue
-            length = max(len(s) for s in series)
-            grid = np.full((len(series), length), np.nan)
-            for i, s in enumerate(series):
-                grid[i, : len(s)] = [v for _, v in s]
+            epochs, grid = aligned(series)
             scale = display_scale(metric)
             mean, std = np.nanmean(grid, 0) * scale, np.nanstd(grid, 0) * scale
-            epochs = np.arange(1, length + 1)
             ax.plot(epochs, mean, marker="o", label=f"{value} (n={len(series)})")
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
         if is_fraction(metric):
@@ -144,17 +150,41 @@ def curves_by(
     return _png(fig, folder, f"curves_by_{label.split()[0]}.png")
 
 
+def aligned(series: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Runs' histories on one grid: the steps any run logged, and a row per run (NaN where it has no value). By
+    step, not by position: a step logged twice (a PBT exploit of a donor behind) keeps its later value."""
+    steps = np.array(sorted({step for history in series for step, _ in history}))
+    column = {step: j for j, step in enumerate(steps)}
+    grid = np.full((len(series), len(steps)), np.nan)
+    for i, history in enumerate(series):
+        for step, value in history:
+            grid[i, column[step]] = value
+    return steps, grid
+
+
 def summary_by(frame: pd.DataFrame, key: str, metric: str, mode: str) -> pd.DataFrame:
     """Each completed run's ranked value of ``metric``, per value of ``key`` (per model): mean, std
-    and count over runs."""
+    and count over runs; the architectures each at its best setting, over that setting's seeds, as the terminal
+    summary ranks them (over every setting, a good architecture tried at a hopeless learning rate ranked last)."""
     col = ranked_label(metric)
     done = _completed(frame)
     if key not in done or col not in done or done.empty:
         return pd.DataFrame()
+    if key == "model.name" and done[key].nunique() > 1:
+        done = at_best_settings(done, col, mode)
     by = ["model.name", key] if key != "model.name" and "model.name" in done else [key]
     # the population's std (ddof 0), as the terminal summary, the study's attributes and the curves' bands
     table = done.groupby(by)[col].agg(mean="mean", std=lambda runs: runs.std(ddof=0), count="count").reset_index()
     return table.sort_values(by[:-1] + ["mean"], ascending=[True] * (len(by) - 1) + [mode == "min"])
+
+
+def at_best_settings(done: pd.DataFrame, col: str, mode: str) -> pd.DataFrame:
+    """The completed runs of each model's best configuration (all its seeds), by their mean of ``col``."""
+    if "optuna_trial" not in done or "model.name" not in done:
+        return done
+    means = done.groupby(["model.name", "optuna_trial"])[col].mean()
+    best = set(means.groupby(level=0).idxmax() if mode == "max" else means.groupby(level=0).idxmin())
+    return done[[pair in best for pair in zip(done["model.name"], done["optuna_trial"], strict=True)]]
 
 
 def bars_by(table: pd.DataFrame, key: str, label: str, metric: str, folder: Path) -> Path | None:
@@ -183,7 +213,8 @@ def params_vs_metric(frame: pd.DataFrame, metric: str, folder: Path) -> Path | N
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     scale = display_scale(metric)
-    for model, group in frame.groupby("model.name") if "model.name" in frame else [("runs", frame)]:
+    done = _completed(frame)  # ranked at their final epoch, as the tables: no run stopped partway
+    for model, group in done.groupby("model.name") if "model.name" in done else [("runs", done)]:
         ax.scatter(group["final params"], group[col] * scale, label=model, alpha=0.8)
     ax.set_xscale("log")
     ax.set(xlabel="trainable parameters", ylabel=axis_label(col), title=f"parameter count vs {metric}")
@@ -311,15 +342,16 @@ def build_report(
         # a grouping with one value (one activation) only repeats the all-runs curve: drawn once, by architecture
         varied = [(key, label) for key, label in GROUPINGS if key in frame and frame[key].nunique() > 1]
         for key, label in varied or GROUPINGS[-1:]:
-            path = curves_by(frame, histories, key, label, metric, folder)
+            over = "over the seeds of each one's best setting" if key == "model.name" else "over runs"
+            path = curves_by(frame, histories, key, label, metric, folder, mode)
             if path:
-                figures.append((f"{metric} vs epoch by {label} (mean ± std over runs)", path))
+                figures.append((f"{metric} vs epoch by {label} (mean ± std {over})", path))
             table = summary_by(frame, key, metric, mode)
             if not table.empty and table[key].nunique() > 1:
                 tables.append((f"{ranked_label(metric)} by {label}", table))
                 bars = bars_by(table, key, label, metric, folder)
                 if bars:
-                    figures.append((f"{ranked_label(metric)} by {label}, error bars = std over runs", bars))
+                    figures.append((f"{ranked_label(metric)} by {label}, error bars = std {over}", bars))
         for title, path in [(f"parameter count vs {metric}", params_vs_metric(frame, metric, folder))]:
             if path:
                 figures.append((title, path))
