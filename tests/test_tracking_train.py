@@ -114,6 +114,29 @@ def test_a_train_that_fails_leaves_a_failed_run_with_the_reason(tmp_path):
     assert run.data.params["optimizer.lr"] == "100000.0"
 
 
+@pytest.mark.slow  # it trains
+def test_a_store_that_refuses_the_runs_end_fails_no_training_and_says_so_in_one_line(tmp_path):
+    """The run's files cannot be stored (its artifact folder's place is a file): the training ended and is saved,
+    its run stays RUNNING in the store rather than FAILED with the store's error as its reason, and the command
+    ends in one line naming the run folder (a traceback before)."""
+    from mlflow import MlflowClient
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlartifacts").write_text("")
+    done = cli("train", "model=mlp", "data=digits", "train.epochs=1", "train.num_threads=1", f"output_dir={out}",
+               cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout.splitlines()[-1].startswith("final: val/acc")
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    folder = out / "train" / run.info.run_name
+    assert done.stderr.strip() == (
+        f"sweeplab train: error: trained and saved in {folder}, but the MLflow store sqlite:///{out / 'mlflow.db'} "
+        f"did not take the run's end (NotADirectoryError: [Errno 20] Not a directory: '{out / 'mlartifacts' / 'train'}'"
+        f"); its run {run.info.run_id} stays RUNNING there")
+    assert (folder / "weights.pt").is_file() and run.info.status == "RUNNING"
+
+
 def test_provenance_without_git_has_versions_and_no_commit(tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEPLAB_HOME", str(installed_project(tmp_path)))
     tags = provenance_tags()

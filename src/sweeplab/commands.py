@@ -118,8 +118,6 @@ def _train(cfg: DictConfig, choices: dict[str, str], line: TrainLine, folder: Pa
             result = train(cfg, reporter=report, bundle=bundle, on_batch=bar.on_batch if bar.enabled else None)
         save_run(folder, cfg, result)  # the run folder exists only once there is something in it
         write_record(folder, cfg, choices, line)
-        if run is not None:
-            run.finish(result, folder)
     except BaseException as err:
         if run is not None:
             run.fail(err)
@@ -128,7 +126,24 @@ def _train(cfg: DictConfig, choices: dict[str, str], line: TrainLine, folder: Pa
     shown = [k for k in ("val/acc", "val/loss", "test/acc") if k in final]
     print("final: " + "  ".join(f"{k} {format_metric(k, final[k])}" for k in shown)
           + f"  params {result.num_params:,}  run folder {folder}")
+    if run is not None:
+        _finish(run, result, folder)
     return 0
+
+
+def _finish(run: TrainRun, result: Any, folder: Path) -> None:
+    """The trained run's end in MLflow. A store that refuses it (down, full) fails no training: the run folder
+    holds everything, and the run stays RUNNING in the store, not FAILED with the store's error as its reason."""
+    try:
+        run.finish(result, folder)
+    except KeyboardInterrupt as err:
+        run.fail(err)
+        raise
+    except Exception as err:
+        why = (str(err).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"trained and saved in {folder}, but the MLflow store {redact(run.client.tracking_uri)} did "
+                        f"not take the run's end ({type(err).__name__}: {why}); its run {run.run_id} stays RUNNING "
+                        "there") from None
 
 
 def _multirun(args: argparse.Namespace) -> int:
