@@ -289,3 +289,25 @@ def test_a_conditional_space_gives_each_trial_only_the_keys_of_its_choice(ray_se
         else:
             assert "model.conv1_filters" not in logged
     assert models == {"mlp", "lenet"}
+
+
+def test_a_trial_ending_before_its_own_checkpoint_after_an_exploit_gets_no_donors_files(tmp_path):
+    """After a PBT exploit Ray's latest checkpoint of the trial is the donor's until the trial saves its own: a
+    trial that ends then (it diverged at the perturbed values, or crashed) logs no files rather than the donor's
+    config and weights into its run."""
+    from types import SimpleNamespace
+
+    from ray.tune import Checkpoint
+
+    from sweeplab.sweep.tracker import own_checkpoint
+
+    experiment = tmp_path / "sweep-1"
+    mine, donor = experiment / "trial_a", experiment / "trial_b"
+    for folder in (mine / "checkpoint_000001", donor / "checkpoint_000003"):
+        folder.mkdir(parents=True)
+    saved = Checkpoint(str(mine / "checkpoint_000001"))
+    assert own_checkpoint(SimpleNamespace(checkpoint=saved, path=str(mine))) == {
+        "path": str(mine / "checkpoint_000001"), "fs": "local"}
+    exploited = SimpleNamespace(checkpoint=Checkpoint(str(donor / "checkpoint_000003")), path=str(mine))
+    assert own_checkpoint(exploited) is None
+    assert own_checkpoint(SimpleNamespace(checkpoint=None, path=str(mine))) is None

@@ -22,6 +22,7 @@ import enum
 import json
 import sys
 from collections.abc import Callable
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
 from ray import tune
@@ -57,6 +58,18 @@ class Call(enum.StrEnum):
     MARK = "mark"
     KILL = "kill"
     CONCLUDE = "conclude"
+
+
+def own_checkpoint(trial: Trial) -> dict[str, str] | None:
+    """The trial's latest checkpoint, journaled as its place in Ray's storage, whose files its run gets; None where it
+    has none of its own: after a PBT exploit, until the trial saves one, Ray's latest is the donor's, whose files
+    (config, weights) are another trial's."""
+    checkpoint = trial.checkpoint
+    if checkpoint is None or trial.path is None or \
+            not PurePosixPath(checkpoint.path).is_relative_to(PurePosixPath(trial.path)):
+        return None
+    fs = checkpoint.filesystem.type_name if checkpoint.filesystem is not None else "local"
+    return {"path": checkpoint.path, "fs": fs}
 
 
 class MlflowSweepTracker(tune.Callback):
@@ -317,13 +330,8 @@ class MlflowSweepTracker(tune.Callback):
         failures = max(trial.num_failures - 1, 0) if crashed else trial.num_failures
         restarts = self._restarts.get(str(trial), 0) + failures
         self._ended.add(str(trial))
-        checkpoint = trial.checkpoint
-        where = None
-        if checkpoint is not None:  # journaled as its place in Ray's storage
-            fs = checkpoint.filesystem.type_name if checkpoint.filesystem is not None else "local"
-            where = {"path": checkpoint.path, "fs": fs}
         self._submit(Call.END_CHILD, name=str(trial), status=end.status.value, reason=end.reason,
-                     restarts=restarts, checkpoint=where)
+                     restarts=restarts, checkpoint=own_checkpoint(trial))
 
     def _end_child(self, name: str, status: str, reason: str, restarts: int, checkpoint: dict[str, str] | None,
                    retry: bool = False) -> None:
