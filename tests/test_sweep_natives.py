@@ -105,6 +105,11 @@ def test_pbt_copies_a_strong_trials_checkpoint_and_trains_on_with_perturbed_valu
         history = lr_history(tmp_path, runs[f"trial_{number:03d}_seed0"])
         assert history[0] == pytest.approx(asked["optimizer.lr"])
         assert history[-1] == pytest.approx(final["optimizer.lr"]) and len(set(history)) > 1
+        # its run's params keep the values it was asked with; tags hold those it trains on since its last exploit,
+        # and the report compares it by them
+        child = runs[f"trial_{number:03d}_seed0"]
+        assert float(child.data.params["optimizer.lr"]) == pytest.approx(asked["optimizer.lr"])
+        assert float(child.data.tags["sweeplab.pbt.optimizer.lr"]) == pytest.approx(final["optimizer.lr"])
     # no command reruns a PBT trial: the summary and `best` say so, and give the values it ended with
     number, final = next(iter(mutated.items()))
     command = best_command(outcome, next(t for t in outcome.trials if t.number == number))

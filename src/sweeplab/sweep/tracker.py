@@ -292,6 +292,9 @@ class MlflowSweepTracker(tune.Callback):
         # weights with the new values; its run logs them at their steps)
         self._last_step[name] = step
         tags: dict[str, str] = {}
+        if exploited:  # the values it trains on from now, beside the params it was asked with (params are final)
+            tags.update({f"{runs.EXPLOITED_PREFIX}{key}": runs.param_value(value) for key, value in config.items()
+                         if key not in ("seed", "optuna_trial")})
         if name not in self._placed:  # where the trial runs: a tag sent with its first epoch's metrics
             self._placed.add(name)
             pack = f", pack {result['pack']}" if "pack" in result else ""  # sweep.fuse

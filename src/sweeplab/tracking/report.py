@@ -31,6 +31,7 @@ from sweeplab.metrics import (
 )
 from sweeplab.redact import MASK, redact
 from sweeplab.tracking.artifacts import pyplot
+from sweeplab.tracking.runs import EXPLOITED_PREFIX
 
 if TYPE_CHECKING:
     import optuna
@@ -76,6 +77,9 @@ def collect_trials(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, His
                "failure_reason": tags.get("sweeplab.failure_reason", ""),
                "restarts": int(tags.get("sweeplab.restarts", "0"))}
         row.update({k: _parse(v) for k, v in params.items()})
+        # a PBT exploit's values replace the ones it was asked with: the run's weights are the donor's since
+        row.update({k.removeprefix(EXPLOITED_PREFIX): _parse(v) for k, v in tags.items()
+                    if k.startswith(EXPLOITED_PREFIX)})
         row.update({f"final {k}": v for k, v in metrics.items()})
         rows.append(row)
         histories[run.info.run_id] = {

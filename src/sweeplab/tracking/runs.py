@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from sweeplab.train import TrainResult
 
 
+# a PBT exploit's values, as tags of the trial's run: <prefix><key> = the value it trains on since its last exploit
+# (params, set once, keep the values it was asked with)
+EXPLOITED_PREFIX = "sweeplab.pbt."
+
+
 def param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:6000]
