@@ -70,6 +70,20 @@ def ray_cluster():
     cluster.shutdown()
 
 
+def test_a_cluster_of_several_nodes_without_a_shared_storage_path_is_refused_before_any_trial(ray_cluster, tmp_path):
+    """Checkpoints in this machine's output_dir: a trial on the other node would fail at its first checkpoint,
+    after its epochs, retry after retry. Said in one line once the cluster's nodes are known."""
+    from sweeplab.errors import ConfigError
+    from sweeplab.sweep.launch import launch_sweep
+
+    with pytest.raises(ConfigError) as err:
+        launch_sweep("smoke", [f"output_dir={tmp_path}", f"cluster.address={ray_cluster.address}",
+                               "tracking=none"], quiet=True)
+    assert str(err.value).startswith(f"the Ray cluster has 2 nodes, and the trials' checkpoints would go to "
+                                     f"{tmp_path / 'ray'} on this machine"), str(err.value)
+    assert "set cluster.storage_path" in str(err.value)
+
+
 def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, mlflow_server, ray_cluster, tmp_path,
                                                                     capfd):
     import optuna
@@ -303,6 +317,7 @@ def test_ui_serves_a_postgresql_tracking_store(databases, tmp_path):
     prints has its password masked (the test database trusts any)."""
     import urllib.request
 
+    import psutil
     from servers import wait_healthy
     from sweep_helpers import SWEEPLAB
 
@@ -316,6 +331,9 @@ def test_ui_serves_a_postgresql_tracking_store(databases, tmp_path):
             wait_healthy(f"http://127.0.0.1:{port}", proc)
             page = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
             assert urllib.request.urlopen(page, timeout=10).status == 200
+            server = psutil.Process(proc.pid)  # the server (sweeplab ui execs it) and its workers
+            commands = [" ".join(p.cmdline()) for p in (server, *server.children(recursive=True))]
+            assert not [c for c in commands if "s3cret" in c], commands  # any user of the machine reads them (ps)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)

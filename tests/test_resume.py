@@ -161,6 +161,23 @@ def test_resuming_a_sweep_whose_trial_crashed_leaves_the_crash_as_it_was(tmp_pat
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val/acc")] == [1]
 
 
+def test_the_resume_command_of_a_sweep_whose_file_sets_its_folder_names_that_folder(tmp_path, monkeypatch):
+    """A sweep file's own output_dir: the printed --resume (whose output_dir replaces the recorded one) names it, not
+    the default ./outputs, where no sweep of that id is."""
+    from types import SimpleNamespace
+
+    from sweep_helpers import write_sweep
+
+    from sweeplab.commands import _continue_with, _ran_with
+
+    path = write_sweep(tmp_path, "mine", "output_dir: runs/mine\nsweep:\n  space:\n    optimizer.lr: {type: float, "
+                                         "low: 0.01, high: 0.1}")
+    monkeypatch.chdir(tmp_path)
+    outcome = SimpleNamespace(record={"sweep_file": str(path), "sweep_text": path.read_text()})
+    said = _continue_with("mine-1", [], _ran_with(outcome, []))
+    assert f"output_dir={tmp_path / 'runs' / 'mine'}" in said and "outputs" not in said, said
+
+
 def test_a_driver_stopped_while_it_records_its_sweep_leaves_no_half_record_for_the_commands(tmp_path):
     """A sweep's record is its study's attributes, written one by one: stopped after any of them, status, best and
     --resume read the storage without a traceback (a record with its id but not its objectives was a KeyError)."""

@@ -158,3 +158,21 @@ def test_two_sweeps_started_together_in_a_fresh_folder_both_complete(tmp_path):
     parents = client.search_runs([experiment.experiment_id], "tags.`sweeplab.kind` = 'sweep'")
     assert sorted(r.data.tags["sweeplab.sweep_id"] for r in parents) == sorted(s.study_name for s in studies)
     assert all(r.info.status == "FINISHED" for r in parents)
+
+
+def test_a_ray_head_on_an_ipv6_address_is_reached_through_its_brackets():
+    """[::1]:PORT: gRPC needs the brackets the address check had stripped, and took an answering head for "not a
+    Ray head"."""
+    from concurrent import futures
+
+    import grpc
+
+    from sweeplab.sweep.address import check_ray_address
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("[::1]:0")
+    server.start()
+    try:
+        check_ray_address(f"[::1]:{port}", "cluster.address")  # answers: no error
+    finally:
+        server.stop(0)

@@ -521,3 +521,58 @@ def test_a_malformed_command_line_gets_its_commands_usage_and_exit_2(args, usage
     assert done.returncode == 2
     assert f"usage: {usage} " in done.stderr and named in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://:secret@h/db", "postgresql://:***@h/db"),  # no user
+    ("postgresql://u:it's@h/db", "postgresql://u:***@h/db"),  # a quote in it
+    ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),  # an @ typed unencoded: masked whole
+    ("postgresql://u@h/db?password=secret", "postgresql://u@h/db?password=***"),  # SQLAlchemy takes it so too
+    ("postgresql:///db?host=/run/postgresql&user=u&password=secret&sslmode=require",
+     "postgresql:///db?host=/run/postgresql&user=u&password=***&sslmode=require"),
+    ("cluster.optuna_storage='postgresql://u:pw@h:5432/x' tracking.uri=http://a:b@c/",
+     "cluster.optuna_storage='postgresql://u:***@h:5432/x' tracking.uri=http://a:***@c/"),
+    ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+    ("s3://bucket/a:b@c", "s3://bucket/a:b@c"),  # a path, not a login
+])
+def test_every_form_of_a_password_in_a_url_is_masked(url, masked):
+    from sweeplab.redact import redact
+
+    assert redact(url) == masked
+
+
+def test_a_tracking_server_url_with_a_login_is_checked_without_it_and_named_masked(tmp_path):
+    """urllib cannot open http://user:password@host (a ValueError, a traceback before); the health check needs no
+    login, and the message masks the password."""
+    from sweeplab.errors import UserError
+    from sweeplab.tracking.store import check_reachable
+
+    with pytest.raises(UserError) as err:  # no port: urllib took "s3cret@127.0.0.1" for one (nothing listens on 80)
+        check_reachable("http://admin:s3cret@127.0.0.1/")
+    assert "admin:***@127.0.0.1" in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_a_store_error_that_quotes_its_url_reaches_the_console_masked(tmp_path):
+    """MLflow's own message repeats the URL it was given: the one line sweeplab prints masks it too."""
+    done = cli(*TRAIN, "tracking.uri=postgres://u:s3cret@127.0.0.1:9/db", f"output_dir={tmp_path / 'out'}",
+               cwd=tmp_path)
+    assert done.returncode == 2 and "s3cret" not in done.stdout + done.stderr, done.stderr
+    assert done.stderr.startswith("sweeplab train: error:") and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["cluster.address", "RAY_ADDRESS"])
+def test_local_as_the_cluster_address_is_a_loopback_ray_of_the_sweeps_own(where, monkeypatch):
+    """Ray's word for a new local Ray: sweeplab's own, bound to 127.0.0.1 and shut down at the end (before, it was
+    taken for a cluster: a Ray on the machine's routable address, left running)."""
+    from sweeplab.compose import compose
+    from sweeplab.sweep.launch import cluster_address, ray_environment
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    if where == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", "local")
+    cfg = compose(["cluster.address=local"] if where == "cluster.address" else [])
+    assert cluster_address(cfg) is None and ray_environment(cfg) is None
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert cluster_address(compose(["cluster.address=10.0.0.5:6379"])) == ("10.0.0.5:6379", "cluster.address")

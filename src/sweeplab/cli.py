@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sweeplab.errors import UserError
+from sweeplab.redact import redact
 from sweeplab.sweep.stop import interrupted_exit_code, watch_sigterm
 
 EXAMPLES = """examples:
@@ -122,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return getattr(commands, f"cmd_{args.command}")(args) or 0
     except UserError as err:
-        print(f"sweeplab {args.command}: error: {err}", file=sys.stderr)
+        # masked here too: a library's own text (MLflow's, SQLAlchemy's) may quote the URL it was given
+        print(f"sweeplab {args.command}: error: {redact(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sweeplab {args.command}: interrupted", file=sys.stderr)

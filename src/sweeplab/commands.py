@@ -229,14 +229,15 @@ def _run_sweep(ref: str, overrides: list[str], resume: bool, quiet: bool, planne
     if outcome.unfinished:
         from sweeplab.sweep.stop import interrupted_exit_code
 
-        print(f"\n{_continue_with(outcome.sweep_id, overrides)}", flush=True)
+        print(f"\n{_continue_with(outcome.sweep_id, overrides, _ran_with(outcome, overrides))}", flush=True)
         return interrupted_exit_code()
     if not outcome.completed():  # nothing to rank: a sweep that produced no result has failed
         from sweeplab.sweep.launch import located_command
 
+        status = located_command("status", outcome.sweep_id, overrides, cfg=_ran_with(outcome, overrides))
         print(f"sweeplab sweep: error: no trial of {outcome.sweep_id} ran to the end ({outcome.counts_text()}); "
-              f"the reasons are above and in '{located_command('status', outcome.sweep_id, overrides)}'. Fix the "
-              "config or the space and run it again", file=sys.stderr)
+              f"the reasons are above and in '{status}'. Fix the config or the space and run it again",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -257,6 +258,13 @@ def _storage(overrides) -> str:
     from sweeplab.sweep.plan import optuna_storage_url
 
     return optuna_storage_url(compose(overrides))
+
+
+def _ran_with(outcome: Any, overrides: list[str]) -> DictConfig:
+    """The config the sweep ran with: its file's locations (an output_dir it sets) beside the command line's."""
+    from sweeplab.compose import compose
+
+    return compose(overrides, Path(outcome.record["sweep_file"]), outcome.record.get("sweep_text"))
 
 
 def _continue_with(sweep_id: str, overrides, cfg: DictConfig | None = None) -> str:
@@ -503,12 +511,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     for e in experiments:
         print(f"  {e.name}: {url}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning", flush=True)
     artifacts = Path(cfg.output_dir).resolve() / "mlartifacts"
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--default-artifact-root", artifacts.as_uri(),
+    # the store's URL (and so a database's password) in the server's environment, not on its command line,
+    # which any user of the machine reads (ps); mlflow server takes it from MLFLOW_BACKEND_STORE_URI
+    command = [sys.executable, "-m", "mlflow", "server", "--default-artifact-root", artifacts.as_uri(),
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
     if args.allowed_hosts:
         command += ["--allowed-hosts", args.allowed_hosts]
     # GenAI job workers (eight processes) are of no use for training runs; exec so that a signal
     # to `sweeplab ui` reaches the server itself.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_BACKEND_STORE_URI": uri,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     os.execve(sys.executable, command, env)

@@ -40,7 +40,8 @@ def check_ray_address(address: str, source: str, timeout: float = PROBE_TIMEOUT_
         return  # a TLS head answers only a handshake with its certificates: the TCP check has to do
     import grpc
 
-    channel = grpc.insecure_channel(f"{target[0]}:{target[1]}")
+    host = f"[{target[0]}]" if ":" in target[0] else target[0]  # an IPv6 address keeps its brackets for gRPC
+    channel = grpc.insecure_channel(f"{host}:{target[1]}")
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout)
     except grpc.FutureTimeoutError:

@@ -72,10 +72,19 @@ def _not_tunes_own(record: logging.LogRecord) -> bool:
     return True
 
 
+def cluster_address(cfg: DictConfig) -> tuple[str, str] | None:
+    """The Ray cluster a sweep joins and the setting that names it (cluster.address, else RAY_ADDRESS); None for a
+    loopback-only Ray of the sweep's own, which ``local`` (Ray's word for a new local Ray) asks for too."""
+    for address, source in ((cfg.cluster.address, "cluster.address"), (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")):
+        if address:
+            return None if str(address) == "local" else (str(address), source)
+    return None
+
+
 def ray_environment(cfg: DictConfig) -> str | None:
     """Set what Ray reads from the environment, some of it as it is imported; the cluster's address, or None for
     a local Ray."""
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    address = (cluster_address(cfg) or (None, None))[0]
     if address:  # a head that stops answering mid-connect: ray.init gives up after this many ~1 s tries
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")
     for key, value in RAY_ENV.items():
@@ -154,10 +163,18 @@ def _check_cluster_address(cfg: DictConfig) -> None:
     """A cluster.address / RAY_ADDRESS where no Ray head answers: say so now, not after minutes of ray.init retries."""
     from sweeplab.sweep.address import check_ray_address
 
-    if cfg.cluster.address:
-        check_ray_address(cfg.cluster.address, "cluster.address")
-    elif os.environ.get("RAY_ADDRESS"):
-        check_ray_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+    if (found := cluster_address(cfg)) is not None:
+        check_ray_address(*found)
+
+
+def _check_shared_storage(plan: SweepPlan, root: str, nodes: int) -> None:
+    """A cluster of several nodes keeps the trials' checkpoints where every node reaches them: without
+    cluster.storage_path they would go to this machine's output_dir, and a trial on another node fail at its first
+    checkpoint, after its epochs (Ray: "Unable to set up cluster storage"), retry after retry."""
+    if nodes > 1 and not plan.cfg.cluster.storage_path:
+        raise ConfigError(f"the Ray cluster has {nodes} nodes, and the trials' checkpoints would go to {root} on "
+                          "this machine, which the other nodes do not reach: set cluster.storage_path to a folder "
+                          "every node mounts (docker-compose.yml's /shared/ray) or to s3://bucket/prefix")
 
 
 def _check_resources(cfg: DictConfig, sweep_file: Path, total: dict[str, float], where: str) -> None:
@@ -351,6 +368,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
         import ray
 
         _check_resources(plan.cfg, plan.sweep_file, ray.cluster_resources(), "the Ray cluster has")
+        _check_shared_storage(plan, root, sum(node["Alive"] for node in ray.nodes()))
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     sync = sync_command(sweep_id, overrides, plan.cfg)
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
@@ -422,7 +440,7 @@ def _check_resumable(plan: SweepPlan, sweep_id: str, overrides: Sequence[str]) -
                                  f"{outcome.record['pid']}) and resume it then")
     if not outcome.unfinished:
         raise UserError(f"sweep {sweep_id} has ended ({outcome.counts_text()}): there is nothing to resume; its "
-                        f"results: {located_command('status', sweep_id, overrides)}")
+                        f"results: {located_command('status', sweep_id, overrides, cfg=plan.cfg)}")
 
 
 

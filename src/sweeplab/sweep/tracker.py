@@ -380,7 +380,7 @@ class MlflowSweepTracker(tune.Callback):
         except Exception as err:
             if not self._store_answers():
                 raise
-            self.outbox.failed.append(f"{what}: {str(err).splitlines()[0][:300]}")
+            self.outbox.failed.append(f"{what}: {redact(str(err).splitlines()[0][:300])}")
             return None
 
     def finish(self, command: str = "sweep") -> None:

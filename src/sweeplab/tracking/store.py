@@ -56,14 +56,16 @@ def client_for(uri: str) -> MlflowClient:
 
 def creation_lock(path: Path):
     """A lock around creating the SQLite store at ``path``, kept in the temp folder so that the output folder
-    holds only what the user asked for (and nothing at all when the store turns out to be broken)."""
+    holds only what the user asked for (and nothing at all when the store turns out to be broken); in a folder of
+    each user's own, as one that another user made refuses this one's lock files."""
     import hashlib
+    import os
     import tempfile
 
     from filelock import FileLock
 
-    folder = Path(tempfile.gettempdir()) / "sweeplab-locks"
-    folder.mkdir(exist_ok=True)
+    folder = Path(tempfile.gettempdir()) / f"sweeplab-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
     return FileLock(folder / f"{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]}.lock")
 
 
@@ -191,6 +193,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """A tracking server answers its health check, a database server a connection, within ``timeout``
     seconds (MLflow itself retries a database for over a minute); a new SQLite store's folder can be made;
     MLflow's file store is refused as MLflow refuses it, unless MLFLOW_ALLOW_FILE_STORE lets it through."""
+    import http.client
+    import urllib.parse
     import urllib.request
 
     if (folder := file_store_folder(uri)) is not None:
@@ -199,9 +203,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         if not Path(uri[len("sqlite:///"):]).exists():
             check_writable(Path(uri[len("sqlite:///"):]).parent, STORE_FOLDER)
     elif uri.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(uri)  # the health check needs no login: a URL's own user and password left out
+        health = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
-        except OSError as err:
+            urllib.request.urlopen(f"{health.rstrip('/')}/health", timeout=timeout)
+        except (OSError, ValueError, http.client.HTTPException) as err:  # ValueError: a URL urllib cannot read
             raise UserError(f"the MLflow server {redact(uri)} does not answer ({getattr(err, 'reason', err)}). "
                             "Start it, fix tracking.uri / MLFLOW_TRACKING_URI, or run with tracking=none") from None
     elif uri.startswith("postgresql"):
