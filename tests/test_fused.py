@@ -155,6 +155,9 @@ def test_fusable_names_the_key_that_differs(override, named):
     (["model=vgg", "data=digits", "data.resize=32"], "batch norm"),
     (["model=alexnet"], "dropout"),
     (["train.loss=mse"], "vmap"),
+    # trains under vmap (grad decomposes the cell), but its evaluation does not: no batching rule for aten::lstm
+    (["model=rnn", "model.cell=lstm"], "aten::lstm"),
+    (["model=rnn", "model.cell=gru"], "aten::gru"),
 ])
 def test_fusable_refuses_what_a_pack_cannot_reproduce(override, named):
     assert named in fusable([compose(LENET + override)] * 2)

@@ -214,6 +214,25 @@ sweep:
 
 
 @pytest.mark.slow
+def test_a_pack_whose_config_cannot_train_ends_each_member_invalid_without_retries(ray_session, tmp_path_factory):
+    """A config mistake only training finds (a validation share that leaves no validation image) ends each member's
+    trial invalid with the reason, as alone; it crashed every member before, and Tune retried each to no end."""
+    body = """
+train: {epochs: 2, lr_schedule: none}
+sweep:
+  sampler: grid
+  max_concurrent: 2
+  scheduler: {kind: none}
+  space:
+    optimizer.lr: {type: categorical, choices: [0.05, 0.1]}
+"""
+    _, outcome = run_sweep(tmp_path_factory, "unsplit", body, "sweep.fuse=2", "sweep.fuse_on_cpu=true",
+                           "data.val_fraction=0.0001")
+    assert {t.status for t in outcome.trials} == {"invalid"}, [(t.status, t.reason) for t in outcome.trials]
+    assert all("leaves no validation image" in t.reason for t in outcome.trials)
+
+
+@pytest.mark.slow
 def test_a_crashed_member_is_retried_alone_from_its_checkpoint(fused_and_alone, tmp_path_factory, monkeypatch):
     """Both members crash once after epoch 1; each retry resumes from its checkpoint in a pack of its own
     (through train, on the pack's resources) and still trains the curve of the unfused trial."""

@@ -85,10 +85,14 @@ def _model_reason(cfg: DictConfig) -> str | None:
     def member_loss(params, buffers, x, y):
         return criterion(functional_call(model, (params, buffers), (x,)), y)
 
-    try:  # one tiny training step of a 2-member pack: an op without a batching rule fails here
+    try:  # one tiny training step of a 2-member pack and its evaluation (no grad, as _evaluate_pack runs it): an
+        #   op without a batching rule fails here (LSTM and GRU have one only under grad, which decomposes them)
         params, buffers = stack_module_state([model, model])
         images, labels = torch.zeros(2, 2, *shape), torch.zeros(2, 2, dtype=torch.long)
         vmap(grad_and_value(member_loss))(params, buffers, images, labels)
+        with torch.no_grad():
+            vmap(lambda p, b, x: functional_call(model, (p, b), (x,)), in_dims=(0, 0, None))(
+                params, buffers, images[0])
     except Exception as err:
         first = str(err).split(". ")[0].strip()
         return (f"model {cfg.model.name!r} with train.loss={cfg.train.loss} cannot run under torch.func.vmap "

@@ -144,6 +144,10 @@ def train_in_pack(manager_name: str, cfg: DictConfig, reporter: Reporter, resume
             from sweeplab.train import TrainingDiverged
 
             raise TrainingDiverged(payload)
+        elif kind == "invalid":
+            from sweeplab.errors import UserError
+
+            raise UserError(payload)
         else:
             raise RuntimeError(f"the trial's pack failed: {payload}")
 
@@ -277,10 +281,14 @@ class _PackActor:
             else:
                 train_pack(cfgs, reporters, force=self.force, on_end=end)
         except Exception as err:  # every member's trial still training fails with it; Tune may retry each alone
+            from sweeplab.errors import UserError
+
             why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            # a config that cannot train (its data, its shapes) ends each trial invalid, as alone: no retry
+            message = ("invalid", str(err)) if isinstance(err, UserError) else ("error", why)
             for index, (_, seat) in enumerate(seats):
                 if index not in ended:
-                    seat.to_trial.put(("error", why))
+                    seat.to_trial.put(message)
 
 
 class _Manager:
