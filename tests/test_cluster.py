@@ -70,18 +70,28 @@ def ray_cluster():
     cluster.shutdown()
 
 
-def test_a_cluster_of_several_nodes_without_a_shared_storage_path_is_refused_before_any_trial(ray_cluster, tmp_path):
-    """Checkpoints in this machine's output_dir: a trial on the other node would fail at its first checkpoint,
-    after its epochs, retry after retry. Said in one line once the cluster's nodes are known."""
+def test_a_cluster_with_nodes_on_other_machines_needs_a_shared_storage_path(tmp_path):
+    """Checkpoints in this machine's output_dir: a trial on another machine would fail at its first checkpoint,
+    after its epochs, retry after retry; said in one line once the cluster's nodes are known. Nodes on this machine
+    (a Cluster of loopback nodes, as B8's) share its disk."""
     from sweeplab.errors import ConfigError
-    from sweeplab.sweep.launch import launch_sweep
+    from sweeplab.sweep.launch import check_shared_storage
+    from sweeplab.sweep.plan import plan_sweep
 
+    def node(address: str, alive: bool = True) -> dict:  # as ray.nodes() lists one
+        return {"NodeManagerAddress": address, "Alive": alive}
+
+    plan = plan_sweep("smoke", [f"output_dir={tmp_path}", "cluster.address=10.0.0.1:6379"])
+    root = str(tmp_path / "ray")
+    check_shared_storage(plan, root, [node("10.0.0.1"), node("10.0.0.1")], "10.0.0.1")  # one machine
+    check_shared_storage(plan, root, [node("10.0.0.1"), node("10.0.0.2", alive=False)], "10.0.0.1")
     with pytest.raises(ConfigError) as err:
-        launch_sweep("smoke", [f"output_dir={tmp_path}", f"cluster.address={ray_cluster.address}",
-                               "tracking=none"], quiet=True)
-    assert str(err.value).startswith(f"the Ray cluster has 2 nodes, and the trials' checkpoints would go to "
-                                     f"{tmp_path / 'ray'} on this machine"), str(err.value)
-    assert "set cluster.storage_path" in str(err.value)
+        check_shared_storage(plan, root, [node("10.0.0.1"), node("10.0.0.2")], "10.0.0.1")
+    assert str(err.value).startswith(f"the Ray cluster has nodes on other machines (10.0.0.2), and the trials' "
+                                     f"checkpoints would go to {root} on this one"), str(err.value)
+    shared = plan_sweep("smoke", [f"output_dir={tmp_path}", "cluster.address=10.0.0.1:6379",
+                                  f"cluster.storage_path={tmp_path / 'shared'}"])
+    check_shared_storage(shared, root, [node("10.0.0.1"), node("10.0.0.2")], "10.0.0.1")
 
 
 def test_sweep_on_a_two_node_cluster_with_postgres_and_mlflow_server(databases, mlflow_server, ray_cluster, tmp_path,

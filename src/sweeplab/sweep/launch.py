@@ -167,14 +167,17 @@ def _check_cluster_address(cfg: DictConfig) -> None:
         check_ray_address(*found)
 
 
-def _check_shared_storage(plan: SweepPlan, root: str, nodes: int) -> None:
-    """A cluster of several nodes keeps the trials' checkpoints where every node reaches them: without
-    cluster.storage_path they would go to this machine's output_dir, and a trial on another node fail at its first
-    checkpoint, after its epochs (Ray: "Unable to set up cluster storage"), retry after retry."""
-    if nodes > 1 and not plan.cfg.cluster.storage_path:
-        raise ConfigError(f"the Ray cluster has {nodes} nodes, and the trials' checkpoints would go to {root} on "
-                          "this machine, which the other nodes do not reach: set cluster.storage_path to a folder "
-                          "every node mounts (docker-compose.yml's /shared/ray) or to s3://bucket/prefix")
+def check_shared_storage(plan: SweepPlan, root: str, nodes: list[dict[str, Any]], here: str) -> None:
+    """A cluster with nodes on other machines keeps the trials' checkpoints where every node reaches them: without
+    cluster.storage_path they would go to this machine's output_dir, and a trial on another machine fail at its first
+    checkpoint, after its epochs (Ray: "Unable to set up cluster storage"), retry after retry. ``nodes``: Ray's
+    ``ray.nodes()``; ``here``: this machine's address in the cluster."""
+    elsewhere = {node["NodeManagerAddress"] for node in nodes if node["Alive"]} - {here}
+    if elsewhere and not plan.cfg.cluster.storage_path:
+        raise ConfigError(f"the Ray cluster has nodes on other machines ({', '.join(sorted(elsewhere))}), and the "
+                          f"trials' checkpoints would go to {root} on this one, which they do not reach: set "
+                          "cluster.storage_path to a folder every node mounts (docker-compose.yml's /shared/ray) or "
+                          "to s3://bucket/prefix")
 
 
 def _check_resources(cfg: DictConfig, sweep_file: Path, total: dict[str, float], where: str) -> None:
@@ -368,7 +371,7 @@ def launch_sweep(ref: str, overrides: Sequence[str] = (), resume: bool = False, 
         import ray
 
         _check_resources(plan.cfg, plan.sweep_file, ray.cluster_resources(), "the Ray cluster has")
-        _check_shared_storage(plan, root, sum(node["Alive"] for node in ray.nodes()))
+        check_shared_storage(plan, root, ray.nodes(), ray.util.get_node_ip_address())
     spec = start_packs(plan, sweep_id, trial_spec(plan))
     sync = sync_command(sweep_id, overrides, plan.cfg)
     callbacks = _callbacks(plan, sweep_id, spec, quiet, sync)
