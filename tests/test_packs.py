@@ -106,6 +106,19 @@ def run_sweep(tmp_path_factory, name: str, body: str, *overrides: str):
     return out, outcome
 
 
+def two_lrs(epochs: int, second_lr: float) -> str:
+    """A grid of two learning rates, 0.05 and ``second_lr``, trained at once (one pack of two), with no scheduler."""
+    return f"""
+train: {{epochs: {epochs}, lr_schedule: none}}
+sweep:
+  sampler: grid
+  max_concurrent: 2
+  scheduler: {{kind: none}}
+  space:
+    optimizer.lr: {{type: categorical, choices: [0.05, {second_lr}]}}
+"""
+
+
 def children(out, experiment: str) -> dict:
     """The sweep's MLflow child runs, by (lr, momentum)."""
     from mlflow import MlflowClient
@@ -192,16 +205,8 @@ sweep:
 def test_a_diverged_member_ends_its_trial_while_its_pack_trains_on(ray_session, tmp_path_factory):
     """Its trial ends at the epoch it diverged: it held its share of the pack's resources, and Optuna waited for
     its value, until the whole pack had trained before."""
-    body = """
-train: {epochs: 4, lr_schedule: none}
-sweep:
-  sampler: grid
-  max_concurrent: 2
-  scheduler: {kind: none}
-  space:
-    optimizer.lr: {type: categorical, choices: [0.05, 10000.0]}
-"""
-    out, outcome = run_sweep(tmp_path_factory, "diverge", body, "sweep.fuse=2", "sweep.fuse_on_cpu=true")
+    out, outcome = run_sweep(tmp_path_factory, "diverge", two_lrs(4, 10000.0), "sweep.fuse=2",
+                             "sweep.fuse_on_cpu=true")
     status = {t.params["optimizer.lr"]: t.status for t in outcome.trials}
     assert status == {0.05: "completed", 10000.0: "invalid"}, status
     client, runs = children(out, "diverge")
@@ -217,16 +222,7 @@ sweep:
 def test_a_pack_whose_config_cannot_train_ends_each_member_invalid_without_retries(ray_session, tmp_path_factory):
     """A config mistake only training finds (a validation share that leaves no validation image) ends each member's
     trial invalid with the reason, as alone; it crashed every member before, and Tune retried each to no end."""
-    body = """
-train: {epochs: 2, lr_schedule: none}
-sweep:
-  sampler: grid
-  max_concurrent: 2
-  scheduler: {kind: none}
-  space:
-    optimizer.lr: {type: categorical, choices: [0.05, 0.1]}
-"""
-    _, outcome = run_sweep(tmp_path_factory, "unsplit", body, "sweep.fuse=2", "sweep.fuse_on_cpu=true",
+    _, outcome = run_sweep(tmp_path_factory, "unsplit", two_lrs(2, 0.1), "sweep.fuse=2", "sweep.fuse_on_cpu=true",
                            "data.val_fraction=0.0001")
     assert {t.status for t in outcome.trials} == {"invalid"}, [(t.status, t.reason) for t in outcome.trials]
     assert all("leaves no validation image" in t.reason for t in outcome.trials)
