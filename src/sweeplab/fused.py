@@ -89,10 +89,12 @@ def _model_reason(cfg: DictConfig) -> str | None:
         #   op without a batching rule fails here (LSTM and GRU have one only under grad, which decomposes them)
         params, buffers = stack_module_state([model, model])
         images, labels = torch.zeros(2, 2, *shape), torch.zeros(2, 2, dtype=torch.long)
-        vmap(grad_and_value(member_loss))(params, buffers, images, labels)
-        with torch.no_grad():
-            vmap(lambda p, b, x: functional_call(model, (p, b), (x,)), in_dims=(0, 0, None))(
-                params, buffers, images[0])
+        with warnings.catch_warnings():  # torch's note on the slow fallback it takes meanwhile: this is a probe
+            warnings.simplefilter("ignore", UserWarning)
+            vmap(grad_and_value(member_loss))(params, buffers, images, labels)
+            with torch.no_grad():
+                vmap(lambda p, b, x: functional_call(model, (p, b), (x,)), in_dims=(0, 0, None))(
+                    params, buffers, images[0])
     except Exception as err:
         first = str(err).split(". ")[0].strip()
         return (f"model {cfg.model.name!r} with train.loss={cfg.train.loss} cannot run under torch.func.vmap "
