@@ -84,7 +84,8 @@ def cluster_address(cfg: DictConfig) -> tuple[str, str] | None:
 def ray_environment(cfg: DictConfig) -> str | None:
     """Set what Ray reads from the environment, some of it as it is imported; the cluster's address, or None for
     a local Ray."""
-    address = (cluster_address(cfg) or (None, None))[0]
+    found = cluster_address(cfg)
+    address = found[0] if found else None
     if address:  # a head that stops answering mid-connect: ray.init gives up after this many ~1 s tries
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")
     for key, value in RAY_ENV.items():

@@ -56,11 +56,11 @@ def _composed(sweep_file: str, sweep_text: str, overrides: tuple[str, ...], proj
 
     os.environ.setdefault("SWEEPLAB_HOME", project_root)
     cfg = compose(overrides, Path(sweep_file), sweep_text, resolve=False)
-    reads = [text for text in _interpolations(OmegaConf.to_container(cfg, resolve=False))
-             if "${." in text or any(key in text for key in (*space_keys, "train.seed"))]
+    reads = any("${." in text or any(key in text for key in (*space_keys, "train.seed"))
+                for text in _interpolations(OmegaConf.to_container(cfg, resolve=False)))
     if not reads:
         OmegaConf.resolve(cfg)
-    return cfg, bool(reads)
+    return cfg, reads
 
 
 def _interpolations(node: Any) -> Iterator[str]:
